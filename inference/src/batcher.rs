@@ -1,0 +1,224 @@
+//! Dynamic batching. Handlers tokenize on the async runtime and submit token ids to a bounded
+//! queue; one batching thread per model forms batches bounded by size, padded tokens and a
+//! maximum wait, groups them by length to cut padding, runs the encoder off the async runtime
+//! and answers each caller on its own channel.
+//!
+//! The wait timer (Triton's `max_queue_delay`) only applies when the previous batch held more
+//! than one text: a lone client gains nothing from waiting, a busy server gains full batches.
+use crate::error::RequestError;
+use crate::metrics::Metrics;
+use crate::model::{NluModel, NluOutput};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+#[derive(Debug, Clone, Copy, serde::Deserialize, serde::Serialize)]
+pub struct BatcherConfig {
+    /// Most texts in one encoder batch.
+    pub max_batch_size: usize,
+    /// Most padded tokens (longest text × texts) in one encoder pass.
+    pub max_batch_tokens: usize,
+    /// Longest a text waits for company once the server is busy.
+    pub max_wait: Duration,
+    /// Texts that may wait in the queue; beyond it calls get RESOURCE_EXHAUSTED.
+    pub queue_capacity: usize,
+}
+
+impl Default for BatcherConfig {
+    fn default() -> Self {
+        Self { max_batch_size: 32, max_batch_tokens: 8192, max_wait: Duration::from_millis(2), queue_capacity: 1024 }
+    }
+}
+
+/// What a text's caller gets back.
+#[derive(Debug)]
+pub struct Answer {
+    pub output: NluOutput,
+    pub queue_time: Duration,
+    pub compute_time: Duration,
+    pub batch_size: usize,
+}
+
+struct Job {
+    ids: Vec<u32>,
+    enqueued: Instant,
+    reply: oneshot::Sender<Result<Answer, RequestError>>,
+}
+
+pub struct Batcher {
+    tx: SyncSender<Job>,
+    depth: Arc<AtomicUsize>,
+    capacity: usize,
+    model: Arc<NluModel>,
+    metrics: Metrics,
+}
+
+impl Batcher {
+    pub fn spawn(model: Arc<NluModel>, config: BatcherConfig, metrics: Metrics) -> std::io::Result<Self> {
+        let (tx, rx) = sync_channel(config.queue_capacity.max(1));
+        let depth = Arc::new(AtomicUsize::new(0));
+        let worker = Worker { rx, model: model.clone(), config, depth: depth.clone(), metrics: metrics.clone() };
+        std::thread::Builder::new().name(format!("batcher-{}", model.name())).spawn(move || worker.run())?;
+        Ok(Self { tx, depth, capacity: config.queue_capacity.max(1), model, metrics })
+    }
+
+    pub fn model(&self) -> &Arc<NluModel> {
+        &self.model
+    }
+
+    /// Queues texts (all or none). Each receiver answers once its batch has run; dropping a
+    /// receiver (a cancelled call) drops its text before compute.
+    pub fn submit(&self, texts: Vec<Vec<u32>>) -> Result<Vec<oneshot::Receiver<Result<Answer, RequestError>>>, RequestError> {
+        let n = texts.len();
+        let before = self.depth.fetch_add(n, Ordering::SeqCst);
+        if before + n > self.capacity {
+            self.depth.fetch_sub(n, Ordering::SeqCst);
+            return Err(RequestError::QueueFull(before));
+        }
+        let now = Instant::now();
+        let mut out = Vec::with_capacity(n);
+        for (i, ids) in texts.into_iter().enumerate() {
+            let (reply, rx) = oneshot::channel();
+            match self.tx.try_send(Job { ids, enqueued: now, reply }) {
+                Ok(()) => out.push(rx),
+                Err(e) => {
+                    // Unreached while `depth` bounds the channel; the jobs already queued are
+                    // dropped with their receivers, so nothing half-answered remains.
+                    self.depth.fetch_sub(n - i, Ordering::SeqCst);
+                    return Err(match e {
+                        TrySendError::Full(_) => RequestError::QueueFull(before),
+                        TrySendError::Disconnected(_) => RequestError::ShuttingDown,
+                    });
+                }
+            }
+        }
+        self.metrics.queue_depth.with_label_values(&[self.model.name()]).set(self.depth.load(Ordering::Relaxed) as i64);
+        Ok(out)
+    }
+}
+
+struct Worker {
+    rx: Receiver<Job>,
+    model: Arc<NluModel>,
+    config: BatcherConfig,
+    depth: Arc<AtomicUsize>,
+    metrics: Metrics,
+}
+
+impl Worker {
+    fn take(&self, job: Job) -> Option<Job> {
+        self.depth.fetch_sub(1, Ordering::SeqCst);
+        if job.reply.is_closed() {
+            self.metrics.dropped.with_label_values(&[self.model.name()]).inc();
+            return None;
+        }
+        Some(job)
+    }
+
+    fn run(self) {
+        let mut carry: Option<Job> = None;
+        let mut last_batch = 1usize;
+        loop {
+            let first = match carry.take() {
+                Some(j) => j,
+                None => match self.rx.recv() {
+                    Ok(j) => match self.take(j) {
+                        Some(j) => j,
+                        None => continue,
+                    },
+                    Err(_) => return, // every sender gone: the server is shutting down
+                },
+            };
+            let deadline = first.enqueued + if last_batch > 1 { self.config.max_wait } else { Duration::ZERO };
+            let mut longest = first.ids.len();
+            let mut batch = vec![first];
+            while batch.len() < self.config.max_batch_size {
+                let next = match self.rx.try_recv() {
+                    Ok(j) => j,
+                    Err(TryRecvError::Disconnected) => break,
+                    Err(TryRecvError::Empty) => {
+                        let now = Instant::now();
+                        if now >= deadline {
+                            break;
+                        }
+                        match self.rx.recv_timeout(deadline - now) {
+                            Ok(j) => j,
+                            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+                        }
+                    }
+                };
+                let Some(job) = self.take(next) else { continue };
+                let l = longest.max(job.ids.len());
+                if l * (batch.len() + 1) > self.config.max_batch_tokens {
+                    carry = Some(job);
+                    break;
+                }
+                longest = l;
+                batch.push(job);
+            }
+            self.metrics.queue_depth.with_label_values(&[self.model.name()]).set(self.depth.load(Ordering::Relaxed) as i64);
+            last_batch = batch.len();
+            self.execute(batch);
+        }
+    }
+
+    fn execute(&self, mut batch: Vec<Job>) {
+        let name = self.model.name();
+        let start = Instant::now();
+        batch.sort_by_key(|j| j.ids.len());
+        let n = batch.len();
+        let real_tokens: usize = batch.iter().map(|j| j.ids.len()).sum();
+        let mut outputs: Vec<NluOutput> = Vec::with_capacity(n);
+        let mut failure = None;
+        for group in length_groups(&batch) {
+            let seqs: Vec<&[u32]> = batch[group].iter().map(|j| j.ids.as_slice()).collect();
+            match self.model.run(&seqs) {
+                Ok(o) => outputs.extend(o),
+                Err(e) => {
+                    failure = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        let compute_time = start.elapsed();
+        self.metrics.batch_size.with_label_values(&[name]).observe(n as f64);
+        self.metrics.batch_tokens.with_label_values(&[name]).observe(real_tokens as f64);
+        self.metrics.compute_seconds.with_label_values(&[name]).observe(compute_time.as_secs_f64());
+        if let Some(err) = failure {
+            tracing::error!(model = name, error = %err, "encoder pass failed");
+            for job in batch {
+                let _ = job.reply.send(Err(RequestError::Internal(err.clone())));
+            }
+            return;
+        }
+        for (job, output) in batch.into_iter().zip(outputs) {
+            let queue_time = start.duration_since(job.enqueued);
+            self.metrics.queue_seconds.with_label_values(&[name]).observe(queue_time.as_secs_f64());
+            let _ = job.reply.send(Ok(Answer { output, queue_time, compute_time, batch_size: n }));
+        }
+    }
+}
+
+/// Splits length-sorted jobs into runs whose padding stays under a third of the real tokens
+/// (or whose padded size is small anyway), so one long text does not pad the whole batch.
+fn length_groups(sorted: &[Job]) -> Vec<std::ops::Range<usize>> {
+    let mut groups = Vec::new();
+    let mut start = 0;
+    let mut real = 0usize;
+    for (i, job) in sorted.iter().enumerate() {
+        let len = job.ids.len();
+        let padded = len * (i - start + 1);
+        if i > start && padded > 256 && padded * 3 > (real + len) * 4 {
+            groups.push(start..i);
+            start = i;
+            real = 0;
+        }
+        real += len;
+    }
+    if start < sorted.len() {
+        groups.push(start..sorted.len());
+    }
+    groups
+}

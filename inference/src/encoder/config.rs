@@ -1,0 +1,116 @@
+//! The subset of a Hugging Face `config.json` a BERT-family encoder needs.
+use crate::error::LoadError;
+use serde::Deserialize;
+use std::path::Path;
+
+/// Activation of the feed-forward block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// Exact GELU (`gelu` in HF configs).
+    GeluErf,
+    /// tanh approximation (`gelu_new`, `gelu_pytorch_tanh`).
+    GeluTanh,
+    Relu,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct EncoderConfig {
+    #[serde(default = "default_model_type")]
+    pub model_type: String,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    pub max_position_embeddings: usize,
+    #[serde(default)]
+    pub type_vocab_size: usize,
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default)]
+    pub pad_token_id: usize,
+    #[serde(default)]
+    pub position_embedding_type: Option<String>,
+}
+
+fn default_model_type() -> String {
+    "bert".into()
+}
+fn default_act() -> String {
+    "gelu".into()
+}
+fn default_eps() -> f64 {
+    1e-12
+}
+
+impl EncoderConfig {
+    pub fn from_file(path: &Path) -> Result<Self, LoadError> {
+        let bytes = std::fs::read(path).map_err(|e| LoadError::io(path, e))?;
+        Self::from_slice(path, &bytes)
+    }
+
+    pub fn from_slice(path: &Path, bytes: &[u8]) -> Result<Self, LoadError> {
+        let cfg: EncoderConfig = serde_json::from_slice(bytes).map_err(|source| LoadError::Json {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), LoadError> {
+        let bad = |r: String| Err(LoadError::invalid(path, r));
+        match self.model_type.as_str() {
+            "bert" | "xlm-roberta" | "roberta" | "camembert" => {}
+            other => return bad(format!("model_type `{other}` is not a BERT-family encoder")),
+        }
+        if self.hidden_size == 0 || self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+            return bad(format!(
+                "hidden_size {} must be a positive multiple of num_attention_heads {}",
+                self.hidden_size, self.num_attention_heads
+            ));
+        }
+        if self.num_hidden_layers == 0 || self.intermediate_size == 0 || self.vocab_size == 0 {
+            return bad("num_hidden_layers, intermediate_size and vocab_size must be positive".into());
+        }
+        if let Some(p) = &self.position_embedding_type {
+            if p != "absolute" {
+                return bad(format!("position_embedding_type `{p}` is not supported (only `absolute`)"));
+            }
+        }
+        if self.max_position_embeddings <= self.position_offset() + 2 {
+            return bad(format!("max_position_embeddings {} is too small", self.max_position_embeddings));
+        }
+        self.activation().map(|_| ()).ok_or_else(|| {
+            LoadError::invalid(path, format!("hidden_act `{}` is not supported", self.hidden_act))
+        })
+    }
+
+    pub fn activation(&self) -> Option<Activation> {
+        match self.hidden_act.as_str() {
+            "gelu" => Some(Activation::GeluErf),
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Some(Activation::GeluTanh),
+            "relu" => Some(Activation::Relu),
+            _ => None,
+        }
+    }
+
+    /// RoBERTa-style models number positions from `pad_token_id + 1`, BERT from 0.
+    pub fn position_offset(&self) -> usize {
+        match self.model_type.as_str() {
+            "bert" => 0,
+            _ => self.pad_token_id + 1,
+        }
+    }
+
+    /// The longest input, special tokens included, that the position table can hold.
+    pub fn max_tokens(&self) -> usize {
+        self.max_position_embeddings - self.position_offset()
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads
+    }
+}

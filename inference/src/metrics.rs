@@ -1,0 +1,77 @@
+//! Prometheus metrics, named by stage (TEI's habit): requests by method and status code,
+//! end-to-end latency, queue wait, compute time, batch size and queue depth.
+use prometheus::{exponential_buckets, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: IntCounterVec,
+    pub request_seconds: HistogramVec,
+    pub queue_seconds: HistogramVec,
+    pub compute_seconds: HistogramVec,
+    pub batch_size: HistogramVec,
+    pub batch_tokens: HistogramVec,
+    pub queue_depth: IntGaugeVec,
+    pub dropped: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let secs = || exponential_buckets(0.0001, 2.0, 18).unwrap_or_default();
+        let requests = IntCounterVec::new(Opts::new("nudge_requests_total", "gRPC requests by method and status code"), &["method", "code"]);
+        let request_seconds = HistogramVec::new(HistogramOpts::new("nudge_request_duration_seconds", "End-to-end handler latency").buckets(secs()), &["method"]);
+        let queue_seconds = HistogramVec::new(HistogramOpts::new("nudge_queue_duration_seconds", "Time a text waited in the batch queue").buckets(secs()), &["model"]);
+        let compute_seconds = HistogramVec::new(HistogramOpts::new("nudge_compute_duration_seconds", "Encoder pass and heads, per batch").buckets(secs()), &["model"]);
+        let batch_size = HistogramVec::new(
+            HistogramOpts::new("nudge_batch_size", "Texts per encoder batch").buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]),
+            &["model"],
+        );
+        let batch_tokens = HistogramVec::new(
+            HistogramOpts::new("nudge_batch_tokens", "Real (unpadded) tokens per encoder batch").buckets(exponential_buckets(8.0, 2.0, 12).unwrap_or_default()),
+            &["model"],
+        );
+        let queue_depth = IntGaugeVec::new(Opts::new("nudge_queue_depth", "Texts waiting in the batch queue"), &["model"]);
+        let dropped = IntCounterVec::new(Opts::new("nudge_dropped_total", "Texts dropped before compute because their call was cancelled or timed out"), &["model"]);
+        // The definitions are constants; prometheus rejects only malformed names or buckets.
+        const OK: &str = "static metric definition";
+        let m = Self {
+            registry,
+            requests: requests.expect(OK),
+            request_seconds: request_seconds.expect(OK),
+            queue_seconds: queue_seconds.expect(OK),
+            compute_seconds: compute_seconds.expect(OK),
+            batch_size: batch_size.expect(OK),
+            batch_tokens: batch_tokens.expect(OK),
+            queue_depth: queue_depth.expect(OK),
+            dropped: dropped.expect(OK),
+        };
+        for c in [
+            Box::new(m.requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.request_seconds.clone()),
+            Box::new(m.queue_seconds.clone()),
+            Box::new(m.compute_seconds.clone()),
+            Box::new(m.batch_size.clone()),
+            Box::new(m.batch_tokens.clone()),
+            Box::new(m.queue_depth.clone()),
+            Box::new(m.dropped.clone()),
+        ] {
+            // Names are fixed and distinct, so registration cannot collide.
+            let _ = m.registry.register(c);
+        }
+        m
+    }
+
+    /// The text exposition format, for `GET /metrics`.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,238 @@
+//! The `nudge.v1.Nlu` gRPC service: validates input, tokenizes, queues on the model's batcher
+//! and turns head probabilities into labels, top-k and the out-of-scope verdict.
+use crate::batcher::{Answer, Batcher};
+use crate::error::RequestError;
+use crate::metrics::Metrics;
+use crate::model::{NluModel, NluOutput};
+use nudge_proto::v1 as pb;
+use pb::nlu_server::Nlu;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+use tonic::{Request, Response, Status};
+
+/// Request limits, checked before anything is queued.
+#[derive(Debug, Clone, Copy, serde::Deserialize, serde::Serialize)]
+pub struct Limits {
+    pub max_text_bytes: usize,
+    pub max_batch_texts: usize,
+    pub default_top_k: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_text_bytes: 8192, max_batch_texts: 64, default_top_k: 3 }
+    }
+}
+
+pub struct ServedModels {
+    by_name: HashMap<String, Batcher>,
+    default: String,
+}
+
+impl ServedModels {
+    /// The first batcher is the default model.
+    pub fn new(batchers: Vec<Batcher>) -> Result<Self, String> {
+        let default = batchers.first().map(|b| b.model().name().to_string()).ok_or("no model to serve")?;
+        let mut by_name = HashMap::new();
+        for b in batchers {
+            let name = b.model().name().to_string();
+            if by_name.insert(name.clone(), b).is_some() {
+                return Err(format!("two bundles are both named `{name}`"));
+            }
+        }
+        Ok(Self { by_name, default })
+    }
+
+    fn get(&self, name: &str) -> Result<&Batcher, RequestError> {
+        let key = if name.is_empty() { &self.default } else { name };
+        self.by_name.get(key).ok_or_else(|| RequestError::UnknownModel(name.to_string()))
+    }
+}
+
+pub struct NluService {
+    models: Arc<ServedModels>,
+    limits: Limits,
+    metrics: Metrics,
+}
+
+impl NluService {
+    pub fn new(models: Arc<ServedModels>, limits: Limits, metrics: Metrics) -> Self {
+        Self { models, limits, metrics }
+    }
+
+    fn check_text(&self, field: &str, text: &str) -> Result<(), RequestError> {
+        if text.trim().is_empty() {
+            return Err(RequestError::invalid(field, "must not be empty or whitespace only"));
+        }
+        if text.len() > self.limits.max_text_bytes {
+            return Err(RequestError::invalid(field, format!("{} bytes exceeds the limit of {} bytes", text.len(), self.limits.max_text_bytes)));
+        }
+        Ok(())
+    }
+
+    async fn understand_texts(&self, model: &str, texts: &[(String, &str)]) -> Result<(Arc<NluModel>, Vec<(Answer, bool, u32)>), RequestError> {
+        let batcher = self.models.get(model)?;
+        let m = batcher.model().clone();
+        let mut ids = Vec::with_capacity(texts.len());
+        let mut flags = Vec::with_capacity(texts.len());
+        for (field, text) in texts {
+            self.check_text(field, text)?;
+            let t = m.tokenize(text).map_err(|e| RequestError::invalid(field.as_str(), format!("cannot be tokenized: {e}")))?;
+            flags.push((t.truncated, t.ids.len() as u32));
+            ids.push(t.ids);
+        }
+        let receivers = batcher.submit(ids)?;
+        let mut answers = Vec::with_capacity(receivers.len());
+        for (rx, (truncated, count)) in receivers.into_iter().zip(flags) {
+            let a = rx.await.map_err(|_| RequestError::ShuttingDown)??;
+            answers.push((a, truncated, count));
+        }
+        Ok((m, answers))
+    }
+
+    fn finish<T>(&self, method: &str, start: Instant, r: Result<T, RequestError>) -> Result<Response<T>, Status> {
+        let r = r.map_err(to_status);
+        let code = match &r {
+            Ok(_) => "OK".to_string(),
+            Err(s) => format!("{:?}", s.code()),
+        };
+        self.metrics.requests.with_label_values(&[method, &code]).inc();
+        self.metrics.request_seconds.with_label_values(&[method]).observe(start.elapsed().as_secs_f64());
+        r.map(Response::new)
+    }
+}
+
+pub fn to_status(e: RequestError) -> Status {
+    match &e {
+        RequestError::InvalidArgument { .. } => Status::invalid_argument(e.to_string()),
+        RequestError::UnknownModel(_) => Status::not_found(e.to_string()),
+        RequestError::QueueFull(_) => Status::resource_exhausted(e.to_string()),
+        RequestError::ShuttingDown => Status::unavailable(e.to_string()),
+        RequestError::Internal(_) => Status::internal(e.to_string()),
+    }
+}
+
+fn top_k_or(default: usize, asked: u32) -> usize {
+    if asked == 0 { default } else { asked as usize }
+}
+
+#[tonic::async_trait]
+impl Nlu for NluService {
+    async fn understand(&self, request: Request<pb::UnderstandRequest>) -> Result<Response<pb::UnderstandResponse>, Status> {
+        let start = Instant::now();
+        let req = request.into_inner();
+        let k = top_k_or(self.limits.default_top_k, req.top_k);
+        let r = self
+            .understand_texts(&req.model, &[("text".to_string(), req.text.as_str())])
+            .await
+            .map(|(m, mut answers)| {
+                let (a, truncated, count) = answers.remove(0);
+                pb::UnderstandResponse {
+                    result: Some(interpret(&m, &a.output, k, req.include_embedding, truncated, count)),
+                    model: m.name().to_string(),
+                    model_version: m.version().to_string(),
+                    timing: Some(timing(&a)),
+                }
+            });
+        self.finish("Understand", start, r)
+    }
+
+    async fn understand_batch(&self, request: Request<pb::UnderstandBatchRequest>) -> Result<Response<pb::UnderstandBatchResponse>, Status> {
+        let start = Instant::now();
+        let req = request.into_inner();
+        let k = top_k_or(self.limits.default_top_k, req.top_k);
+        let r = async {
+            if req.texts.is_empty() {
+                return Err(RequestError::invalid("texts", "must hold at least one text"));
+            }
+            if req.texts.len() > self.limits.max_batch_texts {
+                return Err(RequestError::invalid("texts", format!("{} texts exceeds the limit of {}", req.texts.len(), self.limits.max_batch_texts)));
+            }
+            let named: Vec<(String, &str)> = req.texts.iter().enumerate().map(|(i, t)| (format!("texts[{i}]"), t.as_str())).collect();
+            let (m, answers) = self.understand_texts(&req.model, &named).await?;
+            let slowest = answers.iter().map(|(a, _, _)| a).max_by_key(|a| a.queue_time + a.compute_time).map(timing);
+            Ok(pb::UnderstandBatchResponse {
+                results: answers.iter().map(|(a, t, c)| interpret(&m, &a.output, k, req.include_embedding, *t, *c)).collect(),
+                model: m.name().to_string(),
+                model_version: m.version().to_string(),
+                timing: slowest,
+            })
+        }
+        .await;
+        self.finish("UnderstandBatch", start, r)
+    }
+
+    async fn list_models(&self, _request: Request<pb::ListModelsRequest>) -> Result<Response<pb::ListModelsResponse>, Status> {
+        let mut models: Vec<pb::ModelInfo> = self
+            .models
+            .by_name
+            .values()
+            .map(|b| {
+                let m = b.model();
+                pb::ModelInfo {
+                    name: m.name().to_string(),
+                    version: m.version().to_string(),
+                    is_default: m.name() == self.models.default,
+                    intent_labels: m.intent_spec().map(|s| s.labels.clone()).unwrap_or_default(),
+                    sentiment_labels: m.sentiment_labels().map(|l| l.to_vec()).unwrap_or_default(),
+                    oos_threshold: m.intent_spec().map_or(0.0, |s| s.oos_threshold),
+                    embedding_dim: m.hidden_size() as u32,
+                    max_tokens: m.max_tokens() as u32,
+                    max_text_bytes: self.limits.max_text_bytes as u32,
+                    max_batch_texts: self.limits.max_batch_texts as u32,
+                }
+            })
+            .collect();
+        models.sort_by(|a, b| b.is_default.cmp(&a.is_default).then(a.name.cmp(&b.name)));
+        Ok(Response::new(pb::ListModelsResponse { models }))
+    }
+}
+
+fn timing(a: &Answer) -> pb::Timing {
+    pb::Timing { queue_us: a.queue_time.as_micros() as u64, compute_us: a.compute_time.as_micros() as u64, batch_size: a.batch_size as u32 }
+}
+
+/// Head probabilities → labels. Out of scope when the model's own out-of-scope label wins or
+/// the best in-scope probability is under the threshold.
+pub fn interpret(model: &NluModel, out: &NluOutput, top_k: usize, with_embedding: bool, truncated: bool, token_count: u32) -> pb::Understanding {
+    let intent = match (model.intent_spec(), &out.intent) {
+        (Some(spec), Some(p)) => {
+            let mut ranked: Vec<(usize, f32)> = p.iter().copied().enumerate().collect();
+            ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+            let is_oos_label = |i: usize| spec.oos_label.as_deref() == Some(spec.labels[i].as_str());
+            let best_in_scope = ranked.iter().find(|(i, _)| !is_oos_label(*i)).copied().unwrap_or(ranked[0]);
+            let oos = is_oos_label(ranked[0].0) || best_in_scope.1 < spec.oos_threshold;
+            Some(pb::Intent {
+                label: if oos { spec.oos_label.clone().unwrap_or_else(|| "oos".into()) } else { spec.labels[best_in_scope.0].clone() },
+                confidence: best_in_scope.1,
+                out_of_scope: oos,
+                top_k: ranked.iter().take(top_k).map(|(i, s)| pb::LabelScore { label: spec.labels[*i].clone(), score: *s }).collect(),
+            })
+        }
+        _ => None,
+    };
+    let sentiment = match (model.sentiment_labels(), &out.sentiment) {
+        (Some(labels), Some(p)) => {
+            let best = p.iter().copied().enumerate().max_by(|a, b| a.1.total_cmp(&b.1)).unwrap_or((0, 0.0));
+            Some(pb::Sentiment {
+                label: labels[best.0].clone(),
+                score: best.1,
+                scores: labels.iter().zip(p).map(|(l, s)| pb::LabelScore { label: l.clone(), score: *s }).collect(),
+            })
+        }
+        _ => None,
+    };
+    pb::Understanding { intent, sentiment, embedding: if with_embedding { out.embedding.clone() } else { Vec::new() }, truncated, token_count }
+}
+
+/// One text through a locally loaded model, without a server (`nudge understand`).
+pub fn understand_local(model: &NluModel, text: &str, top_k: usize, with_embedding: bool) -> Result<pb::Understanding, RequestError> {
+    if text.trim().is_empty() {
+        return Err(RequestError::invalid("text", "must not be empty or whitespace only"));
+    }
+    let t = model.tokenize(text).map_err(|e| RequestError::invalid("text", e))?;
+    let out = model.run(&[&t.ids]).map_err(|e| RequestError::Internal(e.to_string()))?;
+    let out = out.into_iter().next().ok_or_else(|| RequestError::Internal("no output".into()))?;
+    Ok(interpret(model, &out, top_k, with_embedding, t.truncated, t.ids.len() as u32))
+}
