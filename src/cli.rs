@@ -18,6 +18,10 @@ enum Command {
         #[command(subcommand)]
         command: ModelsCommand,
     },
+    /// Serve the gRPC API (Nlu, health, reflection) and Prometheus /metrics.
+    Serve(ServeArgs),
+    /// Train a classification head on a frozen encoder and write it into a bundle.
+    Train(TrainArgs),
     /// Understand one text with a local bundle and print the result as JSON.
     Understand {
         text: String,
@@ -58,6 +62,8 @@ pub fn run() -> anyhow::Result<()> {
                 }
             }
         },
+        Command::Serve(a) => serve(a)?,
+        Command::Train(a) => train(a)?,
         Command::Understand { text, bundle } => {
             let model = NluModel::load_cpu(&bundle).with_context(|| format!("loading bundle {}", bundle.display()))?;
             let out = nudge_inference::service::understand_local(&model, &text, 3, false)?;
@@ -65,4 +71,152 @@ pub fn run() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[derive(clap::Args)]
+struct TrainArgs {
+    #[arg(long, value_parser = ["intent", "sentiment"])]
+    task: String,
+    /// JSONL training file(s) of {"text", "label"}.
+    #[arg(long, required = true)]
+    train: Vec<PathBuf>,
+    /// Validation file(s); figures are reported per file.
+    #[arg(long)]
+    val: Vec<PathBuf>,
+    /// An encoder directory (HF layout) or an existing bundle.
+    #[arg(long)]
+    base: PathBuf,
+    /// Bundle to write (or update: its other head is kept).
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long)]
+    name: Option<String>,
+    #[arg(long)]
+    version: Option<String>,
+    /// Text put before every input (e5 wants "query: ").
+    #[arg(long)]
+    text_prefix: Option<String>,
+    #[arg(long, value_parser = ["mean", "cls"])]
+    pooling: Option<String>,
+    #[arg(long)]
+    limit_per_file: Option<usize>,
+    #[arg(long)]
+    val_limit_per_file: Option<usize>,
+    #[arg(long, default_value_t = 0.05)]
+    oos_quantile: f32,
+    #[arg(long, default_value = "models/cache/embeddings")]
+    cache_dir: PathBuf,
+    #[arg(long, default_value_t = 17)]
+    seed: u64,
+    #[arg(long, default_value_t = 60)]
+    epochs: usize,
+}
+
+fn train(a: TrainArgs) -> anyhow::Result<()> {
+    use nudge_inference::train::{self, HeadTraining, Task, TrainJob};
+    let job = TrainJob {
+        task: if a.task == "intent" { Task::Intent } else { Task::Sentiment },
+        train: a.train,
+        val: a.val,
+        base: a.base,
+        out: a.out,
+        name: a.name,
+        version: a.version,
+        text_prefix: a.text_prefix,
+        pooling: a.pooling.map(|p| if p == "cls" { nudge_inference::encoder::Pooling::Cls } else { nudge_inference::encoder::Pooling::Mean }),
+        limit_per_file: a.limit_per_file,
+        val_limit_per_file: a.val_limit_per_file,
+        oos_quantile: a.oos_quantile,
+        cache_dir: Some(a.cache_dir),
+        training: HeadTraining { seed: a.seed, epochs: a.epochs, ..Default::default() },
+    };
+    let bar = indicatif::ProgressBar::new(0).with_style(
+        indicatif::ProgressStyle::with_template("embedding {bar:40} {pos}/{len} texts ({per_sec}, eta {eta})").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let report = train::run(&job, &bar)?;
+    bar.finish_and_clear();
+    println!("| file | examples | accuracy (top-1) | in-scope acc (after OOS threshold) | OOS recall |\n|---|---|---|---|---|");
+    for v in &report.val {
+        let pct = |x: Option<f64>| x.map_or("—".to_string(), |x| format!("{:.1}%", 100.0 * x));
+        println!("| {} | {} | {:.1}% | {} | {} |", v.file, v.examples, 100.0 * v.accuracy, pct(v.in_scope_accuracy), pct(v.oos_recall));
+    }
+    println!(
+        "\n{} head: {} labels, {} training examples (train accuracy {:.1}%), oos threshold {:.3}; embedding {:.1}s, fit {:.1}s",
+        report.task, report.labels.len(), report.train_examples, 100.0 * report.train_accuracy, report.oos_threshold, report.embed_seconds, report.fit_seconds
+    );
+    println!("bundle written to {}", job.out.display());
+    Ok(())
+}
+
+/// Flags override environment variables, which override the TOML file, which overrides the
+/// defaults (which serve `models/bundles/default` on 127.0.0.1:50051, metrics on :9464).
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// TOML file with any of the keys of `nudge serve --print-config`.
+    #[arg(long, env = "NUDGE_CONFIG")]
+    config: Option<PathBuf>,
+    #[arg(long, env = "NUDGE_GRPC_ADDR")]
+    grpc_addr: Option<std::net::SocketAddr>,
+    #[arg(long, env = "NUDGE_METRICS_ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
+    /// Bundle directory to serve; repeat for several (the first is the default model).
+    #[arg(long = "bundle", env = "NUDGE_BUNDLES", value_delimiter = ',')]
+    bundles: Vec<PathBuf>,
+    #[arg(long, env = "NUDGE_MAX_BATCH_SIZE")]
+    max_batch_size: Option<usize>,
+    #[arg(long, env = "NUDGE_MAX_BATCH_TOKENS")]
+    max_batch_tokens: Option<usize>,
+    #[arg(long, env = "NUDGE_MAX_WAIT_US")]
+    max_wait_us: Option<u64>,
+    #[arg(long, env = "NUDGE_QUEUE_CAPACITY")]
+    queue_capacity: Option<usize>,
+    #[arg(long, env = "NUDGE_MAX_TEXT_BYTES")]
+    max_text_bytes: Option<usize>,
+    #[arg(long, env = "NUDGE_MAX_BATCH_TEXTS")]
+    max_batch_texts: Option<usize>,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+fn serve_config(a: &ServeArgs) -> anyhow::Result<nudge_inference::server::ServeConfig> {
+    let mut c: nudge_inference::server::ServeConfig = match &a.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            toml::from_str(&text).with_context(|| format!("{}: invalid configuration", p.display()))?
+        }
+        None => Default::default(),
+    };
+    if let Some(v) = a.grpc_addr { c.grpc_addr = v; }
+    if let Some(v) = a.metrics_addr { c.metrics_addr = v; }
+    if !a.bundles.is_empty() { c.bundles = a.bundles.clone(); }
+    if let Some(v) = a.max_batch_size { c.batcher.max_batch_size = v; }
+    if let Some(v) = a.max_batch_tokens { c.batcher.max_batch_tokens = v; }
+    if let Some(v) = a.max_wait_us { c.batcher.max_wait_us = v; }
+    if let Some(v) = a.queue_capacity { c.batcher.queue_capacity = v; }
+    if let Some(v) = a.max_text_bytes { c.limits.max_text_bytes = v; }
+    if let Some(v) = a.max_batch_texts { c.limits.max_batch_texts = v; }
+    Ok(c)
+}
+
+fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    let config = serve_config(&a)?;
+    if a.print_config {
+        print!("{}", toml::to_string(&config)?);
+        return Ok(());
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let server = nudge_inference::server::start(config).await?;
+        // Machine-readable line for scripts and tests that bind port 0.
+        println!("listening grpc={} metrics={}", server.grpc_addr, server.metrics_addr);
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r?,
+            _ = term.recv() => {}
+        }
+        tracing::info!("stopping: finishing calls in flight");
+        server.shutdown().await?;
+        anyhow::Ok(())
+    })
 }

@@ -15,20 +15,21 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 #[derive(Debug, Clone, Copy, serde::Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct BatcherConfig {
     /// Most texts in one encoder batch.
     pub max_batch_size: usize,
     /// Most padded tokens (longest text × texts) in one encoder pass.
     pub max_batch_tokens: usize,
-    /// Longest a text waits for company once the server is busy.
-    pub max_wait: Duration,
+    /// Longest a text waits for company once the server is busy, in microseconds.
+    pub max_wait_us: u64,
     /// Texts that may wait in the queue; beyond it calls get RESOURCE_EXHAUSTED.
     pub queue_capacity: usize,
 }
 
 impl Default for BatcherConfig {
     fn default() -> Self {
-        Self { max_batch_size: 32, max_batch_tokens: 8192, max_wait: Duration::from_millis(2), queue_capacity: 1024 }
+        Self { max_batch_size: 32, max_batch_tokens: 8192, max_wait_us: 2000, queue_capacity: 1024 }
     }
 }
 
@@ -131,7 +132,7 @@ impl Worker {
                     Err(_) => return, // every sender gone: the server is shutting down
                 },
             };
-            let deadline = first.enqueued + if last_batch > 1 { self.config.max_wait } else { Duration::ZERO };
+            let deadline = first.enqueued + if last_batch > 1 { Duration::from_micros(self.config.max_wait_us) } else { Duration::ZERO };
             let mut longest = first.ids.len();
             let mut batch = vec![first];
             while batch.len() < self.config.max_batch_size {

@@ -13,3 +13,4 @@ pub mod batcher;
 pub mod metrics;
 pub mod server;
 pub mod service;
+pub mod train;

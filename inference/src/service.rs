@@ -13,6 +13,7 @@ use tonic::{Request, Response, Status};
 
 /// Request limits, checked before anything is queued.
 #[derive(Debug, Clone, Copy, serde::Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Limits {
     pub max_text_bytes: usize,
     pub max_batch_texts: usize,

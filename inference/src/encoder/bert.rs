@@ -87,19 +87,18 @@ impl<'a> WeightReader<'a> {
             StDtype::BF16 => DType::BF16,
             other => return Err(err(format!("dtype {other:?}, expected F32, F16 or BF16"))),
         };
+        // A NaN or infinite weight would silently poison every answer; refuse it here.
+        let finite = match dtype {
+            DType::F32 => view.data().chunks_exact(4).all(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite()),
+            DType::F16 => view.data().chunks_exact(2).all(|b| half::f16::from_le_bytes([b[0], b[1]]).is_finite()),
+            _ => view.data().chunks_exact(2).all(|b| half::bf16::from_le_bytes([b[0], b[1]]).is_finite()),
+        };
+        if !finite {
+            return Err(err("contains NaN or infinite values".into()));
+        }
         let t = Tensor::from_raw_buffer(view.data(), dtype, shape, self.device)
             .and_then(|t| t.to_dtype(DType::F32))
             .map_err(|e| err(e.to_string()))?;
-        // A NaN or infinite weight would silently poison every answer; refuse it here.
-        let finite = t
-            .flatten_all()
-            .and_then(|f| f.abs())
-            .and_then(|a| a.max(0))
-            .and_then(|m| m.to_scalar::<f32>())
-            .map_err(|e| err(e.to_string()))?;
-        if !finite.is_finite() {
-            return Err(err("contains NaN or infinite values".into()));
-        }
         Ok(t)
     }
 
