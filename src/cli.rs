@@ -215,8 +215,12 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
             r = tokio::signal::ctrl_c() => r?,
             _ = term.recv() => {}
         }
-        tracing::info!("stopping: finishing calls in flight");
-        server.shutdown().await?;
+        tracing::info!("stopping: finishing calls in flight (up to 10 s)");
+        // Clients that never close their connections must not hold the process forever.
+        match tokio::time::timeout(std::time::Duration::from_secs(10), server.shutdown()).await {
+            Ok(r) => r?,
+            Err(_) => tracing::warn!("connections still open after 10 s; exiting"),
+        }
         anyhow::Ok(())
     })
 }

@@ -265,3 +265,34 @@ pub fn write_bundle(dir: &Path, name: &str, variant: Variant, pooling: Pooling) 
 pub fn texts(n: usize) -> Vec<String> {
     (1..=n).map(|k| (0..k).map(|i| WORDS[(i * 7 + k) % WORDS.len()]).collect::<Vec<_>>().join(" ")).collect()
 }
+
+/// Starts an in-process server on loopback ports chosen by the OS.
+pub async fn start_server(bundles: Vec<PathBuf>, tweak: impl FnOnce(&mut nudge_inference::server::ServeConfig)) -> nudge_inference::server::RunningServer {
+    let mut config = nudge_inference::server::ServeConfig {
+        grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        metrics_addr: "127.0.0.1:0".parse().unwrap(),
+        bundles,
+        ..Default::default()
+    };
+    tweak(&mut config);
+    nudge_inference::server::start(config).await.expect("server starts")
+}
+
+pub async fn client(addr: std::net::SocketAddr) -> nudge_proto::v1::nlu_client::NluClient<tonic::transport::Channel> {
+    nudge_proto::v1::nlu_client::NluClient::connect(format!("http://{addr}")).await.expect("connect")
+}
+
+/// GET /metrics over a plain TCP connection.
+pub async fn scrape(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.unwrap();
+    body
+}
+
+/// The value of a sample line `name{labels} value` whose text starts with `prefix`.
+pub fn metric(text: &str, prefix: &str) -> Option<f64> {
+    text.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok())
+}
