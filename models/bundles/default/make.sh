@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Rebuilds the default bundle's heads (heads.safetensors + manifest.json) from the data in the
+# repository and ../shared/data. Needs `nudge models fetch` first. Seeded: same data, same heads.
+# Takes ~10 minutes on 2 cores, most of it embedding the sentiment reviews (cached afterwards
+# under models/cache/embeddings).
+set -euo pipefail
+cd "$(dirname "$0")/../../.."
+nudge() { cargo run --release -q -- "$@"; }
+version=${VERSION:-2026.11.24-1}
+nudge train --task intent \
+  --train models/data/cs_intent/train_en.jsonl --train models/data/cs_intent/train_zh.jsonl \
+  --val models/data/cs_intent/eval_en.jsonl --val models/data/cs_intent/eval_zh.jsonl \
+  --base models/encoders/multilingual-e5-small --text-prefix "query: " \
+  --out models/bundles/default --name default --version "$version"
+nudge train --task sentiment \
+  --train ../shared/data/sentiment/en/sst2/train.jsonl \
+  --train ../shared/data/sentiment/zh/online_shopping/train.jsonl --limit-per-file 8000 \
+  --val ../shared/data/sentiment/en/sst2/val.jsonl --val ../shared/data/sentiment/zh/online_shopping/val.jsonl \
+  --base models/bundles/default --out models/bundles/default --version "$version"
