@@ -144,3 +144,31 @@ async fn several_models_health_and_reflection() {
     assert!(names.contains(&"nudge.v1.Nlu".to_string()) && names.contains(&"grpc.health.v1.Health".to_string()), "{names:?}");
     server.shutdown().await.unwrap();
 }
+
+#[test]
+fn texts_whose_caller_gave_up_are_dropped_before_compute() {
+    use nudge_inference::batcher::{Batcher, BatcherConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = write_bundle(dir.path(), "tiny", Variant::Bert, Pooling::Mean);
+    let model = std::sync::Arc::new(nudge_inference::NluModel::load_cpu(&bundle).unwrap());
+    let metrics = nudge_inference::metrics::Metrics::new();
+    let batcher = Batcher::spawn(model.clone(), BatcherConfig { max_batch_size: 4, ..Default::default() }, metrics.clone()).unwrap();
+    let long = model.tokenize(&vec!["order"; 46].join(" ")).unwrap().ids;
+    // 400 long texts keep the worker busy for a while ...
+    let kept = batcher.submit(vec![long.clone(); 400]).unwrap();
+    // ... so that these 10, whose callers hang up at once, are still queued when it gets there.
+    drop(batcher.submit(vec![long; 10]).unwrap());
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    for rx in kept {
+        rt.block_on(rx).unwrap().unwrap();
+    }
+    // The worker takes the dropped ones right after the last kept batch; give it a moment.
+    for _ in 0..100 {
+        if metrics.dropped.with_label_values(&["tiny"]).get() == 10 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(metrics.dropped.with_label_values(&["tiny"]).get(), 10);
+    assert_eq!(metrics.batch_size.with_label_values(&["tiny"]).get_sample_sum(), 400.0, "only the 400 kept texts were computed");
+}
