@@ -421,11 +421,22 @@ pub fn run(job: &TrainJob, progress: &indicatif::ProgressBar) -> Result<TrainRep
     let base_manifest = Manifest::read(&job.base).ok();
     let (encoder_dir, mut spec, source) = match &base_manifest {
         Some(m) => (job.base.join(&m.encoder.dir), m.encoder.clone(), m.encoder.source.clone()),
-        None => (
-            job.base.clone(),
-            EncoderSpec { dir: "encoder".into(), pooling: crate::encoder::Pooling::Mean, normalize: true, text_prefix: String::new(), max_tokens: None, source: None },
-            job.base.file_name().map(|n| n.to_string_lossy().to_string()),
-        ),
+        None => {
+            // A sentence-transformers directory says how it pools and how long its inputs are.
+            let hints = crate::encoder::config::SentenceTransformerHints::read(&job.base);
+            (
+                job.base.clone(),
+                EncoderSpec {
+                    dir: "encoder".into(),
+                    pooling: hints.pooling.unwrap_or(crate::encoder::Pooling::Mean),
+                    normalize: true,
+                    text_prefix: String::new(),
+                    max_tokens: hints.max_seq_length,
+                    source: None,
+                },
+                job.base.file_name().map(|n| n.to_string_lossy().to_string()),
+            )
+        }
     };
     if let Some(p) = &job.text_prefix {
         spec.text_prefix = p.clone();

@@ -114,3 +114,28 @@ impl EncoderConfig {
         self.hidden_size / self.num_attention_heads
     }
 }
+
+/// What a sentence-transformers directory says about pooling and input length
+/// (`1_Pooling/config.json`, `sentence_bert_config.json`), when it says anything.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SentenceTransformerHints {
+    pub pooling: Option<super::Pooling>,
+    pub max_seq_length: Option<usize>,
+}
+
+impl SentenceTransformerHints {
+    pub fn read(dir: &Path) -> Self {
+        let json = |p: std::path::PathBuf| -> Option<serde_json::Value> { serde_json::from_slice(&std::fs::read(p).ok()?).ok() };
+        let pooling = json(dir.join("1_Pooling/config.json")).and_then(|v| {
+            if v["pooling_mode_cls_token"].as_bool() == Some(true) {
+                Some(super::Pooling::Cls)
+            } else if v["pooling_mode_mean_tokens"].as_bool() == Some(true) {
+                Some(super::Pooling::Mean)
+            } else {
+                None
+            }
+        });
+        let max_seq_length = json(dir.join("sentence_bert_config.json")).and_then(|v| v["max_seq_length"].as_u64()).map(|n| n as usize);
+        Self { pooling, max_seq_length }
+    }
+}

