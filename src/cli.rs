@@ -80,6 +80,11 @@ struct TrainArgs {
     /// JSONL training file(s) of {"text", "label"}.
     #[arg(long, required = true)]
     train: Vec<PathBuf>,
+    /// Intent: out-of-scope examples (rows labelled `oos` if the file has any, else all rows).
+    #[arg(long)]
+    oos_train: Vec<PathBuf>,
+    #[arg(long)]
+    oos_limit_per_file: Option<usize>,
     /// Validation file(s); figures are reported per file.
     #[arg(long)]
     val: Vec<PathBuf>,
@@ -117,6 +122,8 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
     let job = TrainJob {
         task: if a.task == "intent" { Task::Intent } else { Task::Sentiment },
         train: a.train,
+        oos_train: a.oos_train,
+        oos_limit_per_file: a.oos_limit_per_file,
         val: a.val,
         base: a.base,
         out: a.out,

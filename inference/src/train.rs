@@ -231,6 +231,12 @@ pub fn accuracy(head: &LinearHead, x: &[Vec<f32>], y: &[usize]) -> f64 {
     correct as f64 / x.len().max(1) as f64
 }
 
+/// The most probable label other than the out-of-scope one, with its probability (the server
+/// applies the same rule in `service::interpret`).
+fn best_in_scope(p: &[f32], oos: Option<usize>) -> (usize, f32) {
+    p.iter().copied().enumerate().filter(|(i, _)| Some(*i) != oos).max_by(|a, b| a.1.total_cmp(&b.1)).unwrap_or((0, 0.0))
+}
+
 /// Which head `nudge train` fits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Task {
@@ -364,6 +370,11 @@ fn same_file(a: &Path, b: &Path) -> bool {
 pub struct TrainJob {
     pub task: Task,
     pub train: Vec<PathBuf>,
+    /// Intent: files of out-of-scope examples, trained as the label `oos` (only the rows
+    /// labelled `oos` when the file has any, otherwise every row).
+    pub oos_train: Vec<PathBuf>,
+    /// Seeded sample, spread evenly over the file's labels, from each `oos_train` file.
+    pub oos_limit_per_file: Option<usize>,
     pub val: Vec<PathBuf>,
     /// An encoder directory (HF layout) or an existing bundle.
     pub base: PathBuf,
@@ -417,6 +428,29 @@ fn sample(mut v: Vec<Example>, limit: Option<usize>, seed: u64) -> Vec<Example> 
     v
 }
 
+/// Up to `limit` examples taking labels in turn, so a skewed file still gives a varied sample.
+fn stratified_sample(v: Vec<Example>, limit: Option<usize>, seed: u64) -> Vec<Example> {
+    let Some(limit) = limit else { return v };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut groups: BTreeMap<String, Vec<Example>> = BTreeMap::new();
+    for e in v {
+        groups.entry(e.label.clone()).or_default().push(e);
+    }
+    let mut groups: Vec<Vec<Example>> = groups.into_values().collect();
+    groups.iter_mut().for_each(|g| g.shuffle(&mut rng));
+    let mut out = Vec::with_capacity(limit);
+    while out.len() < limit && groups.iter().any(|g| !g.is_empty()) {
+        for g in groups.iter_mut() {
+            if out.len() < limit {
+                if let Some(e) = g.pop() {
+                    out.push(e);
+                }
+            }
+        }
+    }
+    out
+}
+
 pub fn run(job: &TrainJob, progress: &indicatif::ProgressBar) -> Result<TrainReport, LoadError> {
     let base_manifest = Manifest::read(&job.base).ok();
     let (encoder_dir, mut spec, source) = match &base_manifest {
@@ -447,6 +481,12 @@ pub fn run(job: &TrainJob, progress: &indicatif::ProgressBar) -> Result<TrainRep
     let mut train = Vec::new();
     for (i, f) in job.train.iter().enumerate() {
         train.extend(sample(read_jsonl(f)?, job.limit_per_file, job.training.seed + i as u64));
+    }
+    for (i, f) in job.oos_train.iter().enumerate() {
+        let rows = read_jsonl(f)?;
+        let rows: Vec<Example> = if rows.iter().any(|e| e.label == "oos") { rows.into_iter().filter(|e| e.label == "oos").collect() } else { rows };
+        let picked = stratified_sample(rows, job.oos_limit_per_file, job.training.seed + 500 + i as u64);
+        train.extend(picked.into_iter().map(|e| Example { text: e.text, label: "oos".into() }));
     }
     let first = job.train.first().cloned().unwrap_or_default();
     let (labels, y) = index_labels(&first, &train)?;
@@ -483,7 +523,12 @@ pub fn run(job: &TrainJob, progress: &indicatif::ProgressBar) -> Result<TrainRep
         let xa: Vec<Vec<f32>> = a.iter().map(|&i| x_train[i].clone()).collect();
         let ya: Vec<usize> = a.iter().map(|&i| y[i]).collect();
         let (h, _) = fit(&xa, &ya)?;
-        let mut conf: Vec<f32> = b.iter().map(|&i| h.probabilities(&x_train[i]).into_iter().fold(0.0, f32::max)).collect();
+        let oos_idx = labels.iter().position(|l| l == "oos");
+        let mut conf: Vec<f32> = b
+            .iter()
+            .filter(|&&i| Some(y[i]) != oos_idx)
+            .map(|&i| best_in_scope(&h.probabilities(&x_train[i]), oos_idx).1)
+            .collect();
         conf.sort_by(|p, q| p.total_cmp(q));
         conf.get(((conf.len() as f32 * job.oos_quantile) as usize).min(conf.len().saturating_sub(1))).copied().unwrap_or(0.0)
     } else {
@@ -501,8 +546,10 @@ pub fn run(job: &TrainJob, progress: &indicatif::ProgressBar) -> Result<TrainRep
         let (mut top1, mut ins, mut ins_ok, mut oos, mut oos_ok) = (0usize, 0usize, 0usize, 0usize, 0usize);
         for (e, x) in v.iter().zip(xv) {
             let p = head.probabilities(x);
-            let (best, conf) = p.iter().copied().enumerate().max_by(|a, b| a.1.total_cmp(&b.1)).unwrap_or((0, 0.0));
-            let flagged = job.task == Task::Intent && conf < oos_threshold;
+            let oos_idx = labels.iter().position(|l| l == "oos");
+            let top = p.iter().copied().enumerate().max_by(|a, b| a.1.total_cmp(&b.1)).map_or(0, |t| t.0);
+            let (best, conf) = best_in_scope(&p, oos_idx);
+            let flagged = job.task == Task::Intent && (Some(top) == oos_idx || conf < oos_threshold);
             if e.label == "oos" {
                 oos += 1;
                 oos_ok += flagged as usize;

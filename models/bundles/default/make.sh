@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# Out-of-scope examples: CLINC150's own `oos` training rows (en) and a label-balanced sample of CAIS
+# (zh voice-assistant requests: music, weather, reminders, chat), none of it e-commerce service.
 # Rebuilds the default bundle's heads (heads.safetensors + manifest.json) from the data in the
 # repository and ../shared/data. Needs `nudge models fetch` first. Seeded: same data, same heads.
 # Takes ~10 minutes on 2 cores, most of it embedding the sentiment reviews (cached afterwards
@@ -6,9 +8,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 nudge() { cargo run --release -q -- "$@"; }
-version=${VERSION:-2026.11.24-1}
+version=${VERSION:-2026.11.24-2}
 nudge train --task intent \
   --train models/data/cs_intent/train_en.jsonl --train models/data/cs_intent/train_zh.jsonl \
+  --oos-train ../shared/data/intent/en/clinc150/train.jsonl --oos-train ../shared/data/intent/zh/cais/train.jsonl \
+  --oos-limit-per-file 100 \
   --val models/data/cs_intent/eval_en.jsonl --val models/data/cs_intent/eval_zh.jsonl \
   --base models/encoders/multilingual-e5-small --text-prefix "query: " \
   --out models/bundles/default --name default --version "$version"
