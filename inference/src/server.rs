@@ -54,6 +54,7 @@ pub struct RunningServer {
     pub grpc_addr: SocketAddr,
     pub metrics_addr: SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
+    health: tonic_health::server::HealthReporter,
     grpc: JoinHandle<Result<(), tonic::transport::Error>>,
     http: JoinHandle<()>,
 }
@@ -61,6 +62,9 @@ pub struct RunningServer {
 impl RunningServer {
     /// Stops accepting calls, lets the ones in flight finish, and waits for both ports to close.
     pub async fn shutdown(mut self) -> Result<(), ServeError> {
+        // Load balancers polling health stop sending new calls while the old ones drain.
+        self.health.set_not_serving::<NluServer<NluService>>().await;
+        self.health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -103,11 +107,14 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<NluServer<NluService>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(nudge_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| ServeError::Config(format!("reflection: {e}")))?;
+    // Both reflection versions: grpcurl and older tools still ask for v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(nudge_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1().map_err(|e| ServeError::Config(format!("reflection: {e}")))?;
+    let reflection_v1alpha = reflection().build_v1alpha().map_err(|e| ServeError::Config(format!("reflection: {e}")))?;
 
     let incoming = tonic::transport::server::TcpIncoming::bind(config.grpc_addr)
         .map_err(|source| ServeError::Bind { addr: config.grpc_addr, source })?
@@ -136,12 +143,13 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
     let grpc = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(health_service)
-            .add_service(reflection)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
             .add_service(NluServer::new(service))
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = rx.await;
             }),
     );
     tracing::info!(%grpc_addr, %metrics_addr, "serving");
-    Ok(RunningServer { grpc_addr, metrics_addr, shutdown: Some(tx), grpc, http })
+    Ok(RunningServer { grpc_addr, metrics_addr, shutdown: Some(tx), health: health_reporter, grpc, http })
 }
