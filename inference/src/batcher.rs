@@ -175,10 +175,15 @@ impl Worker {
         let mut failure = None;
         for group in length_groups(&batch) {
             let seqs: Vec<&[u32]> = batch[group].iter().map(|j| j.ids.as_slice()).collect();
-            match self.model.run(&seqs) {
-                Ok(o) => outputs.extend(o),
-                Err(e) => {
+            // A panic inside the compute library must cost this batch, not the whole model.
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.model.run(&seqs))) {
+                Ok(Ok(o)) => outputs.extend(o),
+                Ok(Err(e)) => {
                     failure = Some(e.to_string());
+                    break;
+                }
+                Err(_) => {
+                    failure = Some("the encoder panicked on this batch".into());
                     break;
                 }
             }
