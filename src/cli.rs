@@ -22,6 +22,17 @@ enum Command {
     Serve(ServeArgs),
     /// Train a classification head on a frozen encoder and write it into a bundle.
     Train(TrainArgs),
+    /// Evaluate a bundle's intent or sentiment head on a JSONL file: markdown, or JSON with --json.
+    Eval {
+        #[arg(long)]
+        bundle: PathBuf,
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long, value_parser = ["intent", "sentiment"], default_value = "intent")]
+        task: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Understand one text with a local bundle and print the result as JSON.
     Understand {
         text: String,
@@ -64,6 +75,16 @@ pub fn run() -> anyhow::Result<()> {
         },
         Command::Serve(a) => serve(a)?,
         Command::Train(a) => train(a)?,
+        Command::Eval { bundle, data, task, json } => {
+            use nudge_inference::eval;
+            let head = if task == "intent" { eval::Head::Intent } else { eval::Head::Sentiment };
+            let f = eval::evaluate_bundle(&bundle, &data, head)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&f)?);
+            } else {
+                print!("{}", eval::markdown(&f));
+            }
+        }
         Command::Understand { text, bundle } => {
             let model = NluModel::load_cpu(&bundle).with_context(|| format!("loading bundle {}", bundle.display()))?;
             let out = nudge_inference::service::understand_local(&model, &text, 3, false)?;

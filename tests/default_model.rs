@@ -93,3 +93,23 @@ async fn default_intents_and_sentiment_in_chinese_and_english() {
     assert_eq!(i.label, "oos");
     server.shutdown().await.unwrap();
 }
+
+/// `nudge eval` on the independent intent eval files reproduces the figures `nudge train`
+/// recorded in the manifest (one rule for out of scope, in the server and in both tools).
+#[test]
+fn eval_reproduces_the_figures_recorded_at_training() {
+    let bundle = default_bundle();
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(bundle.join("manifest.json")).unwrap()).unwrap();
+    let recorded = manifest["metrics"]["intent"]["val"].as_array().unwrap().clone();
+    assert_eq!(recorded.len(), 2);
+    for r in recorded {
+        let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(r["file"].as_str().unwrap());
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_nudge")).args(["eval", "--json", "--bundle"]).arg(&bundle).arg("--data").arg(&data).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let f: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let close = |a: &serde_json::Value, b: &serde_json::Value| (a.as_f64().unwrap() - b.as_f64().unwrap()).abs() < 1e-9;
+        assert!(close(&f["oos"]["in_scope_accuracy"], &r["in_scope_accuracy"]), "{data:?}: {} vs {}", f["oos"], r);
+        assert!(close(&f["oos"]["recall"], &r["oos_recall"]), "{data:?}: {} vs {}", f["oos"], r);
+        assert!(f["oos"]["in_scope_accuracy"].as_f64().unwrap() >= 0.9, "{data:?}: in-scope accuracy fell under 90%");
+    }
+}

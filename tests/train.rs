@@ -80,3 +80,15 @@ fn bad_training_files_are_refused_with_file_and_line() {
     assert!(!out.status.success() && err.contains("only one class"), "{err}");
     assert!(!dir.path().join("b/manifest.json").exists(), "nothing written for a refused run");
 }
+
+#[test]
+fn eval_refuses_labels_the_bundle_does_not_know() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = write_bundle(&dir.path().join("b"), "tiny", Variant::Bert, nudge_inference::encoder::Pooling::Mean);
+    let data = dir.path().join("d.jsonl");
+    write_jsonl(&data, &[("where is my order", "order_status"), ("hello", "weather")]);
+    let out = Command::new(BIN).args(["eval", "--bundle"]).arg(&bundle).arg("--data").arg(&data).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("d.jsonl") && err.contains("example 2") && err.contains("weather"), "{err}");
+}

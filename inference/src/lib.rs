@@ -14,3 +14,4 @@ pub mod metrics;
 pub mod server;
 pub mod service;
 pub mod train;
+pub mod eval;
