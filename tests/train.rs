@@ -54,6 +54,10 @@ fn trained_head_fits_its_data_is_reproducible_and_is_served() {
     assert!(train(dir.path(), "b2", &data).status.success());
     assert_eq!(std::fs::read(dir.path().join("b1/heads.safetensors")).unwrap(), std::fs::read(dir.path().join("b2/heads.safetensors")).unwrap());
 
+    // Retraining into an existing bundle replaces it whole; no staging directories are left.
+    assert!(train(dir.path(), "b1", &data).status.success());
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().starts_with(".nudge-bundle")).collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
     let model = nudge_inference::NluModel::load_cpu(&dir.path().join("b1")).unwrap();
     assert_eq!(model.intent_spec().unwrap().labels, vec!["hi", "money", "track"]);
     for (text, label) in rows {

@@ -279,8 +279,13 @@ pub fn write_bundle_head(
     oos_threshold: f32,
     metrics: serde_json::Map<String, serde_json::Value>,
 ) -> Result<Manifest, LoadError> {
-    std::fs::create_dir_all(out.join("encoder")).map_err(|e| LoadError::io(out, e))?;
     let existing = Manifest::read(out).ok();
+    // Everything is written into a staging directory beside `out` and swapped in at the end:
+    // a failed or killed run leaves the old bundle (or none), never a half-written one.
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|e| LoadError::io(parent, e))?;
+    let stage = tempfile::Builder::new().prefix(".nudge-bundle-").tempdir_in(parent).map_err(|e| LoadError::io(parent, e))?;
+    std::fs::create_dir_all(stage.path().join("encoder")).map_err(|e| LoadError::io(stage.path(), e))?;
     let mut heads: BTreeMap<String, (Vec<f32>, Vec<f32>, usize)> = BTreeMap::new();
     let hidden = encoder.hidden_size();
     if let Some(m) = &existing {
@@ -316,14 +321,10 @@ pub fn write_bundle_head(
         .collect::<Result<_, _>>()
         .map_err(|e| LoadError::invalid(out, format!("heads: {e}")))?;
     let st = safetensors::serialize(views, None).map_err(|e| LoadError::invalid(out, format!("heads: {e}")))?;
-    crate::bundle::write_atomic(&out.join("heads.safetensors"), &st)?;
+    crate::bundle::write_atomic(&stage.path().join("heads.safetensors"), &st)?;
 
     for f in ["config.json", "tokenizer.json", "model.safetensors"] {
-        let (src, dst) = (encoder.dir.join(f), out.join("encoder").join(f));
-        if same_file(&src, &dst) {
-            continue;
-        }
-        let _ = std::fs::remove_file(&dst);
+        let (src, dst) = (encoder.dir.join(f), stage.path().join("encoder").join(f));
         if std::fs::hard_link(&src, &dst).is_err() {
             std::fs::copy(&src, &dst).map_err(|e| LoadError::io(&src, e))?;
         }
@@ -345,25 +346,19 @@ pub fn write_bundle_head(
         files: BTreeMap::new(),
         metrics: all_metrics,
     };
-    m.write_with_checksums(out, &["encoder/config.json", "encoder/tokenizer.json", "encoder/model.safetensors", "heads.safetensors"])?;
+    m.write_with_checksums(stage.path(), &["encoder/config.json", "encoder/tokenizer.json", "encoder/model.safetensors", "heads.safetensors"])?;
+    let staged = stage.keep();
+    if out.exists() {
+        let old = parent.join(format!(".nudge-bundle-old-{}", std::process::id()));
+        std::fs::rename(out, &old).map_err(|e| LoadError::io(out, e))?;
+        std::fs::rename(&staged, out).map_err(|e| LoadError::io(out, e))?;
+        let _ = std::fs::remove_dir_all(&old);
+    } else {
+        std::fs::rename(&staged, out).map_err(|e| LoadError::io(out, e))?;
+    }
     Ok(m)
 }
 
-fn same_file(a: &Path, b: &Path) -> bool {
-    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
-        (Ok(x), Ok(y)) if x == y => true,
-        _ => {
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::MetadataExt;
-                if let (Ok(x), Ok(y)) = (std::fs::metadata(a), std::fs::metadata(b)) {
-                    return x.ino() == y.ino() && x.dev() == y.dev();
-                }
-            }
-            false
-        }
-    }
-}
 
 /// Everything `nudge train` (heads only) needs.
 #[derive(Debug, Clone)]
