@@ -75,9 +75,18 @@ pub fn run() -> anyhow::Result<()> {
         },
         Command::Serve(a) => serve(a)?,
         Command::Train(a) => train(a)?,
-        Command::Eval { bundle, data, task, json } => {
+        Command::Eval {
+            bundle,
+            data,
+            task,
+            json,
+        } => {
             use nudge_inference::eval;
-            let head = if task == "intent" { eval::Head::Intent } else { eval::Head::Sentiment };
+            let head = if task == "intent" {
+                eval::Head::Intent
+            } else {
+                eval::Head::Sentiment
+            };
             let f = eval::evaluate_bundle(&bundle, &data, head)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&f)?);
@@ -141,7 +150,11 @@ struct TrainArgs {
 fn train(a: TrainArgs) -> anyhow::Result<()> {
     use nudge_inference::train::{self, HeadTraining, Task, TrainJob};
     let job = TrainJob {
-        task: if a.task == "intent" { Task::Intent } else { Task::Sentiment },
+        task: if a.task == "intent" {
+            Task::Intent
+        } else {
+            Task::Sentiment
+        },
         train: a.train,
         oos_train: a.oos_train,
         oos_limit_per_file: a.oos_limit_per_file,
@@ -151,22 +164,40 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
         name: a.name,
         version: a.version,
         text_prefix: a.text_prefix,
-        pooling: a.pooling.map(|p| if p == "cls" { nudge_inference::encoder::Pooling::Cls } else { nudge_inference::encoder::Pooling::Mean }),
+        pooling: a.pooling.map(|p| {
+            if p == "cls" {
+                nudge_inference::encoder::Pooling::Cls
+            } else {
+                nudge_inference::encoder::Pooling::Mean
+            }
+        }),
         limit_per_file: a.limit_per_file,
         val_limit_per_file: a.val_limit_per_file,
         oos_quantile: a.oos_quantile,
         cache_dir: Some(a.cache_dir),
-        training: HeadTraining { seed: a.seed, epochs: a.epochs, ..Default::default() },
+        training: HeadTraining {
+            seed: a.seed,
+            epochs: a.epochs,
+            ..Default::default()
+        },
     };
     let bar = indicatif::ProgressBar::new(0).with_style(
-        indicatif::ProgressStyle::with_template("embedding {bar:40} {pos}/{len} texts ({per_sec}, eta {eta})").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template("embedding {bar:40} {pos}/{len} texts ({per_sec}, eta {eta})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let report = train::run(&job, &bar)?;
     bar.finish_and_clear();
     println!("| file | examples | accuracy (top-1) | in-scope acc (after OOS threshold) | OOS recall |\n|---|---|---|---|---|");
     for v in &report.val {
         let pct = |x: Option<f64>| x.map_or("—".to_string(), |x| format!("{:.1}%", 100.0 * x));
-        println!("| {} | {} | {:.1}% | {} | {} |", v.file, v.examples, 100.0 * v.accuracy, pct(v.in_scope_accuracy), pct(v.oos_recall));
+        println!(
+            "| {} | {} | {:.1}% | {} | {} |",
+            v.file,
+            v.examples,
+            100.0 * v.accuracy,
+            pct(v.in_scope_accuracy),
+            pct(v.oos_recall)
+        );
     }
     println!(
         "\n{} head: {} labels, {} training examples (train accuracy {:.1}%), oos threshold {:.3}; embedding {:.1}s, fit {:.1}s",
@@ -215,15 +246,33 @@ fn serve_config(a: &ServeArgs) -> anyhow::Result<nudge_inference::server::ServeC
         }
         None => Default::default(),
     };
-    if let Some(v) = a.grpc_addr { c.grpc_addr = v; }
-    if let Some(v) = a.metrics_addr { c.metrics_addr = v; }
-    if !a.bundles.is_empty() { c.bundles = a.bundles.clone(); }
-    if let Some(v) = a.max_batch_size { c.batcher.max_batch_size = v; }
-    if let Some(v) = a.max_batch_tokens { c.batcher.max_batch_tokens = v; }
-    if let Some(v) = a.max_wait_us { c.batcher.max_wait_us = v; }
-    if let Some(v) = a.queue_capacity { c.batcher.queue_capacity = v; }
-    if let Some(v) = a.max_text_bytes { c.limits.max_text_bytes = v; }
-    if let Some(v) = a.max_batch_texts { c.limits.max_batch_texts = v; }
+    if let Some(v) = a.grpc_addr {
+        c.grpc_addr = v;
+    }
+    if let Some(v) = a.metrics_addr {
+        c.metrics_addr = v;
+    }
+    if !a.bundles.is_empty() {
+        c.bundles = a.bundles.clone();
+    }
+    if let Some(v) = a.max_batch_size {
+        c.batcher.max_batch_size = v;
+    }
+    if let Some(v) = a.max_batch_tokens {
+        c.batcher.max_batch_tokens = v;
+    }
+    if let Some(v) = a.max_wait_us {
+        c.batcher.max_wait_us = v;
+    }
+    if let Some(v) = a.queue_capacity {
+        c.batcher.queue_capacity = v;
+    }
+    if let Some(v) = a.max_text_bytes {
+        c.limits.max_text_bytes = v;
+    }
+    if let Some(v) = a.max_batch_texts {
+        c.limits.max_batch_texts = v;
+    }
     Ok(c)
 }
 

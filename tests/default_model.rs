@@ -29,11 +29,17 @@ const CASES: &[(&str, &str)] = &[
     ("我的包裹怎么还没到，到哪了？", "order_status"),
     ("Do you ship to Singapore?", "delivery"),
     ("可以寄到新加坡吗？", "delivery"),
-    ("These boots are too small, I want to exchange them for a bigger size", "return_exchange"),
+    (
+        "These boots are too small, I want to exchange them for a bigger size",
+        "return_exchange",
+    ),
     ("靴子小了，想换大一码", "return_exchange"),
     ("I returned it last week, when do I get my money back?", "refund"),
     ("上周退货了，钱什么时候退给我？", "refund"),
-    ("My tablet won't turn on, can you repair it under warranty?", "warranty_repair"),
+    (
+        "My tablet won't turn on, can you repair it under warranty?",
+        "warranty_repair",
+    ),
     ("平板开不了机，保修能修吗？", "warranty_repair"),
     ("Your courier was rude and threw my box, I'm really angry", "complaint"),
     ("你们快递员态度恶劣还乱扔包裹，我很生气", "complaint"),
@@ -52,7 +58,10 @@ const CASES: &[(&str, &str)] = &[
 ];
 
 const REVIEWS: &[(&str, &str)] = &[
-    ("The blender broke after two days and the customer service ignored me. Terrible.", "negative"),
+    (
+        "The blender broke after two days and the customer service ignored me. Terrible.",
+        "negative",
+    ),
     ("用了两天就坏了，客服也不理人，太差了，不推荐", "negative"),
     ("Absolutely love it, great quality and fast delivery!", "positive"),
     ("质量很好，物流也快，非常满意，会回购", "positive"),
@@ -64,20 +73,49 @@ async fn default_intents_and_sentiment_in_chinese_and_english() {
     let mut c = client(server.grpc_addr).await;
     let mut wrong = Vec::new();
     for (text, want) in CASES {
-        let r = c.understand(UnderstandRequest { text: text.to_string(), ..Default::default() }).await.unwrap().into_inner();
+        let r = c
+            .understand(UnderstandRequest {
+                text: text.to_string(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
         assert_eq!(r.model, "default");
         let i = r.result.unwrap().intent.unwrap();
         if i.top_k.first().map(|t| t.label.as_str()) != Some(*want) {
-            wrong.push(format!("{text:?}: want {want}, got {:?}", i.top_k.iter().map(|t| (&t.label, t.score)).collect::<Vec<_>>()));
+            wrong.push(format!(
+                "{text:?}: want {want}, got {:?}",
+                i.top_k.iter().map(|t| (&t.label, t.score)).collect::<Vec<_>>()
+            ));
         }
     }
     // A frozen-encoder linear head is good, not perfect: at most 2 of 32 may miss (today 1:
     // "noise cancelling headphones" reads as a product question).
-    eprintln!("{} of {} default-intent cases wrong:\n{}", wrong.len(), CASES.len(), wrong.join("\n"));
-    assert!(wrong.len() <= 2, "{} of {} wrong:\n{}", wrong.len(), CASES.len(), wrong.join("\n"));
+    eprintln!(
+        "{} of {} default-intent cases wrong:\n{}",
+        wrong.len(),
+        CASES.len(),
+        wrong.join("\n")
+    );
+    assert!(
+        wrong.len() <= 2,
+        "{} of {} wrong:\n{}",
+        wrong.len(),
+        CASES.len(),
+        wrong.join("\n")
+    );
 
     let texts = REVIEWS.iter().map(|(t, _)| t.to_string()).collect();
-    let r = c.understand_batch(UnderstandBatchRequest { texts, include_embedding: true, ..Default::default() }).await.unwrap().into_inner();
+    let r = c
+        .understand_batch(UnderstandBatchRequest {
+            texts,
+            include_embedding: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
     for ((text, want), u) in REVIEWS.iter().zip(&r.results) {
         let s = u.sentiment.as_ref().unwrap();
         assert_eq!(&s.label, want, "{text:?}: {:?}", s.scores);
@@ -87,7 +125,14 @@ async fn default_intents_and_sentiment_in_chinese_and_english() {
     }
 
     // A question no customer-service intent covers falls under the threshold.
-    let r = c.understand(UnderstandRequest { text: "What's the capital of Peru?".into(), ..Default::default() }).await.unwrap().into_inner();
+    let r = c
+        .understand(UnderstandRequest {
+            text: "What's the capital of Peru?".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
     let i = r.result.unwrap().intent.unwrap();
     assert!(i.out_of_scope, "{i:?}");
     assert_eq!(i.label, "oos");
@@ -99,17 +144,38 @@ async fn default_intents_and_sentiment_in_chinese_and_english() {
 #[test]
 fn eval_reproduces_the_figures_recorded_at_training() {
     let bundle = default_bundle();
-    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(bundle.join("manifest.json")).unwrap()).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bundle.join("manifest.json")).unwrap()).unwrap();
     let recorded = manifest["metrics"]["intent"]["val"].as_array().unwrap().clone();
     assert_eq!(recorded.len(), 2);
     for r in recorded {
         let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(r["file"].as_str().unwrap());
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_nudge")).args(["eval", "--json", "--bundle"]).arg(&bundle).arg("--data").arg(&data).output().unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_nudge"))
+            .args(["eval", "--json", "--bundle"])
+            .arg(&bundle)
+            .arg("--data")
+            .arg(&data)
+            .output()
+            .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let f: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let close = |a: &serde_json::Value, b: &serde_json::Value| (a.as_f64().unwrap() - b.as_f64().unwrap()).abs() < 1e-9;
-        assert!(close(&f["oos"]["in_scope_accuracy"], &r["in_scope_accuracy"]), "{data:?}: {} vs {}", f["oos"], r);
-        assert!(close(&f["oos"]["recall"], &r["oos_recall"]), "{data:?}: {} vs {}", f["oos"], r);
-        assert!(f["oos"]["in_scope_accuracy"].as_f64().unwrap() >= 0.9, "{data:?}: in-scope accuracy fell under 90%");
+        let close =
+            |a: &serde_json::Value, b: &serde_json::Value| (a.as_f64().unwrap() - b.as_f64().unwrap()).abs() < 1e-9;
+        assert!(
+            close(&f["oos"]["in_scope_accuracy"], &r["in_scope_accuracy"]),
+            "{data:?}: {} vs {}",
+            f["oos"],
+            r
+        );
+        assert!(
+            close(&f["oos"]["recall"], &r["oos_recall"]),
+            "{data:?}: {} vs {}",
+            f["oos"],
+            r
+        );
+        assert!(
+            f["oos"]["in_scope_accuracy"].as_f64().unwrap() >= 0.9,
+            "{data:?}: in-scope accuracy fell under 90%"
+        );
     }
 }

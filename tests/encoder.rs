@@ -55,8 +55,14 @@ fn batched_results_equal_one_by_one_for_mixed_lengths() {
     for (s, b) in seqs.iter().zip(&batched) {
         let single = model.run(&[s]).unwrap().remove(0);
         worst = worst.max(max_abs_diff(&single.embedding, &b.embedding));
-        worst = worst.max(max_abs_diff(single.intent.as_ref().unwrap(), b.intent.as_ref().unwrap()));
-        worst = worst.max(max_abs_diff(single.sentiment.as_ref().unwrap(), b.sentiment.as_ref().unwrap()));
+        worst = worst.max(max_abs_diff(
+            single.intent.as_ref().unwrap(),
+            b.intent.as_ref().unwrap(),
+        ));
+        worst = worst.max(max_abs_diff(
+            single.sentiment.as_ref().unwrap(),
+            b.sentiment.as_ref().unwrap(),
+        ));
     }
     assert!(worst <= 1e-4, "batched vs single max abs diff {worst}");
 }
@@ -112,11 +118,17 @@ fn broken_bundles_are_refused_with_the_file_and_tensor_named() {
     // A tensor of the wrong shape (checksums updated): the tensor is named.
     let d = fresh();
     let mut tiny = Tiny::new(Variant::Bert, 7);
-    tiny.tensors.insert("encoder.layer.1.intermediate.dense.weight".into(), (vec![31, 16], vec![0.0; 31 * 16]));
+    tiny.tensors.insert(
+        "encoder.layer.1.intermediate.dense.weight".into(),
+        (vec![31, 16], vec![0.0; 31 * 16]),
+    );
     write_safetensors(&d.path().join("encoder/model.safetensors"), &tiny.tensors);
     rechecksum(d.path());
     let e = load_err(d.path());
-    assert!(e.contains("encoder.layer.1.intermediate.dense.weight") && e.contains("shape"), "{e}");
+    assert!(
+        e.contains("encoder.layer.1.intermediate.dense.weight") && e.contains("shape"),
+        "{e}"
+    );
 
     // A missing tensor.
     let d = fresh();
@@ -125,7 +137,10 @@ fn broken_bundles_are_refused_with_the_file_and_tensor_named() {
     write_safetensors(&d.path().join("encoder/model.safetensors"), &tiny.tensors);
     rechecksum(d.path());
     let e = load_err(d.path());
-    assert!(e.contains("encoder.layer.0.attention.self.key.bias") && e.contains("missing"), "{e}");
+    assert!(
+        e.contains("encoder.layer.0.attention.self.key.bias") && e.contains("missing"),
+        "{e}"
+    );
 
     // NaN weights.
     let d = fresh();
@@ -139,7 +154,11 @@ fn broken_bundles_are_refused_with_the_file_and_tensor_named() {
     // Not an encoder.
     let d = fresh();
     let cfg = d.path().join("encoder/config.json");
-    std::fs::write(&cfg, std::fs::read_to_string(&cfg).unwrap().replace("\"bert\"", "\"gpt2\"")).unwrap();
+    std::fs::write(
+        &cfg,
+        std::fs::read_to_string(&cfg).unwrap().replace("\"bert\"", "\"gpt2\""),
+    )
+    .unwrap();
     rechecksum(d.path());
     let e = load_err(d.path());
     assert!(e.contains("config.json") && e.contains("gpt2"), "{e}");
@@ -150,7 +169,10 @@ fn broken_bundles_are_refused_with_the_file_and_tensor_named() {
     m.heads.intent.as_mut().unwrap().labels.push("extra".into());
     std::fs::write(d.path().join("manifest.json"), serde_json::to_vec(&m).unwrap()).unwrap();
     let e = load_err(d.path());
-    assert!(e.contains("heads.safetensors") && e.contains("intent.weight") && e.contains("shape"), "{e}");
+    assert!(
+        e.contains("heads.safetensors") && e.contains("intent.weight") && e.contains("shape"),
+        "{e}"
+    );
 
     // A missing file and a missing manifest.
     let d = fresh();

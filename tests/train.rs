@@ -8,7 +8,10 @@ use std::process::Command;
 const BIN: &str = env!("CARGO_BIN_EXE_nudge");
 
 fn write_jsonl(path: &std::path::Path, rows: &[(&str, &str)]) {
-    let text: String = rows.iter().map(|(t, l)| serde_json::json!({"text": t, "label": l}).to_string() + "\n").collect();
+    let text: String = rows
+        .iter()
+        .map(|(t, l)| serde_json::json!({"text": t, "label": l}).to_string() + "\n")
+        .collect();
     std::fs::write(path, text).unwrap();
 }
 
@@ -52,11 +55,18 @@ fn trained_head_fits_its_data_is_reproducible_and_is_served() {
 
     // Same data, same seed: the same head, byte for byte (the second run reuses the cache).
     assert!(train(dir.path(), "b2", &data).status.success());
-    assert_eq!(std::fs::read(dir.path().join("b1/heads.safetensors")).unwrap(), std::fs::read(dir.path().join("b2/heads.safetensors")).unwrap());
+    assert_eq!(
+        std::fs::read(dir.path().join("b1/heads.safetensors")).unwrap(),
+        std::fs::read(dir.path().join("b2/heads.safetensors")).unwrap()
+    );
 
     // Retraining into an existing bundle replaces it whole; no staging directories are left.
     assert!(train(dir.path(), "b1", &data).status.success());
-    let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().starts_with(".nudge-bundle")).collect();
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".nudge-bundle"))
+        .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
     let model = nudge_inference::NluModel::load_cpu(&dir.path().join("b1")).unwrap();
     assert_eq!(model.intent_spec().unwrap().labels, vec!["hi", "money", "track"]);
@@ -71,28 +81,52 @@ fn bad_training_files_are_refused_with_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
     Tiny::new(Variant::Bert, 5).write_encoder(&dir.path().join("enc"));
     let bad = dir.path().join("bad.jsonl");
-    std::fs::write(&bad, "{\"text\": \"hello\", \"label\": \"hi\"}\n\n{\"text\": \"refund\", \"label\": \n").unwrap();
+    std::fs::write(
+        &bad,
+        "{\"text\": \"hello\", \"label\": \"hi\"}\n\n{\"text\": \"refund\", \"label\": \n",
+    )
+    .unwrap();
     let out = train(dir.path(), "b", &bad);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("bad.jsonl") && err.contains("line 3") && err.contains("malformed JSON"), "{err}");
+    assert!(
+        err.contains("bad.jsonl") && err.contains("line 3") && err.contains("malformed JSON"),
+        "{err}"
+    );
 
     let one = dir.path().join("one.jsonl");
     write_jsonl(&one, &[("hello", "hi"), ("hello hello", "hi")]);
     let out = train(dir.path(), "b", &one);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("only one class"), "{err}");
-    assert!(!dir.path().join("b/manifest.json").exists(), "nothing written for a refused run");
+    assert!(
+        !dir.path().join("b/manifest.json").exists(),
+        "nothing written for a refused run"
+    );
 }
 
 #[test]
 fn eval_refuses_labels_the_bundle_does_not_know() {
     let dir = tempfile::tempdir().unwrap();
-    let bundle = write_bundle(&dir.path().join("b"), "tiny", Variant::Bert, nudge_inference::encoder::Pooling::Mean);
+    let bundle = write_bundle(
+        &dir.path().join("b"),
+        "tiny",
+        Variant::Bert,
+        nudge_inference::encoder::Pooling::Mean,
+    );
     let data = dir.path().join("d.jsonl");
     write_jsonl(&data, &[("where is my order", "order_status"), ("hello", "weather")]);
-    let out = Command::new(BIN).args(["eval", "--bundle"]).arg(&bundle).arg("--data").arg(&data).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["eval", "--bundle"])
+        .arg(&bundle)
+        .arg("--data")
+        .arg(&data)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("d.jsonl") && err.contains("example 2") && err.contains("weather"), "{err}");
+    assert!(
+        err.contains("d.jsonl") && err.contains("example 2") && err.contains("weather"),
+        "{err}"
+    );
 }

@@ -29,7 +29,12 @@ pub struct BatcherConfig {
 
 impl Default for BatcherConfig {
     fn default() -> Self {
-        Self { max_batch_size: 32, max_batch_tokens: 8192, max_wait_us: 2000, queue_capacity: 1024 }
+        Self {
+            max_batch_size: 32,
+            max_batch_tokens: 8192,
+            max_wait_us: 2000,
+            queue_capacity: 1024,
+        }
     }
 }
 
@@ -60,9 +65,23 @@ impl Batcher {
     pub fn spawn(model: Arc<NluModel>, config: BatcherConfig, metrics: Metrics) -> std::io::Result<Self> {
         let (tx, rx) = sync_channel(config.queue_capacity.max(1));
         let depth = Arc::new(AtomicUsize::new(0));
-        let worker = Worker { rx, model: model.clone(), config, depth: depth.clone(), metrics: metrics.clone() };
-        std::thread::Builder::new().name(format!("batcher-{}", model.name())).spawn(move || worker.run())?;
-        Ok(Self { tx, depth, capacity: config.queue_capacity.max(1), model, metrics })
+        let worker = Worker {
+            rx,
+            model: model.clone(),
+            config,
+            depth: depth.clone(),
+            metrics: metrics.clone(),
+        };
+        std::thread::Builder::new()
+            .name(format!("batcher-{}", model.name()))
+            .spawn(move || worker.run())?;
+        Ok(Self {
+            tx,
+            depth,
+            capacity: config.queue_capacity.max(1),
+            model,
+            metrics,
+        })
     }
 
     pub fn model(&self) -> &Arc<NluModel> {
@@ -71,7 +90,10 @@ impl Batcher {
 
     /// Queues texts (all or none). Each receiver answers once its batch has run; dropping a
     /// receiver (a cancelled call) drops its text before compute.
-    pub fn submit(&self, texts: Vec<Vec<u32>>) -> Result<Vec<oneshot::Receiver<Result<Answer, RequestError>>>, RequestError> {
+    pub fn submit(
+        &self,
+        texts: Vec<Vec<u32>>,
+    ) -> Result<Vec<oneshot::Receiver<Result<Answer, RequestError>>>, RequestError> {
         let n = texts.len();
         let before = self.depth.fetch_add(n, Ordering::SeqCst);
         if before + n > self.capacity {
@@ -82,7 +104,11 @@ impl Batcher {
         let mut out = Vec::with_capacity(n);
         for (i, ids) in texts.into_iter().enumerate() {
             let (reply, rx) = oneshot::channel();
-            match self.tx.try_send(Job { ids, enqueued: now, reply }) {
+            match self.tx.try_send(Job {
+                ids,
+                enqueued: now,
+                reply,
+            }) {
                 Ok(()) => out.push(rx),
                 Err(e) => {
                     // Unreached while `depth` bounds the channel; the jobs already queued are
@@ -95,7 +121,10 @@ impl Batcher {
                 }
             }
         }
-        self.metrics.queue_depth.with_label_values(&[self.model.name()]).set(self.depth.load(Ordering::Relaxed) as i64);
+        self.metrics
+            .queue_depth
+            .with_label_values(&[self.model.name()])
+            .set(self.depth.load(Ordering::Relaxed) as i64);
         Ok(out)
     }
 }
@@ -132,7 +161,12 @@ impl Worker {
                     Err(_) => return, // every sender gone: the server is shutting down
                 },
             };
-            let deadline = first.enqueued + if last_batch > 1 { Duration::from_micros(self.config.max_wait_us) } else { Duration::ZERO };
+            let deadline = first.enqueued
+                + if last_batch > 1 {
+                    Duration::from_micros(self.config.max_wait_us)
+                } else {
+                    Duration::ZERO
+                };
             let mut longest = first.ids.len();
             let mut batch = vec![first];
             while batch.len() < self.config.max_batch_size {
@@ -159,7 +193,10 @@ impl Worker {
                 longest = l;
                 batch.push(job);
             }
-            self.metrics.queue_depth.with_label_values(&[self.model.name()]).set(self.depth.load(Ordering::Relaxed) as i64);
+            self.metrics
+                .queue_depth
+                .with_label_values(&[self.model.name()])
+                .set(self.depth.load(Ordering::Relaxed) as i64);
             last_batch = batch.len();
             self.execute(batch);
         }
@@ -190,8 +227,14 @@ impl Worker {
         }
         let compute_time = start.elapsed();
         self.metrics.batch_size.with_label_values(&[name]).observe(n as f64);
-        self.metrics.batch_tokens.with_label_values(&[name]).observe(real_tokens as f64);
-        self.metrics.compute_seconds.with_label_values(&[name]).observe(compute_time.as_secs_f64());
+        self.metrics
+            .batch_tokens
+            .with_label_values(&[name])
+            .observe(real_tokens as f64);
+        self.metrics
+            .compute_seconds
+            .with_label_values(&[name])
+            .observe(compute_time.as_secs_f64());
         if let Some(err) = failure {
             tracing::error!(model = name, error = %err, "encoder pass failed");
             for job in batch {
@@ -201,8 +244,16 @@ impl Worker {
         }
         for (job, output) in batch.into_iter().zip(outputs) {
             let queue_time = start.duration_since(job.enqueued);
-            self.metrics.queue_seconds.with_label_values(&[name]).observe(queue_time.as_secs_f64());
-            let _ = job.reply.send(Ok(Answer { output, queue_time, compute_time, batch_size: n }));
+            self.metrics
+                .queue_seconds
+                .with_label_values(&[name])
+                .observe(queue_time.as_secs_f64());
+            let _ = job.reply.send(Ok(Answer {
+                output,
+                queue_time,
+                compute_time,
+                batch_size: n,
+            }));
         }
     }
 }

@@ -82,7 +82,10 @@ impl Manifest {
     pub fn read(dir: &Path) -> Result<Self, LoadError> {
         let path = dir.join(MANIFEST);
         let bytes = std::fs::read(&path).map_err(|e| LoadError::io(&path, e))?;
-        let m: Manifest = serde_json::from_slice(&bytes).map_err(|source| LoadError::Json { path: path.clone(), source })?;
+        let m: Manifest = serde_json::from_slice(&bytes).map_err(|source| LoadError::Json {
+            path: path.clone(),
+            source,
+        })?;
         m.validate(&path)?;
         Ok(m)
     }
@@ -90,7 +93,10 @@ impl Manifest {
     fn validate(&self, path: &Path) -> Result<(), LoadError> {
         let bad = |r: String| Err(LoadError::invalid(path, r));
         if self.format != FORMAT {
-            return bad(format!("format {} is not supported (this server reads {FORMAT})", self.format));
+            return bad(format!(
+                "format {} is not supported (this server reads {FORMAT})",
+                self.format
+            ));
         }
         if self.name.trim().is_empty() || self.version.trim().is_empty() {
             return bad("name and version must not be empty".into());
@@ -119,7 +125,10 @@ impl Manifest {
         if let Some(i) = &self.heads.intent {
             check_labels(path, "heads.intent.labels", &i.labels)?;
             if !(0.0..=1.0).contains(&i.oos_threshold) {
-                return bad(format!("heads.intent.oos_threshold {} is outside [0, 1]", i.oos_threshold));
+                return bad(format!(
+                    "heads.intent.oos_threshold {} is outside [0, 1]",
+                    i.oos_threshold
+                ));
             }
             if let Some(o) = &i.oos_label {
                 if !i.labels.contains(o) {
@@ -142,7 +151,10 @@ impl Manifest {
             self.files.insert(rel.to_string(), sha256_hex(&bytes));
         }
         let path = dir.join(MANIFEST);
-        let json = serde_json::to_vec_pretty(self).map_err(|source| LoadError::Json { path: path.clone(), source })?;
+        let json = serde_json::to_vec_pretty(self).map_err(|source| LoadError::Json {
+            path: path.clone(),
+            source,
+        })?;
         write_atomic(&path, &json)
     }
 }
@@ -194,7 +206,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), LoadError> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644)).map_err(|e| LoadError::io(path, e))?;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))
+            .map_err(|e| LoadError::io(path, e))?;
     }
     tmp.as_file().sync_all().map_err(|e| LoadError::io(path, e))?;
     tmp.persist(path).map_err(|e| LoadError::io(path, e.error))?;

@@ -47,7 +47,11 @@ pub struct Prediction {
 }
 
 fn ratio(a: usize, b: usize) -> f64 {
-    if b == 0 { 0.0 } else { a as f64 / b as f64 }
+    if b == 0 {
+        0.0
+    } else {
+        a as f64 / b as f64
+    }
 }
 
 /// `oos_label`: the label meaning out of scope, when the task has one.
@@ -61,17 +65,34 @@ pub fn figures(preds: &[Prediction], oos_label: Option<&str>) -> Figures {
         let support = preds.iter().filter(|p| p.truth == l).count();
         let predicted = preds.iter().filter(|p| p.predicted == l).count();
         let (precision, recall) = (ratio(tp, predicted), ratio(tp, support));
-        let f1 = if precision + recall > 0.0 { 2.0 * precision * recall / (precision + recall) } else { 0.0 };
-        per.push(LabelFigures { label: l.to_string(), support, precision, recall, f1 });
+        let f1 = if precision + recall > 0.0 {
+            2.0 * precision * recall / (precision + recall)
+        } else {
+            0.0
+        };
+        per.push(LabelFigures {
+            label: l.to_string(),
+            support,
+            precision,
+            recall,
+            f1,
+        });
     }
-    let macro_f1 = if per.is_empty() { 0.0 } else { per.iter().map(|l| l.f1).sum::<f64>() / per.len() as f64 };
+    let macro_f1 = if per.is_empty() {
+        0.0
+    } else {
+        per.iter().map(|l| l.f1).sum::<f64>() / per.len() as f64
+    };
     let oos = oos_label.filter(|o| preds.iter().any(|p| p.truth == *o)).map(|o| {
         let tp = preds.iter().filter(|p| p.truth == o && p.predicted == o).count();
         let in_scope: Vec<&Prediction> = preds.iter().filter(|p| p.truth != o).collect();
         OosFigures {
             recall: ratio(tp, preds.iter().filter(|p| p.truth == o).count()),
             precision: ratio(tp, preds.iter().filter(|p| p.predicted == o).count()),
-            in_scope_accuracy: ratio(in_scope.iter().filter(|p| p.truth == p.predicted).count(), in_scope.len()),
+            in_scope_accuracy: ratio(
+                in_scope.iter().filter(|p| p.truth == p.predicted).count(),
+                in_scope.len(),
+            ),
         }
     });
     const BINS: usize = 15;
@@ -82,15 +103,28 @@ pub fn figures(preds: &[Prediction], oos_label: Option<&str>) -> Figures {
         bins[b].1 += (p.truth == p.predicted) as usize;
         bins[b].2 += p.confidence as f64;
     }
-    let ece = bins.iter().filter(|b| b.0 > 0).map(|&(c, k, s)| (c as f64 / n as f64) * (k as f64 / c as f64 - s / c as f64).abs()).sum();
+    let ece = bins
+        .iter()
+        .filter(|b| b.0 > 0)
+        .map(|&(c, k, s)| (c as f64 / n as f64) * (k as f64 / c as f64 - s / c as f64).abs())
+        .sum();
     let mut confusions: BTreeMap<(String, String), usize> = BTreeMap::new();
     for p in preds.iter().filter(|p| p.truth != p.predicted) {
         *confusions.entry((p.truth.clone(), p.predicted.clone())).or_default() += 1;
     }
-    let mut top_confusions: Vec<(String, String, usize)> = confusions.into_iter().map(|((t, p), c)| (t, p, c)).collect();
+    let mut top_confusions: Vec<(String, String, usize)> =
+        confusions.into_iter().map(|((t, p), c)| (t, p, c)).collect();
     top_confusions.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| (&a.0, &a.1).cmp(&(&b.0, &b.1))));
     top_confusions.truncate(10);
-    Figures { examples: n, accuracy: ratio(correct, n), macro_f1, labels: per, oos, ece, top_confusions }
+    Figures {
+        examples: n,
+        accuracy: ratio(correct, n),
+        macro_f1,
+        labels: per,
+        oos,
+        ece,
+        top_confusions,
+    }
 }
 
 /// Which head of a bundle to evaluate.
@@ -106,20 +140,42 @@ pub fn evaluate_bundle(bundle: &Path, data: &Path, head: Head) -> Result<Figures
     let model = NluModel::load_cpu(bundle)?;
     let rows = read_jsonl(data)?;
     let known: BTreeSet<String> = match head {
-        Head::Intent => model.intent_spec().map(|s| s.labels.iter().cloned().chain(["oos".to_string()]).collect()),
+        Head::Intent => model
+            .intent_spec()
+            .map(|s| s.labels.iter().cloned().chain(["oos".to_string()]).collect()),
         Head::Sentiment => model.sentiment_labels().map(|l| l.iter().cloned().collect()),
     }
-    .ok_or_else(|| LoadError::invalid(bundle, format!("the bundle has no {} head", if head == Head::Intent { "intent" } else { "sentiment" })))?;
+    .ok_or_else(|| {
+        LoadError::invalid(
+            bundle,
+            format!(
+                "the bundle has no {} head",
+                if head == Head::Intent { "intent" } else { "sentiment" }
+            ),
+        )
+    })?;
     for (i, r) in rows.iter().enumerate() {
         if !known.contains(&r.label) {
-            return Err(LoadError::invalid(data, format!("example {}: label `{}` is not one of the bundle's labels", i + 1, r.label)));
+            return Err(LoadError::invalid(
+                data,
+                format!(
+                    "example {}: label `{}` is not one of the bundle's labels",
+                    i + 1,
+                    r.label
+                ),
+            ));
         }
     }
     let mut preds = Vec::with_capacity(rows.len());
     for chunk in rows.chunks(32) {
         let ids: Vec<Vec<u32>> = chunk
             .iter()
-            .map(|r| model.tokenize(&r.text).map(|t| t.ids).map_err(|e| LoadError::invalid(data, e)))
+            .map(|r| {
+                model
+                    .tokenize(&r.text)
+                    .map(|t| t.ids)
+                    .map_err(|e| LoadError::invalid(data, e))
+            })
             .collect::<Result<_, _>>()?;
         let seqs: Vec<&[u32]> = ids.iter().map(|v| v.as_slice()).collect();
         for (r, out) in chunk.iter().zip(model.run(&seqs)?) {
@@ -129,11 +185,20 @@ pub fn evaluate_bundle(bundle: &Path, data: &Path, head: Head) -> Result<Figures
                 Head::Sentiment => u.sentiment.map(|s| (s.label, s.score)),
             }
             .unwrap_or_default();
-            preds.push(Prediction { truth: r.label.clone(), predicted, confidence });
+            preds.push(Prediction {
+                truth: r.label.clone(),
+                predicted,
+                confidence,
+            });
         }
     }
     let oos = match head {
-        Head::Intent => Some(model.intent_spec().and_then(|s| s.oos_label.clone()).unwrap_or_else(|| "oos".into())),
+        Head::Intent => Some(
+            model
+                .intent_spec()
+                .and_then(|s| s.oos_label.clone())
+                .unwrap_or_else(|| "oos".into()),
+        ),
         Head::Sentiment => None,
     };
     Ok(figures(&preds, oos.as_deref()))
@@ -142,13 +207,31 @@ pub fn evaluate_bundle(bundle: &Path, data: &Path, head: Head) -> Result<Figures
 /// The figures as a markdown report.
 pub fn markdown(f: &Figures) -> String {
     let pct = |x: f64| format!("{:.1}%", 100.0 * x);
-    let mut s = format!("| examples | accuracy | macro-F1 | ECE |\n|---|---|---|---|\n| {} | {} | {} | {:.3} |\n", f.examples, pct(f.accuracy), pct(f.macro_f1), f.ece);
+    let mut s = format!(
+        "| examples | accuracy | macro-F1 | ECE |\n|---|---|---|---|\n| {} | {} | {} | {:.3} |\n",
+        f.examples,
+        pct(f.accuracy),
+        pct(f.macro_f1),
+        f.ece
+    );
     if let Some(o) = &f.oos {
-        s += &format!("\n| in-scope accuracy | OOS recall | OOS precision |\n|---|---|---|\n| {} | {} | {} |\n", pct(o.in_scope_accuracy), pct(o.recall), pct(o.precision));
+        s += &format!(
+            "\n| in-scope accuracy | OOS recall | OOS precision |\n|---|---|---|\n| {} | {} | {} |\n",
+            pct(o.in_scope_accuracy),
+            pct(o.recall),
+            pct(o.precision)
+        );
     }
     s += "\n| label | support | precision | recall | F1 |\n|---|---|---|---|---|\n";
     for l in &f.labels {
-        s += &format!("| {} | {} | {} | {} | {} |\n", l.label, l.support, pct(l.precision), pct(l.recall), pct(l.f1));
+        s += &format!(
+            "| {} | {} | {} | {} | {} |\n",
+            l.label,
+            l.support,
+            pct(l.precision),
+            pct(l.recall),
+            pct(l.f1)
+        );
     }
     if !f.top_confusions.is_empty() {
         s += "\n| true | predicted | count |\n|---|---|---|\n";
@@ -164,7 +247,11 @@ mod tests {
     use super::*;
 
     fn p(t: &str, q: &str, c: f32) -> Prediction {
-        Prediction { truth: t.into(), predicted: q.into(), confidence: c }
+        Prediction {
+            truth: t.into(),
+            predicted: q.into(),
+            confidence: c,
+        }
     }
 
     #[test]
@@ -175,16 +262,25 @@ mod tests {
         //   B    1  1  0
         //   oos  1  0  1
         let preds = vec![
-            p("A", "A", 0.9), p("A", "A", 0.9), p("A", "B", 0.9), p("A", "oos", 0.3),
-            p("B", "B", 0.5), p("B", "A", 0.5),
-            p("oos", "oos", 0.3), p("oos", "A", 0.9),
+            p("A", "A", 0.9),
+            p("A", "A", 0.9),
+            p("A", "B", 0.9),
+            p("A", "oos", 0.3),
+            p("B", "B", 0.5),
+            p("B", "A", 0.5),
+            p("oos", "oos", 0.3),
+            p("oos", "A", 0.9),
         ];
         let f = figures(&preds, Some("oos"));
         assert_eq!(f.examples, 8);
         assert!((f.accuracy - 4.0 / 8.0).abs() < 1e-12);
         let a = &f.labels[0];
         assert_eq!((a.label.as_str(), a.support), ("A", 4));
-        assert!((a.precision - 2.0 / 4.0).abs() < 1e-12 && (a.recall - 2.0 / 4.0).abs() < 1e-12 && (a.f1 - 0.5).abs() < 1e-12);
+        assert!(
+            (a.precision - 2.0 / 4.0).abs() < 1e-12
+                && (a.recall - 2.0 / 4.0).abs() < 1e-12
+                && (a.f1 - 0.5).abs() < 1e-12
+        );
         let b = &f.labels[1];
         assert!((b.precision - 0.5).abs() < 1e-12 && (b.recall - 0.5).abs() < 1e-12);
         let o = &f.labels[2];

@@ -18,24 +18,46 @@ impl LinearHead {
         Self { weight, bias, hidden }
     }
 
-    pub fn load(path: &Path, st: &SafeTensors<'_>, name: &str, labels: usize, hidden: usize) -> Result<Self, LoadError> {
+    pub fn load(
+        path: &Path,
+        st: &SafeTensors<'_>,
+        name: &str,
+        labels: usize,
+        hidden: usize,
+    ) -> Result<Self, LoadError> {
         let read = |t: &str, shape: &[usize]| -> Result<Vec<f32>, LoadError> {
             let full = format!("{name}.{t}");
-            let err = |reason: String| LoadError::Tensor { path: path.to_path_buf(), tensor: full.clone(), reason };
+            let err = |reason: String| LoadError::Tensor {
+                path: path.to_path_buf(),
+                tensor: full.clone(),
+                reason,
+            };
             let v = st.tensor(&full).map_err(|_| err("missing".into()))?;
             if v.dtype() != Dtype::F32 {
                 return Err(err(format!("dtype {:?}, expected F32", v.dtype())));
             }
             if v.shape() != shape {
-                return Err(err(format!("shape {:?}, expected {:?} (labels in the manifest × encoder hidden size)", v.shape(), shape)));
+                return Err(err(format!(
+                    "shape {:?}, expected {:?} (labels in the manifest × encoder hidden size)",
+                    v.shape(),
+                    shape
+                )));
             }
-            let vals: Vec<f32> = v.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+            let vals: Vec<f32> = v
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
             if vals.iter().any(|x| !x.is_finite()) {
                 return Err(err("contains NaN or infinite values".into()));
             }
             Ok(vals)
         };
-        Ok(Self::new(read("weight", &[labels, hidden])?, read("bias", &[labels])?, hidden))
+        Ok(Self::new(
+            read("weight", &[labels, hidden])?,
+            read("bias", &[labels])?,
+            hidden,
+        ))
     }
 
     pub fn labels(&self) -> usize {

@@ -1,6 +1,8 @@
 //! Prometheus metrics, named by stage (TEI's habit): requests by method and status code,
 //! end-to-end latency, queue wait, compute time, batch size and queue depth.
-use prometheus::{exponential_buckets, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    exponential_buckets, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -19,20 +21,43 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let secs = || exponential_buckets(0.0001, 2.0, 18).unwrap_or_default();
-        let requests = IntCounterVec::new(Opts::new("nudge_requests_total", "gRPC requests by method and status code"), &["method", "code"]);
-        let request_seconds = HistogramVec::new(HistogramOpts::new("nudge_request_duration_seconds", "End-to-end handler latency").buckets(secs()), &["method"]);
-        let queue_seconds = HistogramVec::new(HistogramOpts::new("nudge_queue_duration_seconds", "Time a text waited in the batch queue").buckets(secs()), &["model"]);
-        let compute_seconds = HistogramVec::new(HistogramOpts::new("nudge_compute_duration_seconds", "Encoder pass and heads, per batch").buckets(secs()), &["model"]);
+        let requests = IntCounterVec::new(
+            Opts::new("nudge_requests_total", "gRPC requests by method and status code"),
+            &["method", "code"],
+        );
+        let request_seconds = HistogramVec::new(
+            HistogramOpts::new("nudge_request_duration_seconds", "End-to-end handler latency").buckets(secs()),
+            &["method"],
+        );
+        let queue_seconds = HistogramVec::new(
+            HistogramOpts::new("nudge_queue_duration_seconds", "Time a text waited in the batch queue").buckets(secs()),
+            &["model"],
+        );
+        let compute_seconds = HistogramVec::new(
+            HistogramOpts::new("nudge_compute_duration_seconds", "Encoder pass and heads, per batch").buckets(secs()),
+            &["model"],
+        );
         let batch_size = HistogramVec::new(
-            HistogramOpts::new("nudge_batch_size", "Texts per encoder batch").buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]),
+            HistogramOpts::new("nudge_batch_size", "Texts per encoder batch")
+                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]),
             &["model"],
         );
         let batch_tokens = HistogramVec::new(
-            HistogramOpts::new("nudge_batch_tokens", "Real (unpadded) tokens per encoder batch").buckets(exponential_buckets(8.0, 2.0, 12).unwrap_or_default()),
+            HistogramOpts::new("nudge_batch_tokens", "Real (unpadded) tokens per encoder batch")
+                .buckets(exponential_buckets(8.0, 2.0, 12).unwrap_or_default()),
             &["model"],
         );
-        let queue_depth = IntGaugeVec::new(Opts::new("nudge_queue_depth", "Texts waiting in the batch queue"), &["model"]);
-        let dropped = IntCounterVec::new(Opts::new("nudge_dropped_total", "Texts dropped before compute because their call was cancelled or timed out"), &["model"]);
+        let queue_depth = IntGaugeVec::new(
+            Opts::new("nudge_queue_depth", "Texts waiting in the batch queue"),
+            &["model"],
+        );
+        let dropped = IntCounterVec::new(
+            Opts::new(
+                "nudge_dropped_total",
+                "Texts dropped before compute because their call was cancelled or timed out",
+            ),
+            &["model"],
+        );
         // The definitions are constants; prometheus rejects only malformed names or buckets.
         const OK: &str = "static metric definition";
         let m = Self {

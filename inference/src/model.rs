@@ -39,14 +39,22 @@ impl NluModel {
             .max_tokens
             .map_or(config.max_tokens(), |m| m.min(config.max_tokens()));
         if max_tokens < 3 {
-            return Err(LoadError::invalid(dir.join(crate::bundle::MANIFEST), "encoder.max_tokens must be at least 3"));
+            return Err(LoadError::invalid(
+                dir.join(crate::bundle::MANIFEST),
+                "encoder.max_tokens must be at least 3",
+            ));
         }
         let (tok_path, tok_bytes) = read_verified(dir, &manifest, &format!("{enc_dir}/tokenizer.json"))?;
-        let tokenizer = TextTokenizer::from_bytes(&tok_path, &tok_bytes, manifest.encoder.text_prefix.clone(), max_tokens)?;
+        let tokenizer =
+            TextTokenizer::from_bytes(&tok_path, &tok_bytes, manifest.encoder.text_prefix.clone(), max_tokens)?;
         if tokenizer.vocab_size() > config.vocab_size {
             return Err(LoadError::invalid(
                 &tok_path,
-                format!("tokenizer has {} tokens but the encoder's vocab_size is {}", tokenizer.vocab_size(), config.vocab_size),
+                format!(
+                    "tokenizer has {} tokens but the encoder's vocab_size is {}",
+                    tokenizer.vocab_size(),
+                    config.vocab_size
+                ),
             ));
         }
         let (w_path, w_bytes) = read_verified(dir, &manifest, &format!("{enc_dir}/model.safetensors"))?;
@@ -57,7 +65,8 @@ impl NluModel {
         let (mut intent, mut sentiment) = (None, None);
         if let Some(file) = &manifest.heads.file {
             let (h_path, h_bytes) = read_verified(dir, &manifest, file)?;
-            let st = SafeTensors::deserialize(&h_bytes).map_err(|e| LoadError::invalid(&h_path, format!("not a safetensors file: {e}")))?;
+            let st = SafeTensors::deserialize(&h_bytes)
+                .map_err(|e| LoadError::invalid(&h_path, format!("not a safetensors file: {e}")))?;
             if let Some(spec) = &manifest.heads.intent {
                 let head = LinearHead::load(&h_path, &st, "intent", spec.labels.len(), hidden)?;
                 intent = Some((spec.clone(), head));

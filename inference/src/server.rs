@@ -64,7 +64,9 @@ impl RunningServer {
     pub async fn shutdown(mut self) -> Result<(), ServeError> {
         // Load balancers polling health stop sending new calls while the old ones drain.
         self.health.set_not_serving::<NluServer<NluService>>().await;
-        self.health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+        self.health
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -85,7 +87,10 @@ pub fn load_models(config: &ServeConfig, metrics: &Metrics) -> Result<ServedMode
     let mut batchers = Vec::new();
     for path in &config.bundles {
         let t = std::time::Instant::now();
-        let model = NluModel::load(path, &device).map_err(|source| ServeError::Bundle { path: path.clone(), source })?;
+        let model = NluModel::load(path, &device).map_err(|source| ServeError::Bundle {
+            path: path.clone(),
+            source,
+        })?;
         tracing::info!(bundle = %path.display(), name = model.name(), version = model.version(), secs = t.elapsed().as_secs_f32(), "model loaded");
         batchers.push(Batcher::spawn(Arc::new(model), config.batcher, metrics.clone()).map_err(ServeError::Thread)?);
     }
@@ -95,7 +100,9 @@ pub fn load_models(config: &ServeConfig, metrics: &Metrics) -> Result<ServedMode
 /// Loads the models, binds both ports and starts serving in the background.
 pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
     if config.batcher.max_batch_size == 0 || config.limits.max_batch_texts == 0 || config.limits.max_text_bytes == 0 {
-        return Err(ServeError::Config("max_batch_size, max_batch_texts and max_text_bytes must be positive".into()));
+        return Err(ServeError::Config(
+            "max_batch_size, max_batch_texts and max_text_bytes must be positive".into(),
+        ));
     }
     let metrics = Metrics::new();
     let cfg = config.clone();
@@ -113,24 +120,45 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
             .register_encoded_file_descriptor_set(nudge_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
-    let reflection_v1 = reflection().build_v1().map_err(|e| ServeError::Config(format!("reflection: {e}")))?;
-    let reflection_v1alpha = reflection().build_v1alpha().map_err(|e| ServeError::Config(format!("reflection: {e}")))?;
+    let reflection_v1 = reflection()
+        .build_v1()
+        .map_err(|e| ServeError::Config(format!("reflection: {e}")))?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .map_err(|e| ServeError::Config(format!("reflection: {e}")))?;
 
     let incoming = tonic::transport::server::TcpIncoming::bind(config.grpc_addr)
-        .map_err(|source| ServeError::Bind { addr: config.grpc_addr, source })?
+        .map_err(|source| ServeError::Bind {
+            addr: config.grpc_addr,
+            source,
+        })?
         .with_nodelay(Some(true));
-    let grpc_addr = incoming.local_addr().map_err(|source| ServeError::Bind { addr: config.grpc_addr, source })?;
+    let grpc_addr = incoming.local_addr().map_err(|source| ServeError::Bind {
+        addr: config.grpc_addr,
+        source,
+    })?;
 
     let http_listener = tokio::net::TcpListener::bind(config.metrics_addr)
         .await
-        .map_err(|source| ServeError::Bind { addr: config.metrics_addr, source })?;
-    let metrics_addr = http_listener.local_addr().map_err(|source| ServeError::Bind { addr: config.metrics_addr, source })?;
+        .map_err(|source| ServeError::Bind {
+            addr: config.metrics_addr,
+            source,
+        })?;
+    let metrics_addr = http_listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: config.metrics_addr,
+        source,
+    })?;
     let m3 = metrics.clone();
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
             let m = m3.clone();
-            async move { ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], m.render()) }
+            async move {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    m.render(),
+                )
+            }
         }),
     );
     let http = tokio::spawn(async move {
@@ -151,5 +179,12 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
             }),
     );
     tracing::info!(%grpc_addr, %metrics_addr, "serving");
-    Ok(RunningServer { grpc_addr, metrics_addr, shutdown: Some(tx), health: health_reporter, grpc, http })
+    Ok(RunningServer {
+        grpc_addr,
+        metrics_addr,
+        shutdown: Some(tx),
+        health: health_reporter,
+        grpc,
+        http,
+    })
 }

@@ -22,7 +22,11 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_text_bytes: 8192, max_batch_texts: 64, default_top_k: 3 }
+        Self {
+            max_text_bytes: 8192,
+            max_batch_texts: 64,
+            default_top_k: 3,
+        }
     }
 }
 
@@ -34,7 +38,10 @@ pub struct ServedModels {
 impl ServedModels {
     /// The first batcher is the default model.
     pub fn new(batchers: Vec<Batcher>) -> Result<Self, String> {
-        let default = batchers.first().map(|b| b.model().name().to_string()).ok_or("no model to serve")?;
+        let default = batchers
+            .first()
+            .map(|b| b.model().name().to_string())
+            .ok_or("no model to serve")?;
         let mut by_name = HashMap::new();
         for b in batchers {
             let name = b.model().name().to_string();
@@ -47,7 +54,9 @@ impl ServedModels {
 
     fn get(&self, name: &str) -> Result<&Batcher, RequestError> {
         let key = if name.is_empty() { &self.default } else { name };
-        self.by_name.get(key).ok_or_else(|| RequestError::UnknownModel(name.to_string()))
+        self.by_name
+            .get(key)
+            .ok_or_else(|| RequestError::UnknownModel(name.to_string()))
     }
 }
 
@@ -59,7 +68,11 @@ pub struct NluService {
 
 impl NluService {
     pub fn new(models: Arc<ServedModels>, limits: Limits, metrics: Metrics) -> Self {
-        Self { models, limits, metrics }
+        Self {
+            models,
+            limits,
+            metrics,
+        }
     }
 
     fn check_text(&self, field: &str, text: &str) -> Result<(), RequestError> {
@@ -67,12 +80,23 @@ impl NluService {
             return Err(RequestError::invalid(field, "must not be empty or whitespace only"));
         }
         if text.len() > self.limits.max_text_bytes {
-            return Err(RequestError::invalid(field, format!("{} bytes exceeds the limit of {} bytes", text.len(), self.limits.max_text_bytes)));
+            return Err(RequestError::invalid(
+                field,
+                format!(
+                    "{} bytes exceeds the limit of {} bytes",
+                    text.len(),
+                    self.limits.max_text_bytes
+                ),
+            ));
         }
         Ok(())
     }
 
-    async fn understand_texts(&self, model: &str, texts: &[(String, &str)]) -> Result<(Arc<NluModel>, Vec<(Answer, bool, u32)>), RequestError> {
+    async fn understand_texts(
+        &self,
+        model: &str,
+        texts: &[(String, &str)],
+    ) -> Result<(Arc<NluModel>, Vec<(Answer, bool, u32)>), RequestError> {
         let batcher = self.models.get(model)?;
         let m = batcher.model().clone();
         for (field, text) in texts {
@@ -82,7 +106,8 @@ impl NluService {
         let tokenized = if texts.len() == 1 {
             vec![m.tokenize(texts[0].1)]
         } else {
-            let (m2, owned): (Arc<NluModel>, Vec<String>) = (m.clone(), texts.iter().map(|(_, t)| t.to_string()).collect());
+            let (m2, owned): (Arc<NluModel>, Vec<String>) =
+                (m.clone(), texts.iter().map(|(_, t)| t.to_string()).collect());
             tokio::task::spawn_blocking(move || {
                 use rayon::prelude::*;
                 owned.par_iter().map(|t| m2.tokenize(t)).collect::<Vec<_>>()
@@ -113,7 +138,10 @@ impl NluService {
             Err(s) => format!("{:?}", s.code()),
         };
         self.metrics.requests.with_label_values(&[method, &code]).inc();
-        self.metrics.request_seconds.with_label_values(&[method]).observe(start.elapsed().as_secs_f64());
+        self.metrics
+            .request_seconds
+            .with_label_values(&[method])
+            .observe(start.elapsed().as_secs_f64());
         r.map(Response::new)
     }
 }
@@ -129,12 +157,19 @@ pub fn to_status(e: RequestError) -> Status {
 }
 
 fn top_k_or(default: usize, asked: u32) -> usize {
-    if asked == 0 { default } else { asked as usize }
+    if asked == 0 {
+        default
+    } else {
+        asked as usize
+    }
 }
 
 #[tonic::async_trait]
 impl Nlu for NluService {
-    async fn understand(&self, request: Request<pb::UnderstandRequest>) -> Result<Response<pb::UnderstandResponse>, Status> {
+    async fn understand(
+        &self,
+        request: Request<pb::UnderstandRequest>,
+    ) -> Result<Response<pb::UnderstandResponse>, Status> {
         let start = Instant::now();
         let req = request.into_inner();
         let k = top_k_or(self.limits.default_top_k, req.top_k);
@@ -153,7 +188,10 @@ impl Nlu for NluService {
         self.finish("Understand", start, r)
     }
 
-    async fn understand_batch(&self, request: Request<pb::UnderstandBatchRequest>) -> Result<Response<pb::UnderstandBatchResponse>, Status> {
+    async fn understand_batch(
+        &self,
+        request: Request<pb::UnderstandBatchRequest>,
+    ) -> Result<Response<pb::UnderstandBatchResponse>, Status> {
         let start = Instant::now();
         let req = request.into_inner();
         let k = top_k_or(self.limits.default_top_k, req.top_k);
@@ -162,13 +200,32 @@ impl Nlu for NluService {
                 return Err(RequestError::invalid("texts", "must hold at least one text"));
             }
             if req.texts.len() > self.limits.max_batch_texts {
-                return Err(RequestError::invalid("texts", format!("{} texts exceeds the limit of {}", req.texts.len(), self.limits.max_batch_texts)));
+                return Err(RequestError::invalid(
+                    "texts",
+                    format!(
+                        "{} texts exceeds the limit of {}",
+                        req.texts.len(),
+                        self.limits.max_batch_texts
+                    ),
+                ));
             }
-            let named: Vec<(String, &str)> = req.texts.iter().enumerate().map(|(i, t)| (format!("texts[{i}]"), t.as_str())).collect();
+            let named: Vec<(String, &str)> = req
+                .texts
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (format!("texts[{i}]"), t.as_str()))
+                .collect();
             let (m, answers) = self.understand_texts(&req.model, &named).await?;
-            let slowest = answers.iter().map(|(a, _, _)| a).max_by_key(|a| a.queue_time + a.compute_time).map(timing);
+            let slowest = answers
+                .iter()
+                .map(|(a, _, _)| a)
+                .max_by_key(|a| a.queue_time + a.compute_time)
+                .map(timing);
             Ok(pb::UnderstandBatchResponse {
-                results: answers.iter().map(|(a, t, c)| interpret(&m, &a.output, k, req.include_embedding, *t, *c)).collect(),
+                results: answers
+                    .iter()
+                    .map(|(a, t, c)| interpret(&m, &a.output, k, req.include_embedding, *t, *c))
+                    .collect(),
                 model: m.name().to_string(),
                 model_version: m.version().to_string(),
                 timing: slowest,
@@ -178,7 +235,10 @@ impl Nlu for NluService {
         self.finish("UnderstandBatch", start, r)
     }
 
-    async fn list_models(&self, _request: Request<pb::ListModelsRequest>) -> Result<Response<pb::ListModelsResponse>, Status> {
+    async fn list_models(
+        &self,
+        _request: Request<pb::ListModelsRequest>,
+    ) -> Result<Response<pb::ListModelsResponse>, Status> {
         let mut models: Vec<pb::ModelInfo> = self
             .models
             .by_name
@@ -205,49 +265,114 @@ impl Nlu for NluService {
 }
 
 fn timing(a: &Answer) -> pb::Timing {
-    pb::Timing { queue_us: a.queue_time.as_micros() as u64, compute_us: a.compute_time.as_micros() as u64, batch_size: a.batch_size as u32 }
+    pb::Timing {
+        queue_us: a.queue_time.as_micros() as u64,
+        compute_us: a.compute_time.as_micros() as u64,
+        batch_size: a.batch_size as u32,
+    }
 }
 
 /// Head probabilities → labels. Out of scope when the model's own out-of-scope label wins or
 /// the best in-scope probability is under the threshold.
-pub fn interpret(model: &NluModel, out: &NluOutput, top_k: usize, with_embedding: bool, truncated: bool, token_count: u32) -> pb::Understanding {
+pub fn interpret(
+    model: &NluModel,
+    out: &NluOutput,
+    top_k: usize,
+    with_embedding: bool,
+    truncated: bool,
+    token_count: u32,
+) -> pb::Understanding {
     let intent = match (model.intent_spec(), &out.intent) {
         (Some(spec), Some(p)) => {
             let mut ranked: Vec<(usize, f32)> = p.iter().copied().enumerate().collect();
             ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
             let is_oos_label = |i: usize| spec.oos_label.as_deref() == Some(spec.labels[i].as_str());
-            let best_in_scope = ranked.iter().find(|(i, _)| !is_oos_label(*i)).copied().unwrap_or(ranked[0]);
+            let best_in_scope = ranked
+                .iter()
+                .find(|(i, _)| !is_oos_label(*i))
+                .copied()
+                .unwrap_or(ranked[0]);
             let oos = is_oos_label(ranked[0].0) || best_in_scope.1 < spec.oos_threshold;
             Some(pb::Intent {
-                label: if oos { spec.oos_label.clone().unwrap_or_else(|| "oos".into()) } else { spec.labels[best_in_scope.0].clone() },
+                label: if oos {
+                    spec.oos_label.clone().unwrap_or_else(|| "oos".into())
+                } else {
+                    spec.labels[best_in_scope.0].clone()
+                },
                 confidence: best_in_scope.1,
                 out_of_scope: oos,
-                top_k: ranked.iter().take(top_k).map(|(i, s)| pb::LabelScore { label: spec.labels[*i].clone(), score: *s }).collect(),
+                top_k: ranked
+                    .iter()
+                    .take(top_k)
+                    .map(|(i, s)| pb::LabelScore {
+                        label: spec.labels[*i].clone(),
+                        score: *s,
+                    })
+                    .collect(),
             })
         }
         _ => None,
     };
     let sentiment = match (model.sentiment_labels(), &out.sentiment) {
         (Some(labels), Some(p)) => {
-            let best = p.iter().copied().enumerate().max_by(|a, b| a.1.total_cmp(&b.1)).unwrap_or((0, 0.0));
+            let best = p
+                .iter()
+                .copied()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(&b.1))
+                .unwrap_or((0, 0.0));
             Some(pb::Sentiment {
                 label: labels[best.0].clone(),
                 score: best.1,
-                scores: labels.iter().zip(p).map(|(l, s)| pb::LabelScore { label: l.clone(), score: *s }).collect(),
+                scores: labels
+                    .iter()
+                    .zip(p)
+                    .map(|(l, s)| pb::LabelScore {
+                        label: l.clone(),
+                        score: *s,
+                    })
+                    .collect(),
             })
         }
         _ => None,
     };
-    pb::Understanding { intent, sentiment, embedding: if with_embedding { out.embedding.clone() } else { Vec::new() }, truncated, token_count }
+    pb::Understanding {
+        intent,
+        sentiment,
+        embedding: if with_embedding {
+            out.embedding.clone()
+        } else {
+            Vec::new()
+        },
+        truncated,
+        token_count,
+    }
 }
 
 /// One text through a locally loaded model, without a server (`nudge understand`).
-pub fn understand_local(model: &NluModel, text: &str, top_k: usize, with_embedding: bool) -> Result<pb::Understanding, RequestError> {
+pub fn understand_local(
+    model: &NluModel,
+    text: &str,
+    top_k: usize,
+    with_embedding: bool,
+) -> Result<pb::Understanding, RequestError> {
     if text.trim().is_empty() {
         return Err(RequestError::invalid("text", "must not be empty or whitespace only"));
     }
     let t = model.tokenize(text).map_err(|e| RequestError::invalid("text", e))?;
-    let out = model.run(&[&t.ids]).map_err(|e| RequestError::Internal(e.to_string()))?;
-    let out = out.into_iter().next().ok_or_else(|| RequestError::Internal("no output".into()))?;
-    Ok(interpret(model, &out, top_k, with_embedding, t.truncated, t.ids.len() as u32))
+    let out = model
+        .run(&[&t.ids])
+        .map_err(|e| RequestError::Internal(e.to_string()))?;
+    let out = out
+        .into_iter()
+        .next()
+        .ok_or_else(|| RequestError::Internal("no output".into()))?;
+    Ok(interpret(
+        model,
+        &out,
+        top_k,
+        with_embedding,
+        t.truncated,
+        t.ids.len() as u32,
+    ))
 }

@@ -28,12 +28,21 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<Example>, LoadError> {
         if line.trim().is_empty() {
             continue;
         }
-        let v: serde_json::Value = serde_json::from_str(&line).map_err(|e| LoadError::invalid(path, format!("line {}: malformed JSON: {e}", i + 1)))?;
+        let v: serde_json::Value = serde_json::from_str(&line)
+            .map_err(|e| LoadError::invalid(path, format!("line {}: malformed JSON: {e}", i + 1)))?;
         let text = v.get("text").and_then(|t| t.as_str());
         let label = v.get("label").and_then(|t| t.as_str());
         match (text, label) {
-            (Some(t), Some(l)) if !t.trim().is_empty() && !l.trim().is_empty() => out.push(Example { text: t.to_string(), label: l.to_string() }),
-            _ => return Err(LoadError::invalid(path, format!("line {}: needs non-empty string fields `text` and `label`", i + 1))),
+            (Some(t), Some(l)) if !t.trim().is_empty() && !l.trim().is_empty() => out.push(Example {
+                text: t.to_string(),
+                label: l.to_string(),
+            }),
+            _ => {
+                return Err(LoadError::invalid(
+                    path,
+                    format!("line {}: needs non-empty string fields `text` and `label`", i + 1),
+                ))
+            }
         }
     }
     if out.is_empty() {
@@ -55,7 +64,9 @@ impl FrozenEncoder {
     pub fn load(dir: &Path, spec: EncoderSpec) -> Result<Self, LoadError> {
         let cfg_path = dir.join("config.json");
         let config = EncoderConfig::from_file(&cfg_path)?;
-        let max = spec.max_tokens.map_or(config.max_tokens(), |m| m.min(config.max_tokens()));
+        let max = spec
+            .max_tokens
+            .map_or(config.max_tokens(), |m| m.min(config.max_tokens()));
         let tok_path = dir.join("tokenizer.json");
         let tok_bytes = std::fs::read(&tok_path).map_err(|e| LoadError::io(&tok_path, e))?;
         let tokenizer = TextTokenizer::from_bytes(&tok_path, &tok_bytes, spec.text_prefix.clone(), max)?;
@@ -66,7 +77,13 @@ impl FrozenEncoder {
         hasher_input.push_str(&format!("{:?}{}{}", spec.pooling, spec.normalize, spec.text_prefix));
         let sha256 = sha256_hex(hasher_input.as_bytes());
         let encoder = BertEncoder::load_bytes(config, &w_path, &w, &Device::Cpu)?;
-        Ok(Self { dir: dir.to_path_buf(), spec, sha256, tokenizer, encoder })
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            spec,
+            sha256,
+            tokenizer,
+            encoder,
+        })
     }
 
     pub fn hidden_size(&self) -> usize {
@@ -74,19 +91,33 @@ impl FrozenEncoder {
     }
 
     /// Embeds texts in length-sorted batches, reusing (and extending) the on-disk cache.
-    pub fn embed_all(&self, texts: &[&str], cache_dir: Option<&Path>, progress: &indicatif::ProgressBar) -> Result<Vec<Vec<f32>>, LoadError> {
+    pub fn embed_all(
+        &self,
+        texts: &[&str],
+        cache_dir: Option<&Path>,
+        progress: &indicatif::ProgressBar,
+    ) -> Result<Vec<Vec<f32>>, LoadError> {
         let mut cache = match cache_dir {
             Some(d) => EmbeddingCache::open(d, &self.sha256, self.hidden_size())?,
             None => EmbeddingCache::memory(self.hidden_size()),
         };
         let missing: Vec<&str> = {
             let mut seen = std::collections::HashSet::new();
-            texts.iter().copied().filter(|t| !cache.map.contains_key(*t) && seen.insert(*t)).collect()
+            texts
+                .iter()
+                .copied()
+                .filter(|t| !cache.map.contains_key(*t) && seen.insert(*t))
+                .collect()
         };
         progress.set_length(missing.len() as u64);
         let mut toks: Vec<(&str, Vec<u32>)> = missing
             .iter()
-            .map(|t| self.tokenizer.tokenize(t).map(|k| (*t, k.ids)).map_err(|e| LoadError::invalid(&self.dir, format!("tokenizing {t:?}: {e}"))))
+            .map(|t| {
+                self.tokenizer
+                    .tokenize(t)
+                    .map(|k| (*t, k.ids))
+                    .map_err(|e| LoadError::invalid(&self.dir, format!("tokenizing {t:?}: {e}")))
+            })
             .collect::<Result<_, _>>()?;
         toks.sort_by_key(|(_, ids)| ids.len());
         let mut start = 0;
@@ -108,7 +139,10 @@ impl FrozenEncoder {
             start = end;
         }
         cache.flush()?;
-        Ok(texts.iter().map(|t| cache.map.get(*t).cloned().unwrap_or_default()).collect())
+        Ok(texts
+            .iter()
+            .map(|t| cache.map.get(*t).cloned().unwrap_or_default())
+            .collect())
     }
 }
 
@@ -121,7 +155,11 @@ struct EmbeddingCache {
 
 impl EmbeddingCache {
     fn memory(dim: usize) -> Self {
-        Self { map: HashMap::new(), file: None, dim }
+        Self {
+            map: HashMap::new(),
+            file: None,
+            dim,
+        }
     }
 
     fn open(dir: &Path, key: &str, dim: usize) -> Result<Self, LoadError> {
@@ -138,13 +176,24 @@ impl EmbeddingCache {
                     break;
                 }
                 let text = String::from_utf8_lossy(&bytes[p + 4..p + 4 + n]).to_string();
-                let v = bytes[p + 4 + n..end].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+                let v = bytes[p + 4 + n..end]
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect();
                 map.insert(text, v);
                 p = end;
             }
         }
-        let f = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| LoadError::io(&path, e))?;
-        Ok(Self { map, file: Some((path, std::io::BufWriter::new(f))), dim })
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| LoadError::io(&path, e))?;
+        Ok(Self {
+            map,
+            file: Some((path, std::io::BufWriter::new(f))),
+            dim,
+        })
     }
 
     fn insert(&mut self, text: &str, v: Vec<f32>) -> Result<(), LoadError> {
@@ -179,13 +228,24 @@ pub struct HeadTraining {
 
 impl Default for HeadTraining {
     fn default() -> Self {
-        Self { epochs: 60, batch_size: 64, lr: 1e-2, weight_decay: 1e-4, seed: 17 }
+        Self {
+            epochs: 60,
+            batch_size: 64,
+            lr: 1e-2,
+            weight_decay: 1e-4,
+            seed: 17,
+        }
     }
 }
 
 /// Fits a softmax head `labels × dim` on fixed vectors. Returns the head and the final
 /// training loss.
-pub fn fit_softmax(x: &[Vec<f32>], y: &[usize], labels: usize, cfg: HeadTraining) -> candle_core::Result<(LinearHead, f32)> {
+pub fn fit_softmax(
+    x: &[Vec<f32>],
+    y: &[usize],
+    labels: usize,
+    cfg: HeadTraining,
+) -> candle_core::Result<(LinearHead, f32)> {
     let dev = Device::Cpu;
     let dim = x.first().map_or(0, |v| v.len());
     let n = x.len();
@@ -194,7 +254,14 @@ pub fn fit_softmax(x: &[Vec<f32>], y: &[usize], labels: usize, cfg: HeadTraining
     let ys = Tensor::from_vec(y.iter().map(|&l| l as u32).collect::<Vec<_>>(), n, &dev)?;
     let w = Var::from_tensor(&Tensor::zeros((labels, dim), DType::F32, &dev)?)?;
     let b = Var::from_tensor(&Tensor::zeros(labels, DType::F32, &dev)?)?;
-    let mut opt = AdamW::new(vec![w.clone(), b.clone()], ParamsAdamW { lr: cfg.lr, weight_decay: cfg.weight_decay, ..Default::default() })?;
+    let mut opt = AdamW::new(
+        vec![w.clone(), b.clone()],
+        ParamsAdamW {
+            lr: cfg.lr,
+            weight_decay: cfg.weight_decay,
+            ..Default::default()
+        },
+    )?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
     let mut order: Vec<u32> = (0..n as u32).collect();
     let mut last = 0f32;
@@ -234,7 +301,12 @@ pub fn accuracy(head: &LinearHead, x: &[Vec<f32>], y: &[usize]) -> f64 {
 /// The most probable label other than the out-of-scope one, with its probability (the server
 /// applies the same rule in `service::interpret`).
 fn best_in_scope(p: &[f32], oos: Option<usize>) -> (usize, f32) {
-    p.iter().copied().enumerate().filter(|(i, _)| Some(*i) != oos).max_by(|a, b| a.1.total_cmp(&b.1)).unwrap_or((0, 0.0))
+    p.iter()
+        .copied()
+        .enumerate()
+        .filter(|(i, _)| Some(*i) != oos)
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .unwrap_or((0, 0.0))
 }
 
 /// Which head `nudge train` fits.
@@ -255,9 +327,20 @@ impl Task {
 
 /// Label list (sorted) and label indices; refuses a single class.
 pub fn index_labels(path: &Path, examples: &[Example]) -> Result<(Vec<String>, Vec<usize>), LoadError> {
-    let labels: Vec<String> = examples.iter().map(|e| e.label.clone()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+    let labels: Vec<String> = examples
+        .iter()
+        .map(|e| e.label.clone())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
     if labels.len() < 2 {
-        return Err(LoadError::invalid(path, format!("only one class (`{}`): a classifier needs at least two", labels.first().cloned().unwrap_or_default())));
+        return Err(LoadError::invalid(
+            path,
+            format!(
+                "only one class (`{}`): a classifier needs at least two",
+                labels.first().cloned().unwrap_or_default()
+            ),
+        ));
     }
     let pos: HashMap<&str, usize> = labels.iter().enumerate().map(|(i, l)| (l.as_str(), i)).collect();
     let y = examples.iter().map(|e| pos[e.label.as_str()]).collect();
@@ -282,9 +365,15 @@ pub fn write_bundle_head(
     let existing = Manifest::read(out).ok();
     // Everything is written into a staging directory beside `out` and swapped in at the end:
     // a failed or killed run leaves the old bundle (or none), never a half-written one.
-    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(|e| LoadError::io(parent, e))?;
-    let stage = tempfile::Builder::new().prefix(".nudge-bundle-").tempdir_in(parent).map_err(|e| LoadError::io(parent, e))?;
+    let stage = tempfile::Builder::new()
+        .prefix(".nudge-bundle-")
+        .tempdir_in(parent)
+        .map_err(|e| LoadError::io(parent, e))?;
     std::fs::create_dir_all(stage.path().join("encoder")).map_err(|e| LoadError::io(stage.path(), e))?;
     let mut heads: BTreeMap<String, (Vec<f32>, Vec<f32>, usize)> = BTreeMap::new();
     let hidden = encoder.hidden_size();
@@ -293,7 +382,10 @@ pub fn write_bundle_head(
             let p = out.join(file);
             if let Ok(bytes) = std::fs::read(&p) {
                 if let Ok(st) = safetensors::SafeTensors::deserialize(&bytes) {
-                    for (t, n) in [(Task::Intent, m.heads.intent.as_ref().map(|s| s.labels.len())), (Task::Sentiment, m.heads.sentiment.as_ref().map(|s| s.labels.len()))] {
+                    for (t, n) in [
+                        (Task::Intent, m.heads.intent.as_ref().map(|s| s.labels.len())),
+                        (Task::Sentiment, m.heads.sentiment.as_ref().map(|s| s.labels.len())),
+                    ] {
                         if let Some(n) = n {
                             if t != task {
                                 let h = LinearHead::load(&p, &st, t.name(), n, hidden)?;
@@ -305,19 +397,32 @@ pub fn write_bundle_head(
             }
         }
     }
-    heads.insert(task.name().into(), (head.weight().to_vec(), head.bias().to_vec(), labels.len()));
+    heads.insert(
+        task.name().into(),
+        (head.weight().to_vec(), head.bias().to_vec(), labels.len()),
+    );
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = heads
         .iter()
         .flat_map(|(name, (w, b, n))| {
             [
-                (format!("{name}.weight"), vec![*n, hidden], w.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>()),
-                (format!("{name}.bias"), vec![*n], b.iter().flat_map(|x| x.to_le_bytes()).collect()),
+                (
+                    format!("{name}.weight"),
+                    vec![*n, hidden],
+                    w.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>(),
+                ),
+                (
+                    format!("{name}.bias"),
+                    vec![*n],
+                    b.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                ),
             ]
         })
         .collect();
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
         .iter()
-        .map(|(k, s, b)| safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).map(|v| (k.clone(), v)))
+        .map(|(k, s, b)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).map(|v| (k.clone(), v))
+        })
         .collect::<Result<_, _>>()
         .map_err(|e| LoadError::invalid(out, format!("heads: {e}")))?;
     let st = safetensors::serialize(views, None).map_err(|e| LoadError::invalid(out, format!("heads: {e}")))?;
@@ -332,7 +437,13 @@ pub fn write_bundle_head(
     let mut spec_heads = existing.as_ref().map(|m| m.heads.clone()).unwrap_or_default();
     spec_heads.file = Some("heads.safetensors".into());
     match task {
-        Task::Intent => spec_heads.intent = Some(IntentSpec { oos_label: labels.iter().find(|l| *l == "oos").cloned(), labels, oos_threshold }),
+        Task::Intent => {
+            spec_heads.intent = Some(IntentSpec {
+                oos_label: labels.iter().find(|l| *l == "oos").cloned(),
+                labels,
+                oos_threshold,
+            })
+        }
         Task::Sentiment => spec_heads.sentiment = Some(ClassifierSpec { labels }),
     }
     let mut all_metrics = existing.as_ref().map(|m| m.metrics.clone()).unwrap_or_default();
@@ -341,12 +452,24 @@ pub fn write_bundle_head(
         format: FORMAT,
         name: name.to_string(),
         version: version.to_string(),
-        encoder: EncoderSpec { dir: "encoder".into(), source: encoder_source, ..encoder.spec.clone() },
+        encoder: EncoderSpec {
+            dir: "encoder".into(),
+            source: encoder_source,
+            ..encoder.spec.clone()
+        },
         heads: HeadsSpec { ..spec_heads },
         files: BTreeMap::new(),
         metrics: all_metrics,
     };
-    m.write_with_checksums(stage.path(), &["encoder/config.json", "encoder/tokenizer.json", "encoder/model.safetensors", "heads.safetensors"])?;
+    m.write_with_checksums(
+        stage.path(),
+        &[
+            "encoder/config.json",
+            "encoder/tokenizer.json",
+            "encoder/model.safetensors",
+            "heads.safetensors",
+        ],
+    )?;
     let staged = stage.keep();
     if out.exists() {
         let old = parent.join(format!(".nudge-bundle-old-{}", std::process::id()));
@@ -358,7 +481,6 @@ pub fn write_bundle_head(
     }
     Ok(m)
 }
-
 
 /// Everything `nudge train` (heads only) needs.
 #[derive(Debug, Clone)]
@@ -449,7 +571,11 @@ fn stratified_sample(v: Vec<Example>, limit: Option<usize>, seed: u64) -> Vec<Ex
 pub fn run(job: &TrainJob, progress: &indicatif::ProgressBar) -> Result<TrainReport, LoadError> {
     let base_manifest = Manifest::read(&job.base).ok();
     let (encoder_dir, mut spec, source) = match &base_manifest {
-        Some(m) => (job.base.join(&m.encoder.dir), m.encoder.clone(), m.encoder.source.clone()),
+        Some(m) => (
+            job.base.join(&m.encoder.dir),
+            m.encoder.clone(),
+            m.encoder.source.clone(),
+        ),
         None => {
             // A sentence-transformers directory says how it pools and how long its inputs are.
             let hints = crate::encoder::config::SentenceTransformerHints::read(&job.base);
@@ -479,18 +605,37 @@ pub fn run(job: &TrainJob, progress: &indicatif::ProgressBar) -> Result<TrainRep
     }
     for (i, f) in job.oos_train.iter().enumerate() {
         let rows = read_jsonl(f)?;
-        let rows: Vec<Example> = if rows.iter().any(|e| e.label == "oos") { rows.into_iter().filter(|e| e.label == "oos").collect() } else { rows };
+        let rows: Vec<Example> = if rows.iter().any(|e| e.label == "oos") {
+            rows.into_iter().filter(|e| e.label == "oos").collect()
+        } else {
+            rows
+        };
         let picked = stratified_sample(rows, job.oos_limit_per_file, job.training.seed + 500 + i as u64);
-        train.extend(picked.into_iter().map(|e| Example { text: e.text, label: "oos".into() }));
+        train.extend(picked.into_iter().map(|e| Example {
+            text: e.text,
+            label: "oos".into(),
+        }));
     }
     let first = job.train.first().cloned().unwrap_or_default();
     let (labels, y) = index_labels(&first, &train)?;
     let mut vals = Vec::new();
     for (i, f) in job.val.iter().enumerate() {
-        let v = sample(read_jsonl(f)?, job.val_limit_per_file, job.training.seed + 1000 + i as u64);
+        let v = sample(
+            read_jsonl(f)?,
+            job.val_limit_per_file,
+            job.training.seed + 1000 + i as u64,
+        );
         for (n, e) in v.iter().enumerate() {
-            if !labels.contains(&e.label) && !(job.task == Task::Intent && e.label == "oos") {
-                return Err(LoadError::invalid(f, format!("example {}: label `{}` is not among the training labels", n + 1, e.label)));
+            let oos_row = job.task == Task::Intent && e.label == "oos";
+            if !oos_row && !labels.contains(&e.label) {
+                return Err(LoadError::invalid(
+                    f,
+                    format!(
+                        "example {}: label `{}` is not among the training labels",
+                        n + 1,
+                        e.label
+                    ),
+                ));
             }
         }
         vals.push((f.clone(), v));
@@ -525,7 +670,9 @@ pub fn run(job: &TrainJob, progress: &indicatif::ProgressBar) -> Result<TrainRep
             .map(|&i| best_in_scope(&h.probabilities(&x_train[i]), oos_idx).1)
             .collect();
         conf.sort_by(|p, q| p.total_cmp(q));
-        conf.get(((conf.len() as f32 * job.oos_quantile) as usize).min(conf.len().saturating_sub(1))).copied().unwrap_or(0.0)
+        conf.get(((conf.len() as f32 * job.oos_quantile) as usize).min(conf.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0.0)
     } else {
         0.0
     };
@@ -542,7 +689,12 @@ pub fn run(job: &TrainJob, progress: &indicatif::ProgressBar) -> Result<TrainRep
         for (e, x) in v.iter().zip(xv) {
             let p = head.probabilities(x);
             let oos_idx = labels.iter().position(|l| l == "oos");
-            let top = p.iter().copied().enumerate().max_by(|a, b| a.1.total_cmp(&b.1)).map_or(0, |t| t.0);
+            let top = p
+                .iter()
+                .copied()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(&b.1))
+                .map_or(0, |t| t.0);
             let (best, conf) = best_in_scope(&p, oos_idx);
             let flagged = job.task == Task::Intent && (Some(top) == oos_idx || conf < oos_threshold);
             if e.label == "oos" {
@@ -568,10 +720,43 @@ pub fn run(job: &TrainJob, progress: &indicatif::ProgressBar) -> Result<TrainRep
     let mut metrics = serde_json::Map::new();
     metrics.insert("train_examples".into(), train.len().into());
     metrics.insert("train_accuracy".into(), train_accuracy.into());
-    metrics.insert("train_files".into(), job.train.iter().map(|p| serde_json::Value::from(p.display().to_string())).collect());
+    metrics.insert(
+        "train_files".into(),
+        job.train
+            .iter()
+            .map(|p| serde_json::Value::from(p.display().to_string()))
+            .collect(),
+    );
     metrics.insert("val".into(), serde_json::to_value(&figures).unwrap_or_default());
-    let name = job.name.clone().or_else(|| base_manifest.as_ref().map(|m| m.name.clone())).unwrap_or_else(|| "bundle".into());
-    let version = job.version.clone().unwrap_or_else(|| format!("{}-{}", name, &encoder.sha256[..8]));
-    write_bundle_head(&job.out, &name, &version, &encoder, source, job.task, labels.clone(), &head, oos_threshold, metrics)?;
-    Ok(TrainReport { task: job.task.name(), labels, train_examples: train.len(), train_accuracy, oos_threshold, val: figures, embed_seconds, fit_seconds })
+    let name = job
+        .name
+        .clone()
+        .or_else(|| base_manifest.as_ref().map(|m| m.name.clone()))
+        .unwrap_or_else(|| "bundle".into());
+    let version = job
+        .version
+        .clone()
+        .unwrap_or_else(|| format!("{}-{}", name, &encoder.sha256[..8]));
+    write_bundle_head(
+        &job.out,
+        &name,
+        &version,
+        &encoder,
+        source,
+        job.task,
+        labels.clone(),
+        &head,
+        oos_threshold,
+        metrics,
+    )?;
+    Ok(TrainReport {
+        task: job.task.name(),
+        labels,
+        train_examples: train.len(),
+        train_accuracy,
+        oos_threshold,
+        val: figures,
+        embed_seconds,
+        fit_seconds,
+    })
 }

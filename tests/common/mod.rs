@@ -9,8 +9,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub const WORDS: &[&str] = &[
-    "where", "is", "my", "order", "refund", "please", "hello", "thanks", "the", "a", "coupon", "price", "how", "much", "cancel", "it",
-    "return", "shoes", "blue", "red", "delivery", "today", "bad", "good", "service", "human", "agent", "invoice", "pay", "card",
+    "where", "is", "my", "order", "refund", "please", "hello", "thanks", "the", "a", "coupon", "price", "how", "much",
+    "cancel", "it", "return", "shoes", "blue", "red", "delivery", "today", "bad", "good", "service", "human", "agent",
+    "invoice", "pay", "card",
 ];
 pub const SPECIALS: &[&str] = &["[PAD]", "[UNK]", "[CLS]", "[SEP]"];
 
@@ -48,14 +49,26 @@ impl Tiny {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let mut put = |name: String, shape: Vec<usize>, base: f32, scale: f32| {
             let n = shape.iter().product();
-            let v = (0..n).map(|_| base + scale * (rng.random::<f32>() * 2.0 - 1.0)).collect();
+            let v = (0..n)
+                .map(|_| base + scale * (rng.random::<f32>() * 2.0 - 1.0))
+                .collect();
             t.tensors.insert(name, (shape, v));
         };
         let (h, f) = (16, 32);
         put("embeddings.word_embeddings.weight".into(), vec![t.vocab, h], 0.0, 1.0);
-        put("embeddings.position_embeddings.weight".into(), vec![t.max_pos, h], 0.0, 0.5);
+        put(
+            "embeddings.position_embeddings.weight".into(),
+            vec![t.max_pos, h],
+            0.0,
+            0.5,
+        );
         if t.type_vocab > 0 {
-            put("embeddings.token_type_embeddings.weight".into(), vec![t.type_vocab, h], 0.0, 0.5);
+            put(
+                "embeddings.token_type_embeddings.weight".into(),
+                vec![t.type_vocab, h],
+                0.0,
+                0.5,
+            );
         }
         put("embeddings.LayerNorm.weight".into(), vec![h], 1.0, 0.2);
         put("embeddings.LayerNorm.bias".into(), vec![h], 0.0, 0.2);
@@ -92,8 +105,16 @@ impl Tiny {
 
     pub fn write_encoder(&self, dir: &Path) {
         std::fs::create_dir_all(dir).unwrap();
-        std::fs::write(dir.join("config.json"), serde_json::to_vec_pretty(&self.config()).unwrap()).unwrap();
-        std::fs::write(dir.join("tokenizer.json"), serde_json::to_vec(&tokenizer_json()).unwrap()).unwrap();
+        std::fs::write(
+            dir.join("config.json"),
+            serde_json::to_vec_pretty(&self.config()).unwrap(),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("tokenizer.json"),
+            serde_json::to_vec(&tokenizer_json()).unwrap(),
+        )
+        .unwrap();
         write_safetensors(&dir.join("model.safetensors"), &self.tensors);
     }
 
@@ -129,20 +150,52 @@ impl Tiny {
         };
         let lin = |x: &Vec<Vec<f64>>, w: &[f32], b: &[f32], out: usize| -> Vec<Vec<f64>> {
             x.iter()
-                .map(|row| (0..out).map(|o| b[o] as f64 + row.iter().enumerate().map(|(i, v)| v * w[o * row.len() + i] as f64).sum::<f64>()).collect())
+                .map(|row| {
+                    (0..out)
+                        .map(|o| {
+                            b[o] as f64
+                                + row
+                                    .iter()
+                                    .enumerate()
+                                    .map(|(i, v)| v * w[o * row.len() + i] as f64)
+                                    .sum::<f64>()
+                        })
+                        .collect()
+                })
                 .collect()
         };
-        ln(&mut x, self.t("embeddings.LayerNorm.weight"), self.t("embeddings.LayerNorm.bias"));
+        ln(
+            &mut x,
+            self.t("embeddings.LayerNorm.weight"),
+            self.t("embeddings.LayerNorm.bias"),
+        );
         for layer in 0..self.layers {
             let p = |n: &str| format!("encoder.layer.{layer}.{n}");
-            let q = lin(&x, self.t(&p("attention.self.query.weight")), self.t(&p("attention.self.query.bias")), h);
-            let k = lin(&x, self.t(&p("attention.self.key.weight")), self.t(&p("attention.self.key.bias")), h);
-            let v = lin(&x, self.t(&p("attention.self.value.weight")), self.t(&p("attention.self.value.bias")), h);
+            let q = lin(
+                &x,
+                self.t(&p("attention.self.query.weight")),
+                self.t(&p("attention.self.query.bias")),
+                h,
+            );
+            let k = lin(
+                &x,
+                self.t(&p("attention.self.key.weight")),
+                self.t(&p("attention.self.key.bias")),
+                h,
+            );
+            let v = lin(
+                &x,
+                self.t(&p("attention.self.value.weight")),
+                self.t(&p("attention.self.value.bias")),
+                h,
+            );
             let mut ctx = vec![vec![0f64; h]; l];
             for head in 0..nh {
                 for i in 0..l {
                     let scores: Vec<f64> = (0..l)
-                        .map(|j| (0..hd).map(|e| q[i][head * hd + e] * k[j][head * hd + e]).sum::<f64>() / (hd as f64).sqrt())
+                        .map(|j| {
+                            (0..hd).map(|e| q[i][head * hd + e] * k[j][head * hd + e]).sum::<f64>() / (hd as f64).sqrt()
+                        })
                         .collect();
                     let m = scores.iter().cloned().fold(f64::MIN, f64::max);
                     let ex: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
@@ -154,26 +207,54 @@ impl Tiny {
                     }
                 }
             }
-            let a = lin(&ctx, self.t(&p("attention.output.dense.weight")), self.t(&p("attention.output.dense.bias")), h);
+            let a = lin(
+                &ctx,
+                self.t(&p("attention.output.dense.weight")),
+                self.t(&p("attention.output.dense.bias")),
+                h,
+            );
             for i in 0..l {
                 for d in 0..h {
                     x[i][d] += a[i][d];
                 }
             }
-            ln(&mut x, self.t(&p("attention.output.LayerNorm.weight")), self.t(&p("attention.output.LayerNorm.bias")));
-            let mut inner = lin(&x, self.t(&p("intermediate.dense.weight")), self.t(&p("intermediate.dense.bias")), self.ffn);
-            inner.iter_mut().flatten().for_each(|v| *v = 0.5 * *v * (1.0 + erf(*v / 2f64.sqrt())));
-            let o = lin(&inner, self.t(&p("output.dense.weight")), self.t(&p("output.dense.bias")), h);
+            ln(
+                &mut x,
+                self.t(&p("attention.output.LayerNorm.weight")),
+                self.t(&p("attention.output.LayerNorm.bias")),
+            );
+            let mut inner = lin(
+                &x,
+                self.t(&p("intermediate.dense.weight")),
+                self.t(&p("intermediate.dense.bias")),
+                self.ffn,
+            );
+            inner
+                .iter_mut()
+                .flatten()
+                .for_each(|v| *v = 0.5 * *v * (1.0 + erf(*v / 2f64.sqrt())));
+            let o = lin(
+                &inner,
+                self.t(&p("output.dense.weight")),
+                self.t(&p("output.dense.bias")),
+                h,
+            );
             for i in 0..l {
                 for d in 0..h {
                     x[i][d] += o[i][d];
                 }
             }
-            ln(&mut x, self.t(&p("output.LayerNorm.weight")), self.t(&p("output.LayerNorm.bias")));
+            ln(
+                &mut x,
+                self.t(&p("output.LayerNorm.weight")),
+                self.t(&p("output.LayerNorm.bias")),
+            );
         }
         match pooling {
             Pooling::Cls => x[0].iter().map(|v| *v as f32).collect(),
-            Pooling::Mean => (0..h).map(|d| (x.iter().map(|r| r[d]).sum::<f64>() / l as f64) as f32).collect(),
+            Pooling::Mean => (0..h)
+                .map(|d| (x.iter().map(|r| r[d]).sum::<f64>() / l as f64) as f32)
+                .collect(),
         }
     }
 }
@@ -193,8 +274,15 @@ pub fn erf(x: f64) -> f64 {
         return sum * 2.0 / std::f64::consts::PI.sqrt();
     }
     let t = 1.0 / (1.0 + 0.3275911 * x.abs());
-    let y = 1.0 - (((((1.061405429 * t - 1.453152027) * t) + 1.421413741) * t - 0.284496736) * t + 0.254829592) * t * (-x * x).exp();
-    if x >= 0.0 { y } else { -y }
+    let y = 1.0
+        - (((((1.061405429 * t - 1.453152027) * t) + 1.421413741) * t - 0.284496736) * t + 0.254829592)
+            * t
+            * (-x * x).exp();
+    if x >= 0.0 {
+        y
+    } else {
+        -y
+    }
 }
 
 pub fn tokenizer_json() -> serde_json::Value {
@@ -223,10 +311,19 @@ pub fn tokenizer_json() -> serde_json::Value {
 }
 
 pub fn write_safetensors(path: &Path, tensors: &BTreeMap<String, (Vec<usize>, Vec<f32>)>) {
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> =
-        tensors.iter().map(|(k, (s, v))| (k.clone(), s.clone(), v.iter().flat_map(|x| x.to_le_bytes()).collect())).collect();
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> =
-        bytes.iter().map(|(k, s, b)| (k.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap())).collect();
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(k, (s, v))| (k.clone(), s.clone(), v.iter().flat_map(|x| x.to_le_bytes()).collect()))
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
+        .iter()
+        .map(|(k, s, b)| {
+            (
+                k.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
     std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
 }
 
@@ -240,7 +337,15 @@ pub fn write_bundle(dir: &Path, name: &str, variant: Variant, pooling: Pooling) 
     let mut heads = BTreeMap::new();
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
     for (n, labels) in [("intent", INTENTS.len()), ("sentiment", SENTIMENTS.len())] {
-        heads.insert(format!("{n}.weight"), (vec![labels, tiny.hidden], (0..labels * tiny.hidden).map(|_| rng.random::<f32>() * 4.0 - 2.0).collect()));
+        heads.insert(
+            format!("{n}.weight"),
+            (
+                vec![labels, tiny.hidden],
+                (0..labels * tiny.hidden)
+                    .map(|_| rng.random::<f32>() * 4.0 - 2.0)
+                    .collect(),
+            ),
+        );
         heads.insert(format!("{n}.bias"), (vec![labels], vec![0.0; labels]));
     }
     write_safetensors(&dir.join("heads.safetensors"), &heads);
@@ -248,26 +353,58 @@ pub fn write_bundle(dir: &Path, name: &str, variant: Variant, pooling: Pooling) 
         format: FORMAT,
         name: name.into(),
         version: "t1".into(),
-        encoder: EncoderSpec { dir: "encoder".into(), pooling, normalize: true, text_prefix: String::new(), max_tokens: None, source: None },
+        encoder: EncoderSpec {
+            dir: "encoder".into(),
+            pooling,
+            normalize: true,
+            text_prefix: String::new(),
+            max_tokens: None,
+            source: None,
+        },
         heads: HeadsSpec {
             file: Some("heads.safetensors".into()),
-            intent: Some(IntentSpec { labels: INTENTS.iter().map(|s| s.to_string()).collect(), oos_threshold: 0.0, oos_label: None }),
-            sentiment: Some(ClassifierSpec { labels: SENTIMENTS.iter().map(|s| s.to_string()).collect() }),
+            intent: Some(IntentSpec {
+                labels: INTENTS.iter().map(|s| s.to_string()).collect(),
+                oos_threshold: 0.0,
+                oos_label: None,
+            }),
+            sentiment: Some(ClassifierSpec {
+                labels: SENTIMENTS.iter().map(|s| s.to_string()).collect(),
+            }),
         },
         files: BTreeMap::new(),
         metrics: Default::default(),
     };
-    m.write_with_checksums(dir, &["encoder/config.json", "encoder/tokenizer.json", "encoder/model.safetensors", "heads.safetensors"]).unwrap();
+    m.write_with_checksums(
+        dir,
+        &[
+            "encoder/config.json",
+            "encoder/tokenizer.json",
+            "encoder/model.safetensors",
+            "heads.safetensors",
+        ],
+    )
+    .unwrap();
     dir.to_path_buf()
 }
 
 /// Texts of 1..n words from the tiny vocabulary, deterministic.
 pub fn texts(n: usize) -> Vec<String> {
-    (1..=n).map(|k| (0..k).map(|i| WORDS[(i * 7 + k) % WORDS.len()]).collect::<Vec<_>>().join(" ")).collect()
+    (1..=n)
+        .map(|k| {
+            (0..k)
+                .map(|i| WORDS[(i * 7 + k) % WORDS.len()])
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect()
 }
 
 /// Starts an in-process server on loopback ports chosen by the OS.
-pub async fn start_server(bundles: Vec<PathBuf>, tweak: impl FnOnce(&mut nudge_inference::server::ServeConfig)) -> nudge_inference::server::RunningServer {
+pub async fn start_server(
+    bundles: Vec<PathBuf>,
+    tweak: impl FnOnce(&mut nudge_inference::server::ServeConfig),
+) -> nudge_inference::server::RunningServer {
     let mut config = nudge_inference::server::ServeConfig {
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         metrics_addr: "127.0.0.1:0".parse().unwrap(),
@@ -279,14 +416,18 @@ pub async fn start_server(bundles: Vec<PathBuf>, tweak: impl FnOnce(&mut nudge_i
 }
 
 pub async fn client(addr: std::net::SocketAddr) -> nudge_proto::v1::nlu_client::NluClient<tonic::transport::Channel> {
-    nudge_proto::v1::nlu_client::NluClient::connect(format!("http://{addr}")).await.expect("connect")
+    nudge_proto::v1::nlu_client::NluClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect")
 }
 
 /// GET /metrics over a plain TCP connection.
 pub async fn scrape(addr: std::net::SocketAddr) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    s.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
     let mut body = String::new();
     s.read_to_string(&mut body).await.unwrap();
     body
@@ -294,5 +435,8 @@ pub async fn scrape(addr: std::net::SocketAddr) -> String {
 
 /// The value of a sample line `name{labels} value` whose text starts with `prefix`.
 pub fn metric(text: &str, prefix: &str) -> Option<f64> {
-    text.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok())
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
 }

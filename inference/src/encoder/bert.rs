@@ -89,9 +89,18 @@ impl<'a> WeightReader<'a> {
         };
         // A NaN or infinite weight would silently poison every answer; refuse it here.
         let finite = match dtype {
-            DType::F32 => view.data().chunks_exact(4).all(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite()),
-            DType::F16 => view.data().chunks_exact(2).all(|b| half::f16::from_le_bytes([b[0], b[1]]).is_finite()),
-            _ => view.data().chunks_exact(2).all(|b| half::bf16::from_le_bytes([b[0], b[1]]).is_finite()),
+            DType::F32 => view
+                .data()
+                .chunks_exact(4)
+                .all(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite()),
+            DType::F16 => view
+                .data()
+                .chunks_exact(2)
+                .all(|b| half::f16::from_le_bytes([b[0], b[1]]).is_finite()),
+            _ => view
+                .data()
+                .chunks_exact(2)
+                .all(|b| half::bf16::from_le_bytes([b[0], b[1]]).is_finite()),
         };
         if !finite {
             return Err(err("contains NaN or infinite values".into()));
@@ -130,19 +139,31 @@ impl BertEncoder {
             .map_err(|e| LoadError::invalid(weights, format!("not a safetensors file: {e}")))?;
         let prefix = ["", "bert.", "roberta.", "model."]
             .into_iter()
-            .find(|p| st.names().iter().any(|n| *n == &format!("{p}embeddings.word_embeddings.weight")))
+            .find(|p| {
+                st.names()
+                    .iter()
+                    .any(|n| *n == format!("{p}embeddings.word_embeddings.weight"))
+            })
             .ok_or_else(|| LoadError::Tensor {
                 path: weights.to_path_buf(),
                 tensor: "embeddings.word_embeddings.weight".into(),
                 reason: "missing (also looked under bert., roberta. and model.)".into(),
             })?
             .to_string();
-        let r = WeightReader { path: weights, st, prefix, device };
+        let r = WeightReader {
+            path: weights,
+            st,
+            prefix,
+            device,
+        };
         let h = config.hidden_size;
         let ff = config.intermediate_size;
         let eps = config.layer_norm_eps;
         let word = r.get("embeddings.word_embeddings.weight", &[config.vocab_size, h])?;
-        let position = r.get("embeddings.position_embeddings.weight", &[config.max_position_embeddings, h])?;
+        let position = r.get(
+            "embeddings.position_embeddings.weight",
+            &[config.max_position_embeddings, h],
+        )?;
         let token_type = if config.type_vocab_size > 0 {
             Some(r.get("embeddings.token_type_embeddings.weight", &[config.type_vocab_size, h])?)
         } else {
@@ -170,7 +191,9 @@ impl BertEncoder {
                 out_norm: r.norm(&format!("{p}.output.LayerNorm"), h, eps)?,
             });
         }
-        let activation = config.activation().ok_or_else(|| LoadError::invalid(weights, "unsupported hidden_act"))?;
+        let activation = config
+            .activation()
+            .ok_or_else(|| LoadError::invalid(weights, "unsupported hidden_act"))?;
         Ok(Self {
             config,
             activation,

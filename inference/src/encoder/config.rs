@@ -66,7 +66,7 @@ impl EncoderConfig {
             "bert" | "xlm-roberta" | "roberta" | "camembert" => {}
             other => return bad(format!("model_type `{other}` is not a BERT-family encoder")),
         }
-        if self.hidden_size == 0 || self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+        if self.hidden_size == 0 || self.num_attention_heads == 0 || !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return bad(format!(
                 "hidden_size {} must be a positive multiple of num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads
@@ -77,15 +77,20 @@ impl EncoderConfig {
         }
         if let Some(p) = &self.position_embedding_type {
             if p != "absolute" {
-                return bad(format!("position_embedding_type `{p}` is not supported (only `absolute`)"));
+                return bad(format!(
+                    "position_embedding_type `{p}` is not supported (only `absolute`)"
+                ));
             }
         }
         if self.max_position_embeddings <= self.position_offset() + 2 {
-            return bad(format!("max_position_embeddings {} is too small", self.max_position_embeddings));
+            return bad(format!(
+                "max_position_embeddings {} is too small",
+                self.max_position_embeddings
+            ));
         }
-        self.activation().map(|_| ()).ok_or_else(|| {
-            LoadError::invalid(path, format!("hidden_act `{}` is not supported", self.hidden_act))
-        })
+        self.activation()
+            .map(|_| ())
+            .ok_or_else(|| LoadError::invalid(path, format!("hidden_act `{}` is not supported", self.hidden_act)))
     }
 
     pub fn activation(&self) -> Option<Activation> {
@@ -125,7 +130,9 @@ pub struct SentenceTransformerHints {
 
 impl SentenceTransformerHints {
     pub fn read(dir: &Path) -> Self {
-        let json = |p: std::path::PathBuf| -> Option<serde_json::Value> { serde_json::from_slice(&std::fs::read(p).ok()?).ok() };
+        let json = |p: std::path::PathBuf| -> Option<serde_json::Value> {
+            serde_json::from_slice(&std::fs::read(p).ok()?).ok()
+        };
         let pooling = json(dir.join("1_Pooling/config.json")).and_then(|v| {
             if v["pooling_mode_cls_token"].as_bool() == Some(true) {
                 Some(super::Pooling::Cls)
@@ -135,7 +142,12 @@ impl SentenceTransformerHints {
                 None
             }
         });
-        let max_seq_length = json(dir.join("sentence_bert_config.json")).and_then(|v| v["max_seq_length"].as_u64()).map(|n| n as usize);
-        Self { pooling, max_seq_length }
+        let max_seq_length = json(dir.join("sentence_bert_config.json"))
+            .and_then(|v| v["max_seq_length"].as_u64())
+            .map(|n| n as usize);
+        Self {
+            pooling,
+            max_seq_length,
+        }
     }
 }

@@ -68,7 +68,11 @@ mod tests {
         let t = Tensor::new(xs.as_slice(), &candle_core::Device::Cpu).unwrap();
         let ours: Vec<f32> = gelu_erf(&t).unwrap().to_vec1().unwrap();
         let theirs: Vec<f32> = t.gelu_erf().unwrap().to_vec1().unwrap();
-        let worst = ours.iter().zip(&theirs).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let worst = ours
+            .iter()
+            .zip(&theirs)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
         assert!(worst < 2e-6, "max diff {worst}");
     }
 }

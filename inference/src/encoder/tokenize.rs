@@ -33,7 +33,11 @@ impl TextTokenizer {
                 direction: TruncationDirection::Right,
             }))
             .map_err(|e| err(e.to_string()))?;
-        let t = Self { inner, prefix, max_tokens };
+        let t = Self {
+            inner,
+            prefix,
+            max_tokens,
+        };
         // A tokenizer that yields nothing for plain text cannot serve; fail at load, not per request.
         let probe = t.tokenize("hello").map_err(err)?;
         if probe.ids.is_empty() {

