@@ -22,7 +22,7 @@ run() { # name task train val [extra train args...]
   $nudge train --task "$task" --train "$train" --base "$enc" --text-prefix "query: " \
     --out "$out/$name" --name "$name" "$@" > "$out/$name.train.log" 2>&1
   $nudge eval --task "$task" --bundle "$out/$name" --data "$val" --json > "$out/$name.eval.json" 2>/dev/null
-  local rows; rows=$(grep -c . "$train")
+  local rows; rows=$(grep -o '[0-9]* training examples' "$out/$name.train.log" | cut -d' ' -f1)
   echo "| $name | $task | $rows | $(pct "$out/$name.eval.json" accuracy) | $(pct "$out/$name.eval.json" macro_f1) | $(pct "$out/$name.eval.json" oos.in_scope_accuracy) | $(pct "$out/$name.eval.json" oos.recall) | $(python3 -c "import json;print(round(json.load(open('$out/$name.eval.json'))['ece'],3))") | $((SECONDS - t0)) |"
 }
 run clinc150 intent $data/intent/en/clinc150/train.jsonl $data/intent/en/clinc150/val.jsonl
