@@ -60,8 +60,14 @@ fn trained_head_fits_its_data_is_reproducible_and_is_served() {
         std::fs::read(dir.path().join("b2/heads.safetensors")).unwrap()
     );
 
-    // Retraining into an existing bundle replaces it whole; no staging directories are left.
+    // Retraining into an existing bundle replaces what it manages, keeps files it does not, and
+    // leaves no staging directories behind.
+    std::fs::write(dir.path().join("b1/make.sh"), "# how b1 was made\n").unwrap();
     assert!(train(dir.path(), "b1", &data).status.success());
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("b1/make.sh")).unwrap(),
+        "# how b1 was made\n"
+    );
     let leftovers: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .filter_map(|e| e.ok())

@@ -214,3 +214,21 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), LoadError> {
     tmp.persist(path).map_err(|e| LoadError::io(path, e.error))?;
     Ok(())
 }
+
+/// Serialises named f32 tensors (name → (shape, values)) as safetensors bytes, names sorted so
+/// the same tensors always give the same file (and sha256).
+pub fn f32_safetensors(path: &Path, tensors: &BTreeMap<String, (Vec<usize>, Vec<f32>)>) -> Result<Vec<u8>, LoadError> {
+    let bytes: Vec<(&String, &Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(k, (shape, v))| (k, shape, v.iter().flat_map(|x| x.to_le_bytes()).collect()))
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
+        .iter()
+        .map(|(k, shape, b)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, (*shape).clone(), b)
+                .map(|v| ((*k).clone(), v))
+        })
+        .collect::<Result<_, _>>()
+        .map_err(|e| LoadError::invalid(path, format!("building safetensors: {e}")))?;
+    safetensors::serialize(views, None).map_err(|e| LoadError::invalid(path, format!("serialising safetensors: {e}")))
+}

@@ -401,31 +401,16 @@ pub fn write_bundle_head(
         task.name().into(),
         (head.weight().to_vec(), head.bias().to_vec(), labels.len()),
     );
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = heads
-        .iter()
+    let tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)> = heads
+        .into_iter()
         .flat_map(|(name, (w, b, n))| {
             [
-                (
-                    format!("{name}.weight"),
-                    vec![*n, hidden],
-                    w.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>(),
-                ),
-                (
-                    format!("{name}.bias"),
-                    vec![*n],
-                    b.iter().flat_map(|x| x.to_le_bytes()).collect(),
-                ),
+                (format!("{name}.weight"), (vec![n, hidden], w)),
+                (format!("{name}.bias"), (vec![n], b)),
             ]
         })
         .collect();
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
-        .iter()
-        .map(|(k, s, b)| {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).map(|v| (k.clone(), v))
-        })
-        .collect::<Result<_, _>>()
-        .map_err(|e| LoadError::invalid(out, format!("heads: {e}")))?;
-    let st = safetensors::serialize(views, None).map_err(|e| LoadError::invalid(out, format!("heads: {e}")))?;
+    let st = crate::bundle::f32_safetensors(out, &tensors)?;
     crate::bundle::write_atomic(&stage.path().join("heads.safetensors"), &st)?;
 
     for f in ["config.json", "tokenizer.json", "model.safetensors"] {
@@ -472,6 +457,16 @@ pub fn write_bundle_head(
     )?;
     let staged = stage.keep();
     if out.exists() {
+        // Files the bundle does not manage (a README, the script that made it) stay with it.
+        for entry in std::fs::read_dir(out)
+            .map_err(|e| LoadError::io(out, e))?
+            .filter_map(|e| e.ok())
+        {
+            let dst = staged.join(entry.file_name());
+            if !dst.exists() {
+                std::fs::rename(entry.path(), &dst).map_err(|e| LoadError::io(entry.path(), e))?;
+            }
+        }
         let old = parent.join(format!(".nudge-bundle-old-{}", std::process::id()));
         std::fs::rename(out, &old).map_err(|e| LoadError::io(out, e))?;
         std::fs::rename(&staged, out).map_err(|e| LoadError::io(out, e))?;

@@ -66,7 +66,10 @@ impl EncoderConfig {
             "bert" | "xlm-roberta" | "roberta" | "camembert" => {}
             other => return bad(format!("model_type `{other}` is not a BERT-family encoder")),
         }
-        if self.hidden_size == 0 || self.num_attention_heads == 0 || !self.hidden_size.is_multiple_of(self.num_attention_heads) {
+        if self.hidden_size == 0
+            || self.num_attention_heads == 0
+            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
+        {
             return bad(format!(
                 "hidden_size {} must be a positive multiple of num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads

@@ -8,7 +8,6 @@
 use super::charsmap;
 use crate::error::LoadError;
 use half::f16;
-use safetensors::tensor::{Dtype, TensorView};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -293,17 +292,7 @@ pub fn import(src: &Path, out_dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
             put(format!("{p}.{hf}.bias"), &format!("l{l}.{short}.b"), 1, h, vec![h])?;
         }
     }
-    let bytes: BTreeMap<String, (Vec<usize>, Vec<u8>)> = tensors
-        .into_iter()
-        .map(|(k, (shape, v))| (k, (shape, v.iter().flat_map(|x| x.to_le_bytes()).collect())))
-        .collect();
-    let views: Vec<(String, TensorView<'_>)> = bytes
-        .iter()
-        .map(|(k, (shape, b))| TensorView::new(Dtype::F32, shape.clone(), b).map(|v| (k.clone(), v)))
-        .collect::<Result<_, _>>()
-        .map_err(|e| LoadError::invalid(src, format!("building safetensors: {e}")))?;
-    let st = safetensors::serialize(views, None)
-        .map_err(|e| LoadError::invalid(src, format!("serialising safetensors: {e}")))?;
+    let st = crate::bundle::f32_safetensors(src, &tensors)?;
 
     let config = json!({
         "architectures": ["BertModel"],
