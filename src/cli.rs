@@ -20,7 +20,7 @@ enum Command {
     },
     /// Serve the gRPC API (Nlu, health, reflection) and Prometheus /metrics.
     Serve(ServeArgs),
-    /// Train a classification head on a frozen encoder and write it into a bundle.
+    /// Train a classification head (on a frozen encoder, or fine-tuning it) into a bundle.
     Train(TrainArgs),
     /// Evaluate a bundle's intent or sentiment head on a JSONL file: markdown, or JSON with --json.
     Eval {
@@ -137,17 +137,63 @@ struct TrainArgs {
     limit_per_file: Option<usize>,
     #[arg(long)]
     val_limit_per_file: Option<usize>,
+    /// Refuse a label with fewer training examples than this.
+    #[arg(long, default_value_t = 2)]
+    min_examples_per_label: usize,
     #[arg(long, default_value_t = 0.05)]
     oos_quantile: f32,
     #[arg(long, default_value = "models/cache/embeddings")]
     cache_dir: PathBuf,
     #[arg(long, default_value_t = 17)]
     seed: u64,
-    #[arg(long, default_value_t = 60)]
-    epochs: usize,
+    /// Epochs (default: 60 for a head on a frozen encoder, at most 4 when fine-tuning).
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// CSV/JSONL field holding the text.
+    #[arg(long, default_value = "text")]
+    text_column: String,
+    /// CSV/JSONL field holding the label.
+    #[arg(long, default_value = "label")]
+    label_column: String,
+    /// Fine-tune the whole encoder with the head (default: train the head on a frozen encoder).
+    #[arg(long)]
+    fine_tune: bool,
+    /// Fine-tuning: texts per step.
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// Fine-tuning: peak learning rate of the encoder.
+    #[arg(long, default_value_t = 5e-5)]
+    lr: f64,
+    /// Fine-tuning: peak learning rate of the new head.
+    #[arg(long, default_value_t = 2e-3)]
+    head_lr: f64,
+    #[arg(long, default_value_t = 0.01)]
+    weight_decay: f64,
+    /// Fine-tuning: share of the steps spent warming the learning rate up.
+    #[arg(long, default_value_t = 0.06)]
+    warmup: f64,
+    /// Fine-tuning: clip the global gradient norm to this (0 = off).
+    #[arg(long, default_value_t = 1.0)]
+    max_grad_norm: f64,
+    /// Fine-tuning: stop after this many epochs without better val accuracy (0 = never).
+    #[arg(long, default_value_t = 1)]
+    patience: usize,
+    /// Fine-tuning: also train the word-embedding matrix (frozen by default).
+    #[arg(long)]
+    train_embeddings: bool,
+    /// Fine-tuning: train only the top N transformer layers (their inputs are computed once).
+    #[arg(long)]
+    train_layers: Option<usize>,
+    /// Fine-tuning: truncate training texts to this many tokens.
+    #[arg(long, default_value_t = 128)]
+    max_tokens: usize,
+    /// Fine-tuning: where per-epoch checkpoints go; running the same command again resumes.
+    #[arg(long, default_value = "models/cache/checkpoints")]
+    checkpoint_dir: PathBuf,
 }
 
 fn train(a: TrainArgs) -> anyhow::Result<()> {
+    use nudge_inference::finetune::FineTuning;
     use nudge_inference::train::{self, HeadTraining, Task, TrainJob};
     let job = TrainJob {
         task: if a.task == "intent" {
@@ -159,6 +205,10 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
         oos_train: a.oos_train,
         oos_limit_per_file: a.oos_limit_per_file,
         val: a.val,
+        columns: train::Columns {
+            text: a.text_column,
+            label: a.label_column,
+        },
         base: a.base,
         out: a.out,
         name: a.name,
@@ -173,20 +223,62 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
         }),
         limit_per_file: a.limit_per_file,
         val_limit_per_file: a.val_limit_per_file,
+        min_examples_per_label: a.min_examples_per_label,
         oos_quantile: a.oos_quantile,
         cache_dir: Some(a.cache_dir),
         training: HeadTraining {
             seed: a.seed,
-            epochs: a.epochs,
+            epochs: a.epochs.unwrap_or(HeadTraining::default().epochs),
             ..Default::default()
         },
+        fine_tune: a.fine_tune.then(|| FineTuning {
+            epochs: a.epochs.unwrap_or(FineTuning::default().epochs),
+            batch_size: a.batch_size,
+            lr: a.lr,
+            head_lr: a.head_lr,
+            weight_decay: a.weight_decay,
+            warmup: a.warmup,
+            max_grad_norm: a.max_grad_norm,
+            patience: a.patience,
+            freeze_embeddings: !a.train_embeddings,
+            train_layers: a.train_layers,
+            max_tokens: a.max_tokens,
+            seed: a.seed,
+            checkpoint_dir: a.checkpoint_dir,
+        }),
+    };
+    let template = if job.fine_tune.is_some() {
+        "training {bar:40} {pos}/{len} steps {msg} ({per_sec}, eta {eta})"
+    } else {
+        "embedding {bar:40} {pos}/{len} texts ({per_sec}, eta {eta})"
     };
     let bar = indicatif::ProgressBar::new(0).with_style(
-        indicatif::ProgressStyle::with_template("embedding {bar:40} {pos}/{len} texts ({per_sec}, eta {eta})")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(template).unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let report = train::run(&job, &bar)?;
     bar.finish_and_clear();
+    if let Some(e) = report.resumed_after_epoch {
+        println!("resumed from the checkpoint after epoch {e}\n");
+    }
+    if !report.epochs.is_empty() {
+        println!("| epoch | train loss | train accuracy | val accuracy | seconds |\n|---|---|---|---|---|");
+        for e in &report.epochs {
+            println!(
+                "| {}{} | {:.4} | {:.1}% | {} | {:.0} |",
+                e.epoch,
+                if Some(e.epoch) == report.best_epoch {
+                    " (best)"
+                } else {
+                    ""
+                },
+                e.train_loss,
+                100.0 * e.train_accuracy,
+                e.val_accuracy.map_or("—".into(), |v| format!("{:.1}%", 100.0 * v)),
+                e.seconds
+            );
+        }
+        println!();
+    }
     println!("| file | examples | accuracy (top-1) | in-scope acc (after OOS threshold) | OOS recall |\n|---|---|---|---|---|");
     for v in &report.val {
         let pct = |x: Option<f64>| x.map_or("—".to_string(), |x| format!("{:.1}%", 100.0 * x));
@@ -200,9 +292,20 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
         );
     }
     println!(
-        "\n{} head: {} labels, {} training examples (train accuracy {:.1}%), oos threshold {:.3}; embedding {:.1}s, fit {:.1}s",
-        report.task, report.labels.len(), report.train_examples, 100.0 * report.train_accuracy, report.oos_threshold, report.embed_seconds, report.fit_seconds
+        "\n{} head ({}): {} labels, {} training examples (train accuracy {:.1}%), oos threshold {:.3} (calibrated on {}); embedding {:.1}s, fit {:.1}s",
+        report.task,
+        report.mode,
+        report.labels.len(),
+        report.train_examples,
+        100.0 * report.train_accuracy,
+        report.oos_threshold,
+        report.oos_calibrated_on,
+        report.embed_seconds,
+        report.fit_seconds
     );
+    if let Some(h) = report.dropped_head {
+        println!("the bundle's {h} head was dropped: it was trained on the encoder this run replaced");
+    }
     println!("bundle written to {}", job.out.display());
     Ok(())
 }

@@ -218,6 +218,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), LoadError> {
 /// Serialises named f32 tensors (name → (shape, values)) as safetensors bytes, names sorted so
 /// the same tensors always give the same file (and sha256).
 pub fn f32_safetensors(path: &Path, tensors: &BTreeMap<String, (Vec<usize>, Vec<f32>)>) -> Result<Vec<u8>, LoadError> {
+    f32_safetensors_with_metadata(path, tensors, None)
+}
+
+/// As `f32_safetensors`, with string metadata in the header.
+pub fn f32_safetensors_with_metadata(
+    path: &Path,
+    tensors: &BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+    metadata: Option<std::collections::HashMap<String, String>>,
+) -> Result<Vec<u8>, LoadError> {
     let bytes: Vec<(&String, &Vec<usize>, Vec<u8>)> = tensors
         .iter()
         .map(|(k, (shape, v))| (k, shape, v.iter().flat_map(|x| x.to_le_bytes()).collect()))
@@ -230,5 +239,6 @@ pub fn f32_safetensors(path: &Path, tensors: &BTreeMap<String, (Vec<usize>, Vec<
         })
         .collect::<Result<_, _>>()
         .map_err(|e| LoadError::invalid(path, format!("building safetensors: {e}")))?;
-    safetensors::serialize(views, None).map_err(|e| LoadError::invalid(path, format!("serialising safetensors: {e}")))
+    safetensors::serialize(views, metadata)
+        .map_err(|e| LoadError::invalid(path, format!("serialising safetensors: {e}")))
 }

@@ -60,6 +60,10 @@ impl LinearHead {
         ))
     }
 
+    pub fn hidden(&self) -> usize {
+        self.hidden
+    }
+
     pub fn labels(&self) -> usize {
         self.bias.len()
     }

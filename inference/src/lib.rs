@@ -11,6 +11,7 @@ pub use error::{LoadError, RequestError};
 pub use model::{NluModel, NluOutput};
 pub mod batcher;
 pub mod eval;
+pub mod finetune;
 pub mod metrics;
 pub mod server;
 pub mod service;

@@ -19,8 +19,67 @@ pub struct Example {
     pub label: String,
 }
 
+/// Which fields (JSONL) or header columns (CSV) hold the text and the label.
+#[derive(Debug, Clone)]
+pub struct Columns {
+    pub text: String,
+    pub label: String,
+}
+
+impl Default for Columns {
+    fn default() -> Self {
+        Self {
+            text: "text".into(),
+            label: "label".into(),
+        }
+    }
+}
+
 /// Reads JSONL `{"text", "label"}`; errors name the file and line.
 pub fn read_jsonl(path: &Path) -> Result<Vec<Example>, LoadError> {
+    read_examples(path, &Columns::default())
+}
+
+/// Reads labelled examples from JSONL, or from CSV (with a header row) when the file name ends
+/// in `.csv`. Errors name the file and the line; blank lines are skipped.
+pub fn read_examples(path: &Path, cols: &Columns) -> Result<Vec<Example>, LoadError> {
+    let is_csv = path
+        .extension()
+        .is_some_and(|e| e.to_string_lossy().eq_ignore_ascii_case("csv"));
+    let out = if is_csv {
+        read_csv(path, cols)?
+    } else {
+        read_json_lines(path, cols)?
+    };
+    if out.is_empty() {
+        return Err(LoadError::invalid(path, "no examples"));
+    }
+    Ok(out)
+}
+
+fn example(
+    path: &Path,
+    line: usize,
+    text: Option<&str>,
+    label: Option<&str>,
+    cols: &Columns,
+) -> Result<Example, LoadError> {
+    match (text, label) {
+        (Some(t), Some(l)) if !t.trim().is_empty() && !l.trim().is_empty() => Ok(Example {
+            text: t.to_string(),
+            label: l.trim().to_string(),
+        }),
+        _ => Err(LoadError::invalid(
+            path,
+            format!(
+                "line {line}: needs non-empty string fields `{}` and `{}`",
+                cols.text, cols.label
+            ),
+        )),
+    }
+}
+
+fn read_json_lines(path: &Path, cols: &Columns) -> Result<Vec<Example>, LoadError> {
     let f = std::fs::File::open(path).map_err(|e| LoadError::io(path, e))?;
     let mut out = Vec::new();
     for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
@@ -30,23 +89,45 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<Example>, LoadError> {
         }
         let v: serde_json::Value = serde_json::from_str(&line)
             .map_err(|e| LoadError::invalid(path, format!("line {}: malformed JSON: {e}", i + 1)))?;
-        let text = v.get("text").and_then(|t| t.as_str());
-        let label = v.get("label").and_then(|t| t.as_str());
-        match (text, label) {
-            (Some(t), Some(l)) if !t.trim().is_empty() && !l.trim().is_empty() => out.push(Example {
-                text: t.to_string(),
-                label: l.to_string(),
-            }),
-            _ => {
-                return Err(LoadError::invalid(
-                    path,
-                    format!("line {}: needs non-empty string fields `text` and `label`", i + 1),
-                ))
-            }
-        }
+        let text = v.get(&cols.text).and_then(|t| t.as_str());
+        let label = v.get(&cols.label).and_then(|t| t.as_str());
+        out.push(example(path, i + 1, text, label, cols)?);
     }
-    if out.is_empty() {
-        return Err(LoadError::invalid(path, "no examples"));
+    Ok(out)
+}
+
+fn read_csv(path: &Path, cols: &Columns) -> Result<Vec<Example>, LoadError> {
+    let mut r = csv::ReaderBuilder::new()
+        .flexible(false)
+        .from_path(path)
+        .map_err(|e| LoadError::invalid(path, format!("reading CSV: {e}")))?;
+    let headers = r
+        .headers()
+        .map_err(|e| LoadError::invalid(path, format!("line 1: reading the CSV header: {e}")))?
+        .clone();
+    let find = |name: &str| {
+        headers.iter().position(|h| h.trim() == name).ok_or_else(|| {
+            LoadError::invalid(
+                path,
+                format!(
+                    "line 1: no column `{name}` in the header ({})",
+                    headers.iter().collect::<Vec<_>>().join(", ")
+                ),
+            )
+        })
+    };
+    let (ti, li) = (find(&cols.text)?, find(&cols.label)?);
+    let mut out = Vec::new();
+    for rec in r.records() {
+        let rec = rec.map_err(|e| {
+            let line = e.position().map_or(0, |p| p.line());
+            LoadError::invalid(path, format!("line {line}: malformed CSV: {e}"))
+        })?;
+        let line = rec.position().map_or(0, |p| p.line()) as usize;
+        if rec.iter().all(|f| f.trim().is_empty()) {
+            continue;
+        }
+        out.push(example(path, line, rec.get(ti), rec.get(li), cols)?);
     }
     Ok(out)
 }
@@ -347,21 +428,31 @@ pub fn index_labels(path: &Path, examples: &[Example]) -> Result<(Vec<String>, V
     Ok((labels, y))
 }
 
-/// Writes (or updates) a bundle at `out` with `head` for `task`, keeping the bundle's other
-/// head. The encoder files are hard-linked from `encoder_dir` when `out` has none yet.
+/// What the bundle gets as its encoder.
+pub enum EncoderFiles<'a> {
+    /// The base encoder's files, unchanged (hard-linked when possible): heads-only training.
+    Link(&'a Path),
+    /// New weights (fine-tuned) with the base's config and tokenizer.
+    Tuned { base: &'a Path, weights: &'a [u8] },
+}
+
+/// Writes (or updates) a bundle at `out` with `head` for `task`. With a linked (unchanged)
+/// encoder the bundle's other head is kept; a fine-tuned encoder invalidates it, so it is dropped.
 #[allow(clippy::too_many_arguments)]
-pub fn write_bundle_head(
+pub fn write_bundle(
     out: &Path,
     name: &str,
     version: &str,
-    encoder: &FrozenEncoder,
-    encoder_source: Option<String>,
+    spec: EncoderSpec,
+    encoder: EncoderFiles<'_>,
+    hidden: usize,
     task: Task,
     labels: Vec<String>,
     head: &LinearHead,
     oos_threshold: f32,
     metrics: serde_json::Map<String, serde_json::Value>,
 ) -> Result<Manifest, LoadError> {
+    let keep_other_head = matches!(encoder, EncoderFiles::Link(_));
     let existing = Manifest::read(out).ok();
     // Everything is written into a staging directory beside `out` and swapped in at the end:
     // a failed or killed run leaves the old bundle (or none), never a half-written one.
@@ -376,24 +467,27 @@ pub fn write_bundle_head(
         .map_err(|e| LoadError::io(parent, e))?;
     std::fs::create_dir_all(stage.path().join("encoder")).map_err(|e| LoadError::io(stage.path(), e))?;
     let mut heads: BTreeMap<String, (Vec<f32>, Vec<f32>, usize)> = BTreeMap::new();
-    let hidden = encoder.hidden_size();
-    if let Some(m) = &existing {
-        if let Some(file) = &m.heads.file {
+    let mut spec_heads = HeadsSpec::default();
+    let mut all_metrics = serde_json::Map::new();
+    if let (Some(m), true) = (&existing, keep_other_head) {
+        let other = match task {
+            Task::Intent => Task::Sentiment,
+            Task::Sentiment => Task::Intent,
+        };
+        let n = match other {
+            Task::Intent => m.heads.intent.as_ref().map(|s| s.labels.len()),
+            Task::Sentiment => m.heads.sentiment.as_ref().map(|s| s.labels.len()),
+        };
+        if let (Some(file), Some(n)) = (&m.heads.file, n) {
             let p = out.join(file);
-            if let Ok(bytes) = std::fs::read(&p) {
-                if let Ok(st) = safetensors::SafeTensors::deserialize(&bytes) {
-                    for (t, n) in [
-                        (Task::Intent, m.heads.intent.as_ref().map(|s| s.labels.len())),
-                        (Task::Sentiment, m.heads.sentiment.as_ref().map(|s| s.labels.len())),
-                    ] {
-                        if let Some(n) = n {
-                            if t != task {
-                                let h = LinearHead::load(&p, &st, t.name(), n, hidden)?;
-                                heads.insert(t.name().into(), (h.weight().to_vec(), h.bias().to_vec(), n));
-                            }
-                        }
-                    }
-                }
+            let bytes = std::fs::read(&p).map_err(|e| LoadError::io(&p, e))?;
+            let st = safetensors::SafeTensors::deserialize(&bytes)
+                .map_err(|e| LoadError::invalid(&p, format!("not a safetensors file: {e}")))?;
+            let h = LinearHead::load(&p, &st, other.name(), n, hidden)?;
+            heads.insert(other.name().into(), (h.weight().to_vec(), h.bias().to_vec(), n));
+            spec_heads = m.heads.clone();
+            if let Some(v) = m.metrics.get(other.name()) {
+                all_metrics.insert(other.name().into(), v.clone());
             }
         }
     }
@@ -413,13 +507,18 @@ pub fn write_bundle_head(
     let st = crate::bundle::f32_safetensors(out, &tensors)?;
     crate::bundle::write_atomic(&stage.path().join("heads.safetensors"), &st)?;
 
+    let (files_from, weights) = match encoder {
+        EncoderFiles::Link(dir) => (dir, None),
+        EncoderFiles::Tuned { base, weights } => (base, Some(weights)),
+    };
     for f in ["config.json", "tokenizer.json", "model.safetensors"] {
-        let (src, dst) = (encoder.dir.join(f), stage.path().join("encoder").join(f));
-        if std::fs::hard_link(&src, &dst).is_err() {
+        let (src, dst) = (files_from.join(f), stage.path().join("encoder").join(f));
+        if let (Some(w), "model.safetensors") = (weights, f) {
+            crate::bundle::write_atomic(&dst, w)?;
+        } else if std::fs::hard_link(&src, &dst).is_err() {
             std::fs::copy(&src, &dst).map_err(|e| LoadError::io(&src, e))?;
         }
     }
-    let mut spec_heads = existing.as_ref().map(|m| m.heads.clone()).unwrap_or_default();
     spec_heads.file = Some("heads.safetensors".into());
     match task {
         Task::Intent => {
@@ -431,7 +530,6 @@ pub fn write_bundle_head(
         }
         Task::Sentiment => spec_heads.sentiment = Some(ClassifierSpec { labels }),
     }
-    let mut all_metrics = existing.as_ref().map(|m| m.metrics.clone()).unwrap_or_default();
     all_metrics.insert(task.name().into(), serde_json::Value::Object(metrics));
     let mut m = Manifest {
         format: FORMAT,
@@ -439,10 +537,9 @@ pub fn write_bundle_head(
         version: version.to_string(),
         encoder: EncoderSpec {
             dir: "encoder".into(),
-            source: encoder_source,
-            ..encoder.spec.clone()
+            ..spec
         },
-        heads: HeadsSpec { ..spec_heads },
+        heads: spec_heads,
         files: BTreeMap::new(),
         metrics: all_metrics,
     };
@@ -477,7 +574,7 @@ pub fn write_bundle_head(
     Ok(m)
 }
 
-/// Everything `nudge train` (heads only) needs.
+/// Everything `nudge train` needs.
 #[derive(Debug, Clone)]
 pub struct TrainJob {
     pub task: Task,
@@ -488,6 +585,7 @@ pub struct TrainJob {
     /// Seeded sample, spread evenly over the file's labels, from each `oos_train` file.
     pub oos_limit_per_file: Option<usize>,
     pub val: Vec<PathBuf>,
+    pub columns: Columns,
     /// An encoder directory (HF layout) or an existing bundle.
     pub base: PathBuf,
     pub out: PathBuf,
@@ -498,10 +596,15 @@ pub struct TrainJob {
     /// Seeded sample of at most this many examples from each training file.
     pub limit_per_file: Option<usize>,
     pub val_limit_per_file: Option<usize>,
-    /// Intent: fraction of held-out in-scope texts allowed under the out-of-scope threshold.
+    /// A label with fewer training examples is refused (it cannot be learned, only memorised).
+    pub min_examples_per_label: usize,
+    /// Intent without out-of-scope rows in val: share of in-scope texts allowed under the
+    /// threshold (0 = no threshold). With `oos` rows in val the threshold is calibrated there.
     pub oos_quantile: f32,
     pub cache_dir: Option<PathBuf>,
     pub training: HeadTraining,
+    /// Fine-tune the encoder too (otherwise heads only, on a frozen encoder).
+    pub fine_tune: Option<crate::finetune::FineTuning>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -520,13 +623,21 @@ pub struct ValFigures {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct TrainReport {
     pub task: &'static str,
+    pub mode: &'static str,
     pub labels: Vec<String>,
     pub train_examples: usize,
     pub train_accuracy: f64,
     pub oos_threshold: f32,
+    /// Where the threshold came from: `val`, `train` (held-out fifth), or `none`.
+    pub oos_calibrated_on: &'static str,
     pub val: Vec<ValFigures>,
     pub embed_seconds: f64,
     pub fit_seconds: f64,
+    pub epochs: Vec<crate::finetune::EpochRecord>,
+    pub best_epoch: Option<usize>,
+    pub resumed_after_epoch: Option<usize>,
+    /// The existing bundle's other head, dropped because the encoder under it changed.
+    pub dropped_head: Option<&'static str>,
 }
 
 fn sample(mut v: Vec<Example>, limit: Option<usize>, seed: u64) -> Vec<Example> {
@@ -563,14 +674,29 @@ fn stratified_sample(v: Vec<Example>, limit: Option<usize>, seed: u64) -> Vec<Ex
     out
 }
 
-pub fn run(job: &TrainJob, progress: &indicatif::ProgressBar) -> Result<TrainReport, LoadError> {
+/// The data and encoder a job trains on, read and checked before any compute starts.
+struct Prepared {
+    base_manifest: Option<Manifest>,
+    encoder_dir: PathBuf,
+    spec: EncoderSpec,
+    train: Vec<Example>,
+    labels: Vec<String>,
+    y: Vec<usize>,
+    vals: Vec<(PathBuf, Vec<Example>)>,
+    /// sha256 of every data file read, by path.
+    data_sha256: BTreeMap<String, String>,
+}
+
+fn file_sha256(path: &Path) -> Result<String, LoadError> {
+    std::fs::read(path)
+        .map(|b| sha256_hex(&b))
+        .map_err(|e| LoadError::io(path, e))
+}
+
+fn prepare(job: &TrainJob) -> Result<Prepared, LoadError> {
     let base_manifest = Manifest::read(&job.base).ok();
-    let (encoder_dir, mut spec, source) = match &base_manifest {
-        Some(m) => (
-            job.base.join(&m.encoder.dir),
-            m.encoder.clone(),
-            m.encoder.source.clone(),
-        ),
+    let (encoder_dir, mut spec) = match &base_manifest {
+        Some(m) => (job.base.join(&m.encoder.dir), m.encoder.clone()),
         None => {
             // A sentence-transformers directory says how it pools and how long its inputs are.
             let hints = crate::encoder::config::SentenceTransformerHints::read(&job.base);
@@ -582,24 +708,46 @@ pub fn run(job: &TrainJob, progress: &indicatif::ProgressBar) -> Result<TrainRep
                     normalize: true,
                     text_prefix: String::new(),
                     max_tokens: hints.max_seq_length,
-                    source: None,
+                    source: job.base.file_name().map(|n| n.to_string_lossy().to_string()),
                 },
-                job.base.file_name().map(|n| n.to_string_lossy().to_string()),
             )
         }
     };
+    // Refuse a base that is not an encoder before reading any data.
+    for f in ["config.json", "tokenizer.json", "model.safetensors"] {
+        if !encoder_dir.join(f).is_file() {
+            return Err(LoadError::invalid(
+                &job.base,
+                format!("not an encoder: no {f} (expected a Hugging Face encoder directory or a bundle)"),
+            ));
+        }
+    }
+    let config = EncoderConfig::from_file(&encoder_dir.join("config.json"))?;
+    if config.activation().is_none() {
+        return Err(LoadError::invalid(
+            encoder_dir.join("config.json"),
+            "unsupported hidden_act",
+        ));
+    }
     if let Some(p) = &job.text_prefix {
         spec.text_prefix = p.clone();
     }
     if let Some(p) = job.pooling {
         spec.pooling = p;
     }
+    let mut data_sha256 = BTreeMap::new();
     let mut train = Vec::new();
     for (i, f) in job.train.iter().enumerate() {
-        train.extend(sample(read_jsonl(f)?, job.limit_per_file, job.training.seed + i as u64));
+        data_sha256.insert(f.display().to_string(), file_sha256(f)?);
+        train.extend(sample(
+            read_examples(f, &job.columns)?,
+            job.limit_per_file,
+            job.training.seed + i as u64,
+        ));
     }
     for (i, f) in job.oos_train.iter().enumerate() {
-        let rows = read_jsonl(f)?;
+        data_sha256.insert(f.display().to_string(), file_sha256(f)?);
+        let rows = read_examples(f, &job.columns)?;
         let rows: Vec<Example> = if rows.iter().any(|e| e.label == "oos") {
             rows.into_iter().filter(|e| e.label == "oos").collect()
         } else {
@@ -613,10 +761,22 @@ pub fn run(job: &TrainJob, progress: &indicatif::ProgressBar) -> Result<TrainRep
     }
     let first = job.train.first().cloned().unwrap_or_default();
     let (labels, y) = index_labels(&first, &train)?;
+    let mut counts = vec![0usize; labels.len()];
+    y.iter().for_each(|&i| counts[i] += 1);
+    if let Some(i) = counts.iter().position(|&c| c < job.min_examples_per_label) {
+        return Err(LoadError::invalid(
+            &first,
+            format!(
+                "label `{}` has {} training example(s), fewer than the {} required (add examples, drop the label, or lower --min-examples-per-label)",
+                labels[i], counts[i], job.min_examples_per_label
+            ),
+        ));
+    }
     let mut vals = Vec::new();
     for (i, f) in job.val.iter().enumerate() {
+        data_sha256.insert(f.display().to_string(), file_sha256(f)?);
         let v = sample(
-            read_jsonl(f)?,
+            read_examples(f, &job.columns)?,
             job.val_limit_per_file,
             job.training.seed + 1000 + i as u64,
         );
@@ -635,64 +795,99 @@ pub fn run(job: &TrainJob, progress: &indicatif::ProgressBar) -> Result<TrainRep
         }
         vals.push((f.clone(), v));
     }
+    Ok(Prepared {
+        base_manifest,
+        encoder_dir,
+        spec,
+        train,
+        labels,
+        y,
+        vals,
+        data_sha256,
+    })
+}
 
-    let encoder = FrozenEncoder::load(&encoder_dir, spec)?;
-    let t0 = std::time::Instant::now();
-    let mut texts: Vec<&str> = train.iter().map(|e| e.text.as_str()).collect();
-    for (_, v) in &vals {
-        texts.extend(v.iter().map(|e| e.text.as_str()));
+/// The threshold that maximises (in-scope accuracy + OOS recall) / 2 over every row of `vals`
+/// (`None` when val has no `oos` rows). A row is flagged out of scope when its top label is
+/// `oos` or its best in-scope probability is under the threshold, as the server does.
+pub fn calibrate_oos_threshold(
+    labels: &[String],
+    vals: &[(PathBuf, Vec<Example>)],
+    probs: &[Vec<Vec<f32>>],
+) -> Option<f32> {
+    let oos_idx = labels.iter().position(|l| l == "oos");
+    // (confidence, is an oos row, counts as right if kept, flagged whatever the threshold)
+    let mut rows: Vec<(f32, bool, bool, bool)> = Vec::new();
+    for ((_, v), p) in vals.iter().zip(probs) {
+        for (e, p) in v.iter().zip(p) {
+            let (best, conf) = best_in_scope(p, oos_idx);
+            let top = p.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|x| x.0);
+            rows.push((
+                conf,
+                e.label == "oos",
+                labels[best] == e.label,
+                top == oos_idx && oos_idx.is_some(),
+            ));
+        }
     }
-    let embs = encoder.embed_all(&texts, job.cache_dir.as_deref(), progress)?;
-    let embed_seconds = t0.elapsed().as_secs_f64();
-    let (x_train, rest) = embs.split_at(train.len());
+    let n_oos = rows.iter().filter(|r| r.1).count();
+    let n_ins = rows.len() - n_oos;
+    if n_oos == 0 || n_ins == 0 {
+        return None;
+    }
+    rows.sort_by(|a, b| a.0.total_cmp(&b.0));
+    // Threshold at 0: only the `oos` argmax flags.
+    let mut ins_ok = rows.iter().filter(|r| !r.1 && r.2 && !r.3).count();
+    let mut oos_ok = rows.iter().filter(|r| r.1 && r.3).count();
+    let score = |i: usize, o: usize| i as f64 / n_ins as f64 + o as f64 / n_oos as f64;
+    let (mut best_t, mut best_s) = (0f32, score(ins_ok, oos_ok));
+    for k in 0..rows.len() {
+        // Raise the threshold just past rows[k]: it is now flagged.
+        let r = rows[k];
+        if !r.3 {
+            if r.1 {
+                oos_ok += 1;
+            } else if r.2 {
+                ins_ok -= 1;
+            }
+        }
+        if k + 1 < rows.len() && rows[k + 1].0 == r.0 {
+            continue;
+        }
+        let s = score(ins_ok, oos_ok);
+        if s > best_s {
+            best_s = s;
+            best_t = match rows.get(k + 1) {
+                Some(next) => (r.0 + next.0) / 2.0,
+                None => r.0 + 1e-6,
+            };
+        }
+    }
+    Some(best_t)
+}
 
-    let t1 = std::time::Instant::now();
-    let fit = |x: &[Vec<f32>], y: &[usize]| fit_softmax(x, y, labels.len(), job.training).map_err(LoadError::from);
-    // Out-of-scope threshold: fit on 80% of train, take the quantile of the held-out 20%'s
-    // top probability, so that share of in-scope texts would be flagged. Then refit on all.
-    let oos_threshold = if job.task == Task::Intent && job.oos_quantile > 0.0 {
-        let mut idx: Vec<usize> = (0..x_train.len()).collect();
-        idx.shuffle(&mut rand::rngs::StdRng::seed_from_u64(job.training.seed ^ 0x5eed));
-        let cut = idx.len() * 4 / 5;
-        let (a, b) = idx.split_at(cut);
-        let xa: Vec<Vec<f32>> = a.iter().map(|&i| x_train[i].clone()).collect();
-        let ya: Vec<usize> = a.iter().map(|&i| y[i]).collect();
-        let (h, _) = fit(&xa, &ya)?;
-        let oos_idx = labels.iter().position(|l| l == "oos");
-        let mut conf: Vec<f32> = b
-            .iter()
-            .filter(|&&i| Some(y[i]) != oos_idx)
-            .map(|&i| best_in_scope(&h.probabilities(&x_train[i]), oos_idx).1)
-            .collect();
-        conf.sort_by(|p, q| p.total_cmp(q));
-        conf.get(((conf.len() as f32 * job.oos_quantile) as usize).min(conf.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0.0)
-    } else {
-        0.0
-    };
-    let (head, _loss) = fit(x_train, &y)?;
-    let fit_seconds = t1.elapsed().as_secs_f64();
-    let train_accuracy = accuracy(&head, x_train, &y);
-
+/// Per-file figures from each row's probabilities with `threshold` applied.
+fn val_figures(
+    task: Task,
+    labels: &[String],
+    threshold: f32,
+    vals: &[(PathBuf, Vec<Example>)],
+    probs: &[Vec<Vec<f32>>],
+) -> Vec<ValFigures> {
+    let oos_idx = labels.iter().position(|l| l == "oos");
     let mut figures = Vec::new();
-    let mut offset = 0;
-    for (f, v) in &vals {
-        let xv = &rest[offset..offset + v.len()];
-        offset += v.len();
+    for ((f, v), pv) in vals.iter().zip(probs) {
         let (mut top1, mut ins, mut ins_ok, mut oos, mut oos_ok) = (0usize, 0usize, 0usize, 0usize, 0usize);
-        for (e, x) in v.iter().zip(xv) {
-            let p = head.probabilities(x);
-            let oos_idx = labels.iter().position(|l| l == "oos");
+        for (e, p) in v.iter().zip(pv) {
             let top = p
                 .iter()
                 .copied()
                 .enumerate()
                 .max_by(|a, b| a.1.total_cmp(&b.1))
                 .map_or(0, |t| t.0);
-            let (best, conf) = best_in_scope(&p, oos_idx);
-            let flagged = job.task == Task::Intent && (Some(top) == oos_idx || conf < oos_threshold);
-            if e.label == "oos" {
+            let (best, conf) = best_in_scope(p, oos_idx);
+            let flagged = task == Task::Intent && (Some(top) == oos_idx || conf < threshold);
+            if e.label == "oos" && task == Task::Intent {
                 oos += 1;
                 oos_ok += flagged as usize;
             } else {
@@ -711,10 +906,118 @@ pub fn run(job: &TrainJob, progress: &indicatif::ProgressBar) -> Result<TrainRep
             oos_recall: (oos > 0).then(|| frac(oos_ok, oos)),
         });
     }
+    figures
+}
+
+pub fn run(job: &TrainJob, progress: &indicatif::ProgressBar) -> Result<TrainReport, LoadError> {
+    let prep = prepare(job)?;
+    let labels = prep.labels.clone();
+    let name = job
+        .name
+        .clone()
+        .or_else(|| prep.base_manifest.as_ref().map(|m| m.name.clone()))
+        .unwrap_or_else(|| "bundle".into());
+    let mut report = TrainReport {
+        task: job.task.name(),
+        mode: if job.fine_tune.is_some() { "fine-tune" } else { "heads" },
+        labels: labels.clone(),
+        train_examples: prep.train.len(),
+        train_accuracy: 0.0,
+        oos_threshold: 0.0,
+        oos_calibrated_on: "none",
+        val: Vec::new(),
+        embed_seconds: 0.0,
+        fit_seconds: 0.0,
+        epochs: Vec::new(),
+        best_epoch: None,
+        resumed_after_epoch: None,
+        dropped_head: None,
+    };
+    let t0 = std::time::Instant::now();
+    let (head, val_probs, hidden, tuned_weights, encoder_sha) = match &job.fine_tune {
+        Some(ft) => {
+            let data = crate::finetune::FineTuneData {
+                task: job.task,
+                labels: &labels,
+                train: &prep.train,
+                y: &prep.y,
+                vals: &prep.vals,
+            };
+            let r = crate::finetune::fine_tune(&prep.encoder_dir, &prep.spec, &data, ft, progress)?;
+            report.fit_seconds = t0.elapsed().as_secs_f64();
+            report.train_accuracy = r.train_accuracy;
+            report.epochs = r.history;
+            report.best_epoch = Some(r.best_epoch);
+            report.resumed_after_epoch = r.resumed_after_epoch;
+            let sha = sha256_hex(&r.encoder_weights);
+            let hidden = r.head.hidden();
+            (r.head, r.val_probs, hidden, Some(r.encoder_weights), sha)
+        }
+        None => {
+            let encoder = FrozenEncoder::load(&prep.encoder_dir, prep.spec.clone())?;
+            let mut texts: Vec<&str> = prep.train.iter().map(|e| e.text.as_str()).collect();
+            for (_, v) in &prep.vals {
+                texts.extend(v.iter().map(|e| e.text.as_str()));
+            }
+            let embs = encoder.embed_all(&texts, job.cache_dir.as_deref(), progress)?;
+            report.embed_seconds = t0.elapsed().as_secs_f64();
+            let (x_train, rest) = embs.split_at(prep.train.len());
+            let t1 = std::time::Instant::now();
+            let fit =
+                |x: &[Vec<f32>], y: &[usize]| fit_softmax(x, y, labels.len(), job.training).map_err(LoadError::from);
+            let val_has_oos = prep.vals.iter().any(|(_, v)| v.iter().any(|e| e.label == "oos"));
+            // Without out-of-scope rows in val: fit on 80% of train, take the quantile of the
+            // held-out 20%'s top probability, so that share of in-scope texts would be flagged.
+            if job.task == Task::Intent && job.oos_quantile > 0.0 && !val_has_oos {
+                let mut idx: Vec<usize> = (0..x_train.len()).collect();
+                idx.shuffle(&mut rand::rngs::StdRng::seed_from_u64(job.training.seed ^ 0x5eed));
+                let cut = idx.len() * 4 / 5;
+                let (a, b) = idx.split_at(cut);
+                let xa: Vec<Vec<f32>> = a.iter().map(|&i| x_train[i].clone()).collect();
+                let ya: Vec<usize> = a.iter().map(|&i| prep.y[i]).collect();
+                let (h, _) = fit(&xa, &ya)?;
+                let oos_idx = labels.iter().position(|l| l == "oos");
+                let mut conf: Vec<f32> = b
+                    .iter()
+                    .filter(|&&i| Some(prep.y[i]) != oos_idx)
+                    .map(|&i| best_in_scope(&h.probabilities(&x_train[i]), oos_idx).1)
+                    .collect();
+                conf.sort_by(|p, q| p.total_cmp(q));
+                report.oos_threshold = conf
+                    .get(((conf.len() as f32 * job.oos_quantile) as usize).min(conf.len().saturating_sub(1)))
+                    .copied()
+                    .unwrap_or(0.0);
+                report.oos_calibrated_on = "train";
+            }
+            let (head, _loss) = fit(x_train, &prep.y)?;
+            report.fit_seconds = t1.elapsed().as_secs_f64();
+            report.train_accuracy = accuracy(&head, x_train, &prep.y);
+            let mut probs = Vec::new();
+            let mut offset = 0;
+            for (_, v) in &prep.vals {
+                probs.push(
+                    rest[offset..offset + v.len()]
+                        .iter()
+                        .map(|x| head.probabilities(x))
+                        .collect::<Vec<_>>(),
+                );
+                offset += v.len();
+            }
+            (head, probs, encoder.hidden_size(), None, encoder.sha256.clone())
+        }
+    };
+    if job.task == Task::Intent {
+        if let Some(t) = calibrate_oos_threshold(&labels, &prep.vals, &val_probs) {
+            report.oos_threshold = t;
+            report.oos_calibrated_on = "val";
+        }
+    }
+    report.val = val_figures(job.task, &labels, report.oos_threshold, &prep.vals, &val_probs);
 
     let mut metrics = serde_json::Map::new();
-    metrics.insert("train_examples".into(), train.len().into());
-    metrics.insert("train_accuracy".into(), train_accuracy.into());
+    metrics.insert("mode".into(), report.mode.into());
+    metrics.insert("train_examples".into(), prep.train.len().into());
+    metrics.insert("train_accuracy".into(), report.train_accuracy.into());
     metrics.insert(
         "train_files".into(),
         job.train
@@ -722,36 +1025,101 @@ pub fn run(job: &TrainJob, progress: &indicatif::ProgressBar) -> Result<TrainRep
             .map(|p| serde_json::Value::from(p.display().to_string()))
             .collect(),
     );
-    metrics.insert("val".into(), serde_json::to_value(&figures).unwrap_or_default());
-    let name = job
-        .name
-        .clone()
-        .or_else(|| base_manifest.as_ref().map(|m| m.name.clone()))
-        .unwrap_or_else(|| "bundle".into());
+    metrics.insert(
+        "data_sha256".into(),
+        serde_json::to_value(&prep.data_sha256).unwrap_or_default(),
+    );
+    metrics.insert("oos_calibrated_on".into(), report.oos_calibrated_on.into());
+    metrics.insert("val".into(), serde_json::to_value(&report.val).unwrap_or_default());
+    if let Some(ft) = &job.fine_tune {
+        metrics.insert("fine_tuning".into(), serde_json::to_value(ft).unwrap_or_default());
+        metrics.insert("best_epoch".into(), report.best_epoch.into());
+        // Wall times differ run to run; they stay out of the bundle so a run is reproducible.
+        let epochs: Vec<serde_json::Value> = report
+            .epochs
+            .iter()
+            .map(|e| serde_json::json!({"epoch": e.epoch, "train_loss": e.train_loss, "val_accuracy": e.val_accuracy}))
+            .collect();
+        metrics.insert("epochs".into(), epochs.into());
+    }
     let version = job
         .version
         .clone()
-        .unwrap_or_else(|| format!("{}-{}", name, &encoder.sha256[..8]));
-    write_bundle_head(
+        .unwrap_or_else(|| format!("{}-{}", name, &encoder_sha[..8]));
+    let (spec, files) = match &tuned_weights {
+        Some(w) => (
+            EncoderSpec {
+                source: None,
+                ..prep.spec.clone()
+            },
+            EncoderFiles::Tuned {
+                base: &prep.encoder_dir,
+                weights: w,
+            },
+        ),
+        None => (prep.spec.clone(), EncoderFiles::Link(&prep.encoder_dir)),
+    };
+    if tuned_weights.is_some() {
+        if let Some(m) = Manifest::read(&job.out).ok() {
+            let other = match job.task {
+                Task::Intent => m.heads.sentiment.as_ref().map(|_| "sentiment"),
+                Task::Sentiment => m.heads.intent.as_ref().map(|_| "intent"),
+            };
+            report.dropped_head = other;
+        }
+    }
+    write_bundle(
         &job.out,
         &name,
         &version,
-        &encoder,
-        source,
+        spec,
+        files,
+        hidden,
         job.task,
-        labels.clone(),
+        labels,
         &head,
-        oos_threshold,
+        report.oos_threshold,
         metrics,
     )?;
-    Ok(TrainReport {
-        task: job.task.name(),
-        labels,
-        train_examples: train.len(),
-        train_accuracy,
-        oos_threshold,
-        val: figures,
-        embed_seconds,
-        fit_seconds,
-    })
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oos_threshold_maximises_in_scope_accuracy_plus_oos_recall() {
+        let labels: Vec<String> = ["a", "b", "oos"].iter().map(|s| s.to_string()).collect();
+        let row = |l: &str| Example {
+            text: String::new(),
+            label: l.into(),
+        };
+        let vals = vec![(
+            PathBuf::from("val"),
+            vec![row("a"), row("a"), row("b"), row("oos"), row("oos"), row("oos")],
+        )];
+        let probs = vec![vec![
+            vec![0.9, 0.05, 0.05], // right, confident
+            vec![0.6, 0.3, 0.1],   // right
+            vec![0.5, 0.4, 0.1],   // wrong label
+            vec![0.45, 0.35, 0.2], // oos, caught only by a threshold above 0.45
+            vec![0.2, 0.2, 0.6],   // oos, argmax says so
+            vec![0.7, 0.2, 0.1],   // oos, confidently wrong
+        ]];
+        // By hand: threshold 0 gives 2/3 + 1/3; just above 0.45 gives 2/3 + 2/3, the best, and
+        // the first such threshold is the midpoint to the next confidence (0.5).
+        let t = calibrate_oos_threshold(&labels, &vals, &probs).unwrap();
+        assert!((t - 0.475).abs() < 1e-6, "{t}");
+        let f = val_figures(Task::Intent, &labels, t, &vals, &probs);
+        assert!((f[0].in_scope_accuracy.unwrap() - 2.0 / 3.0).abs() < 1e-9);
+        assert!((f[0].oos_recall.unwrap() - 2.0 / 3.0).abs() < 1e-9);
+        assert!((f[0].accuracy - 2.0 / 3.0).abs() < 1e-9);
+        // No oos rows in val: nothing to calibrate on.
+        let in_scope = vec![(PathBuf::from("val"), vec![row("a")])];
+        assert_eq!(
+            calibrate_oos_threshold(&labels, &in_scope, &[vec![vec![0.9, 0.05, 0.05]]]),
+            None
+        );
+    }
 }

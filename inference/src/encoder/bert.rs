@@ -36,7 +36,7 @@ struct LayerNorm {
 
 impl LayerNorm {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps)
+        super::ops::layer_norm(x, &self.weight, &self.bias, self.eps)
     }
 }
 
@@ -58,6 +58,81 @@ pub struct BertEncoder {
     emb_norm: LayerNorm,
     layers: Vec<Layer>,
     device: Device,
+}
+
+/// Where the encoder's weights come from: a safetensors file when serving, variables when
+/// fine-tuning (the fused layout is then rebuilt from them each step, so gradients reach them).
+pub trait Weights {
+    fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor, LoadError>;
+}
+
+/// Weights by canonical name (no `bert.`-style prefix), as `weight_names` lists them.
+pub struct NamedWeights {
+    pub origin: std::path::PathBuf,
+    pub tensors: std::collections::HashMap<String, Tensor>,
+}
+
+impl Weights for NamedWeights {
+    fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor, LoadError> {
+        let err = |reason: String| LoadError::Tensor {
+            path: self.origin.clone(),
+            tensor: name.to_string(),
+            reason,
+        };
+        let t = self.tensors.get(name).ok_or_else(|| err("missing".into()))?;
+        if t.dims() != shape {
+            return Err(err(format!("shape {:?}, expected {:?}", t.dims(), shape)));
+        }
+        Ok(t.clone())
+    }
+}
+
+/// Every weight tensor a BERT-family encoder with `config` has, by canonical name and shape.
+pub fn weight_names(config: &EncoderConfig) -> Vec<(String, Vec<usize>)> {
+    let h = config.hidden_size;
+    let ff = config.intermediate_size;
+    let mut out = vec![
+        (
+            "embeddings.word_embeddings.weight".to_string(),
+            vec![config.vocab_size, h],
+        ),
+        (
+            "embeddings.position_embeddings.weight".to_string(),
+            vec![config.max_position_embeddings, h],
+        ),
+    ];
+    if config.type_vocab_size > 0 {
+        out.push((
+            "embeddings.token_type_embeddings.weight".into(),
+            vec![config.type_vocab_size, h],
+        ));
+    }
+    out.push(("embeddings.LayerNorm.weight".into(), vec![h]));
+    out.push(("embeddings.LayerNorm.bias".into(), vec![h]));
+    for i in 0..config.num_hidden_layers {
+        let p = format!("encoder.layer.{i}");
+        for (n, o, inp) in [
+            ("attention.self.query", h, h),
+            ("attention.self.key", h, h),
+            ("attention.self.value", h, h),
+            ("attention.output.dense", h, h),
+            ("intermediate.dense", ff, h),
+            ("output.dense", h, ff),
+        ] {
+            out.push((format!("{p}.{n}.weight"), vec![o, inp]));
+            out.push((format!("{p}.{n}.bias"), vec![o]));
+            if n == "attention.output.dense" || n == "output.dense" {
+                let norm = if n == "output.dense" {
+                    "output.LayerNorm"
+                } else {
+                    "attention.output.LayerNorm"
+                };
+                out.push((format!("{p}.{norm}.weight"), vec![h]));
+                out.push((format!("{p}.{norm}.bias"), vec![h]));
+            }
+        }
+    }
+    out
 }
 
 /// Reads tensors out of one safetensors file, checking name, shape and dtype, and naming the
@@ -110,31 +185,31 @@ impl<'a> WeightReader<'a> {
             .map_err(|e| err(e.to_string()))?;
         Ok(t)
     }
+}
 
-    fn linear(&self, name: &str, out: usize, inp: usize) -> Result<Linear, LoadError> {
-        Ok(Linear {
-            weight: self.get(&format!("{name}.weight"), &[out, inp])?,
-            bias: self.get(&format!("{name}.bias"), &[out])?,
-        })
-    }
-
-    fn norm(&self, name: &str, dim: usize, eps: f64) -> Result<LayerNorm, LoadError> {
-        Ok(LayerNorm {
-            weight: self.get(&format!("{name}.weight"), &[dim])?,
-            bias: self.get(&format!("{name}.bias"), &[dim])?,
-            eps: eps as f32,
-        })
+impl Weights for WeightReader<'_> {
+    fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor, LoadError> {
+        WeightReader::get(self, name, shape)
     }
 }
 
-impl BertEncoder {
-    pub fn load(config: EncoderConfig, weights: &Path, device: &Device) -> Result<Self, LoadError> {
-        let bytes = std::fs::read(weights).map_err(|e| LoadError::io(weights, e))?;
-        Self::load_bytes(config, weights, &bytes, device)
-    }
+fn linear(r: &dyn Weights, name: &str, out: usize, inp: usize) -> Result<Linear, LoadError> {
+    Ok(Linear {
+        weight: r.get(&format!("{name}.weight"), &[out, inp])?,
+        bias: r.get(&format!("{name}.bias"), &[out])?,
+    })
+}
 
-    /// `weights` names the file in errors; `bytes` are its contents (already checksummed).
-    pub fn load_bytes(config: EncoderConfig, weights: &Path, bytes: &[u8], device: &Device) -> Result<Self, LoadError> {
+fn norm(r: &dyn Weights, name: &str, dim: usize, eps: f64) -> Result<LayerNorm, LoadError> {
+    Ok(LayerNorm {
+        weight: r.get(&format!("{name}.weight"), &[dim])?,
+        bias: r.get(&format!("{name}.bias"), &[dim])?,
+        eps: eps as f32,
+    })
+}
+
+impl<'a> WeightReader<'a> {
+    fn open(weights: &'a Path, bytes: &'a [u8], device: &'a Device) -> Result<Self, LoadError> {
         let st = SafeTensors::deserialize(bytes)
             .map_err(|e| LoadError::invalid(weights, format!("not a safetensors file: {e}")))?;
         let prefix = ["", "bert.", "roberta.", "model."]
@@ -150,12 +225,49 @@ impl BertEncoder {
                 reason: "missing (also looked under bert., roberta. and model.)".into(),
             })?
             .to_string();
-        let r = WeightReader {
+        Ok(WeightReader {
             path: weights,
             st,
             prefix,
             device,
-        };
+        })
+    }
+}
+
+/// Reads every weight of an encoder file by canonical name (checked like `BertEncoder::load`).
+pub fn read_weights(
+    config: &EncoderConfig,
+    weights: &Path,
+    bytes: &[u8],
+    device: &Device,
+) -> Result<Vec<(String, Tensor)>, LoadError> {
+    let r = WeightReader::open(weights, bytes, device)?;
+    weight_names(config)
+        .into_iter()
+        .map(|(n, shape)| r.get(&n, &shape).map(|t| (n, t)))
+        .collect()
+}
+
+impl BertEncoder {
+    pub fn load(config: EncoderConfig, weights: &Path, device: &Device) -> Result<Self, LoadError> {
+        let bytes = std::fs::read(weights).map_err(|e| LoadError::io(weights, e))?;
+        Self::load_bytes(config, weights, &bytes, device)
+    }
+
+    /// `weights` names the file in errors; `bytes` are its contents (already checksummed).
+    pub fn load_bytes(config: EncoderConfig, weights: &Path, bytes: &[u8], device: &Device) -> Result<Self, LoadError> {
+        let r = WeightReader::open(weights, bytes, device)?;
+        Self::from_weights(config, &r, weights, device)
+    }
+
+    /// Builds the serving layout (fused QKV, scale folded in) from `r`. With variables as the
+    /// source the fusing is part of the graph, so gradients flow back to the per-matrix weights.
+    pub fn from_weights(
+        config: EncoderConfig,
+        r: &dyn Weights,
+        origin: &Path,
+        device: &Device,
+    ) -> Result<Self, LoadError> {
         let h = config.hidden_size;
         let ff = config.intermediate_size;
         let eps = config.layer_norm_eps;
@@ -169,13 +281,13 @@ impl BertEncoder {
         } else {
             None
         };
-        let emb_norm = r.norm("embeddings.LayerNorm", h, eps)?;
+        let emb_norm = norm(r, "embeddings.LayerNorm", h, eps)?;
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for i in 0..config.num_hidden_layers {
             let p = format!("encoder.layer.{i}");
-            let q = r.linear(&format!("{p}.attention.self.query"), h, h)?;
-            let k = r.linear(&format!("{p}.attention.self.key"), h, h)?;
-            let v = r.linear(&format!("{p}.attention.self.value"), h, h)?;
+            let q = linear(r, &format!("{p}.attention.self.query"), h, h)?;
+            let k = linear(r, &format!("{p}.attention.self.key"), h, h)?;
+            let v = linear(r, &format!("{p}.attention.self.value"), h, h)?;
             // Fold the 1/√d attention scale into the query projection: one pass less per layer.
             let scale = 1.0 / (config.head_dim() as f64).sqrt();
             let qkv = Linear {
@@ -184,16 +296,16 @@ impl BertEncoder {
             };
             layers.push(Layer {
                 qkv,
-                attn_out: r.linear(&format!("{p}.attention.output.dense"), h, h)?,
-                attn_norm: r.norm(&format!("{p}.attention.output.LayerNorm"), h, eps)?,
-                ffn_in: r.linear(&format!("{p}.intermediate.dense"), ff, h)?,
-                ffn_out: r.linear(&format!("{p}.output.dense"), h, ff)?,
-                out_norm: r.norm(&format!("{p}.output.LayerNorm"), h, eps)?,
+                attn_out: linear(r, &format!("{p}.attention.output.dense"), h, h)?,
+                attn_norm: norm(r, &format!("{p}.attention.output.LayerNorm"), h, eps)?,
+                ffn_in: linear(r, &format!("{p}.intermediate.dense"), ff, h)?,
+                ffn_out: linear(r, &format!("{p}.output.dense"), h, ff)?,
+                out_norm: norm(r, &format!("{p}.output.LayerNorm"), h, eps)?,
             });
         }
         let activation = config
             .activation()
-            .ok_or_else(|| LoadError::invalid(weights, "unsupported hidden_act"))?;
+            .ok_or_else(|| LoadError::invalid(origin, "unsupported hidden_act"))?;
         Ok(Self {
             config,
             activation,
@@ -217,14 +329,32 @@ impl BertEncoder {
     /// Encodes a batch of token-id sequences (any lengths, each ≤ `max_tokens`) and returns
     /// one pooled vector per sequence, `[batch, hidden]`, row order kept.
     pub fn embed(&self, seqs: &[&[u32]], pooling: Pooling) -> candle_core::Result<Vec<Vec<f32>>> {
+        if seqs.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.forward(seqs, pooling)?.to_vec2::<f32>()
+    }
+
+    /// The pooled vectors as a `[batch, hidden]` tensor (part of the graph when fine-tuning).
+    pub fn forward(&self, seqs: &[&[u32]], pooling: Pooling) -> candle_core::Result<Tensor> {
+        let (x, mask) = self.embeddings(seqs)?;
+        let x = self.layers(x, &mask, 0..self.layers.len())?;
+        Self::pool(&x, &mask, pooling)
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Token states after the embedding layer, `[B, L, H]` padded to the longest sequence, and
+    /// the `[B, L]` mask (1 for real tokens).
+    pub fn embeddings(&self, seqs: &[&[u32]]) -> candle_core::Result<(Tensor, Tensor)> {
         let b = seqs.len();
         if b == 0 {
-            return Ok(Vec::new());
+            candle_core::bail!("empty batch");
         }
         let l = seqs.iter().map(|s| s.len()).max().unwrap_or(0).max(1);
         let h = self.config.hidden_size;
-        let nh = self.config.num_attention_heads;
-        let hd = self.config.head_dim();
         let offset = self.config.position_offset();
         let pad = self.config.pad_token_id as u32;
 
@@ -248,18 +378,26 @@ impl BertEncoder {
         if let Some(tt) = &self.token_type {
             x = x.broadcast_add(&tt.get(0)?)?;
         }
-        let mut x = self.emb_norm.forward(&x)?; // [B*L, H]
+        Ok((self.emb_norm.forward(&x)?.reshape((b, l, h))?, mask))
+    }
 
+    /// Runs the transformer layers in `range` over `[B, L, H]` states. Padded positions are
+    /// masked as keys, so the real tokens' states never depend on them.
+    pub fn layers(&self, x: Tensor, mask: &Tensor, range: std::ops::Range<usize>) -> candle_core::Result<Tensor> {
+        let (b, l, h) = x.dims3()?;
+        let nh = self.config.num_attention_heads;
+        let hd = self.config.head_dim();
+        let mut x = x.reshape((b * l, h))?;
         // Additive attention bias: 0 for real keys, a large negative for padding. Softmax
         // subtracts the row maximum, and every row has at least one real key, so no overflow.
         let bias = ((mask.clone() - 1.0)? * 1e9)?.reshape((b, 1, 1, l))?;
-        for layer in &self.layers {
+        for layer in &self.layers[range] {
             let qkv = layer.qkv.forward(&x)?.reshape((b, l, 3, nh, hd))?;
             let q = qkv.narrow(2, 0, 1)?.squeeze(2)?.transpose(1, 2)?.contiguous()?; // [B,NH,L,HD]
             let k = qkv.narrow(2, 1, 1)?.squeeze(2)?.transpose(1, 2)?.contiguous()?;
             let v = qkv.narrow(2, 2, 1)?.squeeze(2)?.transpose(1, 2)?.contiguous()?;
             let scores = q.matmul(&k.t()?)?.broadcast_add(&bias)?;
-            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+            let probs = super::ops::softmax_last_dim(&scores)?;
             let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b * l, h))?;
             let attn = layer.attn_out.forward(&ctx)?;
             x = layer.attn_norm.forward(&(attn + &x)?)?;
@@ -272,7 +410,11 @@ impl BertEncoder {
             let out = layer.ffn_out.forward(&inner)?;
             x = layer.out_norm.forward(&(out + &x)?)?;
         }
-        let x = x.reshape((b, l, h))?;
+        x.reshape((b, l, h))
+    }
+
+    /// `[B, L, H]` token states → `[B, H]` sentence vectors.
+    pub fn pool(x: &Tensor, mask: &Tensor, pooling: Pooling) -> candle_core::Result<Tensor> {
         let pooled = match pooling {
             Pooling::Cls => x.narrow(1, 0, 1)?.squeeze(1)?,
             Pooling::Mean => {
@@ -282,6 +424,6 @@ impl BertEncoder {
                 summed.broadcast_div(&counts)?
             }
         };
-        pooled.to_dtype(DType::F32)?.to_vec2::<f32>()
+        pooled.to_dtype(DType::F32)
     }
 }

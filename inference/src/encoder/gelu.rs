@@ -52,10 +52,42 @@ impl CustomOp1 for GeluErf {
         });
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        let d = arg.detach().contiguous()?.apply_op1_no_bwd(&GeluErfDerivative)?;
+        Ok(Some((grad_res * d)?))
+    }
+}
+
+/// d/dx GELU(x) = Φ(x) + x·φ(x).
+struct GeluErfDerivative;
+
+impl CustomOp1 for GeluErfDerivative {
+    fn name(&self) -> &'static str {
+        "nudge-gelu-erf-derivative"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(data) = storage else {
+            candle_core::bail!("nudge-gelu-erf-derivative: f32 only")
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("nudge-gelu-erf-derivative: contiguous input only")
+        };
+        let src = &data[start..end];
+        let mut out = vec![0f32; src.len()];
+        const INV_SQRT_2PI: f32 = 0.398_942_3;
+        out.par_chunks_mut(8192).zip(src.par_chunks(8192)).for_each(|(o, s)| {
+            for (o, &x) in o.iter_mut().zip(s) {
+                *o = 0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2)) + x * INV_SQRT_2PI * (-0.5 * x * x).exp();
+            }
+        });
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
 }
 
 pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
-    x.contiguous()?.apply_op1_no_bwd(&GeluErf)
+    x.contiguous()?.apply_op1(GeluErf)
 }
 
 #[cfg(test)]
@@ -74,5 +106,17 @@ mod tests {
             .map(|(a, b)| (a - b).abs())
             .fold(0f32, f32::max);
         assert!(worst < 2e-6, "max diff {worst}");
+    }
+
+    #[test]
+    fn gradient_matches_candle() {
+        let xs: Vec<f32> = (-8_000..=8_000).map(|i| i as f32 / 1000.0).collect();
+        let v = candle_core::Var::new(xs.as_slice(), &candle_core::Device::Cpu).unwrap();
+        let ours = gelu_erf(v.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+        let theirs = v.as_tensor().gelu_erf().unwrap().sum_all().unwrap().backward().unwrap();
+        let a: Vec<f32> = ours.get(&v).unwrap().to_vec1().unwrap();
+        let b: Vec<f32> = theirs.get(&v).unwrap().to_vec1().unwrap();
+        let worst = a.iter().zip(&b).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(worst < 1e-5, "max diff {worst}");
     }
 }
