@@ -664,12 +664,18 @@ pub fn fine_tune(
         }
         save_checkpoint(&ckpt_dir, &model, best.as_ref(), &state)?;
         if let Some(a) = val_acc {
-            progress.println(format!(
+            let line = format!(
                 "epoch {}: train loss {:.4}, val accuracy {:.2}%",
                 epoch + 1,
                 state.history[epoch].train_loss,
                 100.0 * a
-            ));
+            );
+            // A hidden bar (output not a terminal) drops println; logs still want the line.
+            if progress.is_hidden() {
+                eprintln!("{line}");
+            } else {
+                progress.println(line);
+            }
         }
     }
     if let Some(b) = &best {
