@@ -4,7 +4,11 @@ use prost::Message;
 use std::{env, fs, path::PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["nudge/v1/nlu.proto"];
+    let files = [
+        "nudge/v1/nlu.proto",
+        "nudge/v1/decide.proto",
+        "nudge/v1/optimizer.proto",
+    ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");
     }

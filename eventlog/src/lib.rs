@@ -66,7 +66,9 @@ pub struct EventLog {
 }
 
 fn now_ms() -> u128 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
 }
 
 struct Writer {
@@ -211,9 +213,9 @@ pub fn segments(dir: &Path, prefix: &str) -> Result<Vec<PathBuf>, LogError> {
         .filter_map(|e| e.ok())
         .map(|e| e.path())
         .filter(|p| {
-            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
-                n.starts_with(&format!("{prefix}-")) && n.ends_with(".jsonl")
-            })
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("{prefix}-")) && n.ends_with(".jsonl"))
         })
         .collect();
     v.sort();

@@ -62,6 +62,8 @@ pub enum RequestError {
     QueueFull(usize),
     #[error("the server is shutting down")]
     ShuttingDown,
+    #[error("{0}")]
+    FailedPrecondition(String),
     #[error("inference failed: {0}")]
     Internal(String),
 }

@@ -10,6 +10,7 @@ pub mod model;
 pub use error::{LoadError, RequestError};
 pub use model::{NluModel, NluOutput};
 pub mod batcher;
+pub mod decide;
 pub mod eval;
 pub mod finetune;
 pub mod metrics;

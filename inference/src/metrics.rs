@@ -15,6 +15,7 @@ pub struct Metrics {
     pub batch_tokens: HistogramVec,
     pub queue_depth: IntGaugeVec,
     pub dropped: IntCounterVec,
+    pub decisions: IntCounterVec,
 }
 
 impl Metrics {
@@ -51,6 +52,13 @@ impl Metrics {
             Opts::new("nudge_queue_depth", "Texts waiting in the batch queue"),
             &["model"],
         );
+        let decisions = IntCounterVec::new(
+            Opts::new(
+                "nudge_decisions_total",
+                "Offer decisions logged, by how the option was chosen",
+            ),
+            &["how"],
+        );
         let dropped = IntCounterVec::new(
             Opts::new(
                 "nudge_dropped_total",
@@ -70,6 +78,7 @@ impl Metrics {
             batch_tokens: batch_tokens.expect(OK),
             queue_depth: queue_depth.expect(OK),
             dropped: dropped.expect(OK),
+            decisions: decisions.expect(OK),
         };
         for c in [
             Box::new(m.requests.clone()) as Box<dyn prometheus::core::Collector>,
@@ -80,6 +89,7 @@ impl Metrics {
             Box::new(m.batch_tokens.clone()),
             Box::new(m.queue_depth.clone()),
             Box::new(m.dropped.clone()),
+            Box::new(m.decisions.clone()),
         ] {
             // Names are fixed and distinct, so registration cannot collide.
             let _ = m.registry.register(c);

@@ -22,6 +22,8 @@ pub struct ServeConfig {
     pub bundles: Vec<PathBuf>,
     pub batcher: BatcherConfig,
     pub limits: Limits,
+    /// Offer decisions and policy hot-loading; off unless configured.
+    pub decisions: Option<crate::decide::DecisionsConfig>,
 }
 
 impl Default for ServeConfig {
@@ -32,6 +34,7 @@ impl Default for ServeConfig {
             bundles: vec![PathBuf::from("models/bundles/default")],
             batcher: BatcherConfig::default(),
             limits: Limits::default(),
+            decisions: None,
         }
     }
 }
@@ -110,7 +113,23 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
     let models = tokio::task::spawn_blocking(move || load_models(&cfg, &m2))
         .await
         .map_err(|e| ServeError::Config(e.to_string()))??;
-    let service = NluService::new(Arc::new(models), config.limits, metrics.clone());
+    let service = Arc::new(NluService::new(Arc::new(models), config.limits, metrics.clone()));
+    let decisions = match &config.decisions {
+        Some(dc) => {
+            let store = Arc::new(crate::decide::PolicyStore::open(&dc.policy_registry).map_err(ServeError::Config)?);
+            let decide = crate::decide::DecisionService::new(service.clone(), store.clone(), dc, metrics.clone())
+                .map_err(ServeError::Config)?;
+            let admin = crate::decide::PolicyAdminService {
+                store,
+                metrics: metrics.clone(),
+            };
+            Some((
+                nudge_proto::v1::decisions_server::DecisionsServer::new(decide),
+                nudge_proto::v1::policy_admin_server::PolicyAdminServer::new(admin),
+            ))
+        }
+        None => None,
+    };
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<NluServer<NluService>>().await;
@@ -168,12 +187,15 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
     });
 
     let (tx, rx) = oneshot::channel::<()>();
+    let (decide_svc, admin_svc) = decisions.unzip();
     let grpc = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(NluServer::new(service))
+            .add_service(NluServer::from_arc(service))
+            .add_optional_service(decide_svc)
+            .add_optional_service(admin_svc)
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = rx.await;
             }),

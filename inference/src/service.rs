@@ -92,7 +92,7 @@ impl NluService {
         Ok(())
     }
 
-    async fn understand_texts(
+    pub(crate) async fn understand_texts(
         &self,
         model: &str,
         texts: &[(String, &str)],
@@ -152,6 +152,7 @@ pub fn to_status(e: RequestError) -> Status {
         RequestError::UnknownModel(_) => Status::not_found(e.to_string()),
         RequestError::QueueFull(_) => Status::resource_exhausted(e.to_string()),
         RequestError::ShuttingDown => Status::unavailable(e.to_string()),
+        RequestError::FailedPrecondition(_) => Status::failed_precondition(e.to_string()),
         RequestError::Internal(_) => Status::internal(e.to_string()),
     }
 }
