@@ -1,0 +1,2 @@
+//! The optimizer: outcomes in, better policies out.
+pub mod reward;
