@@ -33,11 +33,41 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The optimizer: learn offer policies from outcomes, replay reward files on logs.
+    Optimizer {
+        #[command(subcommand)]
+        command: OptimizerCommand,
+    },
     /// Understand one text with a local bundle and print the result as JSON.
     Understand {
         text: String,
         #[arg(long, default_value = "models/bundles/default", env = "NUDGE_BUNDLE")]
         bundle: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum OptimizerCommand {
+    /// Run the optimizer service (ReportOutcome, training cadence, off-policy gate, pushes).
+    Serve {
+        #[arg(long, env = "NUDGE_OPTIMIZER_CONFIG")]
+        config: PathBuf,
+    },
+    /// Estimate, on logged decisions and outcomes, what a reward file would train; pushes nothing.
+    Replay {
+        #[arg(long)]
+        reward: PathBuf,
+        /// Directories holding decision and outcome logs (decisions-*.jsonl, outcomes-*.jsonl).
+        #[arg(long, required = true)]
+        logs: Vec<PathBuf>,
+        /// The policy registry (its LATEST version gives the schema and the serving policy).
+        #[arg(long, default_value = "models/policy-registry")]
+        registry: PathBuf,
+        /// TOML with the optimizer's `[learn]` settings (exploration, ridge, holdout, gate).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -75,6 +105,7 @@ pub fn run() -> anyhow::Result<()> {
         },
         Command::Serve(a) => serve(a)?,
         Command::Train(a) => train(a)?,
+        Command::Optimizer { command } => optimizer(command)?,
         Command::Eval {
             bundle,
             data,
@@ -403,4 +434,33 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         }
         anyhow::Ok(())
     })
+}
+
+fn optimizer(c: OptimizerCommand) -> anyhow::Result<()> {
+    match c {
+        OptimizerCommand::Serve { config } => nudge_optimizer::service::run_from_file(&config),
+        OptimizerCommand::Replay {
+            reward,
+            logs,
+            registry,
+            config,
+            json,
+        } => {
+            let reward = nudge_optimizer::reward::Reward::load(&reward)?;
+            let learn = match config {
+                Some(p) => nudge_optimizer::service::load_config(&p)?.learn,
+                None => Default::default(),
+            };
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            let report = nudge_optimizer::replay::replay(&reward, &logs, &registry, &learn, now).map_err(anyhow::Error::msg)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.markdown());
+            }
+            Ok(())
+        }
+    }
 }

@@ -68,13 +68,13 @@ pub struct Reward {
 struct RewardFile {
     reward: String,
     #[serde(default = "day")]
-    window_seconds: u64,
+    window_seconds: f64,
     #[serde(default)]
     no_outcome_reward: Option<f64>,
 }
 
-fn day() -> u64 {
-    86_400
+fn day() -> f64 {
+    86_400.0
 }
 
 struct Parser<'a> {
@@ -231,6 +231,9 @@ impl Reward {
         let f: RewardFile = toml::from_str(text).map_err(|e| file_err(e.to_string()))?;
         let expr = Self::parse_expression(&f.reward)?;
         let zero = eval(&expr, &OutcomeFields::default());
+        if !(f.window_seconds >= 0.0 && f.window_seconds.is_finite()) {
+            return Err(file_err("window_seconds must be a non-negative number".into()));
+        }
         let no_outcome_reward = f.no_outcome_reward.unwrap_or(zero);
         if !no_outcome_reward.is_finite() {
             return Err(file_err("the reward of no outcome is not a finite number (division by zero?)".into()));
@@ -239,7 +242,7 @@ impl Reward {
         Ok(Self {
             expr,
             source: f.reward,
-            window_ms: f.window_seconds.saturating_mul(1000),
+            window_ms: (f.window_seconds * 1000.0).round() as u64,
             no_outcome_reward,
             sha256: hex::encode(sha2::Sha256::digest(text.as_bytes())),
         })
