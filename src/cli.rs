@@ -454,7 +454,8 @@ fn optimizer(c: OptimizerCommand) -> anyhow::Result<()> {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64);
-            let report = nudge_optimizer::replay::replay(&reward, &logs, &registry, &learn, now).map_err(anyhow::Error::msg)?;
+            let report =
+                nudge_optimizer::replay::replay(&reward, &logs, &registry, &learn, now).map_err(anyhow::Error::msg)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

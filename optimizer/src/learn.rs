@@ -26,7 +26,10 @@ pub struct LearnConfig {
 impl Default for LearnConfig {
     fn default() -> Self {
         Self {
-            exploration: Exploration::Thompson { scale: 1.0, samples: 256 },
+            exploration: Exploration::Thompson {
+                scale: 1.0,
+                samples: 256,
+            },
             ridge: 1.0,
             noise_var: 0.25,
             holdout: 0.3,
@@ -146,7 +149,11 @@ pub fn pick(e: &Estimates, est: Estimator) -> Estimate {
 /// Splits off the newest `holdout` share, trains on the rest, and judges the candidate.
 pub fn train_and_judge(serving: &Policy, examples: &[Example], cfg: &LearnConfig) -> Result<(Policy, Verdict), String> {
     if examples.len() < cfg.min_examples {
-        return Err(format!("{} examples, fewer than min_examples {}", examples.len(), cfg.min_examples));
+        return Err(format!(
+            "{} examples, fewer than min_examples {}",
+            examples.len(),
+            cfg.min_examples
+        ));
     }
     let cut = ((examples.len() as f64) * (1.0 - cfg.holdout)).round() as usize;
     let (train, held) = examples.split_at(cut.clamp(1, examples.len()));

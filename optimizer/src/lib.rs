@@ -1,6 +1,6 @@
 //! The optimizer: outcomes in, better policies out.
-pub mod ledger;
 pub mod learn;
+pub mod ledger;
 pub mod ope;
 pub mod replay;
 pub mod reward;

@@ -20,9 +20,19 @@ pub struct ReplayReport {
     pub verdict: Verdict,
 }
 
-pub fn replay(reward: &Reward, logs: &[PathBuf], registry: &Path, learn: &LearnConfig, now_ms: u64) -> Result<ReplayReport, String> {
-    let latest = std::fs::read_to_string(registry.join("LATEST"))
-        .map_err(|e| format!("{}: {e} (replay needs the registry the schema comes from)", registry.join("LATEST").display()))?;
+pub fn replay(
+    reward: &Reward,
+    logs: &[PathBuf],
+    registry: &Path,
+    learn: &LearnConfig,
+    now_ms: u64,
+) -> Result<ReplayReport, String> {
+    let latest = std::fs::read_to_string(registry.join("LATEST")).map_err(|e| {
+        format!(
+            "{}: {e} (replay needs the registry the schema comes from)",
+            registry.join("LATEST").display()
+        )
+    })?;
     let serving = PolicyVersion::load(&registry.join(latest.trim())).map_err(|e| e.to_string())?;
     let mut ledger = Ledger::default();
     for dir in logs {

@@ -214,7 +214,10 @@ fn eval(e: &Expr, f: &OutcomeFields) -> f64 {
 
 impl Reward {
     fn parse_expression(src: &str) -> Result<Expr, RewardError> {
-        let mut p = Parser { s: src.as_bytes(), i: 0 };
+        let mut p = Parser {
+            s: src.as_bytes(),
+            i: 0,
+        };
         let e = p.expr()?;
         p.ws();
         if p.i < p.s.len() {
@@ -236,7 +239,9 @@ impl Reward {
         }
         let no_outcome_reward = f.no_outcome_reward.unwrap_or(zero);
         if !no_outcome_reward.is_finite() {
-            return Err(file_err("the reward of no outcome is not a finite number (division by zero?)".into()));
+            return Err(file_err(
+                "the reward of no outcome is not a finite number (division by zero?)".into(),
+            ));
         }
         use sha2::Digest;
         Ok(Self {
@@ -289,7 +294,11 @@ mod tests {
         assert_eq!(r.value(Some(&f)), 9.5);
         assert_eq!(r.value(None), 0.0);
         assert_eq!(r.window_ms, 86_400_000);
-        let r = Reward::from_toml("r.toml", "reward = \"max(click, 0.5) - (1 + 1) * -decline\"\nno_outcome_reward = -0.1\nwindow_seconds = 60").unwrap();
+        let r = Reward::from_toml(
+            "r.toml",
+            "reward = \"max(click, 0.5) - (1 + 1) * -decline\"\nno_outcome_reward = -0.1\nwindow_seconds = 60",
+        )
+        .unwrap();
         let mut f = OutcomeFields::default();
         f.add("decline", 1.0);
         assert_eq!(r.value(Some(&f)), 2.5);
@@ -300,11 +309,17 @@ mod tests {
     #[test]
     fn syntax_errors_say_where() {
         let e = Reward::from_toml("r.toml", "reward = \"conversion * (margin - 2\"").unwrap_err();
-        assert!(matches!(e, RewardError::Syntax { .. }) && e.to_string().contains("expected `)`"), "{e}");
+        assert!(
+            matches!(e, RewardError::Syntax { .. }) && e.to_string().contains("expected `)`"),
+            "{e}"
+        );
         let e = Reward::from_toml("r.toml", "reward = \"conversoin * margin\"").unwrap_err();
         assert_eq!(
             e.to_string(),
-            format!("reward expression, column 1: unknown field `conversoin` (fields: {})", FIELDS.join(", "))
+            format!(
+                "reward expression, column 1: unknown field `conversoin` (fields: {})",
+                FIELDS.join(", ")
+            )
         );
         let e = Reward::from_toml("r.toml", "reward = \"click +\"").unwrap_err();
         assert!(e.to_string().contains("ends too soon"), "{e}");

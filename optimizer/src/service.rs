@@ -59,7 +59,9 @@ impl Default for OptimizerConfig {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 struct State {
@@ -121,7 +123,9 @@ fn kind_name(k: i32) -> Option<&'static str> {
 
 impl Optimizer {
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, State>, Status> {
-        self.state.lock().map_err(|_| Status::internal("optimizer state lock poisoned"))
+        self.state
+            .lock()
+            .map_err(|_| Status::internal("optimizer state lock poisoned"))
     }
 
     async fn report(&self, r: pb::ReportOutcomeRequest) -> Result<pb::ReportOutcomeResponse, Status> {
@@ -134,20 +138,30 @@ impl Optimizer {
         }
         let kind = kind_name(r.kind).ok_or_else(|| invalid("kind", "must be one of the OutcomeKind values"))?;
         if !r.revenue.is_finite() || !r.margin.is_finite() {
-            return Err(invalid(if r.revenue.is_finite() { "margin" } else { "revenue" }, "must be a finite number"));
+            return Err(invalid(
+                if r.revenue.is_finite() { "margin" } else { "revenue" },
+                "must be a finite number",
+            ));
         }
         if r.time_unix_ms < 0 {
             return Err(invalid("time_unix_ms", "must not be negative"));
         }
         let received_ms = now_ms();
-        let time_ms = if r.time_unix_ms == 0 { received_ms } else { r.time_unix_ms as u64 };
+        let time_ms = if r.time_unix_ms == 0 {
+            received_ms
+        } else {
+            r.time_unix_ms as u64
+        };
         let record = {
             let mut st = self.lock()?;
             if st.ledger.decision(&r.decision_id).is_none() {
                 st.poll_decisions();
             }
             let Some(d) = st.ledger.decision(&r.decision_id) else {
-                return Err(Status::not_found(format!("decision_id: no decision `{}` in the decision logs", r.decision_id)));
+                return Err(Status::not_found(format!(
+                    "decision_id: no decision `{}` in the decision logs",
+                    r.decision_id
+                )));
             };
             let late = time_ms > d.time_ms.saturating_add(self.reward.window_ms);
             if !st.ledger.claim_event(&r.event_id) {
@@ -194,9 +208,11 @@ impl Optimizer {
         };
         let cfg = self.cfg.learn.clone();
         let n = examples.len();
-        let judged = tokio::task::spawn_blocking(move || train_and_judge(&serving.policy, &examples, &cfg).map(|r| (serving, r)))
-            .await
-            .map_err(|e| e.to_string())?;
+        let judged = tokio::task::spawn_blocking(move || {
+            train_and_judge(&serving.policy, &examples, &cfg).map(|r| (serving, r))
+        })
+        .await
+        .map_err(|e| e.to_string())?;
         let (serving, (candidate, verdict)) = match judged {
             Ok(x) => x,
             Err(e) => {
@@ -309,7 +325,11 @@ impl pb::optimizer_server::Optimizer for OptimizerApi {
     async fn status(&self, _request: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
         let st = self.0.lock()?;
         Ok(Response::new(pb::StatusResponse {
-            serving_version: st.serving.as_ref().map(|s| s.manifest.version.clone()).unwrap_or_default(),
+            serving_version: st
+                .serving
+                .as_ref()
+                .map(|s| s.manifest.version.clone())
+                .unwrap_or_default(),
             decisions_seen: st.ledger.decisions() as u64,
             outcomes_recorded: st.ledger.outcomes_recorded,
             trainings: st.trainings,
@@ -342,7 +362,10 @@ impl RunningOptimizer {
 /// Replays the logs, makes sure a version is serving, and starts the gRPC service and trainer.
 pub async fn start(cfg: OptimizerConfig) -> Result<RunningOptimizer, StartError> {
     let reward = Reward::load(&cfg.reward_file).map_err(|e| StartError::Config(e.to_string()))?;
-    cfg.learn.exploration.validate().map_err(|e| StartError::Config(e.to_string()))?;
+    cfg.learn
+        .exploration
+        .validate()
+        .map_err(|e| StartError::Config(e.to_string()))?;
     let mut ledger = Ledger::default();
     for v in nudge_eventlog::read_all(&cfg.outcome_log, "outcomes").map_err(|e| StartError::Config(e.to_string()))? {
         if let Ok(o) = serde_json::from_value::<OutcomeRecord>(v) {
@@ -360,9 +383,12 @@ pub async fn start(cfg: OptimizerConfig) -> Result<RunningOptimizer, StartError>
     };
     let outcomes = log(&cfg.outcome_log, "outcomes")?;
     let audit = log(&cfg.audit_log, "audit")?;
-    std::fs::create_dir_all(&cfg.registry).map_err(|e| StartError::Config(format!("{}: {e}", cfg.registry.display())))?;
+    std::fs::create_dir_all(&cfg.registry)
+        .map_err(|e| StartError::Config(format!("{}: {e}", cfg.registry.display())))?;
     let serving = match std::fs::read_to_string(cfg.registry.join("LATEST")) {
-        Ok(v) => Some(PolicyVersion::load(&cfg.registry.join(v.trim())).map_err(|e| StartError::Config(e.to_string()))?),
+        Ok(v) => {
+            Some(PolicyVersion::load(&cfg.registry.join(v.trim())).map_err(|e| StartError::Config(e.to_string()))?)
+        }
         Err(_) => None,
     };
     let mut state = State {
@@ -391,10 +417,9 @@ pub async fn start(cfg: OptimizerConfig) -> Result<RunningOptimizer, StartError>
             }
         }
         None => {
-            let schema = cfg
-                .initial_schema
-                .clone()
-                .ok_or_else(|| StartError::Config("the registry is empty and no initial_schema is configured".into()))?;
+            let schema = cfg.initial_schema.clone().ok_or_else(|| {
+                StartError::Config("the registry is empty and no initial_schema is configured".into())
+            })?;
             let pv = PolicyVersion {
                 manifest: PolicyManifest {
                     format: FORMAT,
@@ -472,7 +497,10 @@ impl Optimizer {
                     .map_err(|e| e.to_string())?;
                 c.load_policy(req).await.map_err(|e| e.to_string())
             };
-            if let Ok(Err(e)) | Err(e) = tokio::time::timeout(Duration::from_secs(10), r).await.map_err(|e| e.to_string()) {
+            if let Ok(Err(e)) | Err(e) = tokio::time::timeout(Duration::from_secs(10), r)
+                .await
+                .map_err(|e| e.to_string())
+            {
                 tracing::warn!(%server, error = %e, "re-announce failed");
             }
         }

@@ -1,0 +1,299 @@
+//! The whole learning loop over gRPC: a simulated shop (conversion probability per customer
+//! segment × offer) asks the server for decisions and reports conversions to the optimizer, which
+//! runs as its own process, trains, passes its off-policy gate and pushes versions the server
+//! hot-loads. The optimizer is killed (SIGKILL) halfway and restarted: no acknowledged outcome
+//! is lost and learning goes on. The learned policy must reach ≥ 90 % of the oracle's conversion
+//! rate and beat uniform clearly; the cumulative-regret curves are written as CSV and PNG.
+mod common;
+use common::*;
+use nudge_proto::v1 as pb;
+use rand::{Rng, SeedableRng};
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_nudge");
+/// Conversion probability of offer o1..o4 for segments a, b, c.
+const TRUTH: [[f64; 4]; 3] = [
+    [0.04, 0.20, 0.08, 0.02],
+    [0.25, 0.03, 0.10, 0.06],
+    [0.05, 0.06, 0.03, 0.22],
+];
+const SEGMENTS: [&str; 3] = ["a", "b", "c"];
+
+fn start_optimizer(config: &Path) -> (Child, String) {
+    let mut child = Command::new(BIN)
+        .args(["optimizer", "serve", "--config"])
+        .arg(config)
+        .env("NUDGE_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening grpc=")
+        .unwrap_or_else(|| panic!("{line}"))
+        .to_string();
+    (child, format!("http://{addr}"))
+}
+
+fn write_config(dir: &Path, server: &str) -> PathBuf {
+    std::fs::write(
+        dir.join("reward.toml"),
+        "reward = \"conversion - 0.1 * complaint\"\nwindow_seconds = 0.25\n",
+    )
+    .unwrap();
+    let cfg = format!(
+        r#"grpc_addr = "127.0.0.1:0"
+decision_logs = ["{d}/decisions"]
+outcome_log = "{d}/outcomes"
+audit_log = "{d}/audit"
+registry = "{d}/opt-registry"
+servers = ["{server}"]
+reward_file = "{d}/reward.toml"
+train_every_outcomes = 1000000
+train_every_ms = 300
+prior_var = 1.0
+
+[durability]
+mode = "always"
+
+[learn]
+ridge = 1.0
+noise_var = 0.2
+holdout = 0.3
+min_examples = 100
+seed = 5
+
+[learn.exploration]
+kind = "thompson"
+scale = 1.0
+samples = 200
+
+[learn.gate]
+estimator = "dr"
+tolerance = 0.0
+
+[initial_schema]
+context = ["seg=a", "seg=b", "seg=c"]
+offer = ["offer=o1", "offer=o2", "offer=o3", "offer=o4"]
+allow_none = false
+"#,
+        d = dir.display()
+    );
+    let p = dir.join("optimizer.toml");
+    std::fs::write(&p, cfg).unwrap();
+    p
+}
+
+fn request(i: usize, seg: usize) -> pb::DecideRequest {
+    pb::DecideRequest {
+        conversation_id: format!("c{i}"),
+        customer_id: format!("cust{i}"),
+        channel: "web".into(),
+        context: [(format!("seg={}", SEGMENTS[seg]), 1.0)].into(),
+        candidates: (1..=4)
+            .map(|o| pb::Offer {
+                id: format!("o{o}"),
+                features: [(format!("offer=o{o}"), 1.0)].into(),
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn learned_policy_approaches_the_oracle_and_survives_an_optimizer_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = write_bundle(
+        &dir.path().join("bundle"),
+        "tiny",
+        Variant::Bert,
+        nudge_inference::encoder::Pooling::Mean,
+    );
+    let (reg, log) = (dir.path().join("srv-registry"), dir.path().join("decisions"));
+    let server = start_server(vec![bundle], move |c| {
+        c.decisions = Some(nudge_inference::decide::DecisionsConfig {
+            policy_registry: reg,
+            decision_log: log,
+            customer_id_key: "simulator key, 16+ bytes".into(),
+            ..Default::default()
+        })
+    })
+    .await;
+    let config = write_config(dir.path(), &format!("http://{}", server.grpc_addr));
+    let cfg2 = config.clone();
+    let (mut optimizer, mut opt_addr) = tokio::task::spawn_blocking(move || start_optimizer(&cfg2))
+        .await
+        .unwrap();
+
+    let mut decide = pb::decisions_client::DecisionsClient::connect(format!("http://{}", server.grpc_addr))
+        .await
+        .unwrap();
+    let mut outcomes = pb::optimizer_client::OptimizerClient::connect(opt_addr.clone())
+        .await
+        .unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(99);
+    let oracle: f64 = TRUTH.iter().map(|r| r.iter().copied().fold(0.0, f64::max)).sum::<f64>() / 3.0;
+    let uniform: f64 = TRUTH.iter().flatten().sum::<f64>() / 12.0;
+    // Per decision: expected conversion of the chosen offer (what the policy is worth).
+    let mut expected = Vec::new();
+    let mut acked = 0u64;
+    let mut versions = std::collections::BTreeSet::new();
+    let (rounds, per_round) = (16, 250);
+    for round in 0..rounds {
+        if round == rounds / 2 {
+            // Crash the optimizer (whatever it is doing) and start it again on the same files.
+            optimizer.kill().unwrap();
+            optimizer.wait().unwrap();
+            let cfg2 = config.clone();
+            let (c, a) = tokio::task::spawn_blocking(move || start_optimizer(&cfg2))
+                .await
+                .unwrap();
+            (optimizer, opt_addr) = (c, a);
+            outcomes = pb::optimizer_client::OptimizerClient::connect(opt_addr.clone())
+                .await
+                .unwrap();
+            let st = outcomes.status(pb::StatusRequest {}).await.unwrap().into_inner();
+            assert_eq!(
+                st.outcomes_recorded, acked,
+                "every acknowledged outcome survived the crash"
+            );
+        }
+        for i in 0..per_round {
+            let n = round * per_round + i;
+            let seg = rng.random_range(0..3);
+            let d = decide.decide(request(n, seg)).await.unwrap().into_inner();
+            versions.insert(d.policy_version.clone());
+            let o: usize = d.offer_id.trim_start_matches('o').parse::<usize>().unwrap() - 1;
+            let p = TRUTH[seg][o];
+            expected.push(p);
+            let kind = if rng.random::<f64>() < p {
+                pb::OutcomeKind::Convert
+            } else {
+                pb::OutcomeKind::Shown
+            };
+            let r = outcomes
+                .report_outcome(pb::ReportOutcomeRequest {
+                    event_id: format!("e{n}"),
+                    decision_id: d.decision_id.clone(),
+                    kind: kind as i32,
+                    revenue: 10.0,
+                    margin: 2.0,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert!(!r.duplicate && !r.late);
+            acked += 1;
+            if n == 7 {
+                // The same event again is acknowledged and ignored; an unknown decision, an
+                // unspecified kind and a late event are answered as such.
+                let again = pb::ReportOutcomeRequest {
+                    event_id: "e7".into(),
+                    decision_id: d.decision_id.clone(),
+                    kind: pb::OutcomeKind::Complaint as i32,
+                    ..Default::default()
+                };
+                assert!(outcomes.report_outcome(again).await.unwrap().into_inner().duplicate);
+                let unknown = pb::ReportOutcomeRequest {
+                    event_id: "e-x".into(),
+                    decision_id: "nope".into(),
+                    kind: pb::OutcomeKind::Click as i32,
+                    ..Default::default()
+                };
+                let e = outcomes.report_outcome(unknown).await.unwrap_err();
+                assert!(
+                    e.code() == tonic::Code::NotFound && e.message().contains("decision_id"),
+                    "{e}"
+                );
+                let bad = pb::ReportOutcomeRequest {
+                    event_id: "e-y".into(),
+                    decision_id: d.decision_id.clone(),
+                    ..Default::default()
+                };
+                let e = outcomes.report_outcome(bad).await.unwrap_err();
+                assert!(
+                    e.code() == tonic::Code::InvalidArgument && e.message().starts_with("kind"),
+                    "{e}"
+                );
+                let late = pb::ReportOutcomeRequest {
+                    event_id: "e-late".into(),
+                    decision_id: d.decision_id.clone(),
+                    kind: pb::OutcomeKind::Complaint as i32,
+                    time_unix_ms: 4_000_000_000_000,
+                    ..Default::default()
+                };
+                assert!(outcomes.report_outcome(late).await.unwrap().into_inner().late);
+                acked += 1;
+            }
+        }
+        // Let reward windows close and the trainer (every 300 ms) run.
+        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    }
+    let tail = per_round * 4;
+    let learned: f64 = expected[expected.len() - tail..].iter().sum::<f64>() / tail as f64;
+    let first: f64 = expected[..per_round].iter().sum::<f64>() / per_round as f64;
+
+    // Regret per decision against the oracle, for the learned run and for uniform choice.
+    let mut rows = String::from("decision,learned_regret,uniform_regret\n");
+    let (mut r_l, mut r_u) = (0.0, 0.0);
+    let mut curve = Vec::new();
+    for (i, p) in expected.iter().enumerate() {
+        r_l += oracle - p;
+        r_u += oracle - uniform;
+        rows.push_str(&format!("{},{r_l:.4},{r_u:.4}\n", i + 1));
+        curve.push((i as f64 + 1.0, r_l, r_u));
+    }
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    std::fs::write(out.join("learning_loop_regret.csv"), rows).unwrap();
+    write_regret_png(&out.join("learning_loop_regret.png"), &curve);
+    let st = outcomes.status(pb::StatusRequest {}).await.unwrap().into_inner();
+    eprintln!(
+        "oracle {oracle:.4}, uniform {uniform:.4}, first round {first:.4}, learned (last {tail}) {learned:.4}; \
+         regret {r_l:.1} vs uniform {r_u:.1}; versions served {versions:?}; optimizer {st:?}"
+    );
+    assert!(
+        learned >= 0.9 * oracle,
+        "learned {learned:.4} < 90% of oracle {oracle:.4}"
+    );
+    assert!(
+        learned > uniform + 0.6 * (oracle - uniform),
+        "learned {learned:.4} vs uniform {uniform:.4}"
+    );
+    assert!(versions.len() >= 4, "{versions:?}");
+    assert!(st.trainings >= 2);
+    let audit = nudge_eventlog::read_all(&dir.path().join("audit"), "audit").unwrap();
+    assert!(audit
+        .iter()
+        .any(|a| a["verdict"]["candidate"]["dr"]["value"].is_number()));
+    optimizer.kill().unwrap();
+    let _ = optimizer.wait();
+    server.shutdown().await.unwrap();
+}
+
+/// Cumulative regret of the learned policy and of uniform choice, as a line chart.
+fn write_regret_png(path: &Path, curve: &[(f64, f64, f64)]) {
+    use plotters::prelude::*;
+    let root = BitMapBackend::new(path, (800, 480)).into_drawing_area();
+    root.fill(&WHITE).unwrap();
+    let xmax = curve.last().map_or(1.0, |c| c.0);
+    let ymax = curve.iter().map(|c| c.1.max(c.2)).fold(1.0, f64::max);
+    let mut chart = ChartBuilder::on(&root)
+        .margin(20)
+        .build_cartesian_2d(0.0..xmax, 0.0..ymax * 1.05)
+        .unwrap();
+    chart
+        .draw_series(LineSeries::new(curve.iter().map(|c| (c.0, c.2)), RED.stroke_width(2)))
+        .unwrap();
+    chart
+        .draw_series(LineSeries::new(curve.iter().map(|c| (c.0, c.1)), BLUE.stroke_width(2)))
+        .unwrap();
+    root.present().unwrap();
+}
