@@ -38,6 +38,16 @@ enum Command {
         #[command(subcommand)]
         command: OptimizerCommand,
     },
+    /// Re-calibrate a bundle's out-of-scope threshold on labelled data with `oos` rows.
+    Calibrate {
+        #[arg(long)]
+        bundle: PathBuf,
+        #[arg(long)]
+        data: PathBuf,
+        /// Most in-scope accuracy the threshold may cost (0.02 = two points).
+        #[arg(long, default_value_t = 0.02)]
+        max_in_scope_loss: f64,
+    },
     /// Understand one text with a local bundle and print the result as JSON.
     Understand {
         text: String,
@@ -106,6 +116,14 @@ pub fn run() -> anyhow::Result<()> {
         Command::Serve(a) => serve(a)?,
         Command::Train(a) => train(a)?,
         Command::Optimizer { command } => optimizer(command)?,
+        Command::Calibrate {
+            bundle,
+            data,
+            max_in_scope_loss,
+        } => {
+            let (old, new) = nudge_inference::eval::calibrate_bundle(&bundle, &data, max_in_scope_loss)?;
+            println!("{}: oos threshold {old:.4} -> {new:.4}", bundle.display());
+        }
         Command::Eval {
             bundle,
             data,
@@ -173,6 +191,9 @@ struct TrainArgs {
     min_examples_per_label: usize,
     #[arg(long, default_value_t = 0.05)]
     oos_quantile: f32,
+    /// With `oos` rows in val: the most in-scope accuracy the calibrated threshold may cost.
+    #[arg(long, default_value_t = 0.02)]
+    oos_max_in_scope_loss: f64,
     #[arg(long, default_value = "models/cache/embeddings")]
     cache_dir: PathBuf,
     #[arg(long, default_value_t = 17)]
@@ -256,6 +277,7 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
         val_limit_per_file: a.val_limit_per_file,
         min_examples_per_label: a.min_examples_per_label,
         oos_quantile: a.oos_quantile,
+        oos_max_in_scope_loss: a.oos_max_in_scope_loss,
         cache_dir: Some(a.cache_dir),
         training: HeadTraining {
             seed: a.seed,

@@ -297,3 +297,67 @@ mod tests {
         assert!(markdown(&f).contains("| A | 4 | 50.0% | 50.0% | 50.0% |"));
     }
 }
+
+/// Re-calibrates a bundle's out-of-scope threshold on labelled data with `oos` rows (see
+/// `train::calibrate_oos_threshold`) and rewrites its manifest. Returns (old, new) thresholds.
+pub fn calibrate_bundle(bundle: &Path, data: &Path, max_in_scope_loss: f64) -> Result<(f32, f32), LoadError> {
+    let model = NluModel::load_cpu(bundle)?;
+    let spec = model
+        .intent_spec()
+        .cloned()
+        .ok_or_else(|| LoadError::invalid(bundle, "the bundle has no intent head"))?;
+    let mut labels = spec.labels.clone();
+    let rows = read_jsonl(data)?;
+    if let Some((i, r)) = rows
+        .iter()
+        .enumerate()
+        .find(|(_, r)| r.label != "oos" && !labels.contains(&r.label))
+    {
+        return Err(LoadError::invalid(
+            data,
+            format!(
+                "example {}: label `{}` is not one of the bundle's labels",
+                i + 1,
+                r.label
+            ),
+        ));
+    }
+    let mut probs = Vec::with_capacity(rows.len());
+    for chunk in rows.chunks(32) {
+        let ids: Vec<Vec<u32>> = chunk
+            .iter()
+            .map(|r| {
+                model
+                    .tokenize(&r.text)
+                    .map(|t| t.ids)
+                    .map_err(|e| LoadError::invalid(data, e))
+            })
+            .collect::<Result<_, _>>()?;
+        let seqs: Vec<&[u32]> = ids.iter().map(|v| v.as_slice()).collect();
+        for out in model.run(&seqs)? {
+            probs.push(out.intent.unwrap_or_default());
+        }
+    }
+    // The bundle's own out-of-scope label (if any) plays the part of `oos`.
+    if let Some(l) = &spec.oos_label {
+        if let Some(i) = labels.iter().position(|x| x == l) {
+            labels[i] = "oos".into();
+        }
+    }
+    let vals = vec![(data.to_path_buf(), rows)];
+    let t = crate::train::calibrate_oos_threshold(&labels, &vals, &[probs], max_in_scope_loss)
+        .ok_or_else(|| LoadError::invalid(data, "no `oos` rows (or no in-scope rows) to calibrate on"))?;
+    let mut m = crate::bundle::Manifest::read(bundle)?;
+    let old = spec.oos_threshold;
+    if let Some(i) = m.heads.intent.as_mut() {
+        i.oos_threshold = t;
+    }
+    m.metrics.insert(
+        "oos_calibration".into(),
+        serde_json::json!({"data": data.display().to_string(), "max_in_scope_loss": max_in_scope_loss, "threshold": t}),
+    );
+    let files: Vec<String> = m.files.keys().cloned().collect();
+    let refs: Vec<&str> = files.iter().map(|s| s.as_str()).collect();
+    m.write_with_checksums(bundle, &refs)?;
+    Ok((old, t))
+}

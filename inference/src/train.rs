@@ -601,6 +601,8 @@ pub struct TrainJob {
     /// Intent without out-of-scope rows in val: share of in-scope texts allowed under the
     /// threshold (0 = no threshold). With `oos` rows in val the threshold is calibrated there.
     pub oos_quantile: f32,
+    /// With `oos` rows in val: the most in-scope accuracy the threshold may cost.
+    pub oos_max_in_scope_loss: f64,
     pub cache_dir: Option<PathBuf>,
     pub training: HeadTraining,
     /// Fine-tune the encoder too (otherwise heads only, on a frozen encoder).
@@ -808,12 +810,14 @@ fn prepare(job: &TrainJob) -> Result<Prepared, LoadError> {
 }
 
 /// The threshold that maximises (in-scope accuracy + OOS recall) / 2 over every row of `vals`
+/// while in-scope accuracy stays within `max_in_scope_loss` of its value with no threshold
 /// (`None` when val has no `oos` rows). A row is flagged out of scope when its top label is
 /// `oos` or its best in-scope probability is under the threshold, as the server does.
 pub fn calibrate_oos_threshold(
     labels: &[String],
     vals: &[(PathBuf, Vec<Example>)],
     probs: &[Vec<Vec<f32>>],
+    max_in_scope_loss: f64,
 ) -> Option<f32> {
     let oos_idx = labels.iter().position(|l| l == "oos");
     // (confidence, is an oos row, counts as right if kept, flagged whatever the threshold)
@@ -841,6 +845,7 @@ pub fn calibrate_oos_threshold(
     let mut oos_ok = rows.iter().filter(|r| r.1 && r.3).count();
     let score = |i: usize, o: usize| i as f64 / n_ins as f64 + o as f64 / n_oos as f64;
     let (mut best_t, mut best_s) = (0f32, score(ins_ok, oos_ok));
+    let floor = ins_ok as f64 / n_ins as f64 - max_in_scope_loss;
     for k in 0..rows.len() {
         // Raise the threshold just past rows[k]: it is now flagged.
         let r = rows[k];
@@ -853,6 +858,10 @@ pub fn calibrate_oos_threshold(
         }
         if k + 1 < rows.len() && rows[k + 1].0 == r.0 {
             continue;
+        }
+        // In-scope accuracy only falls as the threshold rises.
+        if (ins_ok as f64 / n_ins as f64) < floor - 1e-12 {
+            break;
         }
         let s = score(ins_ok, oos_ok);
         if s > best_s {
@@ -1007,7 +1016,7 @@ pub fn run(job: &TrainJob, progress: &indicatif::ProgressBar) -> Result<TrainRep
         }
     };
     if job.task == Task::Intent {
-        if let Some(t) = calibrate_oos_threshold(&labels, &prep.vals, &val_probs) {
+        if let Some(t) = calibrate_oos_threshold(&labels, &prep.vals, &val_probs, job.oos_max_in_scope_loss) {
             report.oos_threshold = t;
             report.oos_calibrated_on = "val";
         }
@@ -1109,16 +1118,19 @@ mod tests {
         ]];
         // By hand: threshold 0 gives 2/3 + 1/3; just above 0.45 gives 2/3 + 2/3, the best, and
         // the first such threshold is the midpoint to the next confidence (0.5).
-        let t = calibrate_oos_threshold(&labels, &vals, &probs).unwrap();
+        let t = calibrate_oos_threshold(&labels, &vals, &probs, 1.0).unwrap();
         assert!((t - 0.475).abs() < 1e-6, "{t}");
         let f = val_figures(Task::Intent, &labels, t, &vals, &probs);
         assert!((f[0].in_scope_accuracy.unwrap() - 2.0 / 3.0).abs() < 1e-9);
         assert!((f[0].oos_recall.unwrap() - 2.0 / 3.0).abs() < 1e-9);
         assert!((f[0].accuracy - 2.0 / 3.0).abs() < 1e-9);
+        // Capping the in-scope loss at 0.2 forbids dropping to 1/3: the best allowed stays 0.475
+        // (in-scope accuracy 2/3 is no loss); a cap of 0 still allows it for the same reason.
+        assert!((calibrate_oos_threshold(&labels, &vals, &probs, 0.0).unwrap() - 0.475).abs() < 1e-6);
         // No oos rows in val: nothing to calibrate on.
         let in_scope = vec![(PathBuf::from("val"), vec![row("a")])];
         assert_eq!(
-            calibrate_oos_threshold(&labels, &in_scope, &[vec![vec![0.9, 0.05, 0.05]]]),
+            calibrate_oos_threshold(&labels, &in_scope, &[vec![vec![0.9, 0.05, 0.05]]], 1.0),
             None
         );
     }
