@@ -1059,6 +1059,11 @@ pub fn run(job: &TrainJob, progress: &indicatif::ProgressBar) -> Result<TrainRep
         Some(w) => (
             EncoderSpec {
                 source: None,
+                // Serve texts as the encoder was trained on them (and no slower).
+                max_tokens: job
+                    .fine_tune
+                    .as_ref()
+                    .map(|ft| prep.spec.max_tokens.map_or(ft.max_tokens, |m| m.min(ft.max_tokens))),
                 ..prep.spec.clone()
             },
             EncoderFiles::Tuned {
