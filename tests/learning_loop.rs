@@ -276,6 +276,61 @@ async fn learned_policy_approaches_the_oracle_and_survives_an_optimizer_crash() 
     optimizer.kill().unwrap();
     let _ = optimizer.wait();
     server.shutdown().await.unwrap();
+
+    // Replay the same logs with another reward: estimates printed, nothing pushed.
+    let d = dir.path();
+    std::fs::write(
+        d.join("revenue.toml"),
+        "reward = \"conversion * revenue\"\nwindow_seconds = 0.25\n",
+    )
+    .unwrap();
+    let versions_before = std::fs::read_dir(d.join("opt-registry")).unwrap().count();
+    let out = Command::new(BIN)
+        .args(["optimizer", "replay", "--reward"])
+        .arg(d.join("revenue.toml"))
+        .arg("--logs")
+        .arg(d.join("decisions"))
+        .arg("--logs")
+        .arg(d.join("outcomes"))
+        .arg("--registry")
+        .arg(d.join("opt-registry"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        text.contains("4000 decisions") && text.contains("| candidate |") && text.contains("would"),
+        "{text}"
+    );
+    assert_eq!(
+        std::fs::read_dir(d.join("opt-registry")).unwrap().count(),
+        versions_before
+    );
+    // A reward file with a syntax error is refused, by replay and by the service at start.
+    std::fs::write(d.join("bad.toml"), "reward = \"conversion * (margin\"\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["optimizer", "replay", "--reward"])
+        .arg(d.join("bad.toml"))
+        .arg("--logs")
+        .arg(d.join("decisions"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("column") && err.contains("expected `)`"),
+        "{err}"
+    );
+    let cfg = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("reward.toml", "bad.toml");
+    std::fs::write(d.join("bad-optimizer.toml"), cfg).unwrap();
+    let out = Command::new(BIN)
+        .args(["optimizer", "serve", "--config"])
+        .arg(d.join("bad-optimizer.toml"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("reward expression"), "{err}");
 }
 
 /// Cumulative regret of the learned policy and of uniform choice, as a line chart.
