@@ -116,7 +116,7 @@ impl PolicyStore {
             write_parts(&self.registry, &version, manifest, files)
                 .map_err(|e| RequestError::Internal(e.to_string()))?;
         }
-        Ok(self.swap(pv)?)
+        self.swap(pv)
     }
 
     pub fn rollback(&self, version: &str) -> Result<String, RequestError> {

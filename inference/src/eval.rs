@@ -242,62 +242,6 @@ pub fn markdown(f: &Figures) -> String {
     s
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn p(t: &str, q: &str, c: f32) -> Prediction {
-        Prediction {
-            truth: t.into(),
-            predicted: q.into(),
-            confidence: c,
-        }
-    }
-
-    #[test]
-    fn figures_equal_hand_computed_values() {
-        // Confusion (rows truth, columns predicted):
-        //        A  B  oos
-        //   A    2  1  1
-        //   B    1  1  0
-        //   oos  1  0  1
-        let preds = vec![
-            p("A", "A", 0.9),
-            p("A", "A", 0.9),
-            p("A", "B", 0.9),
-            p("A", "oos", 0.3),
-            p("B", "B", 0.5),
-            p("B", "A", 0.5),
-            p("oos", "oos", 0.3),
-            p("oos", "A", 0.9),
-        ];
-        let f = figures(&preds, Some("oos"));
-        assert_eq!(f.examples, 8);
-        assert!((f.accuracy - 4.0 / 8.0).abs() < 1e-12);
-        let a = &f.labels[0];
-        assert_eq!((a.label.as_str(), a.support), ("A", 4));
-        assert!(
-            (a.precision - 2.0 / 4.0).abs() < 1e-12
-                && (a.recall - 2.0 / 4.0).abs() < 1e-12
-                && (a.f1 - 0.5).abs() < 1e-12
-        );
-        let b = &f.labels[1];
-        assert!((b.precision - 0.5).abs() < 1e-12 && (b.recall - 0.5).abs() < 1e-12);
-        let o = &f.labels[2];
-        assert!((o.precision - 0.5).abs() < 1e-12 && (o.recall - 0.5).abs() < 1e-12);
-        assert!((f.macro_f1 - 0.5).abs() < 1e-12);
-        let oos = f.oos.clone().unwrap();
-        assert!((oos.recall - 0.5).abs() < 1e-12 && (oos.precision - 0.5).abs() < 1e-12);
-        assert!((oos.in_scope_accuracy - 3.0 / 6.0).abs() < 1e-12);
-        // Bins: 0.9 → 4 texts, 2 right (|0.5-0.9| = 0.4); 0.5 → 2, 1 right (0); 0.3 → 2, 1 right (0.2).
-        let ece = 4.0 / 8.0 * 0.4 + 2.0 / 8.0 * 0.0 + 2.0 / 8.0 * 0.2;
-        assert!((f.ece - ece).abs() < 1e-6, "{} vs {ece}", f.ece);
-        assert_eq!(f.top_confusions[0], ("A".to_string(), "B".to_string(), 1));
-        assert_eq!(f.top_confusions.len(), 4);
-        assert!(markdown(&f).contains("| A | 4 | 50.0% | 50.0% | 50.0% |"));
-    }
-}
-
 /// Re-calibrates a bundle's out-of-scope threshold on labelled data with `oos` rows (see
 /// `train::calibrate_oos_threshold`) and rewrites its manifest. Returns (old, new) thresholds.
 pub fn calibrate_bundle(bundle: &Path, data: &Path, max_in_scope_loss: f64) -> Result<(f32, f32), LoadError> {
@@ -360,4 +304,60 @@ pub fn calibrate_bundle(bundle: &Path, data: &Path, max_in_scope_loss: f64) -> R
     let refs: Vec<&str> = files.iter().map(|s| s.as_str()).collect();
     m.write_with_checksums(bundle, &refs)?;
     Ok((old, t))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(t: &str, q: &str, c: f32) -> Prediction {
+        Prediction {
+            truth: t.into(),
+            predicted: q.into(),
+            confidence: c,
+        }
+    }
+
+    #[test]
+    fn figures_equal_hand_computed_values() {
+        // Confusion (rows truth, columns predicted):
+        //        A  B  oos
+        //   A    2  1  1
+        //   B    1  1  0
+        //   oos  1  0  1
+        let preds = vec![
+            p("A", "A", 0.9),
+            p("A", "A", 0.9),
+            p("A", "B", 0.9),
+            p("A", "oos", 0.3),
+            p("B", "B", 0.5),
+            p("B", "A", 0.5),
+            p("oos", "oos", 0.3),
+            p("oos", "A", 0.9),
+        ];
+        let f = figures(&preds, Some("oos"));
+        assert_eq!(f.examples, 8);
+        assert!((f.accuracy - 4.0 / 8.0).abs() < 1e-12);
+        let a = &f.labels[0];
+        assert_eq!((a.label.as_str(), a.support), ("A", 4));
+        assert!(
+            (a.precision - 2.0 / 4.0).abs() < 1e-12
+                && (a.recall - 2.0 / 4.0).abs() < 1e-12
+                && (a.f1 - 0.5).abs() < 1e-12
+        );
+        let b = &f.labels[1];
+        assert!((b.precision - 0.5).abs() < 1e-12 && (b.recall - 0.5).abs() < 1e-12);
+        let o = &f.labels[2];
+        assert!((o.precision - 0.5).abs() < 1e-12 && (o.recall - 0.5).abs() < 1e-12);
+        assert!((f.macro_f1 - 0.5).abs() < 1e-12);
+        let oos = f.oos.clone().unwrap();
+        assert!((oos.recall - 0.5).abs() < 1e-12 && (oos.precision - 0.5).abs() < 1e-12);
+        assert!((oos.in_scope_accuracy - 3.0 / 6.0).abs() < 1e-12);
+        // Bins: 0.9 → 4 texts, 2 right (|0.5-0.9| = 0.4); 0.5 → 2, 1 right (0); 0.3 → 2, 1 right (0.2).
+        let ece = 4.0 / 8.0 * 0.4 + 2.0 / 8.0 * 0.0 + 2.0 / 8.0 * 0.2;
+        assert!((f.ece - ece).abs() < 1e-6, "{} vs {ece}", f.ece);
+        assert_eq!(f.top_confusions[0], ("A".to_string(), "B".to_string(), 1));
+        assert_eq!(f.top_confusions.len(), 4);
+        assert!(markdown(&f).contains("| A | 4 | 50.0% | 50.0% | 50.0% |"));
+    }
 }

@@ -1074,7 +1074,7 @@ pub fn run(job: &TrainJob, progress: &indicatif::ProgressBar) -> Result<TrainRep
         None => (prep.spec.clone(), EncoderFiles::Link(&prep.encoder_dir)),
     };
     if tuned_weights.is_some() {
-        if let Some(m) = Manifest::read(&job.out).ok() {
+        if let Ok(m) = Manifest::read(&job.out) {
             let other = match job.task {
                 Task::Intent => m.heads.sentiment.as_ref().map(|_| "sentiment"),
                 Task::Sentiment => m.heads.intent.as_ref().map(|_| "intent"),

@@ -17,7 +17,7 @@ pub fn cholesky(a: &Array2<f64>) -> Option<Array2<f64>> {
                 s -= l[[i, k]] * l[[j, k]];
             }
             if i == j {
-                if !(s > 0.0) || !s.is_finite() {
+                if s.is_nan() || s <= 0.0 || !s.is_finite() {
                     return None;
                 }
                 l[[i, i]] = s.sqrt();

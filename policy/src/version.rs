@@ -121,7 +121,7 @@ impl PolicyVersion {
             ));
         }
         check_version_name(&manifest.version)?;
-        if manifest.files.get(WEIGHTS).is_none() {
+        if !manifest.files.contains_key(WEIGHTS) {
             return Err(PolicyError::invalid(
                 "manifest.files",
                 format!("does not name {WEIGHTS}"),
