@@ -167,30 +167,18 @@ pub fn evaluate_bundle(bundle: &Path, data: &Path, head: Head) -> Result<Figures
         }
     }
     let mut preds = Vec::with_capacity(rows.len());
-    for chunk in rows.chunks(32) {
-        let ids: Vec<Vec<u32>> = chunk
-            .iter()
-            .map(|r| {
-                model
-                    .tokenize(&r.text)
-                    .map(|t| t.ids)
-                    .map_err(|e| LoadError::invalid(data, e))
-            })
-            .collect::<Result<_, _>>()?;
-        let seqs: Vec<&[u32]> = ids.iter().map(|v| v.as_slice()).collect();
-        for (r, out) in chunk.iter().zip(model.run(&seqs)?) {
-            let u = crate::service::interpret(&model, &out, 1, false, false, 0);
-            let (predicted, confidence) = match head {
-                Head::Intent => u.intent.map(|i| (i.label, i.confidence)),
-                Head::Sentiment => u.sentiment.map(|s| (s.label, s.score)),
-            }
-            .unwrap_or_default();
-            preds.push(Prediction {
-                truth: r.label.clone(),
-                predicted,
-                confidence,
-            });
+    for (r, out) in rows.iter().zip(run_all(&model, &rows, data)?) {
+        let u = crate::service::interpret(&model, &out, 1, false, false, 0);
+        let (predicted, confidence) = match head {
+            Head::Intent => u.intent.map(|i| (i.label, i.confidence)),
+            Head::Sentiment => u.sentiment.map(|s| (s.label, s.score)),
         }
+        .unwrap_or_default();
+        preds.push(Prediction {
+            truth: r.label.clone(),
+            predicted,
+            confidence,
+        });
     }
     let oos = match head {
         Head::Intent => Some(
@@ -242,6 +230,34 @@ pub fn markdown(f: &Figures) -> String {
     s
 }
 
+/// Runs every row through the model in length-sorted batches of 32 (little padding), results
+/// in row order.
+fn run_all(
+    model: &NluModel,
+    rows: &[crate::train::Example],
+    data: &Path,
+) -> Result<Vec<crate::model::NluOutput>, LoadError> {
+    let ids: Vec<Vec<u32>> = rows
+        .iter()
+        .map(|r| {
+            model
+                .tokenize(&r.text)
+                .map(|t| t.ids)
+                .map_err(|e| LoadError::invalid(data, e))
+        })
+        .collect::<Result<_, _>>()?;
+    let mut order: Vec<usize> = (0..ids.len()).collect();
+    order.sort_by_key(|&i| ids[i].len());
+    let mut out: Vec<Option<crate::model::NluOutput>> = (0..ids.len()).map(|_| None).collect();
+    for chunk in order.chunks(32) {
+        let seqs: Vec<&[u32]> = chunk.iter().map(|&i| ids[i].as_slice()).collect();
+        for (&i, o) in chunk.iter().zip(model.run(&seqs)?) {
+            out[i] = Some(o);
+        }
+    }
+    Ok(out.into_iter().flatten().collect())
+}
+
 /// Re-calibrates a bundle's out-of-scope threshold on labelled data with `oos` rows (see
 /// `train::calibrate_oos_threshold`) and rewrites its manifest. Returns (old, new) thresholds.
 pub fn calibrate_bundle(bundle: &Path, data: &Path, max_in_scope_loss: f64) -> Result<(f32, f32), LoadError> {
@@ -266,22 +282,10 @@ pub fn calibrate_bundle(bundle: &Path, data: &Path, max_in_scope_loss: f64) -> R
             ),
         ));
     }
-    let mut probs = Vec::with_capacity(rows.len());
-    for chunk in rows.chunks(32) {
-        let ids: Vec<Vec<u32>> = chunk
-            .iter()
-            .map(|r| {
-                model
-                    .tokenize(&r.text)
-                    .map(|t| t.ids)
-                    .map_err(|e| LoadError::invalid(data, e))
-            })
-            .collect::<Result<_, _>>()?;
-        let seqs: Vec<&[u32]> = ids.iter().map(|v| v.as_slice()).collect();
-        for out in model.run(&seqs)? {
-            probs.push(out.intent.unwrap_or_default());
-        }
-    }
+    let probs: Vec<Vec<f32>> = run_all(&model, &rows, data)?
+        .into_iter()
+        .map(|o| o.intent.unwrap_or_default())
+        .collect();
     // The bundle's own out-of-scope label (if any) plays the part of `oos`.
     if let Some(l) = &spec.oos_label {
         if let Some(i) = labels.iter().position(|x| x == l) {

@@ -265,25 +265,8 @@ impl Optimizer {
     async fn publish(&self, pv: PolicyVersion) -> Result<(), String> {
         let version = pv.manifest.version.clone();
         pv.write(&self.cfg.registry).map_err(|e| e.to_string())?;
-        let (manifest, files) = pv.encode().map_err(|e| e.to_string())?;
         let t0 = Instant::now();
-        for server in &self.cfg.servers {
-            let req = pb::LoadPolicyRequest {
-                manifest: manifest.clone(),
-                files: files.clone().into_iter().collect(),
-            };
-            let pushed = async {
-                let mut c = pb::policy_admin_client::PolicyAdminClient::connect(server.clone())
-                    .await
-                    .map_err(|e| e.to_string())?;
-                c.load_policy(req).await.map_err(|e| e.to_string())
-            };
-            match tokio::time::timeout(Duration::from_secs(10), pushed).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => tracing::error!(%server, %version, error = %e, "push refused or failed"),
-                Err(_) => tracing::error!(%server, %version, "push timed out"),
-            }
-        }
+        self.push_all(&pv).await?;
         let push_ms = t0.elapsed().as_secs_f64() * 1000.0;
         let _ = self
             .audit
@@ -412,7 +395,7 @@ pub async fn start(cfg: OptimizerConfig) -> Result<RunningOptimizer, StartError>
     match serving {
         // Re-announce what is serving: a server that restarted empty gets it back.
         Some(pv) => {
-            if let Err(e) = opt.publish_existing(&pv).await {
+            if let Err(e) = opt.push_all(&pv).await {
                 tracing::warn!(error = %e, "re-announcing the serving policy");
             }
         }
@@ -484,24 +467,26 @@ pub async fn start(cfg: OptimizerConfig) -> Result<RunningOptimizer, StartError>
 }
 
 impl Optimizer {
-    async fn publish_existing(&self, pv: &PolicyVersion) -> Result<(), String> {
+    /// Announces `pv` to every configured server; a server that refuses or is down is logged
+    /// (it keeps serving what it had, and gets the next version).
+    async fn push_all(&self, pv: &PolicyVersion) -> Result<(), String> {
         let (manifest, files) = pv.encode().map_err(|e| e.to_string())?;
+        let version = &pv.manifest.version;
         for server in &self.cfg.servers {
             let req = pb::LoadPolicyRequest {
                 manifest: manifest.clone(),
                 files: files.clone().into_iter().collect(),
             };
-            let r = async {
+            let pushed = async {
                 let mut c = pb::policy_admin_client::PolicyAdminClient::connect(server.clone())
                     .await
                     .map_err(|e| e.to_string())?;
                 c.load_policy(req).await.map_err(|e| e.to_string())
             };
-            if let Ok(Err(e)) | Err(e) = tokio::time::timeout(Duration::from_secs(10), r)
-                .await
-                .map_err(|e| e.to_string())
-            {
-                tracing::warn!(%server, error = %e, "re-announce failed");
+            match tokio::time::timeout(Duration::from_secs(10), pushed).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::error!(%server, %version, error = %e, "push refused or failed"),
+                Err(_) => tracing::error!(%server, %version, "push timed out"),
             }
         }
         Ok(())
