@@ -6,7 +6,7 @@
 //! is answered; the customer id is logged only as a keyed hash and message text never is.
 use crate::error::RequestError;
 use crate::metrics::Metrics;
-use crate::service::{interpret, to_status, NluService};
+use crate::service::{finish, interpret, NluService};
 use arc_swap::ArcSwapOption;
 use hmac::{Hmac, Mac};
 use nudge_eventlog::{Durability, EventLog, LogConfig};
@@ -433,23 +433,20 @@ impl DecisionService {
     }
 }
 
-fn finish<T>(
-    metrics: &Metrics,
-    method: &str,
-    start: Instant,
-    r: Result<T, RequestError>,
-) -> Result<Response<T>, Status> {
-    let r = r.map_err(to_status);
-    let code = match &r {
-        Ok(_) => "OK".to_string(),
-        Err(s) => format!("{:?}", s.code()),
-    };
-    metrics.requests.with_label_values(&[method, &code]).inc();
-    metrics
-        .request_seconds
-        .with_label_values(&[method])
-        .observe(start.elapsed().as_secs_f64());
-    r.map(Response::new)
+/// Runs a policy-store change on the blocking pool (it reads, checks and writes files) and
+/// answers with the versions before and after.
+async fn admin_change(
+    store: &Arc<PolicyStore>,
+    change: impl FnOnce(&PolicyStore) -> Result<String, RequestError> + Send + 'static,
+) -> Result<pb::LoadPolicyResponse, RequestError> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || change(&store).map(|prev| (store.current(), prev)))
+        .await
+        .map_err(|e| RequestError::Internal(e.to_string()))?
+        .map(|(cur, prev)| pb::LoadPolicyResponse {
+            serving_version: cur.map(|c| c.manifest.version.clone()).unwrap_or_default(),
+            previous_version: prev,
+        })
 }
 
 #[tonic::async_trait]
@@ -474,19 +471,9 @@ impl pb::policy_admin_server::PolicyAdmin for PolicyAdminService {
     ) -> Result<Response<pb::LoadPolicyResponse>, Status> {
         let start = Instant::now();
         let req = request.into_inner();
-        let store = self.store.clone();
-        // Validation reads and checks every byte; keep it off the async workers.
-        let r = tokio::task::spawn_blocking(move || {
-            let files: HashMap<String, Vec<u8>> = req.files.into_iter().collect();
-            store.load(&req.manifest, &files).map(|prev| (store.current(), prev))
-        })
-        .await
-        .map_err(|e| RequestError::Internal(e.to_string()))
-        .and_then(|r| r)
-        .map(|(cur, prev)| pb::LoadPolicyResponse {
-            serving_version: cur.map(|c| c.manifest.version.clone()).unwrap_or_default(),
-            previous_version: prev,
-        });
+        let files: HashMap<String, Vec<u8>> = req.files.into_iter().collect();
+        // Validation reads and checks every byte: off the async workers.
+        let r = admin_change(&self.store, move |s| s.load(&req.manifest, &files)).await;
         if let Ok(r) = &r {
             tracing::info!(version = %r.serving_version, previous = %r.previous_version, "policy loaded");
         }
@@ -499,15 +486,7 @@ impl pb::policy_admin_server::PolicyAdmin for PolicyAdminService {
     ) -> Result<Response<pb::LoadPolicyResponse>, Status> {
         let start = Instant::now();
         let req = request.into_inner();
-        let store = self.store.clone();
-        let r = tokio::task::spawn_blocking(move || store.rollback(&req.version).map(|prev| (store.current(), prev)))
-            .await
-            .map_err(|e| RequestError::Internal(e.to_string()))
-            .and_then(|r| r)
-            .map(|(cur, prev)| pb::LoadPolicyResponse {
-                serving_version: cur.map(|c| c.manifest.version.clone()).unwrap_or_default(),
-                previous_version: prev,
-            });
+        let r = admin_change(&self.store, move |s| s.rollback(&req.version)).await;
         finish(&self.metrics, "Rollback", start, r)
     }
 

@@ -132,18 +132,28 @@ impl NluService {
     }
 
     fn finish<T>(&self, method: &str, start: Instant, r: Result<T, RequestError>) -> Result<Response<T>, Status> {
-        let r = r.map_err(to_status);
-        let code = match &r {
-            Ok(_) => "OK".to_string(),
-            Err(s) => format!("{:?}", s.code()),
-        };
-        self.metrics.requests.with_label_values(&[method, &code]).inc();
-        self.metrics
-            .request_seconds
-            .with_label_values(&[method])
-            .observe(start.elapsed().as_secs_f64());
-        r.map(Response::new)
+        finish(&self.metrics, method, start, r)
     }
+}
+
+/// Maps the handler's result to a gRPC status and counts it (method, code, latency).
+pub(crate) fn finish<T>(
+    metrics: &Metrics,
+    method: &str,
+    start: Instant,
+    r: Result<T, RequestError>,
+) -> Result<Response<T>, Status> {
+    let r = r.map_err(to_status);
+    let code = match &r {
+        Ok(_) => "OK".to_string(),
+        Err(s) => format!("{:?}", s.code()),
+    };
+    metrics.requests.with_label_values(&[method, &code]).inc();
+    metrics
+        .request_seconds
+        .with_label_values(&[method])
+        .observe(start.elapsed().as_secs_f64());
+    r.map(Response::new)
 }
 
 pub fn to_status(e: RequestError) -> Status {
