@@ -1,6 +1,7 @@
 //! The optimizer: outcomes in, better policies out.
 pub mod learn;
 pub mod ledger;
+pub mod neural;
 pub mod ope;
 pub mod replay;
 pub mod reward;

@@ -241,8 +241,8 @@ impl Optimizer {
                 exploration: candidate.exploration.clone(),
                 reward_sha256: Some(self.reward.sha256.clone()),
                 training_window: Some(serde_json::json!({
-                    "examples": verdict.train_examples + verdict.holdout_examples,
-                    "holdout": verdict.holdout_examples,
+                    "trained_on": verdict.train_examples,
+                    "judged_on": verdict.holdout_examples,
                     "until_ms": now_ms().saturating_sub(self.reward.window_ms),
                 })),
                 ope: serde_json::to_value(&verdict).ok(),
@@ -345,10 +345,7 @@ impl RunningOptimizer {
 /// Replays the logs, makes sure a version is serving, and starts the gRPC service and trainer.
 pub async fn start(cfg: OptimizerConfig) -> Result<RunningOptimizer, StartError> {
     let reward = Reward::load(&cfg.reward_file).map_err(|e| StartError::Config(e.to_string()))?;
-    cfg.learn
-        .exploration
-        .validate()
-        .map_err(|e| StartError::Config(e.to_string()))?;
+    cfg.learn.validate().map_err(StartError::Config)?;
     let mut ledger = Ledger::default();
     for v in nudge_eventlog::read_all(&cfg.outcome_log, "outcomes").map_err(|e| StartError::Config(e.to_string()))? {
         if let Ok(o) = serde_json::from_value::<OutcomeRecord>(v) {
@@ -496,7 +493,12 @@ impl Optimizer {
 pub fn load_config(path: &std::path::Path) -> anyhow::Result<OptimizerConfig> {
     use anyhow::Context;
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    toml::from_str(&text).with_context(|| format!("{}: invalid configuration", path.display()))
+    let cfg: OptimizerConfig =
+        toml::from_str(&text).with_context(|| format!("{}: invalid configuration", path.display()))?;
+    cfg.learn
+        .validate()
+        .map_err(|e| anyhow::anyhow!("{}: invalid configuration: {e}", path.display()))?;
+    Ok(cfg)
 }
 
 /// Runs the service until SIGTERM or Ctrl-C; prints `listening grpc=ADDR` once ready.

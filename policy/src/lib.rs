@@ -10,6 +10,6 @@ pub mod version;
 
 pub use error::PolicyError;
 pub use features::FeatureSchema;
-pub use model::RewardModel;
+pub use model::{RewardModel, Trunk};
 pub use policy::{Choice, Exploration, Policy};
 pub use version::{PolicyManifest, PolicyVersion};

@@ -7,7 +7,8 @@ use ndarray::{Array1, Array2};
 use rand::Rng;
 use rand_distr::StandardNormal;
 
-/// A ReLU MLP: every layer is `relu(W x + b)`, the output feeds the Bayesian layer.
+/// A ReLU MLP: every layer is `relu(W x + b)`. The Bayesian layer reads `[1, h]` (its own
+/// bias, since a ReLU output has no unit that is always on).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Trunk {
     /// `(weight [out, in], bias [out])` per layer.
@@ -19,8 +20,9 @@ impl Trunk {
         self.layers.first().map_or(0, |(w, _)| w.ncols())
     }
 
+    /// Size of what the Bayesian layer reads: the last layer's units and the constant 1.
     pub fn output_dim(&self) -> usize {
-        self.layers.last().map_or(0, |(w, _)| w.nrows())
+        self.layers.last().map_or(0, |(w, _)| w.nrows()) + 1
     }
 
     pub fn forward(&self, x: &[f64]) -> Array1<f64> {
@@ -28,7 +30,9 @@ impl Trunk {
         for (w, b) in &self.layers {
             h = (w.dot(&h) + b).mapv(|v| v.max(0.0));
         }
-        h
+        let mut out = Array1::ones(h.len() + 1);
+        out.slice_mut(ndarray::s![1..]).assign(&h);
+        out
     }
 }
 

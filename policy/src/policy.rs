@@ -20,6 +20,7 @@ pub enum Exploration {
     Softmax { temperature: f64 },
     /// Best `mean + α·sd` with probability 1 − ε, otherwise uniform (ε keeps logs usable for
     /// off-policy evaluation; 0 makes it deterministic).
+    #[serde(rename = "linucb")]
     LinUcb { alpha: f64, epsilon: f64 },
     /// Thompson sampling with the posterior spread scaled by `scale`.
     Thompson { scale: f64, samples: usize },
