@@ -330,5 +330,30 @@ mod tests {
         let mut bad = version();
         bad.manifest.version = "../evil".into();
         assert!(bad.write(dir.path()).is_err());
+
+        // Neural-linear: the trunk round-trips, and a trunk whose output does not fit the
+        // Bayesian layer ([1, h] = 3 + 1 values for a 3-unit layer) is refused.
+        let mut nl = version();
+        nl.manifest.version = "v2".into();
+        let trunk = Trunk {
+            layers: vec![
+                (Array2::from_elem((5, 4), 0.1), Array1::from(vec![0.0, 0.1, 0.2, 0.3, 0.4])),
+                (Array2::from_elem((3, 5), -0.2), Array1::from(vec![1.0, 0.0, -1.0])),
+            ],
+        };
+        nl.policy.model = RewardModel::prior(4, 1.0);
+        nl.policy.model.trunk = Some(trunk.clone());
+        let back = PolicyVersion::load(&nl.write(dir.path()).unwrap()).unwrap();
+        assert_eq!(back.policy.model.trunk.as_ref(), Some(&trunk));
+        let f = back.policy.model.features(&[1.0, 1.0, 1.0, 1.0]);
+        // Layer 1 gives 0.4..0.8 (sum 3), layer 2 relu(-0.6 + [1, 0, -1]) = [0.4, 0, 0].
+        for (a, b) in f.iter().zip([1.0, 0.4, 0.0, 0.0]) {
+            assert!((a - b).abs() < 1e-12, "{f}");
+        }
+        nl.policy.model = RewardModel::prior(3, 1.0);
+        nl.policy.model.trunk = Some(trunk);
+        let (m, files) = nl.encode().unwrap();
+        let err = PolicyVersion::from_parts(&m, &files).unwrap_err().to_string();
+        assert!(err.contains("trunk output size"), "{err}");
     }
 }
