@@ -79,6 +79,16 @@ enum OptimizerCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Write an Open Bandit Dataset campaign logged at random (e.g. obd/random/all) as decision
+    /// and outcome logs plus a registry holding its logging policy, for `replay`.
+    ImportObd {
+        /// The campaign directory: item_context.csv and <name>.csv.
+        #[arg(long)]
+        data: PathBuf,
+        /// Empty directory for decisions/, outcomes/ and registry/.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -483,6 +493,13 @@ fn optimizer(c: OptimizerCommand) -> anyhow::Result<()> {
             } else {
                 print!("{}", report.markdown());
             }
+            Ok(())
+        }
+        OptimizerCommand::ImportObd { data, out } => {
+            let campaign = nudge_optimizer::obd::Campaign::read(&data)?;
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let summary = rt.block_on(nudge_optimizer::obd::import(&campaign, &out))?;
+            println!("{}", serde_json::to_string_pretty(&summary)?);
             Ok(())
         }
     }

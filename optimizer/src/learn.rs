@@ -151,15 +151,20 @@ pub fn fit(base: &Policy, train: &[Example], cfg: &LearnConfig) -> Result<(Polic
     ))
 }
 
-/// IPS, SNIPS and DR of `target` on `logs`, with `q` (the candidate's reward model) for DR.
-pub fn evaluate(target: &Policy, q: &Policy, logs: &[Example], seed: u64) -> Estimates {
+/// IPS, SNIPS and DR of `target` on `logs`, with `q` (the candidate's reward model) for DR,
+/// its predictions clipped to `reward_range` (the rewards seen in training): a linear model of
+/// rare 0/1 events predicts below 0 for some options, and DR would add that error back in.
+pub fn evaluate(target: &Policy, q: &Policy, logs: &[Example], reward_range: (f64, f64), seed: u64) -> Estimates {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let samples: Vec<Sample> = logs
         .iter()
         .filter_map(|e| {
             let xs = options(target, e)?;
             let (pt, _, _) = target.distribution(&xs, &mut rng);
-            let qs: Vec<f64> = xs.iter().map(|x| q.model.mean(&q.model.features(x))).collect();
+            let qs: Vec<f64> = xs
+                .iter()
+                .map(|x| q.model.mean(&q.model.features(x)).clamp(reward_range.0, reward_range.1))
+                .collect();
             let a = e.decision.option;
             Some(Sample {
                 reward: e.reward,
@@ -209,8 +214,11 @@ pub fn train_and_judge(serving: &Policy, examples: &[Example], cfg: &LearnConfig
     let cut = ((examples.len() as f64) * (1.0 - cfg.holdout)).round() as usize;
     let (train, held) = examples.split_at(cut.clamp(1, examples.len()));
     let (candidate, trunk) = fit(serving, train, cfg)?;
-    let cand_est = evaluate(&candidate, &candidate, held, cfg.seed);
-    let serv_est = evaluate(serving, &candidate, held, cfg.seed);
+    let range = train.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), e| {
+        (lo.min(e.reward), hi.max(e.reward))
+    });
+    let cand_est = evaluate(&candidate, &candidate, held, range, cfg.seed);
+    let serv_est = evaluate(serving, &candidate, held, range, cfg.seed);
     let c = pick(&cand_est, cfg.gate.estimator);
     let s = pick(&serv_est, cfg.gate.estimator);
     let lhs = if cfg.gate.use_lower_bound { c.lo } else { c.value };

@@ -2,6 +2,7 @@
 pub mod learn;
 pub mod ledger;
 pub mod neural;
+pub mod obd;
 pub mod ope;
 pub mod replay;
 pub mod reward;
