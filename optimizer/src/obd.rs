@@ -58,14 +58,14 @@ pub struct ObdRow {
 #[derive(Debug, Clone)]
 pub struct Campaign {
     pub name: String,
-    /// Offer features of each item, by name (categorical values as `name=<8 hex>` = 1).
+    /// Offer features of each item, by name (categorical values as `name=value` = 1).
     pub items: Vec<BTreeMap<String, f64>>,
     pub rows: Vec<ObdRow>,
 }
 
-/// Categorical values are 32-hex hashes; 8 are enough to tell a column's few values apart.
+/// A categorical value as a one-hot feature name.
 fn category(column: &str, value: &str) -> String {
-    format!("{column}={}", value.get(..8).unwrap_or(value))
+    format!("{column}={value}")
 }
 
 fn read_csv(path: &Path) -> Result<(csv::StringRecord, Vec<csv::StringRecord>), ObdError> {
@@ -207,10 +207,7 @@ impl Campaign {
 
 fn read_items(path: &Path) -> Result<Vec<BTreeMap<String, f64>>, ObdError> {
     let (header, records) = read_csv(path)?;
-    let cols = Columns {
-        path,
-        header: &header,
-    };
+    let cols = Columns { path, header: &header };
     let c_id = cols.index("item_id")?;
     let c0 = cols.index("item_feature_0")?;
     let cats: Vec<(usize, String)> = header

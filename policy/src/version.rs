@@ -337,7 +337,10 @@ mod tests {
         nl.manifest.version = "v2".into();
         let trunk = Trunk {
             layers: vec![
-                (Array2::from_elem((5, 4), 0.1), Array1::from(vec![0.0, 0.1, 0.2, 0.3, 0.4])),
+                (
+                    Array2::from_elem((5, 4), 0.1),
+                    Array1::from(vec![0.0, 0.1, 0.2, 0.3, 0.4]),
+                ),
                 (Array2::from_elem((3, 5), -0.2), Array1::from(vec![1.0, 0.0, -1.0])),
             ],
         };
