@@ -68,8 +68,8 @@ fn main() -> anyhow::Result<()> {
         ),
     ];
     println!("click rates in %; policies trained on the older half of the random logs, judged on the newer half\n");
-    println!("| campaign | policy | IPS [95% CI] | SNIPS [95% CI] | DR [95% CI] | s |");
-    println!("|---|---|---|---|---|---|");
+    println!("| campaign | policy | IPS [95% CI] | SNIPS [95% CI] | DR [95% CI] | effective samples | s |");
+    println!("|---|---|---|---|---|---|---|");
     let mut notes = Vec::new();
     for name in campaigns.split(',') {
         let random = Campaign::read(&data.join("random").join(name))?;
@@ -87,19 +87,21 @@ fn main() -> anyhow::Result<()> {
             let report = replay(&reward, &logs, &summary.registry, cfg, now).map_err(anyhow::Error::msg)?;
             let c = &report.verdict.candidate;
             println!(
-                "| {name} | {label} | {} | {} | {} | {:.1} |",
+                "| {name} | {label} | {} | {} | {} | {:.0} | {:.1} |",
                 ci(&c.ips),
                 ci(&c.snips),
                 ci(&c.dr),
+                c.effective_samples,
                 t.elapsed().as_secs_f64()
             );
             if label.starts_with("linear, greedy") {
                 let s = &report.verdict.serving;
                 println!(
-                    "| {name} | uniform (the logging policy) | {} | {} | {} | |",
+                    "| {name} | uniform (the logging policy) | {} | {} | {} | {:.0} | |",
                     ci(&s.ips),
                     ci(&s.snips),
-                    ci(&s.dr)
+                    ci(&s.dr),
+                    s.effective_samples
                 );
             }
         }

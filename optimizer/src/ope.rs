@@ -31,6 +31,11 @@ pub struct Estimates {
     pub ips: Estimate,
     pub snips: Estimate,
     pub dr: Estimate,
+    /// Kish's effective sample size of the importance weights, `(Σw)² / Σw²`: how many logged
+    /// decisions the estimates really rest on (n when target = logging policy, about n/k for a
+    /// deterministic target over k uniformly logged options).
+    #[serde(default)]
+    pub effective_samples: f64,
 }
 
 const Z95: f64 = 1.959_963_984_540_054;
@@ -96,11 +101,24 @@ pub fn doubly_robust(samples: &[Sample]) -> Estimate {
     )
 }
 
+pub fn effective_samples(samples: &[Sample]) -> f64 {
+    let (sum, sq) = samples
+        .iter()
+        .map(weight)
+        .fold((0.0, 0.0), |(s, q), w| (s + w, q + w * w));
+    if sq > 0.0 {
+        sum * sum / sq
+    } else {
+        0.0
+    }
+}
+
 pub fn estimate(samples: &[Sample]) -> Estimates {
     Estimates {
         ips: ips(samples),
         snips: snips(samples),
         dr: doubly_robust(samples),
+        effective_samples: effective_samples(samples),
     }
 }
 
@@ -141,6 +159,8 @@ mod tests {
         assert!((e.value - 0.75).abs() < 1e-12);
         let var: f64 = (0.75f64.powi(2) * 2.0 + 0.25f64.powi(2) + 1.25f64.powi(2)) / 3.0;
         assert!((e.lo - (0.75 - Z95 * (var / 4.0).sqrt())).abs() < 1e-12);
+        // Effective sample size: (2 + 0 + 2 + 2)² / (4 + 0 + 4 + 4) = 3.
+        assert!((effective_samples(&s) - 3.0).abs() < 1e-12);
     }
 
     #[test]
@@ -160,5 +180,6 @@ mod tests {
         for v in [e.ips.value, e.snips.value, e.dr.value] {
             assert!((v - 0.6).abs() < 1e-12);
         }
+        assert!((e.effective_samples - 5.0).abs() < 1e-12);
     }
 }

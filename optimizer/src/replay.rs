@@ -64,8 +64,17 @@ impl ReplayReport {
         let v = &self.verdict;
         let row = |name: &str, e: &crate::ope::Estimates| {
             format!(
-                "| {name} | {:.5} [{:.5}, {:.5}] | {:.5} [{:.5}, {:.5}] | {:.5} [{:.5}, {:.5}] |\n",
-                e.ips.value, e.ips.lo, e.ips.hi, e.snips.value, e.snips.lo, e.snips.hi, e.dr.value, e.dr.lo, e.dr.hi
+                "| {name} | {:.5} [{:.5}, {:.5}] | {:.5} [{:.5}, {:.5}] | {:.5} [{:.5}, {:.5}] | {:.0} |\n",
+                e.ips.value,
+                e.ips.lo,
+                e.ips.hi,
+                e.snips.value,
+                e.snips.lo,
+                e.snips.hi,
+                e.dr.value,
+                e.dr.lo,
+                e.dr.hi,
+                e.effective_samples
             )
         };
         let mut s = format!(
@@ -79,7 +88,7 @@ impl ReplayReport {
             v.train_examples,
             v.holdout_examples
         );
-        s.push_str("| policy (held-out logs) | IPS [95% CI] | SNIPS [95% CI] | DR [95% CI] |\n|---|---|---|---|\n");
+        s.push_str("| policy (held-out logs) | IPS [95% CI] | SNIPS [95% CI] | DR [95% CI] | effective samples |\n|---|---|---|---|---|\n");
         s.push_str(&row("candidate", &v.candidate));
         s.push_str(&row(&format!("serving {}", self.serving_version), &v.serving));
         s.push_str(&format!(
