@@ -96,6 +96,26 @@ tolerance = 0.0
     p
 }
 
+/// A server with a tiny NLU bundle and decisions on, its registry and log under `dir`.
+async fn start_decision_server(dir: &Path) -> nudge_inference::server::RunningServer {
+    let bundle = write_bundle(
+        &dir.join("bundle"),
+        "tiny",
+        Variant::Bert,
+        nudge_inference::encoder::Pooling::Mean,
+    );
+    let (reg, log) = (dir.join("srv-registry"), dir.join("decisions"));
+    start_server(vec![bundle], move |c| {
+        c.decisions = Some(nudge_inference::decide::DecisionsConfig {
+            policy_registry: reg,
+            decision_log: log,
+            customer_id_key: "simulator key, 16+ bytes".into(),
+            ..Default::default()
+        })
+    })
+    .await
+}
+
 fn request(i: usize, seg: usize) -> pb::DecideRequest {
     pb::DecideRequest {
         conversation_id: format!("c{i}"),
@@ -115,22 +135,7 @@ fn request(i: usize, seg: usize) -> pb::DecideRequest {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn learned_policy_approaches_the_oracle_and_survives_an_optimizer_crash() {
     let dir = tempfile::tempdir().unwrap();
-    let bundle = write_bundle(
-        &dir.path().join("bundle"),
-        "tiny",
-        Variant::Bert,
-        nudge_inference::encoder::Pooling::Mean,
-    );
-    let (reg, log) = (dir.path().join("srv-registry"), dir.path().join("decisions"));
-    let server = start_server(vec![bundle], move |c| {
-        c.decisions = Some(nudge_inference::decide::DecisionsConfig {
-            policy_registry: reg,
-            decision_log: log,
-            customer_id_key: "simulator key, 16+ bytes".into(),
-            ..Default::default()
-        })
-    })
-    .await;
+    let server = start_decision_server(dir.path()).await;
     let config = write_config(dir.path(), &format!("http://{}", server.grpc_addr), SEGMENT_SCHEMA);
     let cfg2 = config.clone();
     let (mut optimizer, mut opt_addr) = tokio::task::spawn_blocking(move || start_optimizer(&cfg2))
@@ -352,22 +357,7 @@ fn xor_truth(x1: usize, x2: usize, offer: usize) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn neural_linear_policy_learns_an_interaction_over_grpc() {
     let dir = tempfile::tempdir().unwrap();
-    let bundle = write_bundle(
-        &dir.path().join("bundle"),
-        "tiny",
-        Variant::Bert,
-        nudge_inference::encoder::Pooling::Mean,
-    );
-    let (reg, log) = (dir.path().join("srv-registry"), dir.path().join("decisions"));
-    let server = start_server(vec![bundle], move |c| {
-        c.decisions = Some(nudge_inference::decide::DecisionsConfig {
-            policy_registry: reg,
-            decision_log: log,
-            customer_id_key: "simulator key, 16+ bytes".into(),
-            ..Default::default()
-        })
-    })
-    .await;
+    let server = start_decision_server(dir.path()).await;
     let extra = r#"
 [learn.model]
 kind = "neural_linear"
