@@ -14,6 +14,7 @@ pub mod decide;
 pub mod eval;
 pub mod finetune;
 pub mod metrics;
+pub mod model_admin;
 pub mod server;
 pub mod service;
 pub mod train;

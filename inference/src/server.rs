@@ -1,6 +1,6 @@
 //! Wires a running server: loads every bundle (refusing to start on a bad one), one batcher
-//! per model, the Nlu service with health and reflection on the gRPC port, and `/metrics` over
-//! HTTP on its own port.
+//! per model, the Nlu and ModelAdmin services with health and reflection on the gRPC port, and
+//! `/metrics` over HTTP on its own port.
 use crate::batcher::{Batcher, BatcherConfig};
 use crate::metrics::Metrics;
 use crate::model::NluModel;
@@ -95,7 +95,8 @@ pub fn load_models(config: &ServeConfig, metrics: &Metrics) -> Result<ServedMode
             source,
         })?;
         tracing::info!(bundle = %path.display(), name = model.name(), version = model.version(), secs = t.elapsed().as_secs_f32(), "model loaded");
-        batchers.push(Batcher::spawn(Arc::new(model), config.batcher, metrics.clone()).map_err(ServeError::Thread)?);
+        let batcher = Batcher::spawn(Arc::new(model), config.batcher, metrics.clone()).map_err(ServeError::Thread)?;
+        batchers.push((path.clone(), batcher));
     }
     ServedModels::new(batchers).map_err(ServeError::Config)
 }
@@ -113,7 +114,9 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
     let models = tokio::task::spawn_blocking(move || load_models(&cfg, &m2))
         .await
         .map_err(|e| ServeError::Config(e.to_string()))??;
-    let service = Arc::new(NluService::new(Arc::new(models), config.limits, metrics.clone()));
+    let models = Arc::new(models);
+    let service = Arc::new(NluService::new(models.clone(), config.limits, metrics.clone()));
+    let model_admin = crate::model_admin::ModelAdminService::new(models, config.batcher, metrics.clone());
     let decisions = match &config.decisions {
         Some(dc) => {
             let store = Arc::new(crate::decide::PolicyStore::open(&dc.policy_registry).map_err(ServeError::Config)?);
@@ -194,6 +197,7 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(NluServer::from_arc(service))
+            .add_service(nudge_proto::v1::model_admin_server::ModelAdminServer::new(model_admin))
             .add_optional_service(decide_svc)
             .add_optional_service(admin_svc)
             .serve_with_incoming_shutdown(incoming, async {

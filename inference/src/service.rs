@@ -4,10 +4,12 @@ use crate::batcher::{Answer, Batcher};
 use crate::error::RequestError;
 use crate::metrics::Metrics;
 use crate::model::{NluModel, NluOutput};
+use arc_swap::ArcSwap;
 use nudge_proto::v1 as pb;
 use pb::nlu_server::Nlu;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tonic::{Request, Response, Status};
 
@@ -30,33 +32,73 @@ impl Default for Limits {
     }
 }
 
+/// The models being served, by name. Each name's batcher (model + its batching thread) sits
+/// behind an `ArcSwap`: a call takes one `Arc` and keeps it to the end, so a reload never mixes
+/// versions within a call, and the old batcher answers what it has queued before its thread ends.
 pub struct ServedModels {
-    by_name: HashMap<String, Batcher>,
+    by_name: HashMap<String, ServedModel>,
     default: String,
+}
+
+struct ServedModel {
+    batcher: ArcSwap<Batcher>,
+    /// Where the serving version was loaded from (what an empty `bundle_dir` reloads).
+    bundle_dir: Mutex<PathBuf>,
 }
 
 impl ServedModels {
     /// The first batcher is the default model.
-    pub fn new(batchers: Vec<Batcher>) -> Result<Self, String> {
+    pub fn new(batchers: Vec<(PathBuf, Batcher)>) -> Result<Self, String> {
         let default = batchers
             .first()
-            .map(|b| b.model().name().to_string())
+            .map(|(_, b)| b.model().name().to_string())
             .ok_or("no model to serve")?;
         let mut by_name = HashMap::new();
-        for b in batchers {
+        for (dir, b) in batchers {
             let name = b.model().name().to_string();
-            if by_name.insert(name.clone(), b).is_some() {
+            let served = ServedModel {
+                batcher: ArcSwap::from_pointee(b),
+                bundle_dir: Mutex::new(dir),
+            };
+            if by_name.insert(name.clone(), served).is_some() {
                 return Err(format!("two bundles are both named `{name}`"));
             }
         }
         Ok(Self { by_name, default })
     }
 
-    fn get(&self, name: &str) -> Result<&Batcher, RequestError> {
-        let key = if name.is_empty() { &self.default } else { name };
+    fn entry(&self, name: &str) -> Result<(&str, &ServedModel), RequestError> {
+        let key = if name.is_empty() { self.default.as_str() } else { name };
         self.by_name
-            .get(key)
+            .get_key_value(key)
+            .map(|(k, v)| (k.as_str(), v))
             .ok_or_else(|| RequestError::UnknownModel(name.to_string()))
+    }
+
+    pub(crate) fn get(&self, name: &str) -> Result<Arc<Batcher>, RequestError> {
+        Ok(self.entry(name)?.1.batcher.load_full())
+    }
+
+    /// The served name `name` resolves to (the default for "") and its current bundle directory.
+    pub(crate) fn resolve(&self, name: &str) -> Result<(String, PathBuf), RequestError> {
+        let (key, m) = self.entry(name)?;
+        let dir = m
+            .bundle_dir
+            .lock()
+            .map_err(|_| RequestError::Internal("lock poisoned".into()))?;
+        Ok((key.to_string(), dir.clone()))
+    }
+
+    /// Serves `batcher` under its model's name from now on; returns the batcher it replaced.
+    pub(crate) fn replace(&self, dir: PathBuf, batcher: Batcher) -> Result<Arc<Batcher>, RequestError> {
+        let (_, m) = self.entry(batcher.model().name())?;
+        let mut d = m
+            .bundle_dir
+            .lock()
+            .map_err(|_| RequestError::Internal("lock poisoned".into()))?;
+        let old = m.batcher.swap(Arc::new(batcher));
+        *d = dir;
+        Ok(old)
     }
 }
 
@@ -254,7 +296,8 @@ impl Nlu for NluService {
             .models
             .by_name
             .values()
-            .map(|b| {
+            .map(|served| {
+                let b = served.batcher.load();
                 let m = b.model();
                 pb::ModelInfo {
                     name: m.name().to_string(),
