@@ -141,7 +141,7 @@ impl Campaign {
             .collect::<Result<Vec<_>, _>>()?;
         let mut rows = Vec::with_capacity(records.len());
         for (i, rec) in records.iter().enumerate() {
-            let line = i + 2;
+            let line = rec.position().map_or(i + 2, |p| p.line() as usize);
             let item: usize = cols.parse(rec, line, c_item)?;
             let propensity: f64 = cols.parse(rec, line, c_prop)?;
             if item >= items.len() {
@@ -157,6 +157,9 @@ impl Campaign {
                 ));
             }
             let click: u8 = cols.parse(rec, line, c_click)?;
+            if click > 1 {
+                return Err(data_err(&path, format!("line {line}: click {click} is not 0 or 1")));
+            }
             rows.push(ObdRow {
                 time_ms: parse_time(&path, line, rec.get(c_time).unwrap_or(""))?,
                 item,
@@ -218,7 +221,7 @@ fn read_items(path: &Path) -> Result<Vec<BTreeMap<String, f64>>, ObdError> {
         .collect();
     let mut items = vec![None; records.len()];
     for (i, rec) in records.iter().enumerate() {
-        let line = i + 2;
+        let line = rec.position().map_or(i + 2, |p| p.line() as usize);
         let id: usize = cols.parse(rec, line, c_id)?;
         let slot = items
             .get_mut(id)
