@@ -230,9 +230,10 @@ impl Policy {
         let d = self.model.dim();
         let f = Array2::from_shape_fn((k, d), |(i, j)| feats[i][j]);
         let mut c = f.dot(&self.model.cov).dot(&f.t()) * (scale * scale);
-        // Options with equal features make C singular; a jitter far below any reward scale
-        // keeps the factor defined (their draws then differ by ~1e-9 instead of tying).
-        let jitter = 1e-12 * (1.0 + c.diag().iter().copied().fold(0.0, f64::max));
+        // Options with equal features make C singular; a jitter of 1e-10 of the largest
+        // variance keeps the factor defined (their draws then differ by ~1e-5 of a standard
+        // deviation instead of tying). An all-zero C has no factor: θ draws handle it.
+        let jitter = 1e-10 * c.diag().iter().copied().fold(0.0, f64::max);
         for i in 0..k {
             for j in 0..i {
                 let m = 0.5 * (c[[i, j]] + c[[j, i]]);
