@@ -94,6 +94,14 @@ fn argmax_set(v: &[f64]) -> Vec<usize> {
         .collect()
 }
 
+/// One draw's win, shared equally by the options that tie for best.
+fn credit_winners(wins: &mut [f64], vals: &[f64]) {
+    let best = argmax_set(vals);
+    for &i in &best {
+        wins[i] += 1.0 / best.len() as f64;
+    }
+}
+
 /// ε spread uniformly, the rest shared by the best options.
 fn epsilon_probs(values: &[f64], epsilon: f64) -> Vec<f64> {
     let k = values.len() as f64;
@@ -209,10 +217,7 @@ impl Policy {
         for _ in 0..samples {
             let th = self.model.sample_theta(scale, rng);
             let vals: Vec<f64> = feats.iter().map(|f| th.dot(f)).collect();
-            let best = argmax_set(&vals);
-            for &i in &best {
-                wins[i] += 1.0 / best.len() as f64;
-            }
+            credit_winners(&mut wins, &vals);
         }
         wins
     }
@@ -248,10 +253,7 @@ impl Policy {
         for _ in 0..samples {
             let z: Array1<f64> = (0..k).map(|_| rng.sample::<f64, _>(StandardNormal)).collect();
             let vals = &mu + &l.dot(&z);
-            let best = argmax_set(vals.as_slice()?);
-            for &i in &best {
-                wins[i] += 1.0 / best.len() as f64;
-            }
+            credit_winners(&mut wins, vals.as_slice()?);
         }
         Some(wins)
     }
