@@ -93,14 +93,15 @@ async fn main() {
     let calls: usize = arg("--calls").and_then(|c| c.parse().ok()).unwrap_or(400);
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path().to_path_buf();
-    let server = nudge_inference::server::start(nudge_inference::server::ServeConfig {
+    let server = nudge_inference::start(nudge_inference::ServeConfig {
         grpc_addr: "127.0.0.1:0".parse().expect("addr"),
+        admin_addr: "127.0.0.1:0".parse().expect("addr"),
         metrics_addr: "127.0.0.1:0".parse().expect("addr"),
         bundles: vec![bundle],
-        decisions: Some(nudge_inference::decide::DecisionsConfig {
+        decisions: Some(nudge_inference::DecisionsConfig {
             policy_registry: d.join("srv-registry"),
             decision_log: d.join("decisions"),
-            customer_id_key: "bench key, sixteen bytes+".into(),
+            customer_id_key: nudge_inference::Secret::new("bench key, sixteen bytes+"),
             ..Default::default()
         }),
         ..Default::default()
@@ -108,7 +109,8 @@ async fn main() {
     .await
     .expect("server starts (run `nudge models fetch` for the default bundle)");
     let url = format!("http://{}", server.grpc_addr);
-    let mut admin = pb::policy_admin_client::PolicyAdminClient::connect(url.clone())
+    let admin_url = format!("http://{}", server.admin_addr);
+    let mut admin = pb::policy_admin_client::PolicyAdminClient::connect(admin_url.clone())
         .await
         .expect("connect");
     let mut decide = pb::decisions_client::DecisionsClient::connect(url.clone())
@@ -178,7 +180,7 @@ async fn main() {
         outcome_log: d.join("outcomes"),
         audit_log: d.join("audit"),
         registry: d.join("opt-registry"),
-        servers: vec![url.clone()],
+        servers: vec![admin_url.clone()],
         reward_file: d.join("reward.toml"),
         train_every_ms: 3_600_000,
         train_every_outcomes: u64::MAX,
@@ -187,7 +189,7 @@ async fn main() {
     })
     .await
     .expect("optimizer starts");
-    let ids: Vec<String> = nudge_eventlog::read_all(&d.join("decisions"), "decisions")
+    let ids: Vec<String> = nudge_records::read_all::<nudge_records::DecisionRecord>(&d.join("decisions"))
         .expect("decision log")
         .iter()
         .filter_map(|v| v["decision_id"].as_str().map(String::from))

@@ -39,8 +39,9 @@ struct Run {
 }
 
 async fn drive(bundle: PathBuf, max_batch: usize, concurrency: usize, secs: f64, texts: Arc<Vec<String>>) -> Run {
-    let server = nudge_inference::server::start(nudge_inference::server::ServeConfig {
+    let server = nudge_inference::start(nudge_inference::ServeConfig {
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        admin_addr: "127.0.0.1:0".parse().unwrap(),
         metrics_addr: "127.0.0.1:0".parse().unwrap(),
         bundles: vec![bundle],
         batcher: nudge_inference::batcher::BatcherConfig {

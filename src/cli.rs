@@ -1,7 +1,6 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use nudge_inference::import;
-use nudge_inference::NluModel;
+use nudge_model::{BackendKind, NluModel};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -38,12 +37,19 @@ enum Command {
         #[command(subcommand)]
         command: OptimizerCommand,
     },
-    /// Re-calibrate a bundle's out-of-scope threshold on labelled data with `oos` rows.
+    /// Re-calibrate a bundle's out-of-scope threshold on labelled data with `oos` rows, writing
+    /// the result as a new bundle version (the source bundle is not changed).
     Calibrate {
         #[arg(long)]
         bundle: PathBuf,
         #[arg(long)]
         data: PathBuf,
+        /// Directory for the new version (must not exist).
+        #[arg(long)]
+        out: PathBuf,
+        /// Version of the new bundle (default: `<old>-cal-<sha256 of the data, 8 hex>`).
+        #[arg(long)]
+        version: Option<String>,
         /// Most in-scope accuracy the threshold may cost (0.02 = two points).
         #[arg(long, default_value_t = 0.02)]
         max_in_scope_loss: f64,
@@ -70,7 +76,7 @@ enum OptimizerCommand {
         /// Directories holding decision and outcome logs (decisions-*.jsonl, outcomes-*.jsonl).
         #[arg(long, required = true)]
         logs: Vec<PathBuf>,
-        /// The policy registry (its LATEST version gives the schema and the serving policy).
+        /// The policy registry (its SERVING version gives the schema and the serving policy).
         #[arg(long, default_value = "models/policy-registry")]
         registry: PathBuf,
         /// TOML with the optimizer's `[learn]` settings (exploration, ridge, holdout, gate).
@@ -113,12 +119,12 @@ pub fn run() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Models { command } => match command {
             ModelsCommand::Fetch { models_dir, python } => {
-                for dir in import::fetch::fetch(&models_dir, &python)? {
+                for dir in nudge_import::fetch::fetch(&models_dir, &python)? {
                     println!("{}", dir.display());
                 }
             }
             ModelsCommand::Import { from, out } => {
-                for f in import::e5::import(&from, &out)? {
+                for f in nudge_import::e5::import(&from, &out)? {
                     println!("{}", f.display());
                 }
             }
@@ -129,10 +135,20 @@ pub fn run() -> anyhow::Result<()> {
         Command::Calibrate {
             bundle,
             data,
+            out,
+            version,
             max_in_scope_loss,
         } => {
-            let (old, new) = nudge_inference::eval::calibrate_bundle(&bundle, &data, max_in_scope_loss)?;
-            println!("{}: oos threshold {old:.4} -> {new:.4}", bundle.display());
+            let c = nudge_training::eval::calibrate_bundle(&bundle, &data, max_in_scope_loss, &out, version)?;
+            println!(
+                "{} ({}): oos threshold {:.4} -> {:.4}, written as {} ({})",
+                bundle.display(),
+                c.old_version,
+                c.old_threshold,
+                c.new_threshold,
+                out.display(),
+                c.new_version
+            );
         }
         Command::Eval {
             bundle,
@@ -140,11 +156,11 @@ pub fn run() -> anyhow::Result<()> {
             task,
             json,
         } => {
-            use nudge_inference::eval;
+            use nudge_training::eval;
             let head = if task == "intent" {
-                eval::Head::Intent
+                nudge_training::Task::Intent
             } else {
-                eval::Head::Sentiment
+                nudge_training::Task::Sentiment
             };
             let f = eval::evaluate_bundle(&bundle, &data, head)?;
             if json {
@@ -154,12 +170,40 @@ pub fn run() -> anyhow::Result<()> {
             }
         }
         Command::Understand { text, bundle } => {
-            let model = NluModel::load_cpu(&bundle).with_context(|| format!("loading bundle {}", bundle.display()))?;
-            let out = nudge_inference::service::understand_local(&model, &text, 3, false)?;
-            println!("{}", serde_json::to_string_pretty(&out)?);
+            let model = NluModel::load(&bundle, BackendKind::Cpu)
+                .with_context(|| format!("loading bundle {}", bundle.display()))?;
+            let out = nudge_inference::nlu::understand_local(&model, &text, 3, false)?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&nudge_proto::v1::Understanding::from(out))?
+            );
         }
     }
     Ok(())
+}
+
+/// Training progress on an indicatif bar; per-epoch lines go above it, or to stderr when the
+/// bar is hidden (output not a terminal), so logs keep them.
+struct BarProgress(indicatif::ProgressBar);
+
+impl nudge_training::Progress for BarProgress {
+    fn start(&self, _phase: &str, total: u64) {
+        self.0.set_length(total);
+        self.0.set_position(0);
+    }
+    fn advance(&self, n: u64) {
+        self.0.inc(n);
+    }
+    fn status(&self, message: &str) {
+        self.0.set_message(message.to_string());
+    }
+    fn line(&self, line: &str) {
+        if self.0.is_hidden() {
+            eprintln!("{line}");
+        } else {
+            self.0.println(line);
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -255,8 +299,7 @@ struct TrainArgs {
 }
 
 fn train(a: TrainArgs) -> anyhow::Result<()> {
-    use nudge_inference::finetune::FineTuning;
-    use nudge_inference::train::{self, HeadTraining, Task, TrainJob};
+    use nudge_training::{train, Columns, FineTuning, HeadTraining, Task, TrainJob};
     let job = TrainJob {
         task: if a.task == "intent" {
             Task::Intent
@@ -267,7 +310,7 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
         oos_train: a.oos_train,
         oos_limit_per_file: a.oos_limit_per_file,
         val: a.val,
-        columns: train::Columns {
+        columns: Columns {
             text: a.text_column,
             label: a.label_column,
         },
@@ -278,9 +321,9 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
         text_prefix: a.text_prefix,
         pooling: a.pooling.map(|p| {
             if p == "cls" {
-                nudge_inference::encoder::Pooling::Cls
+                nudge_model::Pooling::Cls
             } else {
-                nudge_inference::encoder::Pooling::Mean
+                nudge_model::Pooling::Mean
             }
         }),
         limit_per_file: a.limit_per_file,
@@ -318,7 +361,7 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
     let bar = indicatif::ProgressBar::new(0).with_style(
         indicatif::ProgressStyle::with_template(template).unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let report = train::run(&job, &bar)?;
+    let report = train::run(&job, &BarProgress(bar.clone()))?;
     bar.finish_and_clear();
     if let Some(e) = report.resumed_after_epoch {
         println!("resumed from the checkpoint after epoch {e}\n");
@@ -382,8 +425,13 @@ struct ServeArgs {
     config: Option<PathBuf>,
     #[arg(long, env = "NUDGE_GRPC_ADDR")]
     grpc_addr: Option<std::net::SocketAddr>,
+    #[arg(long, env = "NUDGE_ADMIN_ADDR")]
+    admin_addr: Option<std::net::SocketAddr>,
     #[arg(long, env = "NUDGE_METRICS_ADDR")]
     metrics_addr: Option<std::net::SocketAddr>,
+    /// File with the bearer token every service but health requires.
+    #[arg(long, env = "NUDGE_AUTH_TOKEN_FILE")]
+    auth_token_file: Option<PathBuf>,
     /// Bundle directory to serve; repeat for several (the first is the default model).
     #[arg(long = "bundle", env = "NUDGE_BUNDLES", value_delimiter = ',')]
     bundles: Vec<PathBuf>,
@@ -404,8 +452,8 @@ struct ServeArgs {
     print_config: bool,
 }
 
-fn serve_config(a: &ServeArgs) -> anyhow::Result<nudge_inference::server::ServeConfig> {
-    let mut c: nudge_inference::server::ServeConfig = match &a.config {
+fn serve_config(a: &ServeArgs) -> anyhow::Result<nudge_inference::ServeConfig> {
+    let mut c: nudge_inference::ServeConfig = match &a.config {
         Some(p) => {
             let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
             toml::from_str(&text).with_context(|| format!("{}: invalid configuration", p.display()))?
@@ -415,8 +463,20 @@ fn serve_config(a: &ServeArgs) -> anyhow::Result<nudge_inference::server::ServeC
     if let Some(v) = a.grpc_addr {
         c.grpc_addr = v;
     }
+    if let Some(v) = a.admin_addr {
+        c.admin_addr = v;
+    }
     if let Some(v) = a.metrics_addr {
         c.metrics_addr = v;
+    }
+    if let Some(v) = &a.auth_token_file {
+        c.auth_token_file = Some(v.clone());
+    }
+    // The token itself only from the environment (never a flag: flags show in `ps`).
+    if let Ok(t) = std::env::var("NUDGE_AUTH_TOKEN") {
+        if !t.is_empty() {
+            c.auth_token = Some(nudge_inference::Secret::new(t));
+        }
     }
     if !a.bundles.is_empty() {
         c.bundles = a.bundles.clone();
@@ -450,9 +510,12 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
-        let server = nudge_inference::server::start(config).await?;
+        let server = nudge_inference::start(config).await?;
         // Machine-readable line for scripts and tests that bind port 0.
-        println!("listening grpc={} metrics={}", server.grpc_addr, server.metrics_addr);
+        println!(
+            "listening grpc={} admin={} metrics={}",
+            server.grpc_addr, server.admin_addr, server.metrics_addr
+        );
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             r = tokio::signal::ctrl_c() => r?,
@@ -470,7 +533,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
 
 fn optimizer(c: OptimizerCommand) -> anyhow::Result<()> {
     match c {
-        OptimizerCommand::Serve { config } => nudge_optimizer::service::run_from_file(&config),
+        OptimizerCommand::Serve { config } => Ok(nudge_optimizer::service::run_from_file(&config)?),
         OptimizerCommand::Replay {
             reward,
             logs,
@@ -486,8 +549,7 @@ fn optimizer(c: OptimizerCommand) -> anyhow::Result<()> {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64);
-            let report =
-                nudge_optimizer::replay::replay(&reward, &logs, &registry, &learn, now).map_err(anyhow::Error::msg)?;
+            let report = nudge_optimizer::replay::replay(&reward, &logs, &registry, &learn, now)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

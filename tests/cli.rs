@@ -1,8 +1,9 @@
 //! The `nudge` binary as a real process: `serve` with a TOML file, flags and env, SIGTERM; a
 //! bad bundle at start-up; `understand`; `models import` refusing a file that is not a model.
+#[path = "../inference/tests/common/mod.rs"]
 mod common;
 use common::*;
-use nudge_inference::encoder::Pooling;
+use nudge_model::Pooling;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 

@@ -1,6 +1,7 @@
 //! The shipped default bundle (multilingual-e5-small + the committed heads) over gRPC: Chinese
 //! and English messages of the default intents get the right intent, reviews the right
 //! sentiment. Needs the encoder: `cargo run --release -- models fetch` (CI runs it first).
+#[path = "../inference/tests/common/mod.rs"]
 mod common;
 use common::*;
 use nudge_proto::v1::{UnderstandBatchRequest, UnderstandRequest};

@@ -2,6 +2,7 @@
 //! set, the bundle it writes is served over gRPC with its labels, a run killed after a checkpoint
 //! resumes to the very bytes of an uninterrupted run, and bad inputs are refused with nothing
 //! written.
+#[path = "../inference/tests/common/mod.rs"]
 mod common;
 use common::*;
 use rand::{Rng, SeedableRng};
@@ -265,6 +266,6 @@ fn bad_inputs_are_refused_and_nothing_is_written() {
     )
     .output()
     .unwrap());
-    let m = nudge_inference::bundle::Manifest::read(&dir.path().join("b")).unwrap();
+    let m = nudge_model::Manifest::read(&dir.path().join("b")).unwrap();
     assert_eq!(m.heads.intent.unwrap().labels, vec!["discount", "refund", "track"]);
 }

@@ -5,6 +5,7 @@
 //! is lost and learning goes on. The learned policy must reach ≥ 90 % of the oracle's conversion
 //! rate and beat uniform clearly; the cumulative-regret curves are written as CSV and PNG. A
 //! second world has an interaction only a neural-linear policy can learn.
+#[path = "../inference/tests/common/mod.rs"]
 mod common;
 use common::*;
 use nudge_proto::v1 as pb;
@@ -97,19 +98,14 @@ tolerance = 0.0
 }
 
 /// A server with a tiny NLU bundle and decisions on, its registry and log under `dir`.
-async fn start_decision_server(dir: &Path) -> nudge_inference::server::RunningServer {
-    let bundle = write_bundle(
-        &dir.join("bundle"),
-        "tiny",
-        Variant::Bert,
-        nudge_inference::encoder::Pooling::Mean,
-    );
+async fn start_decision_server(dir: &Path) -> nudge_inference::RunningServer {
+    let bundle = write_bundle(&dir.join("bundle"), "tiny", Variant::Bert, nudge_model::Pooling::Mean);
     let (reg, log) = (dir.join("srv-registry"), dir.join("decisions"));
     start_server(vec![bundle], move |c| {
-        c.decisions = Some(nudge_inference::decide::DecisionsConfig {
+        c.decisions = Some(nudge_inference::DecisionsConfig {
             policy_registry: reg,
             decision_log: log,
-            customer_id_key: "simulator key, 16+ bytes".into(),
+            customer_id_key: nudge_inference::Secret::new("simulator key, 16+ bytes"),
             ..Default::default()
         })
     })
@@ -136,7 +132,7 @@ fn request(i: usize, seg: usize) -> pb::DecideRequest {
 async fn learned_policy_approaches_the_oracle_and_survives_an_optimizer_crash() {
     let dir = tempfile::tempdir().unwrap();
     let server = start_decision_server(dir.path()).await;
-    let config = write_config(dir.path(), &format!("http://{}", server.grpc_addr), SEGMENT_SCHEMA);
+    let config = write_config(dir.path(), &format!("http://{}", server.admin_addr), SEGMENT_SCHEMA);
     let cfg2 = config.clone();
     let (mut optimizer, mut opt_addr) = tokio::task::spawn_blocking(move || start_optimizer(&cfg2))
         .await
@@ -279,7 +275,17 @@ async fn learned_policy_approaches_the_oracle_and_survives_an_optimizer_crash() 
     );
     assert!(versions.len() >= 4, "{versions:?}");
     assert!(st.trainings >= 2);
-    let audit = nudge_eventlog::read_all(&dir.path().join("audit"), "audit").unwrap();
+    let audit: Vec<serde_json::Value> = nudge_records::segments(&dir.path().join("audit"), "audit")
+        .unwrap()
+        .iter()
+        .flat_map(|p| {
+            std::fs::read_to_string(p)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect();
     assert!(audit
         .iter()
         .any(|a| a["verdict"]["candidate"]["dr"]["value"].is_number()));
@@ -369,7 +375,7 @@ context = ["x1", "x2"]
 offer = ["offer=o1", "offer=o2"]
 allow_none = false
 "#;
-    let config = write_config(dir.path(), &format!("http://{}", server.grpc_addr), extra);
+    let config = write_config(dir.path(), &format!("http://{}", server.admin_addr), extra);
     let (mut optimizer, opt_addr) = tokio::task::spawn_blocking(move || start_optimizer(&config))
         .await
         .unwrap();

@@ -105,17 +105,15 @@ fn imported_campaign_replays_with_exact_logging_value_and_a_learned_policy_that_
     assert_eq!(summary["offer_features"], 9);
 
     // The decision log reads like a server's: every item a candidate, the shown one chosen.
-    let logged = nudge_eventlog::read_all(&out.join("decisions"), "decisions").unwrap();
+    let logged = nudge_records::read_all::<nudge_records::DecisionRecord>(&out.join("decisions"))
+        .unwrap()
+        .0;
     assert_eq!(logged.len(), rows);
     let first = &logged[0];
-    assert_eq!(first["candidates"].as_array().unwrap().len(), ITEMS);
-    assert_eq!(first["propensity"], 0.25);
-    assert_eq!(first["probabilities"], serde_json::json!([0.25, 0.25, 0.25, 0.25]));
-    assert!(first["context"]
-        .as_object()
-        .unwrap()
-        .keys()
-        .any(|k| k.starts_with("position=")));
+    assert_eq!(first.candidates.len(), ITEMS);
+    assert_eq!(first.propensity, 0.25);
+    assert_eq!(first.probabilities, vec![0.25, 0.25, 0.25, 0.25]);
+    assert!(first.context.keys().any(|k| k.starts_with("position=")));
 
     std::fs::write(d.join("click.toml"), "reward = \"click\"\nwindow_seconds = 0\n").unwrap();
     std::fs::write(

@@ -1,6 +1,7 @@
 //! `nudge train` (heads only) as a process: a tiny encoder and a small separable data set give a
 //! bundle that reaches 100 % on its training data, is reproducible, and serves its labels; bad
 //! training files get errors naming the file and line.
+#[path = "../inference/tests/common/mod.rs"]
 mod common;
 use common::*;
 use std::process::Command;
@@ -74,10 +75,10 @@ fn trained_head_fits_its_data_is_reproducible_and_is_served() {
         .filter(|e| e.file_name().to_string_lossy().starts_with(".nudge-bundle"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
-    let model = nudge_inference::NluModel::load_cpu(&dir.path().join("b1")).unwrap();
+    let model = nudge_model::NluModel::load(&dir.path().join("b1"), nudge_model::BackendKind::Cpu).unwrap();
     assert_eq!(model.intent_spec().unwrap().labels, vec!["hi", "money", "track"]);
     for (text, label) in rows {
-        let u = nudge_inference::service::understand_local(&model, text, 1, false).unwrap();
+        let u = nudge_inference::nlu::understand_local(&model, text, 1, false).unwrap();
         assert_eq!(u.intent.unwrap().label, label, "{text}");
     }
 }
@@ -114,12 +115,7 @@ fn bad_training_files_are_refused_with_file_and_line() {
 #[test]
 fn eval_refuses_labels_the_bundle_does_not_know() {
     let dir = tempfile::tempdir().unwrap();
-    let bundle = write_bundle(
-        &dir.path().join("b"),
-        "tiny",
-        Variant::Bert,
-        nudge_inference::encoder::Pooling::Mean,
-    );
+    let bundle = write_bundle(&dir.path().join("b"), "tiny", Variant::Bert, nudge_model::Pooling::Mean);
     let data = dir.path().join("d.jsonl");
     write_jsonl(&data, &[("where is my order", "order_status"), ("hello", "weather")]);
     let out = Command::new(BIN)

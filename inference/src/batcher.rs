@@ -7,13 +7,15 @@
 //! than one text: a lone client gains nothing from waiting, a busy server gains full batches.
 use crate::error::RequestError;
 use crate::metrics::Metrics;
-use crate::model::{NluModel, NluOutput};
+use nudge_model::batching::split_by_padding;
+use nudge_model::{NluModel, NluOutput};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
+/// How the batcher forms batches.
 #[derive(Debug, Clone, Copy, serde::Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BatcherConfig {
@@ -41,9 +43,13 @@ impl Default for BatcherConfig {
 /// What a text's caller gets back.
 #[derive(Debug)]
 pub struct Answer {
+    /// Encoder and head outputs for the text.
     pub output: NluOutput,
+    /// Time spent waiting in the queue.
     pub queue_time: Duration,
+    /// Time of the batch's encoder pass.
     pub compute_time: Duration,
+    /// Texts in that batch.
     pub batch_size: usize,
 }
 
@@ -53,6 +59,7 @@ struct Job {
     reply: oneshot::Sender<Result<Answer, RequestError>>,
 }
 
+/// A model and its batching thread. Dropping the last handle lets the thread drain and stop.
 pub struct Batcher {
     tx: SyncSender<Job>,
     depth: Arc<AtomicUsize>,
@@ -62,6 +69,7 @@ pub struct Batcher {
 }
 
 impl Batcher {
+    /// Starts the batching thread for `model`.
     pub fn spawn(model: Arc<NluModel>, config: BatcherConfig, metrics: Metrics) -> std::io::Result<Self> {
         let (tx, rx) = sync_channel(config.queue_capacity.max(1));
         let depth = Arc::new(AtomicUsize::new(0));
@@ -84,6 +92,7 @@ impl Batcher {
         })
     }
 
+    /// The model this batcher runs.
     pub fn model(&self) -> &Arc<NluModel> {
         &self.model
     }
@@ -210,17 +219,13 @@ impl Worker {
         let real_tokens: usize = batch.iter().map(|j| j.ids.len()).sum();
         let mut outputs: Vec<NluOutput> = Vec::with_capacity(n);
         let mut failure = None;
-        for group in length_groups(&batch) {
+        let lengths: Vec<usize> = batch.iter().map(|j| j.ids.len()).collect();
+        for group in split_by_padding(&lengths) {
             let seqs: Vec<&[u32]> = batch[group].iter().map(|j| j.ids.as_slice()).collect();
-            // A panic inside the compute library must cost this batch, not the whole model.
-            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.model.run(&seqs))) {
-                Ok(Ok(o)) => outputs.extend(o),
-                Ok(Err(e)) => {
+            match self.model.run(&seqs) {
+                Ok(o) => outputs.extend(o),
+                Err(e) => {
                     failure = Some(e.to_string());
-                    break;
-                }
-                Err(_) => {
-                    failure = Some("the encoder panicked on this batch".into());
                     break;
                 }
             }
@@ -256,26 +261,4 @@ impl Worker {
             }));
         }
     }
-}
-
-/// Splits length-sorted jobs into runs whose padding stays under a third of the real tokens
-/// (or whose padded size is small anyway), so one long text does not pad the whole batch.
-fn length_groups(sorted: &[Job]) -> Vec<std::ops::Range<usize>> {
-    let mut groups = Vec::new();
-    let mut start = 0;
-    let mut real = 0usize;
-    for (i, job) in sorted.iter().enumerate() {
-        let len = job.ids.len();
-        let padded = len * (i - start + 1);
-        if i > start && padded > 256 && padded * 3 > (real + len) * 4 {
-            groups.push(start..i);
-            start = i;
-            real = 0;
-        }
-        real += len;
-    }
-    if start < sorted.len() {
-        groups.push(start..sorted.len());
-    }
-    groups
 }

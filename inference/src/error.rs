@@ -1,78 +1,49 @@
-//! Errors at the library boundary. Each names the file, tensor or field at fault, because the
-//! person reading it is an operator at start-up or a client developer reading a gRPC status.
-use std::path::PathBuf;
+//! Why a request failed. Each variant maps to one gRPC code (`service::to_status`), and each
+//! message names the field at fault, because the reader is a client developer.
 
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path}: invalid JSON: {source}")]
-    Json {
-        path: PathBuf,
-        #[source]
-        source: serde_json::Error,
-    },
-    #[error("{path}: {reason}")]
-    Invalid { path: PathBuf, reason: String },
-    #[error("{path}: tensor `{tensor}`: {reason}")]
-    Tensor {
-        path: PathBuf,
-        tensor: String,
-        reason: String,
-    },
-    #[error("{path}: sha256 mismatch: manifest says {expected}, file has {actual}")]
-    Checksum {
-        path: PathBuf,
-        expected: String,
-        actual: String,
-    },
-    #[error("{path}: tokenizer: {reason}")]
-    Tokenizer { path: PathBuf, reason: String },
-    #[error("compute: {0}")]
-    Candle(#[from] candle_core::Error),
-}
-
-impl LoadError {
-    pub fn invalid(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
-        LoadError::Invalid {
-            path: path.into(),
-            reason: reason.into(),
-        }
-    }
-    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        LoadError::Io {
-            path: path.into(),
-            source,
-        }
-    }
-}
-
-/// Why a text could not be understood. Mapped to gRPC statuses in `service`.
+/// Why a call could not be answered.
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]
 pub enum RequestError {
+    /// The request itself is wrong (`INVALID_ARGUMENT`).
     #[error("{field}: {reason}")]
-    InvalidArgument { field: String, reason: String },
+    InvalidArgument {
+        /// The field at fault (`text`, `texts[3]`, `candidates[0].id`…).
+        field: String,
+        /// Why.
+        reason: String,
+    },
+    /// No model of that name is served (`NOT_FOUND`).
     #[error("model: no model named `{0}` is served")]
     UnknownModel(String),
+    /// The batch queue is full (`RESOURCE_EXHAUSTED`).
     #[error("the batch queue is full ({0} requests waiting); retry with backoff")]
     QueueFull(usize),
+    /// The server is stopping (`UNAVAILABLE`).
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// The server is not in a state to answer (`FAILED_PRECONDITION`), e.g. no policy loaded.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A durable write failed (`UNAVAILABLE`: retry later; nothing was answered).
+    #[error("{0}")]
+    Unavailable(String),
+    /// A bug or a failing encoder pass (`INTERNAL`).
     #[error("inference failed: {0}")]
     Internal(String),
 }
 
 impl RequestError {
+    /// An [`RequestError::InvalidArgument`].
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
         RequestError::InvalidArgument {
             field: field.into(),
             reason: reason.into(),
         }
+    }
+}
+
+impl From<nudge_model::BackendError> for RequestError {
+    fn from(e: nudge_model::BackendError) -> Self {
+        RequestError::Internal(e.to_string())
     }
 }

@@ -1,20 +1,28 @@
-//! Nudge serving: model bundles, the BERT encoder, the dynamic batcher, heads, the gRPC
-//! services and their metrics.
-pub mod bundle;
-pub mod encoder;
-pub mod error;
-pub mod heads;
-pub mod import;
-pub mod model;
+//! Nudge serving: the gRPC server that understands customer messages and decides offers.
+//!
+//! A request's way: `service` (Nlu: validate, tokenize) → `batcher` (queue, length-sorted
+//! batches) → the model core's backend (`nudge_model::Backend`, one encoder pass) → heads →
+//! `nlu::interpret` (the out-of-scope rule) → the answer. A decision's way: `decide` (validate →
+//! featurize → choose → record → answer) → the decision log (`nudge_records`) → the optimizer
+//! → a registry version → `PolicyAdmin.LoadPolicy` on the admin listener → `decide::PolicyStore`.
+//!
+//! `server::start` wires it: the data listener (Nlu, Decisions), the admin listener (ModelAdmin,
+//! PolicyAdmin), `/metrics`, bearer-token auth and TLS per [`ServeConfig`].
+#![warn(missing_docs)]
 
-pub use error::{LoadError, RequestError};
-pub use model::{NluModel, NluOutput};
+mod auth;
 pub mod batcher;
+mod config;
 pub mod decide;
-pub mod eval;
-pub mod finetune;
+mod error;
 pub mod metrics;
-pub mod model_admin;
+mod model_admin;
+pub mod nlu;
 pub mod server;
 pub mod service;
-pub mod train;
+
+pub use auth::BearerAuth;
+pub use config::{Secret, ServeConfig, TlsConfig};
+pub use decide::DecisionsConfig;
+pub use error::RequestError;
+pub use server::{start, RunningServer, ServeError};

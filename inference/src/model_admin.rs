@@ -4,58 +4,64 @@
 use crate::batcher::{Batcher, BatcherConfig};
 use crate::error::RequestError;
 use crate::metrics::Metrics;
-use crate::model::NluModel;
 use crate::service::{finish, ServedModels};
+use nudge_model::{BackendKind, NluModel};
 use nudge_proto::v1 as pb;
 use pb::model_admin_server::ModelAdmin;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 use tonic::{Request, Response, Status};
 
+/// The ModelAdmin service (admin listener only).
 pub struct ModelAdminService {
     models: Arc<ServedModels>,
     batcher: BatcherConfig,
+    backend: BackendKind,
+    /// Bundles may only be loaded from under this directory (canonical).
+    models_root: PathBuf,
     metrics: Metrics,
     /// One reload at a time, so `previous_version` is the version each reload replaced.
     reloading: tokio::sync::Mutex<()>,
 }
 
-/// Loads a bundle and runs one probe text through it: a bundle whose checksums and shapes are
-/// right can still hold weights that give NaN, and the first customer must not find out.
-fn load_checked(dir: &std::path::Path) -> Result<NluModel, RequestError> {
-    let bad = |reason: String| RequestError::invalid("bundle_dir", reason);
-    let model = NluModel::load(dir, &candle_core::Device::Cpu).map_err(|e| bad(e.to_string()))?;
-    let probe = model
-        .tokenize("hello, where is my order?")
-        .map_err(|e| bad(format!("{}: tokenizer: {e}", dir.display())))?;
-    let out = model
-        .run(&[&probe.ids])
-        .map_err(|e| bad(format!("{}: probe pass failed: {e}", dir.display())))?;
-    let finite = out.iter().all(|o| {
-        o.embedding
-            .iter()
-            .chain(o.intent.iter().flatten())
-            .chain(o.sentiment.iter().flatten())
-            .all(|v| v.is_finite())
-    });
-    if !finite {
-        return Err(bad(format!(
-            "{}: probe pass gave NaN or infinite outputs",
-            dir.display()
-        )));
-    }
-    Ok(model)
-}
-
 impl ModelAdminService {
-    pub fn new(models: Arc<ServedModels>, batcher: BatcherConfig, metrics: Metrics) -> Self {
-        Self {
+    /// A reload service for `models`; new bundles must lie under `models_root`.
+    pub fn new(
+        models: Arc<ServedModels>,
+        batcher: BatcherConfig,
+        backend: BackendKind,
+        models_root: &Path,
+        metrics: Metrics,
+    ) -> std::io::Result<Self> {
+        Ok(Self {
             models,
             batcher,
+            backend,
+            // A root that does not exist (yet) admits nothing; it is not a reason not to serve.
+            models_root: models_root.canonicalize().unwrap_or_else(|_| models_root.to_path_buf()),
             metrics,
             reloading: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// `dir`, resolved, if it lies under the models root: the admin door loads bundles the
+    /// operator put there, not any directory a caller can name.
+    fn confine(&self, dir: &Path) -> Result<PathBuf, RequestError> {
+        let real = dir
+            .canonicalize()
+            .map_err(|e| RequestError::invalid("bundle_dir", format!("{}: {e}", dir.display())))?;
+        if !real.starts_with(&self.models_root) {
+            return Err(RequestError::invalid(
+                "bundle_dir",
+                format!(
+                    "{} is outside the models root {} (serve.models_root)",
+                    dir.display(),
+                    self.models_root.display()
+                ),
+            ));
         }
+        Ok(real)
     }
 
     async fn reload(&self, req: pb::ReloadModelRequest) -> Result<pb::ReloadModelResponse, RequestError> {
@@ -66,11 +72,14 @@ impl ModelAdminService {
         } else {
             PathBuf::from(&req.bundle_dir)
         };
+        self.confine(&dir)?;
         let start = Instant::now();
         let d2 = dir.clone();
-        let model = tokio::task::spawn_blocking(move || load_checked(&d2))
+        let backend = self.backend;
+        let model = tokio::task::spawn_blocking(move || NluModel::load_probed(&d2, backend))
             .await
-            .map_err(|e| RequestError::Internal(e.to_string()))??;
+            .map_err(|e| RequestError::Internal(e.to_string()))?
+            .map_err(|e| RequestError::invalid("bundle_dir", e.to_string()))?;
         if model.name() != name {
             return Err(RequestError::invalid(
                 "bundle_dir",

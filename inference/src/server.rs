@@ -1,135 +1,217 @@
 //! Wires a running server: loads every bundle (refusing to start on a bad one), one batcher
-//! per model, the Nlu and ModelAdmin services with health and reflection on the gRPC port, and
-//! `/metrics` over HTTP on its own port.
-use crate::batcher::{Batcher, BatcherConfig};
+//! per model, and three listeners —
+//! - **data** (`grpc_addr`): Nlu, Decisions, health, reflection;
+//! - **admin** (`admin_addr`, loopback by default): ModelAdmin, PolicyAdmin, health, reflection;
+//! - **metrics** (`metrics_addr`): Prometheus `/metrics` over HTTP.
+//!
+//! With a token configured every service but health requires it; with TLS configured both gRPC
+//! listeners speak only TLS.
+use crate::auth::BearerAuth;
+use crate::batcher::Batcher;
+use crate::config::{Secret, ServeConfig};
+use crate::decide::{DecisionService, DecisionsError, PolicyAdminService, PolicyStore};
 use crate::metrics::Metrics;
-use crate::model::NluModel;
-use crate::service::{Limits, NluService, ServedModels};
-use nudge_proto::v1::nlu_server::NluServer;
-use serde::{Deserialize, Serialize};
+use crate::model_admin::ModelAdminService;
+use crate::service::{NluService, ServedModels};
+use nudge_model::{LoadError, NluModel};
+use nudge_proto::v1::{
+    decisions_server::DecisionsServer, model_admin_server::ModelAdminServer, nlu_server::NluServer,
+    policy_admin_server::PolicyAdminServer,
+};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use tokio::sync::oneshot;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Identity, Server, ServerTlsConfig};
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ServeConfig {
-    pub grpc_addr: SocketAddr,
-    pub metrics_addr: SocketAddr,
-    /// Bundle directories; the first is the default model.
-    pub bundles: Vec<PathBuf>,
-    pub batcher: BatcherConfig,
-    pub limits: Limits,
-    /// Offer decisions and policy hot-loading; off unless configured.
-    pub decisions: Option<crate::decide::DecisionsConfig>,
-}
-
-impl Default for ServeConfig {
-    fn default() -> Self {
-        Self {
-            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
-            metrics_addr: SocketAddr::from(([127, 0, 0, 1], 9464)),
-            bundles: vec![PathBuf::from("models/bundles/default")],
-            batcher: BatcherConfig::default(),
-            limits: Limits::default(),
-            decisions: None,
-        }
-    }
-}
-
+/// Why the server could not start (or stopped).
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    /// A bundle failed its checks.
     #[error("loading bundle {path}: {source}")]
-    Bundle { path: PathBuf, source: crate::LoadError },
-    #[error("{0}")]
-    Config(String),
+    Bundle {
+        /// The bundle directory.
+        path: PathBuf,
+        /// What was wrong.
+        source: LoadError,
+    },
+    /// No bundle configured.
+    #[error("bundles: no model to serve")]
+    NoModel,
+    /// Two bundles share a name.
+    #[error("bundles: two bundles are both named `{0}`")]
+    DuplicateModel(String),
+    /// A limit is zero.
+    #[error("{0} must be positive")]
+    Limit(&'static str),
+    /// A file the configuration names cannot be read.
+    #[error("{what} {path}: {source}")]
+    File {
+        /// Which setting.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The decision service could not start.
+    #[error(transparent)]
+    Decisions(#[from] DecisionsError),
+    /// A listener could not bind.
     #[error("binding {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// A batching thread could not start.
     #[error("starting the batcher thread: {0}")]
     Thread(std::io::Error),
+    /// gRPC reflection could not be built.
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// A server task panicked or was cancelled.
+    #[error("server task: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
+/// A started server; `shutdown` drains it.
 pub struct RunningServer {
+    /// Where the data listener listens.
     pub grpc_addr: SocketAddr,
+    /// Where the admin listener listens.
+    pub admin_addr: SocketAddr,
+    /// Where `/metrics` is served.
     pub metrics_addr: SocketAddr,
-    shutdown: Option<oneshot::Sender<()>>,
+    shutdown: watch::Sender<bool>,
     health: tonic_health::server::HealthReporter,
     grpc: JoinHandle<Result<(), tonic::transport::Error>>,
+    admin: JoinHandle<Result<(), tonic::transport::Error>>,
     http: JoinHandle<()>,
 }
 
 impl RunningServer {
-    /// Stops accepting calls, lets the ones in flight finish, and waits for both ports to close.
-    pub async fn shutdown(mut self) -> Result<(), ServeError> {
+    /// Stops accepting calls, lets the ones in flight finish, and waits for the ports to close.
+    pub async fn shutdown(self) -> Result<(), ServeError> {
         // Load balancers polling health stop sending new calls while the old ones drain.
         self.health.set_not_serving::<NluServer<NluService>>().await;
         self.health
             .set_service_status("", tonic_health::ServingStatus::NotServing)
             .await;
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
+        let _ = self.shutdown.send(true);
         self.http.abort();
-        self.grpc.await.map_err(|e| ServeError::Config(e.to_string()))??;
+        self.grpc.await??;
+        self.admin.await??;
         Ok(())
     }
 
-    /// Serves until the gRPC task ends.
+    /// Serves until the data listener's task ends.
     pub async fn wait(self) -> Result<(), ServeError> {
-        self.grpc.await.map_err(|e| ServeError::Config(e.to_string()))??;
+        self.grpc.await??;
         Ok(())
     }
 }
 
+/// Loads every configured bundle and starts its batcher.
 pub fn load_models(config: &ServeConfig, metrics: &Metrics) -> Result<ServedModels, ServeError> {
-    let device = candle_core::Device::Cpu;
     let mut batchers = Vec::new();
     for path in &config.bundles {
         let t = std::time::Instant::now();
-        let model = NluModel::load(path, &device).map_err(|source| ServeError::Bundle {
+        let model = NluModel::load(path, config.device).map_err(|source| ServeError::Bundle {
             path: path.clone(),
             source,
         })?;
-        tracing::info!(bundle = %path.display(), name = model.name(), version = model.version(), secs = t.elapsed().as_secs_f32(), "model loaded");
+        tracing::info!(bundle = %path.display(), name = model.name(), version = model.version(), backend = model.backend_name(), secs = t.elapsed().as_secs_f32(), "model loaded");
         let batcher = Batcher::spawn(Arc::new(model), config.batcher, metrics.clone()).map_err(ServeError::Thread)?;
         batchers.push((path.clone(), batcher));
     }
-    ServedModels::new(batchers).map_err(ServeError::Config)
+    ServedModels::new(batchers)
 }
 
-/// Loads the models, binds both ports and starts serving in the background.
-pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
-    if config.batcher.max_batch_size == 0 || config.limits.max_batch_texts == 0 || config.limits.max_text_bytes == 0 {
-        return Err(ServeError::Config(
-            "max_batch_size, max_batch_texts and max_text_bytes must be positive".into(),
-        ));
+fn read_file(what: &'static str, path: &PathBuf) -> Result<Vec<u8>, ServeError> {
+    std::fs::read(path).map_err(|source| ServeError::File {
+        what,
+        path: path.clone(),
+        source,
+    })
+}
+
+/// The bearer token from the configuration: the value itself, or the file's contents.
+fn token(config: &ServeConfig) -> Result<Option<Secret>, ServeError> {
+    if let Some(t) = config.auth_token.clone().filter(|t| !t.is_empty()) {
+        return Ok(Some(t));
     }
+    match &config.auth_token_file {
+        Some(p) => {
+            let bytes = read_file("auth_token_file", p)?;
+            let text = String::from_utf8_lossy(&bytes).trim().to_string();
+            Ok((!text.is_empty()).then(|| Secret::new(text)))
+        }
+        None => Ok(None),
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<(tonic::transport::server::TcpIncoming, SocketAddr), ServeError> {
+    let bind_err = |source| ServeError::Bind { addr, source };
+    let incoming = tonic::transport::server::TcpIncoming::bind(addr)
+        .map_err(bind_err)?
+        .with_nodelay(Some(true));
+    let local = incoming.local_addr().map_err(bind_err)?;
+    Ok((incoming, local))
+}
+
+/// Loads the models, binds every port and starts serving in the background.
+pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
+    if config.batcher.max_batch_size == 0 {
+        return Err(ServeError::Limit("batcher.max_batch_size"));
+    }
+    if config.limits.max_batch_texts == 0 {
+        return Err(ServeError::Limit("limits.max_batch_texts"));
+    }
+    if config.limits.max_text_bytes == 0 {
+        return Err(ServeError::Limit("limits.max_text_bytes"));
+    }
+    let auth = BearerAuth::new(token(&config)?);
+    let tls = match &config.tls {
+        Some(t) => Some(ServerTlsConfig::new().identity(Identity::from_pem(
+            read_file("tls.cert", &t.cert)?,
+            read_file("tls.key", &t.key)?,
+        ))),
+        None => None,
+    };
     let metrics = Metrics::new();
     let cfg = config.clone();
     let m2 = metrics.clone();
-    let models = tokio::task::spawn_blocking(move || load_models(&cfg, &m2))
-        .await
-        .map_err(|e| ServeError::Config(e.to_string()))??;
-    let models = Arc::new(models);
+    let models = Arc::new(tokio::task::spawn_blocking(move || load_models(&cfg, &m2)).await??);
     let service = Arc::new(NluService::new(models.clone(), config.limits, metrics.clone()));
-    let model_admin = crate::model_admin::ModelAdminService::new(models, config.batcher, metrics.clone());
+    let model_admin = ModelAdminService::new(
+        models,
+        config.batcher,
+        config.device,
+        &config.models_root,
+        metrics.clone(),
+    )
+    .map_err(|source| ServeError::File {
+        what: "models_root",
+        path: config.models_root.clone(),
+        source,
+    })?;
     let decisions = match &config.decisions {
         Some(dc) => {
-            let store = Arc::new(crate::decide::PolicyStore::open(&dc.policy_registry).map_err(ServeError::Config)?);
-            let decide = crate::decide::DecisionService::new(service.clone(), store.clone(), dc, metrics.clone())
-                .map_err(ServeError::Config)?;
-            let admin = crate::decide::PolicyAdminService {
+            let registry = nudge_policy::Registry::open(&dc.policy_registry).map_err(DecisionsError::from)?;
+            let store = Arc::new(PolicyStore::open(registry).map_err(DecisionsError::from)?);
+            let decide = DecisionService::new(service.clone(), store.clone(), dc, metrics.clone())?;
+            let admin = PolicyAdminService {
                 store,
                 metrics: metrics.clone(),
             };
-            Some((
-                nudge_proto::v1::decisions_server::DecisionsServer::new(decide),
-                nudge_proto::v1::policy_admin_server::PolicyAdminServer::new(admin),
-            ))
+            Some((decide, admin))
         }
         None => None,
     };
@@ -142,24 +224,9 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
             .register_encoded_file_descriptor_set(nudge_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
-    let reflection_v1 = reflection()
-        .build_v1()
-        .map_err(|e| ServeError::Config(format!("reflection: {e}")))?;
-    let reflection_v1alpha = reflection()
-        .build_v1alpha()
-        .map_err(|e| ServeError::Config(format!("reflection: {e}")))?;
 
-    let incoming = tonic::transport::server::TcpIncoming::bind(config.grpc_addr)
-        .map_err(|source| ServeError::Bind {
-            addr: config.grpc_addr,
-            source,
-        })?
-        .with_nodelay(Some(true));
-    let grpc_addr = incoming.local_addr().map_err(|source| ServeError::Bind {
-        addr: config.grpc_addr,
-        source,
-    })?;
-
+    let (grpc_incoming, grpc_addr) = bind(config.grpc_addr).await?;
+    let (admin_incoming, admin_addr) = bind(config.admin_addr).await?;
     let http_listener = tokio::net::TcpListener::bind(config.metrics_addr)
         .await
         .map_err(|source| ServeError::Bind {
@@ -189,28 +256,53 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
         }
     });
 
-    let (tx, rx) = oneshot::channel::<()>();
-    let (decide_svc, admin_svc) = decisions.unzip();
+    let builder = || -> Result<Server, ServeError> {
+        let b = Server::builder();
+        Ok(match &tls {
+            Some(t) => b.tls_config(t.clone())?,
+            None => b,
+        })
+    };
+    let (tx, rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let (decide_svc, admin_svc) = match decisions {
+        Some((d, a)) => (
+            Some(InterceptedService::new(DecisionsServer::new(d), auth.clone())),
+            Some(InterceptedService::new(PolicyAdminServer::new(a), auth.clone())),
+        ),
+        None => (None, None),
+    };
     let grpc = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(NluServer::from_arc(service))
-            .add_service(nudge_proto::v1::model_admin_server::ModelAdminServer::new(model_admin))
+        builder()?
+            .add_service(health_service.clone())
+            .add_service(InterceptedService::new(reflection().build_v1()?, auth.clone()))
+            .add_service(InterceptedService::new(reflection().build_v1alpha()?, auth.clone()))
+            .add_service(InterceptedService::new(NluServer::from_arc(service), auth.clone()))
             .add_optional_service(decide_svc)
-            .add_optional_service(admin_svc)
-            .serve_with_incoming_shutdown(incoming, async {
-                let _ = rx.await;
-            }),
+            .serve_with_incoming_shutdown(grpc_incoming, stopped(rx.clone())),
     );
-    tracing::info!(%grpc_addr, %metrics_addr, "serving");
+    let admin = tokio::spawn(
+        builder()?
+            .add_service(health_service)
+            .add_service(InterceptedService::new(reflection().build_v1()?, auth.clone()))
+            .add_service(InterceptedService::new(
+                ModelAdminServer::new(model_admin),
+                auth.clone(),
+            ))
+            .add_optional_service(admin_svc)
+            .serve_with_incoming_shutdown(admin_incoming, stopped(rx)),
+    );
+    tracing::info!(%grpc_addr, %admin_addr, %metrics_addr, auth = auth.enabled(), tls = config.tls.is_some(), "serving");
     Ok(RunningServer {
         grpc_addr,
+        admin_addr,
         metrics_addr,
-        shutdown: Some(tx),
+        shutdown: tx,
         health: health_reporter,
         grpc,
+        admin,
         http,
     })
 }

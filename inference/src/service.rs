@@ -3,8 +3,10 @@
 use crate::batcher::{Answer, Batcher};
 use crate::error::RequestError;
 use crate::metrics::Metrics;
-use crate::model::{NluModel, NluOutput};
+use crate::nlu::interpret;
+use crate::server::ServeError;
 use arc_swap::ArcSwap;
+use nudge_model::NluModel;
 use nudge_proto::v1 as pb;
 use pb::nlu_server::Nlu;
 use std::collections::HashMap;
@@ -48,11 +50,11 @@ struct ServedModel {
 
 impl ServedModels {
     /// The first batcher is the default model.
-    pub fn new(batchers: Vec<(PathBuf, Batcher)>) -> Result<Self, String> {
+    pub fn new(batchers: Vec<(PathBuf, Batcher)>) -> Result<Self, ServeError> {
         let default = batchers
             .first()
             .map(|(_, b)| b.model().name().to_string())
-            .ok_or("no model to serve")?;
+            .ok_or(ServeError::NoModel)?;
         let mut by_name = HashMap::new();
         for (dir, b) in batchers {
             let name = b.model().name().to_string();
@@ -61,7 +63,7 @@ impl ServedModels {
                 bundle_dir: Mutex::new(dir),
             };
             if by_name.insert(name.clone(), served).is_some() {
-                return Err(format!("two bundles are both named `{name}`"));
+                return Err(ServeError::DuplicateModel(name));
             }
         }
         Ok(Self { by_name, default })
@@ -160,7 +162,7 @@ impl NluService {
         let mut ids = Vec::with_capacity(texts.len());
         let mut flags = Vec::with_capacity(texts.len());
         for ((field, _), t) in texts.iter().zip(tokenized) {
-            let t = t.map_err(|e| RequestError::invalid(field.as_str(), format!("cannot be tokenized: {e}")))?;
+            let t = t.map_err(|e| RequestError::invalid(field.as_str(), e.to_string()))?;
             flags.push((t.truncated, t.ids.len() as u32));
             ids.push(t.ids);
         }
@@ -205,6 +207,7 @@ pub fn to_status(e: RequestError) -> Status {
         RequestError::QueueFull(_) => Status::resource_exhausted(e.to_string()),
         RequestError::ShuttingDown => Status::unavailable(e.to_string()),
         RequestError::FailedPrecondition(_) => Status::failed_precondition(e.to_string()),
+        RequestError::Unavailable(_) => Status::unavailable(e.to_string()),
         RequestError::Internal(_) => Status::internal(e.to_string()),
     }
 }
@@ -232,7 +235,7 @@ impl Nlu for NluService {
             .map(|(m, mut answers)| {
                 let (a, truncated, count) = answers.remove(0);
                 pb::UnderstandResponse {
-                    result: Some(interpret(&m, &a.output, k, req.include_embedding, truncated, count)),
+                    result: Some(interpret(&m, &a.output, k, req.include_embedding, truncated, count).into()),
                     model: m.name().to_string(),
                     model_version: m.version().to_string(),
                     timing: Some(timing(&a)),
@@ -277,7 +280,7 @@ impl Nlu for NluService {
             Ok(pb::UnderstandBatchResponse {
                 results: answers
                     .iter()
-                    .map(|(a, t, c)| interpret(&m, &a.output, k, req.include_embedding, *t, *c))
+                    .map(|(a, t, c)| interpret(&m, &a.output, k, req.include_embedding, *t, *c).into())
                     .collect(),
                 model: m.name().to_string(),
                 model_version: m.version().to_string(),
@@ -324,109 +327,4 @@ fn timing(a: &Answer) -> pb::Timing {
         compute_us: a.compute_time.as_micros() as u64,
         batch_size: a.batch_size as u32,
     }
-}
-
-/// Head probabilities → labels. Out of scope when the model's own out-of-scope label wins or
-/// the best in-scope probability is under the threshold.
-pub fn interpret(
-    model: &NluModel,
-    out: &NluOutput,
-    top_k: usize,
-    with_embedding: bool,
-    truncated: bool,
-    token_count: u32,
-) -> pb::Understanding {
-    let intent = match (model.intent_spec(), &out.intent) {
-        (Some(spec), Some(p)) => {
-            let mut ranked: Vec<(usize, f32)> = p.iter().copied().enumerate().collect();
-            ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
-            let is_oos_label = |i: usize| spec.oos_label.as_deref() == Some(spec.labels[i].as_str());
-            let best_in_scope = ranked
-                .iter()
-                .find(|(i, _)| !is_oos_label(*i))
-                .copied()
-                .unwrap_or(ranked[0]);
-            let oos = is_oos_label(ranked[0].0) || best_in_scope.1 < spec.oos_threshold;
-            Some(pb::Intent {
-                label: if oos {
-                    spec.oos_label.clone().unwrap_or_else(|| "oos".into())
-                } else {
-                    spec.labels[best_in_scope.0].clone()
-                },
-                confidence: best_in_scope.1,
-                out_of_scope: oos,
-                top_k: ranked
-                    .iter()
-                    .take(top_k)
-                    .map(|(i, s)| pb::LabelScore {
-                        label: spec.labels[*i].clone(),
-                        score: *s,
-                    })
-                    .collect(),
-            })
-        }
-        _ => None,
-    };
-    let sentiment = match (model.sentiment_labels(), &out.sentiment) {
-        (Some(labels), Some(p)) => {
-            let best = p
-                .iter()
-                .copied()
-                .enumerate()
-                .max_by(|a, b| a.1.total_cmp(&b.1))
-                .unwrap_or((0, 0.0));
-            Some(pb::Sentiment {
-                label: labels[best.0].clone(),
-                score: best.1,
-                scores: labels
-                    .iter()
-                    .zip(p)
-                    .map(|(l, s)| pb::LabelScore {
-                        label: l.clone(),
-                        score: *s,
-                    })
-                    .collect(),
-            })
-        }
-        _ => None,
-    };
-    pb::Understanding {
-        intent,
-        sentiment,
-        embedding: if with_embedding {
-            out.embedding.clone()
-        } else {
-            Vec::new()
-        },
-        truncated,
-        token_count,
-    }
-}
-
-/// One text through a locally loaded model, without a server (`nudge understand`).
-pub fn understand_local(
-    model: &NluModel,
-    text: &str,
-    top_k: usize,
-    with_embedding: bool,
-) -> Result<pb::Understanding, RequestError> {
-    if text.trim().is_empty() {
-        return Err(RequestError::invalid("text", "must not be empty or whitespace only"));
-    }
-    let t = model.tokenize(text).map_err(|e| RequestError::invalid("text", e))?;
-    let out = model
-        .run(&[&t.ids])
-        .map_err(|e| RequestError::Internal(e.to_string()))?;
-    let out = out
-        .into_iter()
-        .next()
-        .ok_or_else(|| RequestError::Internal("no output".into()))?;
-    Ok(interpret(
-        model,
-        &out,
-        top_k,
-        with_embedding,
-        t.truncated,
-        t.ids.len() as u32,
-    ))
 }

@@ -51,18 +51,52 @@ pub enum ModelConfig {
     NeuralLinear(TrunkConfig),
 }
 
+/// Why a candidate could not be trained, or the settings are refused.
+#[derive(Debug, thiserror::Error)]
+pub enum LearnError {
+    /// A `[learn]` setting is out of range.
+    #[error("learn.{field}: {reason}")]
+    Setting {
+        /// The setting.
+        field: &'static str,
+        /// What it must be.
+        reason: &'static str,
+    },
+    /// Not enough closed examples yet.
+    #[error("{have} examples, fewer than min_examples {need}")]
+    TooFewExamples {
+        /// Closed examples available.
+        have: usize,
+        /// `learn.min_examples`.
+        need: usize,
+    },
+    /// The exploration settings or the fitted model are invalid.
+    #[error(transparent)]
+    Policy(#[from] nudge_policy::PolicyError),
+    /// The neural trunk could not be trained (or its settings are invalid).
+    #[error(transparent)]
+    Trunk(#[from] crate::neural::TrunkError),
+}
+
 impl LearnConfig {
-    pub fn validate(&self) -> Result<(), String> {
-        self.exploration.validate().map_err(|e| e.to_string())?;
+    /// Checks every setting, naming the one at fault.
+    pub fn validate(&self) -> Result<(), LearnError> {
+        self.exploration.validate()?;
         if let ModelConfig::NeuralLinear(t) = &self.model {
             t.validate()?;
         }
         let positive = |v: f64| v > 0.0 && v.is_finite();
         if !positive(self.ridge) || !positive(self.noise_var) {
-            return Err("learn.ridge and learn.noise_var: positive numbers".into());
+            return Err(LearnError::Setting {
+                field: "ridge",
+                reason: "ridge and noise_var must be positive numbers",
+            });
         }
         if !(0.0..1.0).contains(&self.holdout) {
-            return Err("learn.holdout: a share in [0, 1)".into());
+            return Err(LearnError::Setting {
+                field: "holdout",
+                reason: "a share in [0, 1)",
+            });
         }
         Ok(())
     }
@@ -114,7 +148,7 @@ fn options(policy: &Policy, e: &Example) -> Option<Vec<Vec<f64>>> {
 
 /// Fits the reward model on the logged option of each example and returns the candidate (and,
 /// for neural-linear, what training its trunk did).
-pub fn fit(base: &Policy, train: &[Example], cfg: &LearnConfig) -> Result<(Policy, Option<TrunkReport>), String> {
+pub fn fit(base: &Policy, train: &[Example], cfg: &LearnConfig) -> Result<(Policy, Option<TrunkReport>), LearnError> {
     let mut xs = Vec::new();
     let mut rewards = Vec::new();
     for e in train {
@@ -126,7 +160,7 @@ pub fn fit(base: &Policy, train: &[Example], cfg: &LearnConfig) -> Result<(Polic
     let (trunk, report) = match &cfg.model {
         ModelConfig::Linear => (None, None),
         ModelConfig::NeuralLinear(t) => {
-            let (trunk, report) = train_trunk(&xs, &rewards, t, cfg.seed).map_err(|e| e.to_string())?;
+            let (trunk, report) = train_trunk(&xs, &rewards, t, cfg.seed)?;
             (Some(trunk), Some(report))
         }
     };
@@ -138,8 +172,7 @@ pub fn fit(base: &Policy, train: &[Example], cfg: &LearnConfig) -> Result<(Polic
         })
         .collect();
     let weights = vec![1.0; feats.len()];
-    let model =
-        RewardModel::fit(&feats, &rewards, &weights, cfg.ridge, cfg.noise_var, trunk).map_err(|e| e.to_string())?;
+    let model = RewardModel::fit(&feats, &rewards, &weights, cfg.ridge, cfg.noise_var, trunk)?;
     Ok((
         Policy {
             schema: base.schema.clone(),
@@ -203,13 +236,16 @@ pub fn pick(e: &Estimates, est: Estimator) -> Estimate {
 
 /// Splits off the newest `holdout` share, trains on the rest, and judges the candidate. The
 /// candidate returned is the one judged: what the audit log and manifest say is what ships.
-pub fn train_and_judge(serving: &Policy, examples: &[Example], cfg: &LearnConfig) -> Result<(Policy, Verdict), String> {
+pub fn train_and_judge(
+    serving: &Policy,
+    examples: &[Example],
+    cfg: &LearnConfig,
+) -> Result<(Policy, Verdict), LearnError> {
     if examples.len() < cfg.min_examples {
-        return Err(format!(
-            "{} examples, fewer than min_examples {}",
-            examples.len(),
-            cfg.min_examples
-        ));
+        return Err(LearnError::TooFewExamples {
+            have: examples.len(),
+            need: cfg.min_examples,
+        });
     }
     let cut = ((examples.len() as f64) * (1.0 - cfg.holdout)).round() as usize;
     let (train, held) = examples.split_at(cut.clamp(1, examples.len()));
@@ -250,8 +286,8 @@ pub fn train_and_judge(serving: &Policy, examples: &[Example], cfg: &LearnConfig
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ledger::{Candidate, Decision};
     use nudge_policy::FeatureSchema;
+    use nudge_records::{DecisionRecord, LoggedOffer, DECISION_SCHEMA};
     use rand::Rng;
 
     /// Conversion of offers o1, o2 for context (x1, x2): o1 wins exactly when x1 XOR x2, an
@@ -271,13 +307,21 @@ mod tests {
                 let (x1, x2, a) = (rng.random_range(0..2), rng.random_range(0..2), rng.random_range(0..2));
                 let reward = f64::from(u8::from(rng.random::<f64>() < truth(x1, x2, a)));
                 Example {
-                    decision: Decision {
+                    decision: DecisionRecord {
+                        schema: DECISION_SCHEMA,
                         decision_id: format!("d{i}"),
                         time_ms: i as u64,
+                        conversation_id: String::new(),
+                        customer: String::new(),
+                        channel: String::new(),
                         policy_version: "v1".into(),
+                        model_version: String::new(),
+                        offer_id: format!("o{}", a + 1),
+                        scores: vec![],
+                        how: "logged".into(),
                         context: [("x1".to_string(), x1 as f64), ("x2".to_string(), x2 as f64)].into(),
                         candidates: (1..=2)
-                            .map(|o| Candidate {
+                            .map(|o| LoggedOffer {
                                 id: format!("o{o}"),
                                 features: [(format!("offer=o{o}"), 1.0)].into(),
                             })
@@ -370,8 +414,8 @@ mod tests {
         );
         assert!(toml::from_str::<LearnConfig>("[model]\nkind = \"neural_linear\"\nhiden = [8]\n").is_err());
         let zero: LearnConfig = toml::from_str("[model]\nkind = \"neural_linear\"\nhidden = [0]\n").unwrap();
-        assert!(zero.validate().unwrap_err().contains("hidden"));
+        assert!(zero.validate().unwrap_err().to_string().contains("hidden"));
         let holdout: LearnConfig = toml::from_str("holdout = 1.5\n").unwrap();
-        assert!(holdout.validate().unwrap_err().contains("holdout"));
+        assert!(holdout.validate().unwrap_err().to_string().contains("holdout"));
     }
 }

@@ -1,77 +1,44 @@
 //! Decisions (from the servers' decision logs) joined with their outcomes (from the optimizer's
 //! own outcome log). Both logs are the source of truth: the ledger is rebuilt from them at start,
-//! so a crash loses nothing that was acknowledged.
-use crate::reward::{OutcomeFields, Reward};
-use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap, HashSet};
+//! so a crash loses nothing that was acknowledged. Both record types are `nudge_records`'s: the
+//! servers write exactly what is read here.
+use crate::reward::Reward;
+use nudge_records::{DecisionRecord, OutcomeRecord, OutcomeTotals};
+use std::collections::{HashMap, HashSet};
 
-/// The parts of a logged decision that learning needs.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct Decision {
-    pub decision_id: String,
-    pub time_ms: u64,
-    pub policy_version: String,
-    pub context: BTreeMap<String, f64>,
-    pub candidates: Vec<Candidate>,
-    pub option: usize,
-    pub propensity: f64,
-    /// Options the logging policy had (candidates, plus "no offer" if it was allowed).
-    pub probabilities: Vec<f64>,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct Candidate {
-    pub id: String,
-    pub features: BTreeMap<String, f64>,
-}
-
-/// One outcome event as the optimizer logs it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct OutcomeRecord {
-    pub event_id: String,
-    pub decision_id: String,
-    /// shown, click, add_to_cart, convert, decline, opt_out, complaint
-    pub kind: String,
-    pub revenue: f64,
-    pub margin: f64,
-    pub time_ms: u64,
-    pub received_ms: u64,
-    /// After the decision's reward window: kept for the record, never trained on.
-    pub late: bool,
-}
-
+/// Decisions by id, each with the totals of its outcomes so far.
 #[derive(Default)]
 pub struct Ledger {
-    decisions: HashMap<String, Decision>,
-    outcomes: HashMap<String, OutcomeFields>,
+    decisions: HashMap<String, DecisionRecord>,
+    outcomes: HashMap<String, OutcomeTotals>,
     event_ids: HashSet<String>,
+    /// Outcomes that arrived after their decision's reward window.
     pub late_outcomes: u64,
+    /// Outcomes recorded (late included).
     pub outcomes_recorded: u64,
 }
 
 /// A decision whose reward window has closed, with its reward.
 #[derive(Debug, Clone)]
 pub struct Example {
-    pub decision: Decision,
+    /// The logged decision.
+    pub decision: DecisionRecord,
+    /// The reward file's value of its outcomes.
     pub reward: f64,
 }
 
 impl Ledger {
-    /// Adds a decision-log record; malformed ones are skipped (and counted by the caller).
-    pub fn add_decision(&mut self, record: serde_json::Value) -> bool {
-        match serde_json::from_value::<Decision>(record) {
-            Ok(d) if d.option < d.probabilities.len() && d.propensity > 0.0 => {
-                self.decisions.insert(d.decision_id.clone(), d);
-                true
-            }
-            _ => false,
-        }
+    /// Adds a decision (already checked by the tailer that read it).
+    pub fn add_decision(&mut self, d: DecisionRecord) {
+        self.decisions.insert(d.decision_id.clone(), d);
     }
 
-    pub fn decision(&self, id: &str) -> Option<&Decision> {
+    /// The decision with this id, if logged.
+    pub fn decision(&self, id: &str) -> Option<&DecisionRecord> {
         self.decisions.get(id)
     }
 
+    /// How many decisions are known.
     pub fn decisions(&self) -> usize {
         self.decisions.len()
     }
@@ -81,6 +48,7 @@ impl Ledger {
         self.event_ids.insert(event_id.to_string())
     }
 
+    /// Frees an event id whose outcome could not be made durable (the reporter retries).
     pub fn release_event(&mut self, event_id: &str) {
         self.event_ids.remove(event_id);
     }
@@ -93,15 +61,7 @@ impl Ledger {
             self.late_outcomes += 1;
             return;
         }
-        let f = self.outcomes.entry(o.decision_id.clone()).or_default();
-        match o.kind.as_str() {
-            "convert" => {
-                f.add("conversion", 1.0);
-                f.add("revenue", o.revenue);
-                f.add("margin", o.margin);
-            }
-            k => f.add(k, 1.0),
-        }
+        self.outcomes.entry(o.decision_id.clone()).or_default().add(o);
     }
 
     /// Decisions whose reward window closed by `now_ms`, oldest first, with their rewards.
@@ -119,5 +79,71 @@ impl Ledger {
             (a.decision.time_ms, &a.decision.decision_id).cmp(&(b.decision.time_ms, &b.decision.decision_id))
         });
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nudge_records::{OutcomeKind, DECISION_SCHEMA, OUTCOME_SCHEMA};
+
+    fn decision(id: &str, time_ms: u64) -> DecisionRecord {
+        DecisionRecord {
+            schema: DECISION_SCHEMA,
+            decision_id: id.into(),
+            time_ms,
+            conversation_id: "c".into(),
+            customer: String::new(),
+            channel: String::new(),
+            policy_version: "v1".into(),
+            model_version: String::new(),
+            context: Default::default(),
+            candidates: vec![],
+            offer_id: String::new(),
+            option: 0,
+            propensity: 1.0,
+            probabilities: vec![1.0],
+            scores: vec![],
+            how: "greedy".into(),
+        }
+    }
+
+    fn outcome(event: &str, decision: &str, kind: OutcomeKind, margin: f64, late: bool) -> OutcomeRecord {
+        OutcomeRecord {
+            schema: OUTCOME_SCHEMA,
+            event_id: event.into(),
+            decision_id: decision.into(),
+            kind,
+            revenue: 2.0 * margin,
+            margin,
+            time_ms: 0,
+            received_ms: 0,
+            late,
+        }
+    }
+
+    #[test]
+    fn joins_outcomes_with_closed_decisions_in_time_order() {
+        let reward = Reward::from_toml(
+            "r.toml",
+            "reward = \"conversion * margin - complaint\"\nwindow_seconds = 10",
+        )
+        .unwrap();
+        let mut l = Ledger::default();
+        l.add_decision(decision("b", 2_000));
+        l.add_decision(decision("a", 1_000));
+        l.add_decision(decision("open", 50_000));
+        assert!(l.claim_event("e1"));
+        assert!(!l.claim_event("e1"), "an event id counts once");
+        l.add_outcome(&outcome("e1", "a", OutcomeKind::Convert, 5.0, false));
+        l.add_outcome(&outcome("e2", "a", OutcomeKind::Complaint, 0.0, false));
+        l.add_outcome(&outcome("e3", "b", OutcomeKind::Convert, 7.0, true));
+        let ex = l.examples(&reward, 20_000);
+        let got: Vec<(&str, f64)> = ex.iter().map(|e| (e.decision.decision_id.as_str(), e.reward)).collect();
+        // `open`'s window has not closed; `b`'s conversion came late and is not trained on.
+        assert_eq!(got, vec![("a", 4.0), ("b", 0.0)]);
+        assert_eq!((l.outcomes_recorded, l.late_outcomes), (3, 1));
+        l.release_event("e1");
+        assert!(l.claim_event("e1"));
     }
 }

@@ -20,6 +20,8 @@ pub enum TrunkError {
     Candle(#[from] candle_core::Error),
     #[error("trunk training: {0}")]
     Data(String),
+    #[error("learn.model.{field}: {reason}")]
+    Setting { field: &'static str, reason: &'static str },
 }
 
 /// How the trunk is shaped and trained (`[learn.model]` with `kind = "neural_linear"`).
@@ -47,22 +49,22 @@ impl Default for TrunkConfig {
 }
 
 impl TrunkConfig {
-    pub fn validate(&self) -> Result<(), String> {
-        let bad = |what: &str| Err(format!("learn.model.{what}"));
+    pub fn validate(&self) -> Result<(), TrunkError> {
+        let bad = |field: &'static str, reason: &'static str| Err(TrunkError::Setting { field, reason });
         if self.hidden.is_empty() || self.hidden.iter().any(|&h| h == 0 || h > 4096) {
-            return bad("hidden: 1 or more layers of 1..=4096 units");
+            return bad("hidden", "1 or more layers of 1..=4096 units");
         }
         if !(1..=10_000).contains(&self.epochs) {
-            return bad("epochs: 1..=10000");
+            return bad("epochs", "1..=10000");
         }
         if self.batch_size == 0 {
-            return bad("batch_size: at least 1");
+            return bad("batch_size", "at least 1");
         }
         if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
-            return bad("learning_rate: a positive number");
+            return bad("learning_rate", "a positive number");
         }
         if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
-            return bad("weight_decay: 0 or more");
+            return bad("weight_decay", "0 or more");
         }
         Ok(())
     }
@@ -112,7 +114,7 @@ pub fn train_trunk(
     cfg: &TrunkConfig,
     seed: u64,
 ) -> Result<(Trunk, TrunkReport), TrunkError> {
-    cfg.validate().map_err(TrunkError::Data)?;
+    cfg.validate()?;
     let n = features.len();
     let d = features.first().map_or(0, Vec::len);
     if n == 0 || d == 0 || rewards.len() != n || features.iter().any(|f| f.len() != d) {

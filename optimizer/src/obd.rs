@@ -8,10 +8,12 @@
 //! logged propensity, and a click becomes a `click` outcome. Only uniform-random logs are
 //! imported: a decision record holds the probability of every option, and for the Bernoulli-TS
 //! logs the data set has only the shown item's.
-use crate::ledger::OutcomeRecord;
-use nudge_eventlog::{Durability, EventLog, LogConfig};
 use nudge_policy::version::FORMAT;
-use nudge_policy::{Exploration, FeatureSchema, Policy, PolicyManifest, PolicyVersion, RewardModel};
+use nudge_policy::{Exploration, FeatureSchema, Policy, PolicyManifest, PolicyVersion, Registry, RewardModel};
+use nudge_records::{
+    DecisionRecord, Durability, EventLog, LogConfig, LoggedOffer, OutcomeKind, OutcomeRecord, DECISION_SCHEMA,
+    OUTCOME_SCHEMA,
+};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -32,6 +34,10 @@ pub enum ObdError {
     },
     #[error("{0}")]
     Output(String),
+    #[error("writing the logs: {0}")]
+    Log(#[from] nudge_records::LogError),
+    #[error("writing the registry: {0}")]
+    Registry(#[from] nudge_policy::PolicyError),
 }
 
 fn data_err(path: &Path, reason: impl Into<String>) -> ObdError {
@@ -241,31 +247,6 @@ fn read_items(path: &Path) -> Result<Vec<BTreeMap<String, f64>>, ObdError> {
 }
 
 /// A decision as the servers log it (the fields `replay` reads, and the rest left empty).
-#[derive(Serialize)]
-struct LoggedDecision<'a> {
-    decision_id: String,
-    time_ms: u64,
-    conversation_id: String,
-    customer: &'a str,
-    channel: &'a str,
-    policy_version: &'a str,
-    model_version: &'a str,
-    context: BTreeMap<String, f64>,
-    candidates: Vec<LoggedOffer>,
-    offer_id: String,
-    option: usize,
-    propensity: f64,
-    probabilities: &'a [f64],
-    scores: &'a [f64],
-    how: &'a str,
-}
-
-#[derive(Serialize)]
-struct LoggedOffer {
-    id: String,
-    features: BTreeMap<String, f64>,
-}
-
 #[derive(Debug, Clone, Serialize)]
 pub struct ImportSummary {
     pub campaign: String,
@@ -315,7 +296,6 @@ pub async fn import(campaign: &Campaign, out: &Path) -> Result<ImportSummary, Ob
             segment_bytes: 64 << 20,
             durability: Durability::Never,
         })
-        .map_err(|e| ObdError::Output(e.to_string()))
     };
     let (decisions, outcomes) = (open(&decisions_dir, "decisions")?, open(&outcomes_dir, "outcomes")?);
     let schema = campaign.schema();
@@ -342,39 +322,38 @@ pub async fn import(campaign: &Campaign, out: &Path) -> Result<ImportSummary, Ob
                 }
             })
             .collect();
-        let rec = LoggedDecision {
+        let rec = DecisionRecord {
+            schema: DECISION_SCHEMA,
             decision_id: decision_id.clone(),
             time_ms: r.time_ms,
             conversation_id: String::new(),
-            customer: "",
-            channel: "obd",
-            policy_version: "logging",
-            model_version: "",
+            customer: String::new(),
+            channel: "obd".into(),
+            policy_version: "logging".into(),
+            model_version: String::new(),
             context,
             candidates,
             offer_id: format!("item{}", r.item),
             option: r.item,
             propensity: r.propensity,
-            probabilities: &probabilities,
-            scores: &[],
-            how: "logged",
+            probabilities: probabilities.clone(),
+            scores: vec![],
+            how: "logged".into(),
         };
-        decisions
-            .append(&rec)
-            .await
-            .map_err(|e| ObdError::Output(e.to_string()))?;
+        decisions.append(&rec).await?;
         if r.click {
             let o = OutcomeRecord {
+                schema: OUTCOME_SCHEMA,
                 event_id: format!("{decision_id}-click"),
                 decision_id,
-                kind: "click".into(),
+                kind: OutcomeKind::Click,
                 revenue: 0.0,
                 margin: 0.0,
                 time_ms: r.time_ms,
                 received_ms: r.time_ms,
                 late: false,
             };
-            outcomes.append(&o).await.map_err(|e| ObdError::Output(e.to_string()))?;
+            outcomes.append(&o).await?;
         }
     }
     let logging = PolicyVersion {
@@ -397,8 +376,9 @@ pub async fn import(campaign: &Campaign, out: &Path) -> Result<ImportSummary, Ob
             projection: None,
         },
     };
-    logging.write(&registry).map_err(|e| ObdError::Output(e.to_string()))?;
-    std::fs::write(registry.join("LATEST"), "logging\n").map_err(|e| ObdError::Output(e.to_string()))?;
+    let reg = Registry::open(&registry)?;
+    reg.publish(&logging)?;
+    reg.set_serving("logging")?;
     Ok(ImportSummary {
         campaign: campaign.name.clone(),
         decisions: campaign.rows.len(),

@@ -2,9 +2,11 @@
 //! Joins the logs with the reward, trains a candidate on the older part exactly as the service
 //! would, and estimates it and the serving policy on the newer part.
 use crate::learn::{train_and_judge, LearnConfig, Verdict};
-use crate::ledger::{Ledger, OutcomeRecord};
+use crate::ledger::Ledger;
 use crate::reward::Reward;
-use nudge_policy::PolicyVersion;
+use crate::OptimizerError;
+use nudge_policy::Registry;
+use nudge_records::{read_all, DecisionRecord, OutcomeRecord};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
@@ -17,33 +19,31 @@ pub struct ReplayReport {
     pub outcomes: u64,
     pub late_outcomes: u64,
     pub examples: usize,
+    /// Log lines that were not valid records (each logged with its file and line).
+    pub malformed_records: u64,
     pub verdict: Verdict,
 }
 
+/// Trains and judges a candidate on `logs` with `reward`, against the registry's serving
+/// version, exactly as the service would; pushes nothing.
 pub fn replay(
     reward: &Reward,
     logs: &[PathBuf],
     registry: &Path,
     learn: &LearnConfig,
     now_ms: u64,
-) -> Result<ReplayReport, String> {
-    let latest = std::fs::read_to_string(registry.join("LATEST")).map_err(|e| {
-        format!(
-            "{}: {e} (replay needs the registry the schema comes from)",
-            registry.join("LATEST").display()
-        )
-    })?;
-    let serving = PolicyVersion::load(&registry.join(latest.trim())).map_err(|e| e.to_string())?;
+) -> Result<ReplayReport, OptimizerError> {
+    let registry = Registry::existing(registry)?;
+    let serving = registry.serving()?.ok_or(OptimizerError::NoServingPolicy)?;
     let mut ledger = Ledger::default();
+    let mut malformed_records = 0;
     for dir in logs {
-        for v in nudge_eventlog::read_all(dir, "decisions").map_err(|e| e.to_string())? {
-            ledger.add_decision(v);
-        }
-        for v in nudge_eventlog::read_all(dir, "outcomes").map_err(|e| e.to_string())? {
-            if let Ok(o) = serde_json::from_value::<OutcomeRecord>(v) {
-                ledger.add_outcome(&o);
-            }
-        }
+        let (decisions, bad) = read_all::<DecisionRecord>(dir)?;
+        malformed_records += bad;
+        decisions.into_iter().for_each(|d| ledger.add_decision(d));
+        let (outcomes, bad) = read_all::<OutcomeRecord>(dir)?;
+        malformed_records += bad;
+        outcomes.iter().for_each(|o| ledger.add_outcome(o));
     }
     let examples = ledger.examples(reward, now_ms);
     let (_, verdict) = train_and_judge(&serving.policy, &examples, learn)?;
@@ -55,6 +55,7 @@ pub fn replay(
         outcomes: ledger.outcomes_recorded,
         late_outcomes: ledger.late_outcomes,
         examples: examples.len(),
+        malformed_records,
         verdict,
     })
 }
@@ -78,12 +79,13 @@ impl ReplayReport {
             )
         };
         let mut s = format!(
-            "reward `{}` (sha256 {}…): {} decisions, {} outcomes ({} late), {} closed examples: {} trained on, {} held out\n\n",
+            "reward `{}` (sha256 {}…): {} decisions, {} outcomes ({} late), {} malformed log lines, {} closed examples: {} trained on, {} held out\n\n",
             self.reward,
             &self.reward_sha256[..12],
             self.decisions,
             self.outcomes,
             self.late_outcomes,
+            self.malformed_records,
             self.examples,
             v.train_examples,
             v.holdout_examples

@@ -12,17 +12,11 @@
 //! of the Decision Service paper) unless the file sets `no_outcome_reward`.
 use serde::Deserialize;
 
-pub const FIELDS: &[&str] = &[
-    "shown",
-    "click",
-    "add_to_cart",
-    "conversion",
-    "decline",
-    "opt_out",
-    "complaint",
-    "revenue",
-    "margin",
-];
+use nudge_records::{OutcomeTotals, RewardField};
+
+fn field_names() -> String {
+    RewardField::ALL.map(RewardField::name).join(", ")
+}
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum RewardError {
@@ -35,22 +29,10 @@ pub enum RewardError {
 #[derive(Debug, Clone, PartialEq)]
 enum Expr {
     Num(f64),
-    Field(usize),
+    Field(RewardField),
     Neg(Box<Expr>),
     Bin(char, Box<Expr>, Box<Expr>),
     Call(&'static str, Box<Expr>, Box<Expr>),
-}
-
-/// What happened after one decision, summed over its events.
-#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct OutcomeFields(pub [f64; 9]);
-
-impl OutcomeFields {
-    pub fn add(&mut self, field: &str, v: f64) {
-        if let Some(i) = FIELDS.iter().position(|f| *f == field) {
-            self.0[i] += v;
-        }
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -173,11 +155,11 @@ impl Parser<'_> {
                     }
                     return Ok(Expr::Call(f, Box::new(a), Box::new(b)));
                 }
-                match FIELDS.iter().position(|f| *f == name) {
-                    Some(i) => Ok(Expr::Field(i)),
+                match RewardField::from_name(&name) {
+                    Some(f) => Ok(Expr::Field(f)),
                     None => {
                         self.i = start;
-                        self.err(format!("unknown field `{name}` (fields: {})", FIELDS.join(", ")))
+                        self.err(format!("unknown field `{name}` (fields: {})", field_names()))
                     }
                 }
             }
@@ -187,10 +169,10 @@ impl Parser<'_> {
     }
 }
 
-fn eval(e: &Expr, f: &OutcomeFields) -> f64 {
+fn eval(e: &Expr, f: &OutcomeTotals) -> f64 {
     match e {
         Expr::Num(v) => *v,
-        Expr::Field(i) => f.0[*i],
+        Expr::Field(field) => f.get(*field),
         Expr::Neg(a) => -eval(a, f),
         Expr::Bin(op, a, b) => {
             let (a, b) = (eval(a, f), eval(b, f));
@@ -233,7 +215,7 @@ impl Reward {
         };
         let f: RewardFile = toml::from_str(text).map_err(|e| file_err(e.to_string()))?;
         let expr = Self::parse_expression(&f.reward)?;
-        let zero = eval(&expr, &OutcomeFields::default());
+        let zero = eval(&expr, &OutcomeTotals::default());
         if !(f.window_seconds >= 0.0 && f.window_seconds.is_finite()) {
             return Err(file_err("window_seconds must be a non-negative number".into()));
         }
@@ -263,7 +245,7 @@ impl Reward {
 
     /// The reward of a decision: its outcomes' value, or the no-outcome reward. A non-finite
     /// value (e.g. a division by a zero field) counts as the no-outcome reward.
-    pub fn value(&self, outcomes: Option<&OutcomeFields>) -> f64 {
+    pub fn value(&self, outcomes: Option<&OutcomeTotals>) -> f64 {
         match outcomes {
             None => self.no_outcome_reward,
             Some(f) => {
@@ -285,12 +267,12 @@ mod tests {
     #[test]
     fn evaluates_the_documented_example() {
         let r = Reward::from_toml("r.toml", "reward = \"conversion * margin - 2 * opt_out - complaint\"\n").unwrap();
-        let mut f = OutcomeFields::default();
-        f.add("conversion", 1.0);
-        f.add("margin", 12.5);
-        f.add("complaint", 1.0);
+        let mut f = OutcomeTotals::default();
+        f.set(RewardField::Conversion, f.get(RewardField::Conversion) + 1.0);
+        f.set(RewardField::Margin, f.get(RewardField::Margin) + 12.5);
+        f.set(RewardField::Complaint, f.get(RewardField::Complaint) + 1.0);
         assert_eq!(r.value(Some(&f)), 11.5);
-        f.add("opt_out", 1.0);
+        f.set(RewardField::OptOut, f.get(RewardField::OptOut) + 1.0);
         assert_eq!(r.value(Some(&f)), 9.5);
         assert_eq!(r.value(None), 0.0);
         assert_eq!(r.window_ms, 86_400_000);
@@ -299,8 +281,8 @@ mod tests {
             "reward = \"max(click, 0.5) - (1 + 1) * -decline\"\nno_outcome_reward = -0.1\nwindow_seconds = 60",
         )
         .unwrap();
-        let mut f = OutcomeFields::default();
-        f.add("decline", 1.0);
+        let mut f = OutcomeTotals::default();
+        f.set(RewardField::Decline, f.get(RewardField::Decline) + 1.0);
         assert_eq!(r.value(Some(&f)), 2.5);
         assert_eq!(r.value(None), -0.1);
         assert_eq!(r.window_ms, 60_000);
@@ -318,7 +300,7 @@ mod tests {
             e.to_string(),
             format!(
                 "reward expression, column 1: unknown field `conversoin` (fields: {})",
-                FIELDS.join(", ")
+                field_names()
             )
         );
         let e = Reward::from_toml("r.toml", "reward = \"click +\"").unwrap_err();

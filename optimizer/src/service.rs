@@ -2,20 +2,24 @@
 //! trainer on a cadence (every N outcomes or T milliseconds), the off-policy gate with an audit
 //! log, and pushes of new versions to every configured server.
 use crate::learn::{train_and_judge, LearnConfig, Verdict};
-use crate::ledger::{Ledger, OutcomeRecord};
+use crate::ledger::Ledger;
 use crate::reward::Reward;
-use nudge_eventlog::{Durability, EventLog, LogConfig, Tailer};
+use crate::OptimizerError;
 use nudge_policy::version::{PolicyManifest, PolicyVersion, FORMAT};
-use nudge_policy::{FeatureSchema, Policy, RewardModel};
+use nudge_policy::{FeatureSchema, Policy, Registry, RewardModel};
 use nudge_proto::v1 as pb;
+use nudge_records::{
+    read_all, DecisionRecord, Durability, EventLog, LogConfig, OutcomeKind, OutcomeRecord, Tailer, OUTCOME_SCHEMA,
+};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{oneshot, Notify};
 use tonic::{Request, Response, Status};
 
+/// `optimizer.toml`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct OptimizerConfig {
@@ -24,10 +28,14 @@ pub struct OptimizerConfig {
     pub decision_logs: Vec<PathBuf>,
     pub outcome_log: PathBuf,
     pub audit_log: PathBuf,
-    /// Where versions are written: `<registry>/<version>/`, `LATEST` names the newest pushed.
+    /// Where versions are written: `<registry>/<version>/`, `SERVING` names the one in service.
     pub registry: PathBuf,
-    /// Servers to push to, e.g. `http://10.0.0.5:50051`.
+    /// The servers' admin listeners to push to, e.g. `http://10.0.0.5:50052` (`https://` with TLS).
     pub servers: Vec<String>,
+    /// File holding the servers' bearer token, if they require one.
+    pub admin_token_file: Option<PathBuf>,
+    /// CA certificate (PEM) that signed the servers' TLS certificates, for `https://` servers.
+    pub tls_ca_file: Option<PathBuf>,
     pub reward_file: PathBuf,
     pub train_every_outcomes: u64,
     pub train_every_ms: u64,
@@ -46,7 +54,9 @@ impl Default for OptimizerConfig {
             outcome_log: PathBuf::from("logs/outcomes"),
             audit_log: PathBuf::from("logs/audit"),
             registry: PathBuf::from("models/policy-registry"),
-            servers: vec!["http://127.0.0.1:50051".into()],
+            servers: vec!["http://127.0.0.1:50052".into()],
+            admin_token_file: None,
+            tls_ca_file: None,
             reward_file: PathBuf::from("reward.toml"),
             train_every_outcomes: 1000,
             train_every_ms: 60_000,
@@ -66,8 +76,7 @@ fn now_ms() -> u64 {
 
 struct State {
     ledger: Ledger,
-    tailers: Vec<Tailer>,
-    malformed_decisions: u64,
+    tailers: Vec<Tailer<DecisionRecord>>,
     serving: Option<PolicyVersion>,
     trainings: u64,
     last_verdict: String,
@@ -78,47 +87,100 @@ impl State {
     fn poll_decisions(&mut self) {
         for t in &mut self.tailers {
             match t.poll() {
-                Ok(records) => {
-                    for r in records {
-                        if !self.ledger.add_decision(r) {
-                            self.malformed_decisions += 1;
-                        }
-                    }
-                }
+                Ok(records) => records.into_iter().for_each(|d| self.ledger.add_decision(d)),
                 Err(e) => tracing::warn!(error = %e, "reading a decision log"),
             }
         }
     }
+
+    fn malformed_decisions(&self) -> u64 {
+        self.tailers.iter().map(Tailer::malformed).sum()
+    }
 }
 
+/// The optimizer's shared state: ledger, reward, logs, registry and the servers it pushes to.
 pub struct Optimizer {
     cfg: OptimizerConfig,
     reward: Reward,
+    registry: Registry,
     state: Mutex<State>,
     outcomes: EventLog,
     audit: EventLog,
     wake: Notify,
+    admin: AdminClients,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error("{0}")]
-    Config(String),
-    #[error("binding {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
-}
-
-fn kind_name(k: i32) -> Option<&'static str> {
+fn kind(k: i32) -> Option<OutcomeKind> {
     Some(match pb::OutcomeKind::try_from(k).ok()? {
-        pb::OutcomeKind::Shown => "shown",
-        pb::OutcomeKind::Click => "click",
-        pb::OutcomeKind::AddToCart => "add_to_cart",
-        pb::OutcomeKind::Convert => "convert",
-        pb::OutcomeKind::Decline => "decline",
-        pb::OutcomeKind::OptOut => "opt_out",
-        pb::OutcomeKind::Complaint => "complaint",
+        pb::OutcomeKind::Shown => OutcomeKind::Shown,
+        pb::OutcomeKind::Click => OutcomeKind::Click,
+        pb::OutcomeKind::AddToCart => OutcomeKind::AddToCart,
+        pb::OutcomeKind::Convert => OutcomeKind::Convert,
+        pb::OutcomeKind::Decline => OutcomeKind::Decline,
+        pb::OutcomeKind::OptOut => OutcomeKind::OptOut,
+        pb::OutcomeKind::Complaint => OutcomeKind::Complaint,
         pb::OutcomeKind::Unspecified => return None,
     })
+}
+
+/// How the optimizer reaches the servers' admin listeners: token and TLS per the config.
+struct AdminClients {
+    token: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+}
+
+impl AdminClients {
+    fn new(cfg: &OptimizerConfig) -> Result<Self, OptimizerError> {
+        let read = |p: &PathBuf| std::fs::read(p).map_err(|e| OptimizerError::file(p, e));
+        let token = match &cfg.admin_token_file {
+            Some(p) => {
+                let t = String::from_utf8_lossy(&read(p)?).trim().to_string();
+                Some(
+                    format!("Bearer {t}")
+                        .parse()
+                        .map_err(|_| OptimizerError::config(p, "the token must be printable ASCII"))?,
+                )
+            }
+            None => None,
+        };
+        let tls = match &cfg.tls_ca_file {
+            Some(p) => Some(
+                tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(read(p)?)),
+            ),
+            None => None,
+        };
+        Ok(Self { token, tls })
+    }
+
+    async fn connect(
+        &self,
+        server: &str,
+    ) -> Result<
+        pb::policy_admin_client::PolicyAdminClient<
+            tonic::service::interceptor::InterceptedService<
+                tonic::transport::Channel,
+                impl tonic::service::Interceptor,
+            >,
+        >,
+        tonic::transport::Error,
+    > {
+        let mut ep = tonic::transport::Endpoint::from_shared(server.to_string())?;
+        if let Some(tls) = &self.tls {
+            ep = ep.tls_config(tls.clone())?;
+        }
+        let channel = ep.connect().await?;
+        let token = self.token.clone();
+        Ok(pb::policy_admin_client::PolicyAdminClient::with_interceptor(
+            channel,
+            move |mut req: Request<()>| {
+                if let Some(t) = &token {
+                    req.metadata_mut().insert("authorization", t.clone());
+                }
+                Ok(req)
+            },
+        ))
+    }
 }
 
 impl Optimizer {
@@ -136,7 +198,7 @@ impl Optimizer {
         if r.decision_id.trim().is_empty() {
             return Err(invalid("decision_id", "must not be empty"));
         }
-        let kind = kind_name(r.kind).ok_or_else(|| invalid("kind", "must be one of the OutcomeKind values"))?;
+        let kind = kind(r.kind).ok_or_else(|| invalid("kind", "must be one of the OutcomeKind values"))?;
         if !r.revenue.is_finite() || !r.margin.is_finite() {
             return Err(invalid(
                 if r.revenue.is_finite() { "margin" } else { "revenue" },
@@ -168,9 +230,10 @@ impl Optimizer {
                 return Ok(pb::ReportOutcomeResponse { duplicate: true, late });
             }
             OutcomeRecord {
+                schema: OUTCOME_SCHEMA,
                 event_id: r.event_id.clone(),
                 decision_id: r.decision_id.clone(),
-                kind: kind.to_string(),
+                kind,
                 revenue: r.revenue,
                 margin: r.margin,
                 time_ms,
@@ -195,14 +258,65 @@ impl Optimizer {
         })
     }
 
+    /// Asks every server what it serves. A server serving nothing gets the registry's serving
+    /// version; a server serving another version of this registry (an operator rolled back)
+    /// wins: the registry follows it, and it is what the next candidate is judged against.
+    /// Nothing is ever pushed over an operator's rollback.
+    async fn reconcile(&self) -> Result<(), OptimizerError> {
+        for server in &self.cfg.servers {
+            let listed = async {
+                let mut c = self
+                    .admin
+                    .connect(server)
+                    .await
+                    .map_err(|e| Status::unavailable(e.to_string()))?;
+                c.list_policies(pb::ListPoliciesRequest {}).await
+            };
+            let serving = match tokio::time::timeout(Duration::from_secs(10), listed).await {
+                Ok(Ok(r)) => r.into_inner().serving_version,
+                Ok(Err(e)) => {
+                    tracing::warn!(%server, error = %e, "asking what the server serves");
+                    continue;
+                }
+                Err(_) => {
+                    tracing::warn!(%server, "asking what the server serves: timed out");
+                    continue;
+                }
+            };
+            let ours = self
+                .lock()
+                .ok()
+                .and_then(|st| st.serving.as_ref().map(|s| s.manifest.version.clone()));
+            if serving.is_empty() {
+                if let Some(pv) = self.lock().ok().and_then(|st| st.serving.clone()) {
+                    self.push_one(server, &pv).await;
+                }
+            } else if Some(&serving) != ours.as_ref() {
+                match self.registry.rollback(&serving) {
+                    Ok(pv) => {
+                        tracing::info!(%server, version = %serving, previous = ?ours, "the server was rolled back; serving follows it");
+                        if let Ok(mut st) = self.lock() {
+                            st.serving = Some(pv);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(%server, version = %serving, error = %e, "the server serves a version this registry lacks")
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// One training round: join, train, judge, and push if the gate passes.
-    async fn train_round(self: &Arc<Self>) -> Result<Option<String>, String> {
+    async fn train_round(self: &Arc<Self>) -> Result<Option<String>, OptimizerError> {
+        self.reconcile().await?;
         let (serving, examples) = {
-            let mut st = self.state.lock().map_err(|_| "lock poisoned")?;
+            let mut st = self.state.lock().map_err(|_| OptimizerError::Poisoned)?;
             st.poll_decisions();
             st.outcomes_since_training = 0;
             let Some(serving) = st.serving.clone() else {
-                return Err("no serving policy".into());
+                return Err(OptimizerError::NoServingPolicy);
             };
             (serving, st.ledger.examples(&self.reward, now_ms()))
         };
@@ -212,7 +326,7 @@ impl Optimizer {
             train_and_judge(&serving.policy, &examples, &cfg).map(|r| (serving, r))
         })
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| OptimizerError::Task(e.to_string()))?;
         let (serving, (candidate, verdict)) = match judged {
             Ok(x) => x,
             Err(e) => {
@@ -220,10 +334,10 @@ impl Optimizer {
                 return Ok(None);
             }
         };
-        let version = next_version(&self.cfg.registry);
+        let version = self.registry.next_version();
         self.audit_verdict(&version, &serving.manifest.version, &verdict).await;
         {
-            let mut st = self.state.lock().map_err(|_| "lock poisoned")?;
+            let mut st = self.state.lock().map_err(|_| OptimizerError::Poisoned)?;
             st.trainings += 1;
             st.last_verdict = serde_json::to_string(&verdict).unwrap_or_default();
         }
@@ -262,35 +376,55 @@ impl Optimizer {
     }
 
     /// Writes the version to the registry, pushes it to every server, then marks it serving.
-    async fn publish(&self, pv: PolicyVersion) -> Result<(), String> {
+    async fn publish(&self, pv: PolicyVersion) -> Result<(), OptimizerError> {
         let version = pv.manifest.version.clone();
-        pv.write(&self.cfg.registry).map_err(|e| e.to_string())?;
+        self.registry.publish(&pv)?;
         let t0 = Instant::now();
-        self.push_all(&pv).await?;
+        for server in &self.cfg.servers {
+            self.push_one(server, &pv).await;
+        }
         let push_ms = t0.elapsed().as_secs_f64() * 1000.0;
         let _ = self
             .audit
             .append(&serde_json::json!({"time_ms": now_ms(), "pushed_version": version, "servers": self.cfg.servers, "push_ms": push_ms}))
             .await;
-        std::fs::write(self.cfg.registry.join("LATEST"), &version).map_err(|e| e.to_string())?;
+        self.registry.set_serving(&version)?;
         tracing::info!(%version, push_ms, "policy pushed");
         if let Ok(mut st) = self.state.lock() {
             st.serving = Some(pv);
         }
         Ok(())
     }
-}
 
-/// `v<n+1>` after the highest `v<n>` in the registry.
-fn next_version(registry: &std::path::Path) -> String {
-    let n = std::fs::read_dir(registry)
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().to_str()?.strip_prefix('v')?.parse::<u64>().ok())
-        .max()
-        .unwrap_or(0);
-    format!("v{}", n + 1)
+    /// Announces `pv` to one server; a server that refuses or is down is logged (it keeps
+    /// serving what it had, and gets the next version).
+    async fn push_one(&self, server: &str, pv: &PolicyVersion) {
+        let version = &pv.manifest.version;
+        let (manifest, files) = match pv.encode() {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::error!(%version, error = %e, "encoding the policy");
+                return;
+            }
+        };
+        let req = pb::LoadPolicyRequest {
+            manifest,
+            files: files.into_iter().collect(),
+        };
+        let pushed = async {
+            let mut c = self
+                .admin
+                .connect(server)
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))?;
+            c.load_policy(req).await
+        };
+        match tokio::time::timeout(Duration::from_secs(10), pushed).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(%server, %version, error = %e, "push refused or failed"),
+            Err(_) => tracing::error!(%server, %version, "push timed out"),
+        }
+    }
 }
 
 /// The gRPC face of the shared optimizer state.
@@ -317,11 +451,14 @@ impl pb::optimizer_server::Optimizer for OptimizerApi {
             outcomes_recorded: st.ledger.outcomes_recorded,
             trainings: st.trainings,
             last_verdict: st.last_verdict.clone(),
+            malformed_decisions: st.malformed_decisions(),
         }))
     }
 }
 
+/// A started optimizer.
 pub struct RunningOptimizer {
+    /// Where ReportOutcome and Status listen.
     pub grpc_addr: SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
     grpc: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
@@ -329,6 +466,7 @@ pub struct RunningOptimizer {
 }
 
 impl RunningOptimizer {
+    /// Stops training and the gRPC service.
     pub async fn shutdown(mut self) {
         self.trainer.abort();
         if let Some(tx) = self.shutdown.take() {
@@ -337,21 +475,22 @@ impl RunningOptimizer {
         let _ = self.grpc.await;
     }
 
+    /// Serves until the gRPC task ends.
     pub async fn wait(self) {
         let _ = self.grpc.await;
     }
 }
 
 /// Replays the logs, makes sure a version is serving, and starts the gRPC service and trainer.
-pub async fn start(cfg: OptimizerConfig) -> Result<RunningOptimizer, StartError> {
-    let reward = Reward::load(&cfg.reward_file).map_err(|e| StartError::Config(e.to_string()))?;
-    cfg.learn.validate().map_err(StartError::Config)?;
+pub async fn start(cfg: OptimizerConfig) -> Result<RunningOptimizer, OptimizerError> {
+    let reward = Reward::load(&cfg.reward_file)?;
+    cfg.learn.validate()?;
     let mut ledger = Ledger::default();
-    for v in nudge_eventlog::read_all(&cfg.outcome_log, "outcomes").map_err(|e| StartError::Config(e.to_string()))? {
-        if let Ok(o) = serde_json::from_value::<OutcomeRecord>(v) {
-            ledger.add_outcome(&o);
-        }
+    let (outcomes, malformed) = read_all::<OutcomeRecord>(&cfg.outcome_log)?;
+    if malformed > 0 {
+        tracing::warn!(malformed, log = %cfg.outcome_log.display(), "outcome-log lines that are not outcome records");
     }
+    outcomes.iter().for_each(|o| ledger.add_outcome(o));
     let log = |dir: &PathBuf, prefix: &str| {
         EventLog::open(LogConfig {
             dir: dir.clone(),
@@ -359,22 +498,14 @@ pub async fn start(cfg: OptimizerConfig) -> Result<RunningOptimizer, StartError>
             segment_bytes: 64 << 20,
             durability: cfg.durability,
         })
-        .map_err(|e| StartError::Config(e.to_string()))
     };
     let outcomes = log(&cfg.outcome_log, "outcomes")?;
     let audit = log(&cfg.audit_log, "audit")?;
-    std::fs::create_dir_all(&cfg.registry)
-        .map_err(|e| StartError::Config(format!("{}: {e}", cfg.registry.display())))?;
-    let serving = match std::fs::read_to_string(cfg.registry.join("LATEST")) {
-        Ok(v) => {
-            Some(PolicyVersion::load(&cfg.registry.join(v.trim())).map_err(|e| StartError::Config(e.to_string()))?)
-        }
-        Err(_) => None,
-    };
+    let registry = Registry::open(&cfg.registry)?;
+    let serving = registry.serving()?;
     let mut state = State {
         ledger,
-        tailers: cfg.decision_logs.iter().map(|d| Tailer::new(d, "decisions")).collect(),
-        malformed_decisions: 0,
+        tailers: cfg.decision_logs.iter().map(Tailer::new).collect(),
         serving: serving.clone(),
         trainings: 0,
         last_verdict: String::new(),
@@ -382,28 +513,24 @@ pub async fn start(cfg: OptimizerConfig) -> Result<RunningOptimizer, StartError>
     };
     state.poll_decisions();
     let opt = Arc::new(Optimizer {
+        admin: AdminClients::new(&cfg)?,
         cfg: cfg.clone(),
         reward,
+        registry,
         state: Mutex::new(state),
         outcomes,
         audit,
         wake: Notify::new(),
     });
     match serving {
-        // Re-announce what is serving: a server that restarted empty gets it back.
-        Some(pv) => {
-            if let Err(e) = opt.push_all(&pv).await {
-                tracing::warn!(error = %e, "re-announcing the serving policy");
-            }
-        }
+        // Servers that restarted empty get the serving version; rolled-back ones are followed.
+        Some(_) => opt.reconcile().await?,
         None => {
-            let schema = cfg.initial_schema.clone().ok_or_else(|| {
-                StartError::Config("the registry is empty and no initial_schema is configured".into())
-            })?;
+            let schema = cfg.initial_schema.clone().ok_or(OptimizerError::NoInitialSchema)?;
             let pv = PolicyVersion {
                 manifest: PolicyManifest {
                     format: FORMAT,
-                    version: next_version(&cfg.registry),
+                    version: opt.registry.next_version(),
                     parent: None,
                     created_unix_ms: now_ms(),
                     schema: schema.clone(),
@@ -420,21 +547,19 @@ pub async fn start(cfg: OptimizerConfig) -> Result<RunningOptimizer, StartError>
                     projection: None,
                 },
             };
-            pv.policy.validate().map_err(|e| StartError::Config(e.to_string()))?;
-            opt.publish(pv).await.map_err(StartError::Config)?;
+            pv.policy.validate()?;
+            opt.publish(pv).await?;
         }
     }
 
-    let incoming = tonic::transport::server::TcpIncoming::bind(cfg.grpc_addr)
-        .map_err(|source| StartError::Bind {
-            addr: cfg.grpc_addr,
-            source,
-        })?
-        .with_nodelay(Some(true));
-    let grpc_addr = incoming.local_addr().map_err(|source| StartError::Bind {
+    let bind_err = |source| OptimizerError::Bind {
         addr: cfg.grpc_addr,
         source,
-    })?;
+    };
+    let incoming = tonic::transport::server::TcpIncoming::bind(cfg.grpc_addr)
+        .map_err(bind_err)?
+        .with_nodelay(Some(true));
+    let grpc_addr = incoming.local_addr().map_err(bind_err)?;
     let (tx, rx) = oneshot::channel::<()>();
     let grpc = tokio::spawn(
         tonic::transport::Server::builder()
@@ -463,54 +588,30 @@ pub async fn start(cfg: OptimizerConfig) -> Result<RunningOptimizer, StartError>
     })
 }
 
-impl Optimizer {
-    /// Announces `pv` to every configured server; a server that refuses or is down is logged
-    /// (it keeps serving what it had, and gets the next version).
-    async fn push_all(&self, pv: &PolicyVersion) -> Result<(), String> {
-        let (manifest, files) = pv.encode().map_err(|e| e.to_string())?;
-        let version = &pv.manifest.version;
-        for server in &self.cfg.servers {
-            let req = pb::LoadPolicyRequest {
-                manifest: manifest.clone(),
-                files: files.clone().into_iter().collect(),
-            };
-            let pushed = async {
-                let mut c = pb::policy_admin_client::PolicyAdminClient::connect(server.clone())
-                    .await
-                    .map_err(|e| e.to_string())?;
-                c.load_policy(req).await.map_err(|e| e.to_string())
-            };
-            match tokio::time::timeout(Duration::from_secs(10), pushed).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => tracing::error!(%server, %version, error = %e, "push refused or failed"),
-                Err(_) => tracing::error!(%server, %version, "push timed out"),
-            }
-        }
-        Ok(())
-    }
-}
-
-pub fn load_config(path: &std::path::Path) -> anyhow::Result<OptimizerConfig> {
-    use anyhow::Context;
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let cfg: OptimizerConfig =
-        toml::from_str(&text).with_context(|| format!("{}: invalid configuration", path.display()))?;
+/// Reads and validates `optimizer.toml`.
+pub fn load_config(path: &Path) -> Result<OptimizerConfig, OptimizerError> {
+    let text = std::fs::read_to_string(path).map_err(|e| OptimizerError::file(path, e))?;
+    let cfg: OptimizerConfig = toml::from_str(&text).map_err(|e| OptimizerError::config(path, e.to_string()))?;
     cfg.learn
         .validate()
-        .map_err(|e| anyhow::anyhow!("{}: invalid configuration: {e}", path.display()))?;
+        .map_err(|e| OptimizerError::config(path, e.to_string()))?;
     Ok(cfg)
 }
 
 /// Runs the service until SIGTERM or Ctrl-C; prints `listening grpc=ADDR` once ready.
-pub fn run_from_file(path: &std::path::Path) -> anyhow::Result<()> {
+pub fn run_from_file(path: &Path) -> Result<(), OptimizerError> {
     let cfg = load_config(path)?;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| OptimizerError::file(path, e))?;
     rt.block_on(async move {
         let running = start(cfg).await?;
         println!("listening grpc={}", running.grpc_addr);
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| OptimizerError::Task(e.to_string()))?;
         tokio::select! {
-            r = tokio::signal::ctrl_c() => r?,
+            _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }
         running.shutdown().await;

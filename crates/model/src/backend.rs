@@ -1,0 +1,80 @@
+//! The seam between "which texts, padded how" and "which hardware runs the encoder".
+//!
+//! The batcher, the services and training's frozen-encoder pass only ever see a [`Backend`]:
+//! token-id sequences in, one pooled sentence vector per sequence out, row order kept. Where
+//! the numbers are computed (candle on the CPU today; our CUDA kernels behind the `cuda`
+//! feature later) is chosen once, by [`BackendKind`], when a model is loaded. Everything
+//! around a backend (tokenizing, batching, heads, the intent verdict) stays the same.
+use crate::encoder::{BertEncoder, EncoderConfig, Pooling};
+use crate::error::{BackendError, LoadError};
+use std::path::Path;
+
+/// An encoder that turns a batch of token sequences into pooled vectors.
+pub trait Backend: Send + Sync {
+    /// Short name for logs and `ListModels` (e.g. `candle-cpu`).
+    fn name(&self) -> &'static str;
+
+    /// Length of each pooled vector.
+    fn hidden_size(&self) -> usize;
+
+    /// One pooled (not yet normalised) vector per sequence, in input order. Sequences come
+    /// unpadded and, from the batcher, sorted by length; the backend pads them as it likes.
+    fn embed(&self, seqs: &[&[u32]]) -> Result<Vec<Vec<f32>>, BackendError>;
+}
+
+/// Where an encoder runs. Chosen in the server's configuration (`device = "cpu"`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum BackendKind {
+    /// candle on the CPU, with our fused QKV layout and parallel softmax / LayerNorm / GELU.
+    #[default]
+    Cpu,
+}
+
+impl BackendKind {
+    /// Builds the encoder from `config` and the safetensors bytes of its weights (`weights`
+    /// names the file in errors; the bytes have been checksummed by the caller where needed).
+    pub fn load(
+        self,
+        config: EncoderConfig,
+        pooling: Pooling,
+        weights: &Path,
+        bytes: &[u8],
+    ) -> Result<Box<dyn Backend>, LoadError> {
+        match self {
+            BackendKind::Cpu => Ok(Box::new(CandleCpu::load(config, pooling, weights, bytes)?)),
+        }
+    }
+}
+
+/// The candle CPU backend.
+pub struct CandleCpu {
+    encoder: BertEncoder,
+    pooling: Pooling,
+}
+
+impl CandleCpu {
+    /// Reads and checks every weight (names, shapes, dtypes, finiteness) and fuses QKV.
+    pub fn load(config: EncoderConfig, pooling: Pooling, weights: &Path, bytes: &[u8]) -> Result<Self, LoadError> {
+        let encoder = BertEncoder::load_bytes(config, weights, bytes, &candle_core::Device::Cpu)?;
+        Ok(Self { encoder, pooling })
+    }
+}
+
+impl Backend for CandleCpu {
+    fn name(&self) -> &'static str {
+        "candle-cpu"
+    }
+
+    fn hidden_size(&self) -> usize {
+        self.encoder.hidden_size()
+    }
+
+    fn embed(&self, seqs: &[&[u32]]) -> Result<Vec<Vec<f32>>, BackendError> {
+        // A panic inside the compute library must cost this batch, not the whole model.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.encoder.embed(seqs, self.pooling)))
+            .map_err(|_| BackendError::Panicked)?
+            .map_err(BackendError::from)
+    }
+}

@@ -1,0 +1,164 @@
+//! Labelled examples from JSONL or CSV files, and the task a head is trained for. Errors name
+//! the file and line, because the reader is a data scientist fixing a file.
+use nudge_model::LoadError;
+use std::collections::HashMap;
+use std::io::BufRead;
+use std::path::Path;
+
+/// One labelled text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Example {
+    pub text: String,
+    pub label: String,
+}
+
+/// Which fields (JSONL) or header columns (CSV) hold the text and the label.
+#[derive(Debug, Clone)]
+pub struct Columns {
+    pub text: String,
+    pub label: String,
+}
+
+impl Default for Columns {
+    fn default() -> Self {
+        Self {
+            text: "text".into(),
+            label: "label".into(),
+        }
+    }
+}
+
+/// Reads JSONL `{"text", "label"}`; errors name the file and line.
+pub fn read_jsonl(path: &Path) -> Result<Vec<Example>, LoadError> {
+    read_examples(path, &Columns::default())
+}
+
+/// Reads labelled examples from JSONL, or from CSV (with a header row) when the file name ends
+/// in `.csv`. Errors name the file and the line; blank lines are skipped.
+pub fn read_examples(path: &Path, cols: &Columns) -> Result<Vec<Example>, LoadError> {
+    let is_csv = path
+        .extension()
+        .is_some_and(|e| e.to_string_lossy().eq_ignore_ascii_case("csv"));
+    let out = if is_csv {
+        read_csv(path, cols)?
+    } else {
+        read_json_lines(path, cols)?
+    };
+    if out.is_empty() {
+        return Err(LoadError::invalid(path, "no examples"));
+    }
+    Ok(out)
+}
+
+fn example(
+    path: &Path,
+    line: usize,
+    text: Option<&str>,
+    label: Option<&str>,
+    cols: &Columns,
+) -> Result<Example, LoadError> {
+    match (text, label) {
+        (Some(t), Some(l)) if !t.trim().is_empty() && !l.trim().is_empty() => Ok(Example {
+            text: t.to_string(),
+            label: l.trim().to_string(),
+        }),
+        _ => Err(LoadError::invalid(
+            path,
+            format!(
+                "line {line}: needs non-empty string fields `{}` and `{}`",
+                cols.text, cols.label
+            ),
+        )),
+    }
+}
+
+fn read_json_lines(path: &Path, cols: &Columns) -> Result<Vec<Example>, LoadError> {
+    let f = std::fs::File::open(path).map_err(|e| LoadError::io(path, e))?;
+    let mut out = Vec::new();
+    for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
+        let line = line.map_err(|e| LoadError::io(path, e))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_str(&line)
+            .map_err(|e| LoadError::invalid(path, format!("line {}: malformed JSON: {e}", i + 1)))?;
+        let text = v.get(&cols.text).and_then(|t| t.as_str());
+        let label = v.get(&cols.label).and_then(|t| t.as_str());
+        out.push(example(path, i + 1, text, label, cols)?);
+    }
+    Ok(out)
+}
+
+fn read_csv(path: &Path, cols: &Columns) -> Result<Vec<Example>, LoadError> {
+    let mut r = csv::ReaderBuilder::new()
+        .flexible(false)
+        .from_path(path)
+        .map_err(|e| LoadError::invalid(path, format!("reading CSV: {e}")))?;
+    let headers = r
+        .headers()
+        .map_err(|e| LoadError::invalid(path, format!("line 1: reading the CSV header: {e}")))?
+        .clone();
+    let find = |name: &str| {
+        headers.iter().position(|h| h.trim() == name).ok_or_else(|| {
+            LoadError::invalid(
+                path,
+                format!(
+                    "line 1: no column `{name}` in the header ({})",
+                    headers.iter().collect::<Vec<_>>().join(", ")
+                ),
+            )
+        })
+    };
+    let (ti, li) = (find(&cols.text)?, find(&cols.label)?);
+    let mut out = Vec::new();
+    for rec in r.records() {
+        let rec = rec.map_err(|e| {
+            let line = e.position().map_or(0, |p| p.line());
+            LoadError::invalid(path, format!("line {line}: malformed CSV: {e}"))
+        })?;
+        let line = rec.position().map_or(0, |p| p.line()) as usize;
+        if rec.iter().all(|f| f.trim().is_empty()) {
+            continue;
+        }
+        out.push(example(path, line, rec.get(ti), rec.get(li), cols)?);
+    }
+    Ok(out)
+}
+
+/// Which head `nudge train` fits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Task {
+    Intent,
+    Sentiment,
+}
+
+impl Task {
+    pub fn name(self) -> &'static str {
+        match self {
+            Task::Intent => "intent",
+            Task::Sentiment => "sentiment",
+        }
+    }
+}
+
+/// Label list (sorted) and label indices; refuses a single class.
+pub fn index_labels(path: &Path, examples: &[Example]) -> Result<(Vec<String>, Vec<usize>), LoadError> {
+    let labels: Vec<String> = examples
+        .iter()
+        .map(|e| e.label.clone())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if labels.len() < 2 {
+        return Err(LoadError::invalid(
+            path,
+            format!(
+                "only one class (`{}`): a classifier needs at least two",
+                labels.first().cloned().unwrap_or_default()
+            ),
+        ));
+    }
+    let pos: HashMap<&str, usize> = labels.iter().enumerate().map(|(i, l)| (l.as_str(), i)).collect();
+    let y = examples.iter().map(|e| pos[e.label.as_str()]).collect();
+    Ok((labels, y))
+}

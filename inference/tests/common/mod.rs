@@ -1,0 +1,29 @@
+//! Helpers for tests that run a server in process: start one on loopback, connect a client.
+//! The root crate's end-to-end tests include this file too (`#[path]`).
+#![allow(dead_code, clippy::unwrap_used)]
+pub use nudge_testkit::*;
+use std::path::PathBuf;
+
+/// Starts an in-process server on loopback ports chosen by the OS.
+pub async fn start_server(
+    bundles: Vec<PathBuf>,
+    tweak: impl FnOnce(&mut nudge_inference::ServeConfig),
+) -> nudge_inference::RunningServer {
+    let mut config = nudge_inference::ServeConfig {
+        grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        admin_addr: "127.0.0.1:0".parse().unwrap(),
+        metrics_addr: "127.0.0.1:0".parse().unwrap(),
+        bundles,
+        // Test bundles live in temporary directories.
+        models_root: std::env::temp_dir(),
+        ..Default::default()
+    };
+    tweak(&mut config);
+    nudge_inference::start(config).await.expect("server starts")
+}
+
+pub async fn client(addr: std::net::SocketAddr) -> nudge_proto::v1::nlu_client::NluClient<tonic::transport::Channel> {
+    nudge_proto::v1::nlu_client::NluClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect")
+}
