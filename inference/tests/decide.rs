@@ -100,16 +100,8 @@ async fn start(dir: &Path) -> nudge_inference::RunningServer {
 async fn decisions_are_logged_and_policies_hot_swap() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path()).await;
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.grpc_addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let admin_channel = tonic::transport::Channel::from_shared(format!("http://{}", server.admin_addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let admin_channel = channel(server.admin_addr).await;
+    let channel = channel(server.grpc_addr).await;
     let mut decide = pb::decisions_client::DecisionsClient::new(channel.clone());
     let mut admin = pb::policy_admin_client::PolicyAdminClient::new(admin_channel);
 
@@ -247,16 +239,8 @@ async fn decisions_are_logged_and_policies_hot_swap() {
 async fn hot_loads_under_load_fail_no_call_and_mix_no_versions() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path()).await;
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.grpc_addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let admin_channel = tonic::transport::Channel::from_shared(format!("http://{}", server.admin_addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let admin_channel = channel(server.admin_addr).await;
+    let channel = channel(server.grpc_addr).await;
     let mut admin = pb::policy_admin_client::PolicyAdminClient::new(admin_channel);
     admin.load_policy(push_request(&version(1))).await.unwrap();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -59,16 +59,8 @@ async fn models_reload_under_load_without_a_failed_call_or_a_mixed_answer() {
     ]
     .into();
     let server = start_server(vec![a.clone()], |_| {}).await;
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.grpc_addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let admin_channel = tonic::transport::Channel::from_shared(format!("http://{}", server.admin_addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let admin_channel = channel(server.admin_addr).await;
+    let channel = channel(server.grpc_addr).await;
     let mut admin = pb::model_admin_client::ModelAdminClient::new(admin_channel);
 
     let stop = Arc::new(AtomicBool::new(false));

@@ -141,18 +141,7 @@ pub fn evaluate_bundle(bundle: &Path, data: &Path, head: Task) -> Result<Figures
         Task::Sentiment => model.sentiment_labels().map(|l| l.iter().cloned().collect()),
     }
     .ok_or_else(|| LoadError::invalid(bundle, format!("the bundle has no {} head", head.name())))?;
-    for (i, r) in rows.iter().enumerate() {
-        if !known.contains(&r.label) {
-            return Err(LoadError::invalid(
-                data,
-                format!(
-                    "example {}: label `{}` is not one of the bundle's labels",
-                    i + 1,
-                    r.label
-                ),
-            ));
-        }
-    }
+    check_known_labels(data, &rows, |l| known.contains(l))?;
     let mut preds = Vec::with_capacity(rows.len());
     for (r, out) in rows.iter().zip(run_all(&model, &rows, data)?) {
         let (predicted, confidence) = match head {
@@ -225,6 +214,21 @@ pub fn markdown(f: &Figures) -> String {
     s
 }
 
+/// Refuses the first row whose label the bundle cannot predict, naming it.
+fn check_known_labels(data: &Path, rows: &[Example], known: impl Fn(&str) -> bool) -> Result<(), LoadError> {
+    match rows.iter().enumerate().find(|(_, r)| !known(&r.label)) {
+        Some((i, r)) => Err(LoadError::invalid(
+            data,
+            format!(
+                "example {}: label `{}` is not one of the bundle's labels",
+                i + 1,
+                r.label
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Runs every row through the model in length-sorted batches of 32 (little padding), results
 /// in row order.
 fn run_all(model: &NluModel, rows: &[Example], data: &Path) -> Result<Vec<NluOutput>, LoadError> {
@@ -281,20 +285,7 @@ pub fn calibrate_bundle(
         .ok_or_else(|| LoadError::invalid(bundle, "the bundle has no intent head"))?;
     let mut labels = spec.labels.clone();
     let rows = read_examples(data, &Columns::default())?;
-    if let Some((i, r)) = rows
-        .iter()
-        .enumerate()
-        .find(|(_, r)| r.label != OOS_LABEL && !labels.contains(&r.label))
-    {
-        return Err(LoadError::invalid(
-            data,
-            format!(
-                "example {}: label `{}` is not one of the bundle's labels",
-                i + 1,
-                r.label
-            ),
-        ));
-    }
+    check_known_labels(data, &rows, |l| l == OOS_LABEL || labels.iter().any(|x| x == l))?;
     let probs: Vec<Vec<f32>> = run_all(&model, &rows, data)?
         .into_iter()
         .map(|o| o.intent.unwrap_or_default())

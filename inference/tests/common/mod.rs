@@ -27,3 +27,12 @@ pub async fn client(addr: std::net::SocketAddr) -> nudge_proto::v1::nlu_client::
         .await
         .expect("connect")
 }
+
+/// A channel to one of the server's listeners (`grpc_addr` or `admin_addr`).
+pub async fn channel(addr: std::net::SocketAddr) -> tonic::transport::Channel {
+    tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect")
+}
