@@ -191,8 +191,9 @@ async fn main() {
     .expect("optimizer starts");
     let ids: Vec<String> = nudge_records::read_all::<nudge_records::DecisionRecord>(&d.join("decisions"))
         .expect("decision log")
-        .iter()
-        .filter_map(|v| v["decision_id"].as_str().map(String::from))
+        .0
+        .into_iter()
+        .map(|r| r.decision_id)
         .collect();
     let client = pb::optimizer_client::OptimizerClient::connect(format!("http://{}", opt.grpc_addr))
         .await

@@ -20,7 +20,7 @@ enum Command {
     /// Serve the gRPC API (Nlu, health, reflection) and Prometheus /metrics.
     Serve(ServeArgs),
     /// Train a classification head (on a frozen encoder, or fine-tuning it) into a bundle.
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Evaluate a bundle's intent or sentiment head on a JSONL file: markdown, or JSON with --json.
     Eval {
         #[arg(long)]
@@ -88,7 +88,7 @@ enum OptimizerCommand {
     /// Write an Open Bandit Dataset campaign logged at random (e.g. obd/random/all) as decision
     /// and outcome logs plus a registry holding its logging policy, for `replay`.
     ImportObd {
-        /// The campaign directory: item_context.csv and <name>.csv.
+        /// The campaign directory: `item_context.csv` and `<name>.csv`.
         #[arg(long)]
         data: PathBuf,
         /// Empty directory for decisions/, outcomes/ and registry/.
@@ -130,7 +130,7 @@ pub fn run() -> anyhow::Result<()> {
             }
         },
         Command::Serve(a) => serve(a)?,
-        Command::Train(a) => train(a)?,
+        Command::Train(a) => train(*a)?,
         Command::Optimizer { command } => optimizer(command)?,
         Command::Calibrate {
             bundle,

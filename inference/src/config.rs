@@ -113,12 +113,14 @@ mod tests {
 
     #[test]
     fn secrets_never_show_in_debug_or_printed_config() {
-        let mut c = ServeConfig::default();
-        c.auth_token = Some(Secret::new("tok-123456789"));
-        c.decisions = Some(DecisionsConfig {
-            customer_id_key: Secret::new("very-secret-key-0123456789"),
+        let c = ServeConfig {
+            auth_token: Some(Secret::new("tok-123456789")),
+            decisions: Some(DecisionsConfig {
+                customer_id_key: Secret::new("very-secret-key-0123456789"),
+                ..Default::default()
+            }),
             ..Default::default()
-        });
+        };
         let printed = toml::to_string(&c).unwrap();
         let debug = format!("{c:?}");
         for text in [&printed, &debug] {

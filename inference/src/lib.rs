@@ -13,16 +13,17 @@
 mod auth;
 pub mod batcher;
 mod config;
-pub mod decide;
+mod decide;
 mod error;
 pub mod metrics;
 mod model_admin;
 pub mod nlu;
-pub mod server;
-pub mod service;
+mod server;
+mod service;
 
 pub use auth::BearerAuth;
 pub use config::{Secret, ServeConfig, TlsConfig};
 pub use decide::DecisionsConfig;
 pub use error::RequestError;
 pub use server::{start, RunningServer, ServeError};
+pub use service::Limits;

@@ -4,21 +4,33 @@ use prometheus::{
     exponential_buckets, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+/// The server's metrics, one registry per server (so tests in one process do not share counts).
+/// Cloning shares the underlying counters.
 #[derive(Clone)]
 pub struct Metrics {
-    pub registry: Registry,
+    registry: Registry,
+    /// `nudge_requests_total{method, code}`.
     pub requests: IntCounterVec,
+    /// `nudge_request_duration_seconds{method}`: end-to-end handler latency.
     pub request_seconds: HistogramVec,
+    /// `nudge_queue_duration_seconds{model}`: time a text waited for its batch.
     pub queue_seconds: HistogramVec,
+    /// `nudge_compute_duration_seconds{model}`: encoder pass and heads per batch.
     pub compute_seconds: HistogramVec,
+    /// `nudge_batch_size{model}`: texts per encoder batch.
     pub batch_size: HistogramVec,
+    /// `nudge_batch_tokens{model}`: real tokens per encoder batch.
     pub batch_tokens: HistogramVec,
+    /// `nudge_queue_depth{model}`: texts waiting.
     pub queue_depth: IntGaugeVec,
+    /// `nudge_dropped_total{model}`: texts dropped because their call was cancelled.
     pub dropped: IntCounterVec,
+    /// `nudge_decisions_total{how}`: decisions logged, by greedy / explore / sampled.
     pub decisions: IntCounterVec,
 }
 
 impl Metrics {
+    /// Creates and registers every metric.
     pub fn new() -> Self {
         let registry = Registry::new();
         let secs = || exponential_buckets(0.0001, 2.0, 18).unwrap_or_default();

@@ -19,8 +19,11 @@ use tonic::{Request, Response, Status};
 #[derive(Debug, Clone, Copy, serde::Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
+    /// Longest text accepted, in UTF-8 bytes (longer: `INVALID_ARGUMENT` naming the field).
     pub max_text_bytes: usize,
+    /// Most texts in one `UnderstandBatch` call.
     pub max_batch_texts: usize,
+    /// Intents returned when a request's `top_k` is 0.
     pub default_top_k: usize,
 }
 

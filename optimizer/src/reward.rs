@@ -155,7 +155,7 @@ impl Parser<'_> {
                     }
                     return Ok(Expr::Call(f, Box::new(a), Box::new(b)));
                 }
-                match RewardField::from_name(&name) {
+                match RewardField::from_name(name) {
                     Some(f) => Ok(Expr::Field(f)),
                     None => {
                         self.i = start;

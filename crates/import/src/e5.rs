@@ -7,6 +7,7 @@
 //! per-codepoint normalisation map, then a directory of named tensors.
 use crate::charsmap;
 use half::f16;
+use nudge_model::encoder::{CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE};
 use nudge_model::LoadError;
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -15,19 +16,34 @@ use std::path::{Path, PathBuf};
 const QK: usize = 32;
 const BLOCK_BYTES: usize = 18; // f16 scale + 16 bytes of nibbles
 
+/// A parsed `e5-small-q4.bin`: the header's shape, the tokenizer, the normalisation map and the
+/// (still packed) tensors, ready to be written as a Hugging Face directory.
 pub struct PackedE5 {
+    /// Hidden size (384 for e5-small).
     pub hidden: usize,
+    /// Transformer layers.
     pub layers: usize,
+    /// Attention heads per layer.
     pub heads: usize,
+    /// Feed-forward inner size.
     pub ffn: usize,
+    /// Vocabulary size; equals `pieces.len()`.
     pub vocab: usize,
+    /// Position embeddings (XLM-R counts the two reserved padding positions).
     pub max_pos: usize,
+    /// Token-type vocabulary (1 for XLM-R).
     pub type_vocab: usize,
+    /// Layer-norm epsilon.
     pub eps: f32,
+    /// Unigram pieces with their log-probabilities, in id order.
     pub pieces: Vec<(String, f32)>,
+    /// Id of `<s>`.
     pub bos: u32,
+    /// Id of `</s>`.
     pub eos: u32,
+    /// Id of `<pad>`.
     pub pad: u32,
+    /// Id of `<unk>`.
     pub unk: u32,
     /// Codepoint → replacement (per codepoint, as e5.c applies it).
     pub norm: BTreeMap<char, String>,
@@ -79,6 +95,8 @@ impl<'a> Cursor<'a> {
 }
 
 impl PackedE5 {
+    /// Parses the whole file; `path` only names it in errors. Every length and offset is checked
+    /// against the buffer, so a truncated or foreign file is an error, never a panic.
     pub fn parse(path: &Path, buf: &[u8]) -> Result<Self, LoadError> {
         let bad = |r: String| LoadError::invalid(path, r);
         let mut c = Cursor { path, buf, pos: 0 };
@@ -319,9 +337,9 @@ pub fn import(src: &Path, out_dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
     };
     let pretty = |v: &serde_json::Value| serde_json::to_vec_pretty(v).unwrap_or_default();
     Ok(vec![
-        write("config.json", &pretty(&config))?,
-        write("tokenizer.json", &serde_json::to_vec(&tokenizer).unwrap_or_default())?,
-        write("model.safetensors", &st)?,
+        write(CONFIG_FILE, &pretty(&config))?,
+        write(TOKENIZER_FILE, &serde_json::to_vec(&tokenizer).unwrap_or_default())?,
+        write(WEIGHTS_FILE, &st)?,
     ])
 }
 

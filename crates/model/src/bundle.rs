@@ -9,15 +9,24 @@ use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+/// The manifest's file name inside a bundle directory.
 pub const MANIFEST: &str = "manifest.json";
+/// The manifest format this code reads and writes; others are refused at load.
 pub const FORMAT: u32 = 1;
 
+/// `manifest.json`: what a bundle is (name, version), how to run its encoder, which heads it
+/// has, and the checksum of every file it loads.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Manifest {
+    /// Always [`FORMAT`].
     pub format: u32,
+    /// The name requests address the model by (`model` field), e.g. `default`.
     pub name: String,
+    /// The bundle's version, reported in every answer.
     pub version: String,
+    /// The encoder and how its output is pooled.
     pub encoder: EncoderSpec,
+    /// The classification heads on top of the pooled vector.
     #[serde(default)]
     pub heads: HeadsSpec,
     /// Relative path → sha256 (hex) of every file the bundle loads.
@@ -27,10 +36,12 @@ pub struct Manifest {
     pub metrics: serde_json::Map<String, serde_json::Value>,
 }
 
+/// How to build and run the bundle's encoder.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct EncoderSpec {
     /// Directory (relative to the bundle) with config.json, tokenizer.json, model.safetensors.
     pub dir: String,
+    /// How token vectors become one vector per text.
     pub pooling: Pooling,
     /// L2-normalise pooled vectors before the heads (and in returned embeddings).
     #[serde(default = "yes")]
@@ -51,19 +62,24 @@ fn yes() -> bool {
     true
 }
 
+/// The bundle's heads; a bundle without heads only embeds.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct HeadsSpec {
-    /// safetensors file with `<head>.weight` [labels, hidden] and `<head>.bias` [labels].
+    /// safetensors file with `<head>.weight` `[labels, hidden]` and `<head>.bias` `[labels]`.
     #[serde(default)]
     pub file: Option<String>,
+    /// The intent head (with its out-of-scope rule), if any.
     #[serde(default)]
     pub intent: Option<IntentSpec>,
+    /// The sentiment head, if any.
     #[serde(default)]
     pub sentiment: Option<ClassifierSpec>,
 }
 
+/// The intent head: its labels in output order and the out-of-scope rule's settings.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct IntentSpec {
+    /// Labels in the head's output order.
     pub labels: Vec<String>,
     /// Below this top in-scope probability a text is out of scope.
     #[serde(default)]
@@ -73,12 +89,16 @@ pub struct IntentSpec {
     pub oos_label: Option<String>,
 }
 
+/// A plain classification head (sentiment): its labels in output order.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ClassifierSpec {
+    /// Labels in the head's output order.
     pub labels: Vec<String>,
 }
 
 impl Manifest {
+    /// Reads and validates `dir/manifest.json` (format, names, labels, thresholds); the files it
+    /// lists are checked when they are read ([`read_verified`]).
     pub fn read(dir: &Path) -> Result<Self, LoadError> {
         let path = dir.join(MANIFEST);
         let bytes = std::fs::read(&path).map_err(|e| LoadError::io(&path, e))?;
@@ -172,6 +192,7 @@ fn check_labels(path: &Path, field: &str, labels: &[String]) -> Result<(), LoadE
     Ok(())
 }
 
+/// Lower-case hex sha256, as the manifest's `files` map records it.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }

@@ -4,6 +4,7 @@ use crate::error::LoadError;
 use safetensors::{Dtype, SafeTensors};
 use std::path::Path;
 
+/// `softmax(W·x + b)` over one pooled vector.
 #[derive(Debug, Clone)]
 pub struct LinearHead {
     /// Row-major [labels, hidden].
@@ -13,11 +14,14 @@ pub struct LinearHead {
 }
 
 impl LinearHead {
+    /// `weight` is row-major `[labels, hidden]`, `bias` `[labels]`.
     pub fn new(weight: Vec<f32>, bias: Vec<f32>, hidden: usize) -> Self {
         debug_assert_eq!(weight.len(), bias.len() * hidden);
         Self { weight, bias, hidden }
     }
 
+    /// Reads `<name>.weight` and `<name>.bias` from a heads file, checking dtype, shape and
+    /// that every value is finite.
     pub fn load(
         path: &Path,
         st: &SafeTensors<'_>,
@@ -60,18 +64,22 @@ impl LinearHead {
         ))
     }
 
+    /// Input width.
     pub fn hidden(&self) -> usize {
         self.hidden
     }
 
+    /// Number of classes.
     pub fn labels(&self) -> usize {
         self.bias.len()
     }
 
+    /// Row-major `[labels, hidden]` weights.
     pub fn weight(&self) -> &[f32] {
         &self.weight
     }
 
+    /// Per-class bias.
     pub fn bias(&self) -> &[f32] {
         &self.bias
     }
@@ -96,6 +104,7 @@ pub fn softmax(logits: &[f32]) -> Vec<f32> {
     exps.into_iter().map(|e| e / sum).collect()
 }
 
+/// Scales `v` to unit length (a zero vector stays zero).
 pub fn l2_normalize(v: &mut [f32]) {
     let n = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
     v.iter_mut().for_each(|x| *x /= n);

@@ -6,15 +6,20 @@
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
+/// The names a policy reads, in vector order; part of every policy version, so a server and
+/// an optimizer always agree on what position `i` means.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FeatureSchema {
+    /// Context feature names (see [`crate::context`] for the ones the server derives).
     pub context: Vec<String>,
+    /// Offer feature names, as candidates carry them.
     pub offer: Vec<String>,
     /// Whether "no offer" is one of the options.
     pub allow_none: bool,
 }
 
 impl FeatureSchema {
+    /// Length of the joint vector, `(1 + |context|) · (1 + |offer|)`.
     pub fn dim(&self) -> usize {
         (1 + self.context.len()) * (1 + self.offer.len())
     }
@@ -27,6 +32,7 @@ impl FeatureSchema {
             .collect()
     }
 
+    /// Like [`FeatureSchema::context_vector`], for an offer's features.
     pub fn offer_vector(&self, values: &HashMap<String, f64>) -> Vec<f64> {
         self.offer
             .iter()

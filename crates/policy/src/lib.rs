@@ -23,4 +23,4 @@ pub use features::FeatureSchema;
 pub use model::{RewardModel, Trunk};
 pub use policy::{Choice, Exploration, Policy};
 pub use registry::{Registry, SERVING};
-pub use version::{PolicyManifest, PolicyVersion};
+pub use version::{PolicyFiles, PolicyManifest, PolicyVersion};

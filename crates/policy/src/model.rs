@@ -16,6 +16,7 @@ pub struct Trunk {
 }
 
 impl Trunk {
+    /// Width of the input it expects.
     pub fn input_dim(&self) -> usize {
         self.layers.first().map_or(0, |(w, _)| w.ncols())
     }
@@ -25,6 +26,7 @@ impl Trunk {
         self.layers.last().map_or(0, |(w, _)| w.nrows()) + 1
     }
 
+    /// `[1, relu(… relu(W₁x + b₁) …)]`: the representation the Bayesian layer reads.
     pub fn forward(&self, x: &[f64]) -> Array1<f64> {
         let mut h = Array1::from(x.to_vec());
         for (w, b) in &self.layers {
@@ -36,6 +38,7 @@ impl Trunk {
     }
 }
 
+/// Expected reward of a joint feature vector, with the uncertainty that exploration needs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RewardModel {
     /// Posterior mean of the last layer's weights.
@@ -44,6 +47,7 @@ pub struct RewardModel {
     pub cov: Array2<f64>,
     /// Lower Cholesky factor of `cov`, for drawing `theta` samples.
     pub cov_chol: Array2<f64>,
+    /// The MLP below the Bayesian layer (neural-linear), if any.
     pub trunk: Option<Trunk>,
 }
 
@@ -117,14 +121,17 @@ impl RewardModel {
         }
     }
 
+    /// Width of the Bayesian layer.
     pub fn dim(&self) -> usize {
         self.theta.len()
     }
 
+    /// Width of the joint feature vector it reads.
     pub fn input_dim(&self) -> usize {
         self.trunk.as_ref().map_or(self.dim(), |t| t.input_dim())
     }
 
+    /// Posterior mean reward of a represented vector `f`.
     pub fn mean(&self, f: &Array1<f64>) -> f64 {
         self.theta.dot(f)
     }

@@ -13,22 +13,40 @@ use rand::Rng;
 use rand_distr::StandardNormal;
 use serde::{Deserialize, Serialize};
 
+/// How a policy trades the best-looking option against learning about the others.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Exploration {
     /// Best mean with probability 1 − ε, otherwise uniform.
-    EpsilonGreedy { epsilon: f64 },
+    EpsilonGreedy {
+        /// Share of uniformly random choices, in [0, 1].
+        epsilon: f64,
+    },
     /// `p ∝ exp(mean / temperature)`.
-    Softmax { temperature: f64 },
+    Softmax {
+        /// > 0; lower is greedier.
+        temperature: f64,
+    },
     /// Best `mean + α·sd` with probability 1 − ε, otherwise uniform (ε keeps logs usable for
     /// off-policy evaluation; 0 makes it deterministic).
     #[serde(rename = "linucb")]
-    LinUcb { alpha: f64, epsilon: f64 },
+    LinUcb {
+        /// Weight of the posterior standard deviation (optimism), ≥ 0.
+        alpha: f64,
+        /// Share of uniformly random choices, in [0, 1].
+        epsilon: f64,
+    },
     /// Thompson sampling with the posterior spread scaled by `scale`.
-    Thompson { scale: f64, samples: usize },
+    Thompson {
+        /// Multiplier of the posterior spread, ≥ 0 (0 is greedy).
+        scale: f64,
+        /// Posterior draws that estimate each option's win share, 1..=100,000.
+        samples: usize,
+    },
 }
 
 impl Exploration {
+    /// The `kind` tag, as manifests and metrics name it.
     pub fn name(&self) -> &'static str {
         match self {
             Exploration::EpsilonGreedy { .. } => "epsilon_greedy",
@@ -38,6 +56,7 @@ impl Exploration {
         }
     }
 
+    /// Refuses parameters outside their ranges (a negative ε, a zero temperature…).
     pub fn validate(&self) -> Result<(), crate::PolicyError> {
         let ok = match *self {
             Exploration::EpsilonGreedy { epsilon } => (0.0..=1.0).contains(&epsilon),
@@ -63,14 +82,18 @@ impl Exploration {
 /// A servable policy: what it reads, how it scores, how it explores.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
+    /// The feature names it reads.
     pub schema: FeatureSchema,
+    /// Its reward estimate per joint feature vector.
     pub model: RewardModel,
+    /// How it explores.
     pub exploration: Exploration,
     /// `k × embedding` random projection: context features `emb_0..emb_{k-1}` from the message
     /// embedding (a fixed sketch of it, small enough for a linear model's covariance).
     pub projection: Option<Array2<f64>>,
 }
 
+/// What the policy chose among the options, with everything the decision log records.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Choice {
     /// Index into the options (candidates in order, then "no offer" when allowed).
@@ -79,7 +102,9 @@ pub struct Choice {
     pub probabilities: Vec<f64>,
     /// Mean reward estimate of every option.
     pub scores: Vec<f64>,
+    /// Probability of the chosen option, as logged for off-policy evaluation.
     pub propensity: f64,
+    /// Standard error of `propensity` (Thompson's sampled win shares; 0 for closed forms).
     pub std_error: f64,
     /// "greedy", "explore" or "sampled".
     pub how: &'static str,
@@ -126,6 +151,8 @@ fn draw(p: &[f64], rng: &mut impl Rng) -> usize {
 }
 
 impl Policy {
+    /// Checks exploration parameters, the model's shapes and that the model reads what the
+    /// schema makes.
     pub fn validate(&self) -> Result<(), crate::PolicyError> {
         self.exploration.validate()?;
         self.model.validate()?;
@@ -354,8 +381,8 @@ mod tests {
             for _ in 0..n {
                 let c = p.choose(&xs, &mut rng).unwrap();
                 counts[c.option] += 1.0;
-                for i in 0..3 {
-                    mean_prop[i] += c.probabilities[i] / n as f64;
+                for (m, p) in mean_prop.iter_mut().zip(&c.probabilities) {
+                    *m += p / n as f64;
                 }
                 assert_eq!(c.propensity, c.probabilities[c.option]);
             }

@@ -2,9 +2,8 @@
 //! in service. The server's store, the optimizer and `replay` all read and write registries
 //! through this type, so "what is serving" has one meaning everywhere — and an operator's
 //! rollback (which moves `SERVING` back) is what every later reader sees.
-use crate::version::{check_version_name, write_parts, PolicyVersion, MANIFEST};
+use crate::version::{check_version_name, write_parts, PolicyFiles, PolicyVersion, MANIFEST};
 use crate::PolicyError;
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// The file naming the serving version.
@@ -85,17 +84,13 @@ impl Registry {
     }
 
     /// Validates pushed bytes as a version and stores them (idempotent for identical bytes).
-    pub fn store_encoded(
-        &self,
-        manifest: &[u8],
-        files: &HashMap<String, Vec<u8>>,
-    ) -> Result<PolicyVersion, PolicyError> {
+    pub fn store_encoded(&self, manifest: &[u8], files: &PolicyFiles) -> Result<PolicyVersion, PolicyError> {
         let pv = PolicyVersion::from_parts(manifest, files)?;
         self.store_parts(&pv.manifest.version, manifest, files)?;
         Ok(pv)
     }
 
-    fn store_parts(&self, version: &str, manifest: &[u8], files: &HashMap<String, Vec<u8>>) -> Result<(), PolicyError> {
+    fn store_parts(&self, version: &str, manifest: &[u8], files: &PolicyFiles) -> Result<(), PolicyError> {
         check_version_name(version)?;
         let dir = self.dir.join(version);
         if dir.exists() {

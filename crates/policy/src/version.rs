@@ -13,18 +13,28 @@ use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
+/// The manifest format this code reads and writes; others are refused.
 pub const FORMAT: u32 = 1;
+/// The manifest's file name in a version directory.
 pub const MANIFEST: &str = "manifest.json";
+/// The weights' file name in a version directory.
 pub const WEIGHTS: &str = "policy.safetensors";
 
+/// `manifest.json` of a policy version: what it is, where it came from and what it reads.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PolicyManifest {
+    /// Always [`FORMAT`].
     pub format: u32,
+    /// Its name, also its directory name in a registry (see `check_version_name`).
     pub version: String,
+    /// The version it was trained from, if any.
     #[serde(default)]
     pub parent: Option<String>,
+    /// When the optimizer made it.
     pub created_unix_ms: u64,
+    /// The feature names it reads.
     pub schema: FeatureSchema,
+    /// How it explores.
     pub exploration: Exploration,
     /// sha256 of the reward file the policy was trained for.
     #[serde(default)]
@@ -40,12 +50,20 @@ pub struct PolicyManifest {
     pub files: BTreeMap<String, String>,
 }
 
+/// A policy version's files by name (weights, extras), as carried by `PublishPolicy` and
+/// written beside the manifest.
+pub type PolicyFiles = HashMap<String, Vec<u8>>;
+
+/// A validated policy version: its manifest and the policy built from its files.
 #[derive(Debug, Clone)]
 pub struct PolicyVersion {
+    /// What the manifest says.
     pub manifest: PolicyManifest,
+    /// The servable policy.
     pub policy: Policy,
 }
 
+/// Lower-case hex sha256, as the manifest's `files` map records it.
 pub fn sha256_hex(b: &[u8]) -> String {
     hex::encode(Sha256::digest(b))
 }
@@ -111,7 +129,7 @@ fn vector(st: &safetensors::SafeTensors<'_>, name: &str) -> Result<Array1<f64>, 
 impl PolicyVersion {
     /// Parses and validates a version from its manifest and file bytes (as pushed over gRPC or
     /// read from a registry directory). Every checksum, shape and number is checked.
-    pub fn from_parts(manifest: &[u8], files: &HashMap<String, Vec<u8>>) -> Result<Self, PolicyError> {
+    pub fn from_parts(manifest: &[u8], files: &PolicyFiles) -> Result<Self, PolicyError> {
         let manifest: PolicyManifest =
             serde_json::from_slice(manifest).map_err(|e| PolicyError::invalid(MANIFEST, e.to_string()))?;
         if manifest.format != FORMAT {
@@ -192,7 +210,7 @@ impl PolicyVersion {
     }
 
     /// Serialises the version: manifest bytes (with file checksums filled in) and files.
-    pub fn encode(&self) -> Result<(Vec<u8>, HashMap<String, Vec<u8>>), PolicyError> {
+    pub fn encode(&self) -> Result<(Vec<u8>, PolicyFiles), PolicyError> {
         let mut tensors: BTreeMap<String, (Vec<usize>, Vec<f64>)> = BTreeMap::new();
         let m = &self.policy.model;
         tensors.insert("theta".into(), (vec![m.theta.len()], m.theta.to_vec()));
@@ -242,7 +260,7 @@ pub fn write_parts(
     registry: &Path,
     version: &str,
     manifest: &[u8],
-    files: &HashMap<String, Vec<u8>>,
+    files: &PolicyFiles,
 ) -> Result<PathBuf, PolicyError> {
     check_version_name(version)?;
     std::fs::create_dir_all(registry).map_err(|e| PolicyError::io(registry, e))?;

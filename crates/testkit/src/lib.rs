@@ -125,6 +125,7 @@ impl Tiny {
     }
 
     /// Straightforward f64 forward pass of one unpadded sequence, then pooling.
+    #[allow(clippy::needless_range_loop)] // index loops mirror the formulas they check
     pub fn reference(&self, ids: &[u32], pooling: Pooling) -> Vec<f32> {
         let (h, nh) = (self.hidden, self.heads);
         let hd = h / nh;

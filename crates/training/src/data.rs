@@ -8,14 +8,18 @@ use std::path::Path;
 /// One labelled text.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Example {
+    /// The message as written.
     pub text: String,
+    /// Its gold label.
     pub label: String,
 }
 
 /// Which fields (JSONL) or header columns (CSV) hold the text and the label.
 #[derive(Debug, Clone)]
 pub struct Columns {
+    /// Field or column of the text (default `text`).
     pub text: String,
+    /// Field or column of the label (default `label`).
     pub label: String,
 }
 
@@ -128,11 +132,14 @@ fn read_csv(path: &Path, cols: &Columns) -> Result<Vec<Example>, LoadError> {
 /// Which head `nudge train` fits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Task {
+    /// The intent head, with its out-of-scope rule.
     Intent,
+    /// The sentiment head.
     Sentiment,
 }
 
 impl Task {
+    /// The head's name in manifests and heads files.
     pub fn name(self) -> &'static str {
         match self {
             Task::Intent => "intent",

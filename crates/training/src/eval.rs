@@ -11,29 +11,44 @@ use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
+/// One label's figures.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LabelFigures {
+    /// The label.
     pub label: String,
+    /// Examples whose truth is this label.
     pub support: usize,
+    /// Share of predictions of this label that were right.
     pub precision: f64,
+    /// Share of this label's examples predicted as it.
     pub recall: f64,
+    /// Harmonic mean of precision and recall.
     pub f1: f64,
 }
 
+/// Out-of-scope detection figures (only when the data has out-of-scope examples).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct OosFigures {
+    /// Share of out-of-scope texts called out of scope.
     pub recall: f64,
+    /// Share of out-of-scope calls that were right.
     pub precision: f64,
     /// Share of in-scope texts given their right label (a false out-of-scope counts as wrong).
     pub in_scope_accuracy: f64,
 }
 
+/// Everything `nudge eval` reports for one data file.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Figures {
+    /// Examples scored.
     pub examples: usize,
+    /// Share predicted right (out of scope counts as a label).
     pub accuracy: f64,
+    /// Unweighted mean of the labels' F1.
     pub macro_f1: f64,
+    /// Per-label figures, by label name.
     pub labels: Vec<LabelFigures>,
+    /// Out-of-scope figures, when the data has out-of-scope examples.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub oos: Option<OosFigures>,
     /// Expected calibration error over 15 equal-width confidence bins.
@@ -42,9 +57,13 @@ pub struct Figures {
     pub top_confusions: Vec<(String, String, usize)>,
 }
 
+/// One scored example, the input of [`figures`].
 pub struct Prediction {
+    /// Gold label.
     pub truth: String,
+    /// The model's label (the out-of-scope label when its rule fired).
     pub predicted: String,
+    /// The model's probability for `predicted`, for calibration error.
     pub confidence: f32,
 }
 

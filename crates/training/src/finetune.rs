@@ -14,8 +14,8 @@ use crate::progress::Progress;
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor, Var};
 use nudge_model::bundle::{f32_safetensors, f32_safetensors_with_metadata, sha256_hex, write_atomic};
-use nudge_model::encoder::{read_weights, BertEncoder, EncoderConfig, NamedWeights, TextTokenizer};
-use nudge_model::{EncoderSpec, LinearHead, LoadError};
+use nudge_model::encoder::{read_weights, BertEncoder, EncoderConfig, NamedWeights, TOKENIZER_FILE};
+use nudge_model::{EncoderFiles, EncoderSpec, LinearHead, LoadError};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rayon::prelude::*;
@@ -27,11 +27,13 @@ use std::path::{Path, PathBuf};
 pub struct FineTuning {
     /// Most epochs; early stopping may end sooner.
     pub epochs: usize,
+    /// Texts per optimiser step.
     pub batch_size: usize,
     /// Peak learning rate of the encoder.
     pub lr: f64,
     /// Peak learning rate of the freshly initialised head.
     pub head_lr: f64,
+    /// AdamW's decoupled weight decay.
     pub weight_decay: f64,
     /// Share of all steps spent warming the learning rate up from zero.
     pub warmup: f64,
@@ -46,6 +48,7 @@ pub struct FineTuning {
     pub train_layers: Option<usize>,
     /// Tokens per text while training (longer texts are truncated).
     pub max_tokens: usize,
+    /// Seeds the head's initialisation and the shuffling: same seed, same run.
     pub seed: u64,
     /// Checkpoints go to `<checkpoint_dir>/<job fingerprint>/`, removed when the run ends.
     #[serde(skip)]
@@ -75,10 +78,15 @@ impl Default for FineTuning {
 /// One epoch as the run saw it.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct EpochRecord {
+    /// 1-based epoch number.
     pub epoch: usize,
+    /// Mean cross-entropy over the epoch's steps.
     pub train_loss: f64,
+    /// Share of training texts predicted right during the epoch.
     pub train_accuracy: f64,
+    /// Accuracy on the validation files after the epoch, if there are any.
     pub val_accuracy: Option<f64>,
+    /// Wall time of the epoch.
     pub seconds: f64,
 }
 
@@ -393,7 +401,7 @@ fn fingerprint(parts: &[&[u8]]) -> String {
     sha256_hex(&all)
 }
 
-fn save_checkpoint(dir: &Path, model: &Model, best: Option<&Vec<Vec<f32>>>, state: &RunState) -> Result<(), LoadError> {
+fn save_checkpoint(dir: &Path, model: &Model, best: Option<&BestParams>, state: &RunState) -> Result<(), LoadError> {
     std::fs::create_dir_all(dir).map_err(|e| LoadError::io(dir, e))?;
     let path = dir.join(CHECKPOINT);
     let values = model.values()?;
@@ -414,12 +422,15 @@ fn save_checkpoint(dir: &Path, model: &Model, best: Option<&Vec<Vec<f32>>>, stat
     write_atomic(&path, &bytes)
 }
 
+/// The best epoch's parameter values, one flat vector per trainable tensor.
+type BestParams = Vec<Vec<f32>>;
+
 /// Restores parameters, moments and best values from a checkpoint of the same job.
 fn load_checkpoint(
     dir: &Path,
     fp: &str,
     model: &mut Model,
-) -> Result<Option<(RunState, Option<Vec<Vec<f32>>>)>, LoadError> {
+) -> Result<Option<(RunState, Option<BestParams>)>, LoadError> {
     let path = dir.join(CHECKPOINT);
     let Ok(bytes) = std::fs::read(&path) else {
         return Ok(None);
@@ -489,24 +500,20 @@ pub fn fine_tune(
     cfg: &FineTuning,
     progress: &dyn Progress,
 ) -> Result<FineTuned, LoadError> {
-    if cfg.batch_size == 0 || cfg.epochs == 0 || cfg.max_tokens < 2 {
+    if cfg.batch_size == 0 || cfg.epochs == 0 || cfg.max_tokens < 3 {
         return Err(LoadError::invalid(
             encoder_dir,
-            "epochs and batch size must be positive, max tokens at least 2",
+            "epochs and batch size must be positive, max tokens at least 3",
         ));
     }
-    let cfg_path = encoder_dir.join("config.json");
-    let config = EncoderConfig::from_file(&cfg_path)?;
-    let tok_path = encoder_dir.join("tokenizer.json");
-    let tok_bytes = std::fs::read(&tok_path).map_err(|e| LoadError::io(&tok_path, e))?;
-    let max = spec
-        .max_tokens
-        .unwrap_or(usize::MAX)
-        .min(config.max_tokens())
-        .min(cfg.max_tokens);
-    let tokenizer = TextTokenizer::from_bytes(&tok_path, &tok_bytes, spec.text_prefix.clone(), max)?;
-    let w_path = encoder_dir.join("model.safetensors");
-    let w_bytes = std::fs::read(&w_path).map_err(|e| LoadError::io(&w_path, e))?;
+    let EncoderFiles {
+        config,
+        tokenizer,
+        tokenizer_bytes: tok_bytes,
+        weights_path: w_path,
+        weights: w_bytes,
+    } = EncoderFiles::open_dir(encoder_dir, spec, Some(cfg.max_tokens))?;
+    let tok_path = encoder_dir.join(TOKENIZER_FILE);
     let weights = read_weights(&config, &w_path, &w_bytes, &Device::Cpu)?;
     let tokenize = |rows: &[Example]| -> Result<Vec<Vec<u32>>, LoadError> {
         rows.iter()

@@ -7,22 +7,27 @@ use crate::progress::Progress;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use nudge_model::bundle::{f32_safetensors, sha256_hex, write_atomic, FORMAT};
-use nudge_model::encoder::{EncoderConfig, CONFIG_FILE, ENCODER_FILES};
+use nudge_model::encoder::{EncoderConfig, CONFIG_FILE, ENCODER_FILES, WEIGHTS_FILE};
 use nudge_model::{
     intent_verdict, ClassifierSpec, EncoderSpec, HeadsSpec, IntentSpec, LinearHead, LoadError, Manifest, OOS_LABEL,
 };
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
-use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, Write};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+/// Hyper-parameters of a head fitted on frozen embeddings (full-batch-ish AdamW).
 #[derive(Debug, Clone, Copy)]
 pub struct HeadTraining {
+    /// Passes over the training embeddings.
     pub epochs: usize,
+    /// Rows per step.
     pub batch_size: usize,
+    /// AdamW learning rate.
     pub lr: f64,
+    /// AdamW's decoupled weight decay.
     pub weight_decay: f64,
+    /// Seeds initialisation and shuffling.
     pub seed: u64,
 }
 
@@ -40,7 +45,7 @@ impl Default for HeadTraining {
 
 /// Fits a softmax head `labels × dim` on fixed vectors. Returns the head and the final
 /// training loss.
-pub fn fit_softmax(
+pub(crate) fn fit_softmax(
     x: &[Vec<f32>],
     y: &[usize],
     labels: usize,
@@ -86,7 +91,7 @@ pub fn fit_softmax(
 }
 
 /// Accuracy and per-example predictions of a head on fixed vectors.
-pub fn accuracy(head: &LinearHead, x: &[Vec<f32>], y: &[usize]) -> f64 {
+pub(crate) fn accuracy(head: &LinearHead, x: &[Vec<f32>], y: &[usize]) -> f64 {
     let correct = x
         .iter()
         .zip(y)
@@ -99,22 +104,27 @@ pub fn accuracy(head: &LinearHead, x: &[Vec<f32>], y: &[usize]) -> f64 {
 }
 
 /// What the bundle gets as its encoder.
-pub enum EncoderFiles<'a> {
+pub(crate) enum BundleEncoder<'a> {
     /// The base encoder's files, unchanged (hard-linked when possible): heads-only training.
     Link(&'a Path),
     /// New weights (fine-tuned) with the base's config and tokenizer.
-    Tuned { base: &'a Path, weights: &'a [u8] },
+    Tuned {
+        /// The base encoder directory (config and tokenizer are taken from it).
+        base: &'a Path,
+        /// The fine-tuned weights as safetensors bytes.
+        weights: &'a [u8],
+    },
 }
 
 /// Writes (or updates) a bundle at `out` with `head` for `task`. With a linked (unchanged)
 /// encoder the bundle's other head is kept; a fine-tuned encoder invalidates it, so it is dropped.
 #[allow(clippy::too_many_arguments)]
-pub fn write_bundle(
+pub(crate) fn write_bundle(
     out: &Path,
     name: &str,
     version: &str,
     spec: EncoderSpec,
-    encoder: EncoderFiles<'_>,
+    encoder: BundleEncoder<'_>,
     hidden: usize,
     task: Task,
     labels: Vec<String>,
@@ -122,7 +132,7 @@ pub fn write_bundle(
     oos_threshold: f32,
     metrics: serde_json::Map<String, serde_json::Value>,
 ) -> Result<Manifest, LoadError> {
-    let keep_other_head = matches!(encoder, EncoderFiles::Link(_));
+    let keep_other_head = matches!(encoder, BundleEncoder::Link(_));
     let existing = Manifest::read(out).ok();
     // Everything is written into a staging directory beside `out` and swapped in at the end:
     // a failed or killed run leaves the old bundle (or none), never a half-written one.
@@ -178,12 +188,12 @@ pub fn write_bundle(
     write_atomic(&stage.path().join("heads.safetensors"), &st)?;
 
     let (files_from, weights) = match encoder {
-        EncoderFiles::Link(dir) => (dir, None),
-        EncoderFiles::Tuned { base, weights } => (base, Some(weights)),
+        BundleEncoder::Link(dir) => (dir, None),
+        BundleEncoder::Tuned { base, weights } => (base, Some(weights)),
     };
-    for f in ["config.json", "tokenizer.json", "model.safetensors"] {
+    for f in ENCODER_FILES {
         let (src, dst) = (files_from.join(f), stage.path().join("encoder").join(f));
-        if let (Some(w), "model.safetensors") = (weights, f) {
+        if let (Some(w), WEIGHTS_FILE) = (weights, f) {
             write_atomic(&dst, w)?;
         } else if std::fs::hard_link(&src, &dst).is_err() {
             std::fs::copy(&src, &dst).map_err(|e| LoadError::io(&src, e))?;
@@ -247,24 +257,34 @@ pub fn write_bundle(
 /// Everything `nudge train` needs.
 #[derive(Debug, Clone)]
 pub struct TrainJob {
+    /// Which head to fit.
     pub task: Task,
+    /// Labelled training files (JSONL or CSV).
     pub train: Vec<PathBuf>,
     /// Intent: files of out-of-scope examples, trained as the label `oos` (only the rows
     /// labelled `oos` when the file has any, otherwise every row).
     pub oos_train: Vec<PathBuf>,
     /// Seeded sample, spread evenly over the file's labels, from each `oos_train` file.
     pub oos_limit_per_file: Option<usize>,
+    /// Labelled validation files: figures per file, and the out-of-scope threshold's data.
     pub val: Vec<PathBuf>,
+    /// Which fields hold text and label.
     pub columns: Columns,
     /// An encoder directory (HF layout) or an existing bundle.
     pub base: PathBuf,
+    /// The bundle directory to write (replaced through a staging directory).
     pub out: PathBuf,
+    /// The bundle's name; default: the base bundle's, else `default`.
     pub name: Option<String>,
+    /// The bundle's version; default: derived from the time.
     pub version: Option<String>,
+    /// Text put before every input (e5's `query: `); default: the base bundle's, else none.
     pub text_prefix: Option<String>,
+    /// Pooling; default: the base's, else the sentence-transformers hints, else mean.
     pub pooling: Option<nudge_model::Pooling>,
     /// Seeded sample of at most this many examples from each training file.
     pub limit_per_file: Option<usize>,
+    /// Seeded sample of at most this many examples from each validation file.
     pub val_limit_per_file: Option<usize>,
     /// A label with fewer training examples is refused (it cannot be learned, only memorised).
     pub min_examples_per_label: usize,
@@ -273,40 +293,59 @@ pub struct TrainJob {
     pub oos_quantile: f32,
     /// With `oos` rows in val: the most in-scope accuracy the threshold may cost.
     pub oos_max_in_scope_loss: f64,
+    /// Where frozen-encoder embeddings are cached (keyed by encoder hash and text).
     pub cache_dir: Option<PathBuf>,
+    /// Head-fitting hyper-parameters.
     pub training: HeadTraining,
     /// Fine-tune the encoder too (otherwise heads only, on a frozen encoder).
     pub fine_tune: Option<crate::finetune::FineTuning>,
 }
 
+/// Figures on one validation file.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ValFigures {
+    /// The file's name.
     pub file: String,
+    /// Rows scored.
     pub examples: usize,
     /// Top-1 accuracy on rows whose label the head knows (threshold not applied).
     pub accuracy: f64,
     /// Intent with `oos` rows in val: accuracy on in-scope rows (wrong if flagged out of scope).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub in_scope_accuracy: Option<f64>,
+    /// Intent with `oos` rows in val: share of them flagged out of scope.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub oos_recall: Option<f64>,
 }
 
+/// What a training run did, printed as JSON by `nudge train`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct TrainReport {
+    /// `intent` or `sentiment`.
     pub task: &'static str,
+    /// `head` (frozen encoder) or `fine-tune`.
     pub mode: &'static str,
+    /// The head's labels in output order.
     pub labels: Vec<String>,
+    /// Training rows used.
     pub train_examples: usize,
+    /// Accuracy on the training rows.
     pub train_accuracy: f64,
+    /// The out-of-scope threshold written to the manifest (intent).
     pub oos_threshold: f32,
     /// Where the threshold came from: `val`, `train` (held-out fifth), or `none`.
     pub oos_calibrated_on: &'static str,
+    /// Figures per validation file.
     pub val: Vec<ValFigures>,
+    /// Time spent embedding (frozen encoder; 0 when all came from the cache).
     pub embed_seconds: f64,
+    /// Time spent fitting.
     pub fit_seconds: f64,
+    /// Fine-tuning: one record per epoch run.
     pub epochs: Vec<crate::finetune::EpochRecord>,
+    /// Fine-tuning: the epoch whose weights were kept.
     pub best_epoch: Option<usize>,
+    /// Fine-tuning: the run resumed from a checkpoint after this epoch.
     pub resumed_after_epoch: Option<usize>,
     /// The existing bundle's other head, dropped because the encoder under it changed.
     pub dropped_head: Option<&'static str>,
@@ -386,7 +425,7 @@ fn prepare(job: &TrainJob) -> Result<Prepared, LoadError> {
         }
     };
     // Refuse a base that is not an encoder before reading any data.
-    for f in ["config.json", "tokenizer.json", "model.safetensors"] {
+    for f in ENCODER_FILES {
         if !encoder_dir.join(f).is_file() {
             return Err(LoadError::invalid(
                 &job.base,
@@ -394,10 +433,10 @@ fn prepare(job: &TrainJob) -> Result<Prepared, LoadError> {
             ));
         }
     }
-    let config = EncoderConfig::from_file(&encoder_dir.join("config.json"))?;
+    let config = EncoderConfig::from_file(&encoder_dir.join(CONFIG_FILE))?;
     if config.activation().is_none() {
         return Err(LoadError::invalid(
-            encoder_dir.join("config.json"),
+            encoder_dir.join(CONFIG_FILE),
             "unsupported hidden_act",
         ));
     }
@@ -483,7 +522,7 @@ fn prepare(job: &TrainJob) -> Result<Prepared, LoadError> {
 /// while in-scope accuracy stays within `max_in_scope_loss` of its value with no threshold
 /// (`None` when val has no `oos` rows). A row is flagged out of scope when its top label is
 /// `oos` or its best in-scope probability is under the threshold, as the server does.
-pub fn calibrate_oos_threshold(
+pub(crate) fn calibrate_oos_threshold(
     labels: &[String],
     vals: &[(PathBuf, Vec<Example>)],
     probs: &[Vec<Vec<f32>>],
@@ -582,6 +621,8 @@ fn val_figures(
     figures
 }
 
+/// Runs a whole job: read and check the data, embed or fine-tune, fit, calibrate the
+/// out-of-scope threshold, score the val files, write the bundle.
 pub fn run(job: &TrainJob, progress: &dyn Progress) -> Result<TrainReport, LoadError> {
     let prep = prepare(job)?;
     let labels = prep.labels.clone();
@@ -730,12 +771,12 @@ pub fn run(job: &TrainJob, progress: &dyn Progress) -> Result<TrainReport, LoadE
                     .map(|ft| prep.spec.max_tokens.map_or(ft.max_tokens, |m| m.min(ft.max_tokens))),
                 ..prep.spec.clone()
             },
-            EncoderFiles::Tuned {
+            BundleEncoder::Tuned {
                 base: &prep.encoder_dir,
                 weights: w,
             },
         ),
-        None => (prep.spec.clone(), EncoderFiles::Link(&prep.encoder_dir)),
+        None => (prep.spec.clone(), BundleEncoder::Link(&prep.encoder_dir)),
     };
     if tuned_weights.is_some() {
         if let Ok(m) = Manifest::read(&job.out) {

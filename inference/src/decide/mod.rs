@@ -14,7 +14,7 @@ use crate::nlu::interpret;
 use crate::service::{finish, NluService};
 use arc_swap::ArcSwapOption;
 use hmac::{Hmac, Mac};
-use nudge_policy::{PolicyError, PolicyVersion, Registry};
+use nudge_policy::{PolicyError, PolicyFiles, PolicyVersion, Registry};
 use nudge_proto::v1 as pb;
 use nudge_records::{Durability, EventLog, LogConfig, LogError};
 use serde::{Deserialize, Serialize};
@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tonic::{Request, Response, Status};
 
-pub use steps::{answer, check_against, choose, featurize, record, validate, Candidate, DecideInput, Provenance};
+pub use steps::{answer, check_against, choose, featurize, record, validate, Provenance};
 
 /// `[decisions]` in the server's TOML.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -109,7 +109,7 @@ impl PolicyStore {
     }
 
     /// Validates, stores and swaps in a pushed version. Returns the previous version's name.
-    pub fn load(&self, manifest: &[u8], files: &HashMap<String, Vec<u8>>) -> Result<String, RequestError> {
+    pub fn load(&self, manifest: &[u8], files: &PolicyFiles) -> Result<String, RequestError> {
         let _guard = self.lock()?;
         let pv = self
             .registry

@@ -1,6 +1,6 @@
 //! Helpers for tests that run a server in process: start one on loopback, connect a client.
 //! The root crate's end-to-end tests include this file too (`#[path]`).
-#![allow(dead_code, clippy::unwrap_used)]
+#![allow(dead_code, unused_imports, clippy::unwrap_used)]
 pub use nudge_testkit::*;
 use std::path::PathBuf;
 

@@ -11,7 +11,9 @@ use std::path::Path;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Pooling {
+    /// Average of the real (unpadded) tokens' states: e5, MiniLM.
     Mean,
+    /// The first token's state: classic BERT classifiers.
     Cls,
 }
 
@@ -49,6 +51,7 @@ struct Layer {
     out_norm: LayerNorm,
 }
 
+/// A loaded encoder on one candle device, in the serving layout (fused QKV, scale folded in).
 pub struct BertEncoder {
     config: EncoderConfig,
     activation: Activation,
@@ -63,12 +66,15 @@ pub struct BertEncoder {
 /// Where the encoder's weights come from: a safetensors file when serving, variables when
 /// fine-tuning (the fused layout is then rebuilt from them each step, so gradients reach them).
 pub trait Weights {
+    /// The tensor called `name`, checked to have `shape`.
     fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor, LoadError>;
 }
 
 /// Weights by canonical name (no `bert.`-style prefix), as `weight_names` lists them.
 pub struct NamedWeights {
+    /// Where the weights came from, named in errors.
     pub origin: std::path::PathBuf,
+    /// Canonical name → tensor.
     pub tensors: std::collections::HashMap<String, Tensor>,
 }
 
@@ -249,6 +255,7 @@ pub fn read_weights(
 }
 
 impl BertEncoder {
+    /// Reads a safetensors file and builds the encoder on `device`.
     pub fn load(config: EncoderConfig, weights: &Path, device: &Device) -> Result<Self, LoadError> {
         let bytes = std::fs::read(weights).map_err(|e| LoadError::io(weights, e))?;
         Self::load_bytes(config, weights, &bytes, device)
@@ -318,10 +325,12 @@ impl BertEncoder {
         })
     }
 
+    /// The `config.json` it was built from.
     pub fn config(&self) -> &EncoderConfig {
         &self.config
     }
 
+    /// Width of the pooled vectors.
     pub fn hidden_size(&self) -> usize {
         self.config.hidden_size
     }
@@ -342,6 +351,7 @@ impl BertEncoder {
         Self::pool(&x, &mask, pooling)
     }
 
+    /// Transformer layers (fine-tuning unfreezes the top ones).
     pub fn num_layers(&self) -> usize {
         self.layers.len()
     }

@@ -10,27 +10,42 @@ pub enum Activation {
     GeluErf,
     /// tanh approximation (`gelu_new`, `gelu_pytorch_tanh`).
     GeluTanh,
+    /// max(0, x).
     Relu,
 }
 
+/// The fields of `config.json` the forward pass depends on, with HF's defaults; unknown
+/// fields are ignored (HF configs carry many), unsupported values refused at load.
 #[derive(Debug, Clone, Deserialize)]
 pub struct EncoderConfig {
+    /// `bert`, or an XLM-R/RoBERTa family name (positions then start after the pad id).
     #[serde(default = "default_model_type")]
     pub model_type: String,
+    /// Rows of the word-embedding table.
     pub vocab_size: usize,
+    /// Width of every token state and of the pooled vector.
     pub hidden_size: usize,
+    /// Transformer layers.
     pub num_hidden_layers: usize,
+    /// Attention heads; must divide `hidden_size`.
     pub num_attention_heads: usize,
+    /// Feed-forward inner width.
     pub intermediate_size: usize,
+    /// Feed-forward activation by its HF name (see [`EncoderConfig::activation`]).
     #[serde(default = "default_act")]
     pub hidden_act: String,
+    /// Rows of the position table.
     pub max_position_embeddings: usize,
+    /// Rows of the token-type table (0: the model has none).
     #[serde(default)]
     pub type_vocab_size: usize,
+    /// Layer-norm epsilon.
     #[serde(default = "default_eps")]
     pub layer_norm_eps: f64,
+    /// Id of the padding token.
     #[serde(default)]
     pub pad_token_id: usize,
+    /// Only `absolute` (or absent) is supported.
     #[serde(default)]
     pub position_embedding_type: Option<String>,
 }
@@ -46,11 +61,13 @@ fn default_eps() -> f64 {
 }
 
 impl EncoderConfig {
+    /// Reads and validates a `config.json`.
     pub fn from_file(path: &Path) -> Result<Self, LoadError> {
         let bytes = std::fs::read(path).map_err(|e| LoadError::io(path, e))?;
         Self::from_slice(path, &bytes)
     }
 
+    /// Parses and validates `config.json` bytes; `path` names the file in errors.
     pub fn from_slice(path: &Path, bytes: &[u8]) -> Result<Self, LoadError> {
         let cfg: EncoderConfig = serde_json::from_slice(bytes).map_err(|source| LoadError::Json {
             path: path.to_path_buf(),
@@ -96,6 +113,7 @@ impl EncoderConfig {
             .ok_or_else(|| LoadError::invalid(path, format!("hidden_act `{}` is not supported", self.hidden_act)))
     }
 
+    /// The activation `hidden_act` names, if this code implements it.
     pub fn activation(&self) -> Option<Activation> {
         match self.hidden_act.as_str() {
             "gelu" => Some(Activation::GeluErf),
@@ -118,6 +136,7 @@ impl EncoderConfig {
         self.max_position_embeddings - self.position_offset()
     }
 
+    /// Width of one attention head.
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_attention_heads
     }
@@ -127,11 +146,14 @@ impl EncoderConfig {
 /// (`1_Pooling/config.json`, `sentence_bert_config.json`), when it says anything.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SentenceTransformerHints {
+    /// Pooling from `1_Pooling/config.json`.
     pub pooling: Option<super::Pooling>,
+    /// Input cap from `sentence_bert_config.json`.
     pub max_seq_length: Option<usize>,
 }
 
 impl SentenceTransformerHints {
+    /// Reads whatever hints `dir` has; missing or unreadable files give no hint.
     pub fn read(dir: &Path) -> Self {
         let json = |p: std::path::PathBuf| -> Option<serde_json::Value> {
             serde_json::from_slice(&std::fs::read(p).ok()?).ok()

@@ -86,6 +86,8 @@ impl CustomOp1 for GeluErfDerivative {
     }
 }
 
+/// Exact (erf) GELU as one custom op: one pass over memory forward and backward, where
+/// candle's composed version makes several.
 pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op1(GeluErf)
 }

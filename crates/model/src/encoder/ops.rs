@@ -55,6 +55,7 @@ impl CustomOp1 for SoftmaxLastDim {
     }
 }
 
+/// Softmax over the last dimension, one fused op with its own backward pass.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op1(SoftmaxLastDim)
 }
@@ -133,6 +134,8 @@ impl CustomOp3 for LayerNorm {
     }
 }
 
+/// Layer norm over the last dimension (`alpha` scale, `beta` shift), one fused op with its own
+/// backward pass, so fine-tuning does not pay for candle's composed version.
 pub fn layer_norm(x: &Tensor, alpha: &Tensor, beta: &Tensor, eps: f32) -> Result<Tensor> {
     x.contiguous()?.apply_op3(alpha, beta, LayerNorm { eps })
 }

@@ -4,20 +4,25 @@ use crate::error::{LoadError, TokenizeError};
 use std::path::Path;
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
+/// A `tokenizer.json` set up for serving one model: its prefix and token cap.
 pub struct TextTokenizer {
     inner: Tokenizer,
     prefix: String,
     max_tokens: usize,
 }
 
+/// One text's token ids, special tokens included.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tokenized {
+    /// Ids in order, at most the tokenizer's `max_tokens`.
     pub ids: Vec<u32>,
     /// The text was longer than the model maximum; only its head is kept.
     pub truncated: bool,
 }
 
 impl TextTokenizer {
+    /// Builds from `tokenizer.json` bytes; `path` names the file in errors. Refuses a tokenizer
+    /// that yields no tokens for plain text.
     pub fn from_bytes(path: &Path, bytes: &[u8], prefix: String, max_tokens: usize) -> Result<Self, LoadError> {
         let err = |reason: String| LoadError::Tokenizer {
             path: path.to_path_buf(),
@@ -46,10 +51,12 @@ impl TextTokenizer {
         Ok(t)
     }
 
+    /// The cap on tokens per text, special tokens included.
     pub fn max_tokens(&self) -> usize {
         self.max_tokens
     }
 
+    /// Vocabulary size with added tokens; must fit the encoder's embedding table.
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }
