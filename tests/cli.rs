@@ -22,16 +22,18 @@ async fn serve_reads_toml_then_env_then_flags_and_stops_on_sigterm() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&toml)
-        .args(["--grpc-addr", "127.0.0.1:0", "--max-text-bytes", "20"])
-        .env("NUDGE_METRICS_ADDR", "127.0.0.1:0")
-        .env("NUDGE_MAX_TEXT_BYTES", "500")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = KillOnDrop(
+        Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&toml)
+            .args(["--grpc-addr", "127.0.0.1:0", "--max-text-bytes", "20"])
+            .env("NUDGE_METRICS_ADDR", "127.0.0.1:0")
+            .env("NUDGE_MAX_TEXT_BYTES", "500")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)

@@ -12,7 +12,7 @@ use nudge_proto::v1 as pb;
 use rand::{Rng, SeedableRng};
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 const BIN: &str = env!("CARGO_BIN_EXE_nudge");
 /// Conversion probability of offer o1..o4 for segments a, b, c.
@@ -23,15 +23,17 @@ const TRUTH: [[f64; 4]; 3] = [
 ];
 const SEGMENTS: [&str; 3] = ["a", "b", "c"];
 
-fn start_optimizer(config: &Path) -> (Child, String) {
-    let mut child = Command::new(BIN)
-        .args(["optimizer", "serve", "--config"])
-        .arg(config)
-        .env("NUDGE_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
+fn start_optimizer(config: &Path) -> (KillOnDrop, String) {
+    let mut child = KillOnDrop(
+        Command::new(BIN)
+            .args(["optimizer", "serve", "--config"])
+            .arg(config)
+            .env("NUDGE_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
     let mut line = String::new();
     std::io::BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
@@ -289,6 +291,62 @@ async fn learned_policy_approaches_the_oracle_and_survives_an_optimizer_crash() 
     assert!(audit
         .iter()
         .any(|a| a["verdict"]["candidate"]["dr"]["value"].is_number()));
+
+    // An operator rolls the server back; the optimizer is killed and restarted. It must follow
+    // the rollback (from the server's answer to ListPolicies), never push the version the
+    // operator removed, and judge later candidates against the rolled-back version.
+    let mut admin = pb::policy_admin_client::PolicyAdminClient::new(channel(server.admin_addr).await);
+    let listed = admin
+        .list_policies(pb::ListPoliciesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let removed = listed.serving_version.clone();
+    let back_to = listed
+        .loaded_versions
+        .iter()
+        .filter(|v| **v != removed)
+        .max_by_key(|v| v.trim_start_matches('v').parse::<u64>().unwrap_or(0))
+        .unwrap_or_else(|| panic!("a version to roll back to: {listed:?}"))
+        .clone();
+    let r = admin
+        .rollback(pb::RollbackRequest {
+            version: back_to.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (r.serving_version.as_str(), r.previous_version.as_str()),
+        (back_to.as_str(), removed.as_str())
+    );
+    optimizer.kill().unwrap();
+    optimizer.wait().unwrap();
+    let cfg2 = config.clone();
+    let (c, a) = tokio::task::spawn_blocking(move || start_optimizer(&cfg2))
+        .await
+        .unwrap();
+    optimizer = c;
+    outcomes = pb::optimizer_client::OptimizerClient::connect(a).await.unwrap();
+    // Several training rounds (every 300 ms) while decisions go on.
+    let registry = nudge_policy::Registry::open(dir.path().join("opt-registry")).unwrap();
+    for n in 0..20 {
+        let d = decide.decide(request(100_000 + n, n % 3)).await.unwrap().into_inner();
+        let st = outcomes.status(pb::StatusRequest {}).await.unwrap().into_inner();
+        let serving = admin
+            .list_policies(pb::ListPoliciesRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .serving_version;
+        for v in [&st.serving_version, &serving, &d.policy_version] {
+            assert_ne!(*v, removed, "the optimizer serves or pushed the removed version again");
+            // Either the rolled-back version or a new one trained on top of it.
+            let ok = *v == back_to || registry.load(v).unwrap().manifest.parent.as_deref() == Some(back_to.as_str());
+            assert!(ok, "{v} is neither {back_to} nor trained from it (removed: {removed})");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+    }
     optimizer.kill().unwrap();
     let _ = optimizer.wait();
     server.shutdown().await.unwrap();
@@ -315,7 +373,7 @@ async fn learned_policy_approaches_the_oracle_and_survives_an_optimizer_crash() 
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
     assert!(
-        text.contains("4000 decisions") && text.contains("| candidate |") && text.contains("would"),
+        text.contains("4020 decisions") && text.contains("| candidate |") && text.contains("would"),
         "{text}"
     );
     assert_eq!(

@@ -132,3 +132,86 @@ fn eval_refuses_labels_the_bundle_does_not_know() {
         "{err}"
     );
 }
+
+#[test]
+fn calibrate_writes_a_new_version_and_leaves_the_served_bundle_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = write_bundle(&dir.path().join("b"), "tiny", Variant::Bert, nudge_model::Pooling::Mean);
+    let source_manifest = std::fs::read(bundle.join("manifest.json")).unwrap();
+    let data = dir.path().join("cal.jsonl");
+    let mut rows: Vec<(&str, &str)> = Vec::new();
+    for t in ["where is my order", "track parcel", "has it shipped", "delivery date"] {
+        rows.push((t, "order_status"));
+    }
+    for t in ["refund please", "money back", "return this item", "cancel and refund"] {
+        rows.push((t, "refund"));
+    }
+    for t in ["hello", "hi there", "good morning", "hey"] {
+        rows.push((t, "greeting"));
+    }
+    for t in [
+        "what is the weather",
+        "tell me a joke",
+        "who won the match",
+        "play some music",
+        "capital of peru",
+    ] {
+        rows.push((t, "oos"));
+    }
+    write_jsonl(&data, &rows);
+    let calibrate = |out: &str, extra: &[&str]| {
+        Command::new(BIN)
+            .args(["calibrate", "--bundle"])
+            .arg(&bundle)
+            .arg("--data")
+            .arg(&data)
+            .arg("--out")
+            .arg(dir.path().join(out))
+            .args(["--max-in-scope-loss", "0.25"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = calibrate("c", &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+
+    // The source is untouched; the new version names its origin and data.
+    assert_eq!(std::fs::read(bundle.join("manifest.json")).unwrap(), source_manifest);
+    let old = nudge_model::Manifest::read(&bundle).unwrap();
+    let new = nudge_model::Manifest::read(&dir.path().join("c")).unwrap();
+    let data_sha = nudge_model::bundle::sha256_hex(&std::fs::read(&data).unwrap());
+    assert_eq!(new.version, format!("{}-cal-{}", old.version, &data_sha[..8]));
+    assert_eq!(new.name, old.name);
+    let record = &new.metrics["oos_calibration"];
+    assert_eq!(record["data_sha256"], data_sha.as_str());
+    assert_eq!(record["from_version"], old.version.as_str());
+    let threshold = new.heads.intent.as_ref().unwrap().oos_threshold;
+    assert_eq!(record["threshold"].as_f64().unwrap() as f32, threshold);
+    assert!(
+        stdout.contains(&format!("-> {threshold:.4}")) && stdout.contains(&new.version),
+        "{stdout}"
+    );
+
+    // The chosen threshold does what calibration promises on its data, measured by eval.
+    let task = nudge_training::Task::Intent;
+    let before = nudge_training::eval::evaluate_bundle(&bundle, &data, task).unwrap();
+    let after = nudge_training::eval::evaluate_bundle(&dir.path().join("c"), &data, task).unwrap();
+    let (b, a) = (before.oos.unwrap(), after.oos.unwrap());
+    assert!(
+        a.in_scope_accuracy >= b.in_scope_accuracy - 0.25 - 1e-9,
+        "{a:?} vs {b:?}"
+    );
+    assert!(
+        a.in_scope_accuracy + a.recall >= b.in_scope_accuracy + b.recall - 1e-9,
+        "{a:?} vs {b:?}"
+    );
+
+    // An existing directory is not overwritten, and a version equal to the old one is refused.
+    let again = calibrate("c", &[]);
+    assert!(!again.status.success());
+    let same = calibrate("d", &["--version", &old.version]);
+    assert!(!same.status.success());
+    assert!(String::from_utf8_lossy(&same.stderr).contains("version of its own"));
+    assert!(!dir.path().join("d").exists());
+}

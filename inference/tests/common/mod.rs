@@ -36,3 +36,27 @@ pub async fn channel(addr: std::net::SocketAddr) -> tonic::transport::Channel {
         .await
         .expect("connect")
 }
+
+/// A child process that is killed and reaped when dropped, so a failing assertion does not
+/// leave a server or optimizer running (and holding the test harness's output pipes).
+pub struct KillOnDrop(pub std::process::Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
