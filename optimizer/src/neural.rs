@@ -14,14 +14,36 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+/// Why a trunk could not be trained.
 #[derive(Debug, thiserror::Error)]
 pub enum TrunkError {
+    /// A tensor operation failed.
     #[error("trunk training: {0}")]
     Candle(#[from] candle_core::Error),
+    /// The examples do not form a matrix with one reward per row.
+    #[error("trunk training: {rows} rows of {features} features and {rewards} rewards")]
+    Shape {
+        /// Rows of features.
+        rows: usize,
+        /// Features in the first row (every row must have as many).
+        features: usize,
+        /// Rewards given.
+        rewards: usize,
+    },
+    /// A trained tensor could not be laid out as the policy format's matrix.
     #[error("trunk training: {0}")]
-    Data(String),
+    Layout(#[from] ndarray::ShapeError),
+    /// Training ended with NaN or infinite weights.
+    #[error("trunk training: weights diverged (NaN or infinite): lower learn.model.learning_rate")]
+    Diverged,
+    /// A `[learn.model]` setting is out of range.
     #[error("learn.model.{field}: {reason}")]
-    Setting { field: &'static str, reason: &'static str },
+    Setting {
+        /// The setting.
+        field: &'static str,
+        /// Its allowed range.
+        reason: &'static str,
+    },
 }
 
 /// How the trunk is shaped and trained (`[learn.model]` with `kind = "neural_linear"`).
@@ -118,10 +140,11 @@ pub fn train_trunk(
     let n = features.len();
     let d = features.first().map_or(0, Vec::len);
     if n == 0 || d == 0 || rewards.len() != n || features.iter().any(|f| f.len() != d) {
-        return Err(TrunkError::Data(format!(
-            "{n} rows of {d} features and {} rewards",
-            rewards.len()
-        )));
+        return Err(TrunkError::Shape {
+            rows: n,
+            features: d,
+            rewards: rewards.len(),
+        });
     }
     let start = std::time::Instant::now();
     let dev = Device::Cpu;
@@ -166,8 +189,7 @@ pub fn train_trunk(
     let mut trunk_layers = Vec::with_capacity(layers.len());
     for (w, b) in &layers {
         let (rows, cols) = w.dims2()?;
-        let w = Array2::from_shape_vec((rows, cols), w.flatten_all()?.to_vec1::<f64>()?)
-            .map_err(|e| TrunkError::Data(e.to_string()))?;
+        let w = Array2::from_shape_vec((rows, cols), w.flatten_all()?.to_vec1::<f64>()?)?;
         trunk_layers.push((w, Array1::from(b.to_vec1::<f64>()?)));
     }
     let trunk = Trunk { layers: trunk_layers };
@@ -176,9 +198,7 @@ pub fn train_trunk(
         .iter()
         .any(|(w, b)| w.iter().chain(b.iter()).any(|v| !v.is_finite()))
     {
-        return Err(TrunkError::Data(
-            "weights diverged (NaN or infinite): lower learning_rate".into(),
-        ));
+        return Err(TrunkError::Diverged);
     }
     Ok((
         trunk,

@@ -1,6 +1,6 @@
 //! Labelled examples from JSONL or CSV files, and the task a head is trained for. Errors name
 //! the file and line, because the reader is a data scientist fixing a file.
-use nudge_model::LoadError;
+use crate::error::TrainError;
 use std::collections::HashMap;
 use std::io::BufRead;
 use std::path::Path;
@@ -33,13 +33,13 @@ impl Default for Columns {
 }
 
 /// Reads JSONL `{"text", "label"}`; errors name the file and line.
-pub fn read_jsonl(path: &Path) -> Result<Vec<Example>, LoadError> {
+pub fn read_jsonl(path: &Path) -> Result<Vec<Example>, TrainError> {
     read_examples(path, &Columns::default())
 }
 
 /// Reads labelled examples from JSONL, or from CSV (with a header row) when the file name ends
 /// in `.csv`. Errors name the file and the line; blank lines are skipped.
-pub fn read_examples(path: &Path, cols: &Columns) -> Result<Vec<Example>, LoadError> {
+pub fn read_examples(path: &Path, cols: &Columns) -> Result<Vec<Example>, TrainError> {
     let is_csv = path
         .extension()
         .is_some_and(|e| e.to_string_lossy().eq_ignore_ascii_case("csv"));
@@ -49,7 +49,7 @@ pub fn read_examples(path: &Path, cols: &Columns) -> Result<Vec<Example>, LoadEr
         read_json_lines(path, cols)?
     };
     if out.is_empty() {
-        return Err(LoadError::invalid(path, "no examples"));
+        return Err(TrainError::invalid(path, "no examples"));
     }
     Ok(out)
 }
@@ -60,13 +60,13 @@ fn example(
     text: Option<&str>,
     label: Option<&str>,
     cols: &Columns,
-) -> Result<Example, LoadError> {
+) -> Result<Example, TrainError> {
     match (text, label) {
         (Some(t), Some(l)) if !t.trim().is_empty() && !l.trim().is_empty() => Ok(Example {
             text: t.to_string(),
             label: l.trim().to_string(),
         }),
-        _ => Err(LoadError::invalid(
+        _ => Err(TrainError::invalid(
             path,
             format!(
                 "line {line}: needs non-empty string fields `{}` and `{}`",
@@ -76,16 +76,16 @@ fn example(
     }
 }
 
-fn read_json_lines(path: &Path, cols: &Columns) -> Result<Vec<Example>, LoadError> {
-    let f = std::fs::File::open(path).map_err(|e| LoadError::io(path, e))?;
+fn read_json_lines(path: &Path, cols: &Columns) -> Result<Vec<Example>, TrainError> {
+    let f = std::fs::File::open(path).map_err(|e| TrainError::io(path, e))?;
     let mut out = Vec::new();
     for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
-        let line = line.map_err(|e| LoadError::io(path, e))?;
+        let line = line.map_err(|e| TrainError::io(path, e))?;
         if line.trim().is_empty() {
             continue;
         }
         let v: serde_json::Value = serde_json::from_str(&line)
-            .map_err(|e| LoadError::invalid(path, format!("line {}: malformed JSON: {e}", i + 1)))?;
+            .map_err(|e| TrainError::invalid(path, format!("line {}: malformed JSON: {e}", i + 1)))?;
         let text = v.get(&cols.text).and_then(|t| t.as_str());
         let label = v.get(&cols.label).and_then(|t| t.as_str());
         out.push(example(path, i + 1, text, label, cols)?);
@@ -93,18 +93,18 @@ fn read_json_lines(path: &Path, cols: &Columns) -> Result<Vec<Example>, LoadErro
     Ok(out)
 }
 
-fn read_csv(path: &Path, cols: &Columns) -> Result<Vec<Example>, LoadError> {
+fn read_csv(path: &Path, cols: &Columns) -> Result<Vec<Example>, TrainError> {
     let mut r = csv::ReaderBuilder::new()
         .flexible(false)
         .from_path(path)
-        .map_err(|e| LoadError::invalid(path, format!("reading CSV: {e}")))?;
+        .map_err(|e| TrainError::invalid(path, format!("reading CSV: {e}")))?;
     let headers = r
         .headers()
-        .map_err(|e| LoadError::invalid(path, format!("line 1: reading the CSV header: {e}")))?
+        .map_err(|e| TrainError::invalid(path, format!("line 1: reading the CSV header: {e}")))?
         .clone();
     let find = |name: &str| {
         headers.iter().position(|h| h.trim() == name).ok_or_else(|| {
-            LoadError::invalid(
+            TrainError::invalid(
                 path,
                 format!(
                     "line 1: no column `{name}` in the header ({})",
@@ -118,7 +118,7 @@ fn read_csv(path: &Path, cols: &Columns) -> Result<Vec<Example>, LoadError> {
     for rec in r.records() {
         let rec = rec.map_err(|e| {
             let line = e.position().map_or(0, |p| p.line());
-            LoadError::invalid(path, format!("line {line}: malformed CSV: {e}"))
+            TrainError::invalid(path, format!("line {line}: malformed CSV: {e}"))
         })?;
         let line = rec.position().map_or(0, |p| p.line()) as usize;
         if rec.iter().all(|f| f.trim().is_empty()) {
@@ -149,7 +149,7 @@ impl Task {
 }
 
 /// Label list (sorted) and label indices; refuses a single class.
-pub fn index_labels(path: &Path, examples: &[Example]) -> Result<(Vec<String>, Vec<usize>), LoadError> {
+pub fn index_labels(path: &Path, examples: &[Example]) -> Result<(Vec<String>, Vec<usize>), TrainError> {
     let labels: Vec<String> = examples
         .iter()
         .map(|e| e.label.clone())
@@ -157,7 +157,7 @@ pub fn index_labels(path: &Path, examples: &[Example]) -> Result<(Vec<String>, V
         .into_iter()
         .collect();
     if labels.len() < 2 {
-        return Err(LoadError::invalid(
+        return Err(TrainError::invalid(
             path,
             format!(
                 "only one class (`{}`): a classifier needs at least two",

@@ -1,11 +1,12 @@
 //! A frozen encoder as training sees it: texts in, pooled vectors out, through the same
 //! backend the server runs, with an on-disk cache keyed by the encoder's sha256 and the text, so
 //! a second training run on the same data embeds nothing.
+use crate::error::TrainError;
 use crate::progress::Progress;
 use nudge_model::batching::sorted_batches;
 use nudge_model::bundle::sha256_hex;
 use nudge_model::encoder::TextTokenizer;
-use nudge_model::{l2_normalize, Backend, BackendKind, EncoderFiles, EncoderSpec, LoadError};
+use nudge_model::{l2_normalize, Backend, BackendKind, EncoderFiles, EncoderSpec};
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -24,7 +25,7 @@ pub struct FrozenEncoder {
 
 impl FrozenEncoder {
     /// Loads an encoder directory through the same loader and backend the server uses.
-    pub fn load(dir: &Path, spec: EncoderSpec) -> Result<Self, LoadError> {
+    pub fn load(dir: &Path, spec: EncoderSpec) -> Result<Self, TrainError> {
         let files = EncoderFiles::open_dir(dir, &spec, None)?;
         let mut key = sha256_hex(&files.weights);
         key.push_str(&sha256_hex(&files.tokenizer_bytes));
@@ -50,7 +51,7 @@ impl FrozenEncoder {
         texts: &[&str],
         cache_dir: Option<&Path>,
         progress: &dyn Progress,
-    ) -> Result<Vec<Vec<f32>>, LoadError> {
+    ) -> Result<Vec<Vec<f32>>, TrainError> {
         let mut cache = match cache_dir {
             Some(d) => EmbeddingCache::open(d, &self.sha256, self.hidden_size())?,
             None => EmbeddingCache::memory(self.hidden_size()),
@@ -70,16 +71,13 @@ impl FrozenEncoder {
                 self.tokenizer
                     .tokenize(t)
                     .map(|k| k.ids)
-                    .map_err(|e| LoadError::invalid(&self.dir, format!("tokenizing {t:?}: {e}")))
+                    .map_err(|e| TrainError::invalid(&self.dir, format!("tokenizing {t:?}: {e}")))
             })
             .collect::<Result<_, _>>()?;
         let lengths: Vec<usize> = toks.iter().map(Vec::len).collect();
         for batch in sorted_batches(&lengths, 64, 4096) {
             let seqs: Vec<&[u32]> = batch.iter().map(|&i| toks[i].as_slice()).collect();
-            let embs = self
-                .backend
-                .embed(&seqs)
-                .map_err(|e| LoadError::invalid(&self.dir, e.to_string()))?;
+            let embs = self.backend.embed(&seqs)?;
             for (&i, mut e) in batch.iter().zip(embs) {
                 if self.spec.normalize {
                     l2_normalize(&mut e);
@@ -112,8 +110,8 @@ impl EmbeddingCache {
         }
     }
 
-    fn open(dir: &Path, key: &str, dim: usize) -> Result<Self, LoadError> {
-        std::fs::create_dir_all(dir).map_err(|e| LoadError::io(dir, e))?;
+    fn open(dir: &Path, key: &str, dim: usize) -> Result<Self, TrainError> {
+        std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
         let path = dir.join(format!("{}.emb", &key[..16]));
         let mut map = HashMap::new();
         if let Ok(bytes) = std::fs::read(&path) {
@@ -138,7 +136,7 @@ impl EmbeddingCache {
             .create(true)
             .append(true)
             .open(&path)
-            .map_err(|e| LoadError::io(&path, e))?;
+            .map_err(|e| TrainError::io(&path, e))?;
         Ok(Self {
             map,
             file: Some((path, std::io::BufWriter::new(f))),
@@ -146,22 +144,22 @@ impl EmbeddingCache {
         })
     }
 
-    fn insert(&mut self, text: &str, v: Vec<f32>) -> Result<(), LoadError> {
+    fn insert(&mut self, text: &str, v: Vec<f32>) -> Result<(), TrainError> {
         debug_assert_eq!(v.len(), self.dim);
         if let Some((path, w)) = &mut self.file {
             let mut rec = Vec::with_capacity(4 + text.len() + v.len() * 4);
             rec.extend_from_slice(&(text.len() as u32).to_le_bytes());
             rec.extend_from_slice(text.as_bytes());
             v.iter().for_each(|x| rec.extend_from_slice(&x.to_le_bytes()));
-            w.write_all(&rec).map_err(|e| LoadError::io(path.as_path(), e))?;
+            w.write_all(&rec).map_err(|e| TrainError::io(path.as_path(), e))?;
         }
         self.map.insert(text.to_string(), v);
         Ok(())
     }
 
-    fn flush(&mut self) -> Result<(), LoadError> {
+    fn flush(&mut self) -> Result<(), TrainError> {
         if let Some((path, w)) = &mut self.file {
-            w.flush().map_err(|e| LoadError::io(path.as_path(), e))?;
+            w.flush().map_err(|e| TrainError::io(path.as_path(), e))?;
         }
         Ok(())
     }

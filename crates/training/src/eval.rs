@@ -4,9 +4,10 @@
 //! be checked against hand-computed values; `evaluate_bundle` feeds it from a served model.
 use crate::data::Task;
 use crate::data::{read_examples, Columns, Example};
+use crate::error::TrainError;
 use nudge_model::batching::sorted_batches;
 use nudge_model::bundle::{sha256_hex, stage_copy, FORMAT};
-use nudge_model::{BackendKind, LoadError, Manifest, NluModel, NluOutput, OOS_LABEL};
+use nudge_model::{BackendKind, Manifest, NluModel, NluOutput, OOS_LABEL};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -150,7 +151,7 @@ pub fn figures(preds: &[Prediction], oos_label: Option<&str>) -> Figures {
 
 /// Runs a bundle over a JSONL file (batches of 32) and computes its figures. Intent predictions
 /// follow the server's rules, out-of-scope verdict included.
-pub fn evaluate_bundle(bundle: &Path, data: &Path, head: Task) -> Result<Figures, LoadError> {
+pub fn evaluate_bundle(bundle: &Path, data: &Path, head: Task) -> Result<Figures, TrainError> {
     let model = NluModel::load(bundle, BackendKind::Cpu)?;
     let rows = read_examples(data, &Columns::default())?;
     let known: BTreeSet<String> = match head {
@@ -159,7 +160,7 @@ pub fn evaluate_bundle(bundle: &Path, data: &Path, head: Task) -> Result<Figures
             .map(|s| s.labels.iter().cloned().chain([OOS_LABEL.to_string()]).collect()),
         Task::Sentiment => model.sentiment_labels().map(|l| l.iter().cloned().collect()),
     }
-    .ok_or_else(|| LoadError::invalid(bundle, format!("the bundle has no {} head", head.name())))?;
+    .ok_or_else(|| TrainError::invalid(bundle, format!("the bundle has no {} head", head.name())))?;
     check_known_labels(data, &rows, |l| known.contains(l))?;
     let mut preds = Vec::with_capacity(rows.len());
     for (r, out) in rows.iter().zip(run_all(&model, &rows, data)?) {
@@ -234,9 +235,9 @@ pub fn markdown(f: &Figures) -> String {
 }
 
 /// Refuses the first row whose label the bundle cannot predict, naming it.
-fn check_known_labels(data: &Path, rows: &[Example], known: impl Fn(&str) -> bool) -> Result<(), LoadError> {
+fn check_known_labels(data: &Path, rows: &[Example], known: impl Fn(&str) -> bool) -> Result<(), TrainError> {
     match rows.iter().enumerate().find(|(_, r)| !known(&r.label)) {
-        Some((i, r)) => Err(LoadError::invalid(
+        Some((i, r)) => Err(TrainError::invalid(
             data,
             format!(
                 "example {}: label `{}` is not one of the bundle's labels",
@@ -250,7 +251,7 @@ fn check_known_labels(data: &Path, rows: &[Example], known: impl Fn(&str) -> boo
 
 /// Runs every row through the model in length-sorted batches of 32 (little padding), results
 /// in row order.
-fn run_all(model: &NluModel, rows: &[Example], data: &Path) -> Result<Vec<NluOutput>, LoadError> {
+fn run_all(model: &NluModel, rows: &[Example], data: &Path) -> Result<Vec<NluOutput>, TrainError> {
     let ids: Vec<Vec<u32>> = rows
         .iter()
         .enumerate()
@@ -258,14 +259,14 @@ fn run_all(model: &NluModel, rows: &[Example], data: &Path) -> Result<Vec<NluOut
             model
                 .tokenize(&r.text)
                 .map(|t| t.ids)
-                .map_err(|e| LoadError::invalid(data, format!("example {}: {e}", i + 1)))
+                .map_err(|e| TrainError::invalid(data, format!("example {}: {e}", i + 1)))
         })
         .collect::<Result<_, _>>()?;
     let lengths: Vec<usize> = ids.iter().map(Vec::len).collect();
     let mut out: Vec<Option<NluOutput>> = (0..ids.len()).map(|_| None).collect();
     for batch in sorted_batches(&lengths, 32, usize::MAX) {
         let seqs: Vec<&[u32]> = batch.iter().map(|&i| ids[i].as_slice()).collect();
-        let outputs = model.run(&seqs).map_err(|e| LoadError::invalid(data, e.to_string()))?;
+        let outputs = model.run(&seqs)?;
         for (&i, o) in batch.iter().zip(outputs) {
             out[i] = Some(o);
         }
@@ -296,12 +297,12 @@ pub fn calibrate_bundle(
     max_in_scope_loss: f64,
     out: &Path,
     version: Option<String>,
-) -> Result<Calibration, LoadError> {
+) -> Result<Calibration, TrainError> {
     let model = NluModel::load(bundle, BackendKind::Cpu)?;
     let spec = model
         .intent_spec()
         .cloned()
-        .ok_or_else(|| LoadError::invalid(bundle, "the bundle has no intent head"))?;
+        .ok_or_else(|| TrainError::invalid(bundle, "the bundle has no intent head"))?;
     let mut labels = spec.labels.clone();
     let rows = read_examples(data, &Columns::default())?;
     check_known_labels(data, &rows, |l| l == OOS_LABEL || labels.iter().any(|x| x == l))?;
@@ -315,13 +316,13 @@ pub fn calibrate_bundle(
     }
     let vals = vec![(data.to_path_buf(), rows)];
     let t = crate::train::calibrate_oos_threshold(&labels, &vals, &[probs], max_in_scope_loss)
-        .ok_or_else(|| LoadError::invalid(data, "no `oos` rows (or no in-scope rows) to calibrate on"))?;
-    let data_sha = sha256_hex(&std::fs::read(data).map_err(|e| LoadError::io(data, e))?);
+        .ok_or_else(|| TrainError::invalid(data, "no `oos` rows (or no in-scope rows) to calibrate on"))?;
+    let data_sha = sha256_hex(&std::fs::read(data).map_err(|e| TrainError::io(data, e))?);
     let mut m: Manifest = model.manifest().clone();
     let old_version = m.version.clone();
     let new_version = version.unwrap_or_else(|| format!("{old_version}-cal-{}", &data_sha[..8]));
     if new_version == old_version {
-        return Err(LoadError::invalid(
+        return Err(TrainError::invalid(
             out,
             "the calibrated bundle needs a version of its own",
         ));

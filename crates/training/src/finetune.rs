@@ -10,12 +10,14 @@
 //! step) must be saved with the checkpoint, and because one fused multi-threaded pass per
 //! parameter is several times faster than candle's chain of single-threaded tensor ops.
 use crate::data::{Example, Task};
+use crate::error::TrainError;
 use crate::progress::Progress;
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor, Var};
+use nudge_model::batching::sorted_batches;
 use nudge_model::bundle::{f32_safetensors, f32_safetensors_with_metadata, sha256_hex, write_atomic};
 use nudge_model::encoder::{read_weights, BertEncoder, EncoderConfig, NamedWeights, TOKENIZER_FILE};
-use nudge_model::{EncoderFiles, EncoderSpec, LinearHead, LoadError};
+use nudge_model::{EncoderFiles, EncoderSpec, LinearHead};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rayon::prelude::*;
@@ -176,7 +178,7 @@ struct Model {
 }
 
 impl Model {
-    fn encoder(&self, detach: bool) -> Result<BertEncoder, LoadError> {
+    fn encoder(&self, detach: bool) -> Result<BertEncoder, TrainError> {
         let mut tensors = self.frozen.clone();
         for p in self.params.iter().filter(|p| p.group == Group::Encoder) {
             let t = if detach {
@@ -190,7 +192,12 @@ impl Model {
             origin: self.origin.clone(),
             tensors,
         };
-        BertEncoder::from_weights(self.config.clone(), &w, &self.origin, &Device::Cpu)
+        Ok(BertEncoder::from_weights(
+            self.config.clone(),
+            &w,
+            &self.origin,
+            &Device::Cpu,
+        )?)
     }
 
     fn head(&self, detach: bool) -> (Tensor, Tensor) {
@@ -245,16 +252,16 @@ impl Model {
     }
 
     /// With frozen bottom layers, their output for every text (computed once, no graph).
-    fn inputs(&self, ids: Vec<Vec<u32>>) -> Result<Inputs, LoadError> {
+    fn inputs(&self, ids: Vec<Vec<u32>>) -> Result<Inputs, TrainError> {
         if self.first_trained == 0 {
             return Ok(Inputs::Tokens(ids));
         }
         let enc = self.encoder(true)?;
         let h = self.config.hidden_size;
-        let mut order: Vec<usize> = (0..ids.len()).collect();
-        order.sort_by_key(|&i| ids[i].len());
+        let lengths: Vec<usize> = ids.iter().map(Vec::len).collect();
         let mut out = vec![(0, Vec::new()); ids.len()];
-        for chunk in order.chunks(64) {
+        for chunk in sorted_batches(&lengths, 64, usize::MAX) {
+            let chunk = chunk.as_slice();
             let seqs: Vec<&[u32]> = chunk.iter().map(|&i| ids[i].as_slice()).collect();
             let (x, mask) = enc.embeddings(&seqs)?;
             let x = enc.layers(x, &mask, 0..self.first_trained)?;
@@ -269,12 +276,12 @@ impl Model {
     }
 
     /// Softmax probabilities for every input, computed in length-sorted batches without a graph.
-    fn probabilities(&self, inputs: &Inputs, batch: usize) -> Result<Vec<Vec<f32>>, LoadError> {
+    fn probabilities(&self, inputs: &Inputs, batch: usize) -> Result<Vec<Vec<f32>>, TrainError> {
         let enc = self.encoder(true)?;
-        let mut order: Vec<usize> = (0..inputs.count()).collect();
-        order.sort_by_key(|&i| inputs.len(i));
+        let lengths: Vec<usize> = (0..inputs.count()).map(|i| inputs.len(i)).collect();
         let mut out = vec![Vec::new(); inputs.count()];
-        for chunk in order.chunks(batch.max(1)) {
+        for chunk in sorted_batches(&lengths, batch.max(1), usize::MAX) {
+            let chunk = chunk.as_slice();
             let p = candle_nn::ops::softmax_last_dim(&self.logits(&enc, inputs, chunk, true)?)?.to_vec2::<f32>()?;
             for (&i, row) in chunk.iter().zip(p) {
                 out[i] = row;
@@ -401,8 +408,8 @@ fn fingerprint(parts: &[&[u8]]) -> String {
     sha256_hex(&all)
 }
 
-fn save_checkpoint(dir: &Path, model: &Model, best: Option<&BestParams>, state: &RunState) -> Result<(), LoadError> {
-    std::fs::create_dir_all(dir).map_err(|e| LoadError::io(dir, e))?;
+fn save_checkpoint(dir: &Path, model: &Model, best: Option<&BestParams>, state: &RunState) -> Result<(), TrainError> {
+    std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
     let path = dir.join(CHECKPOINT);
     let values = model.values()?;
     let mut tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)> = BTreeMap::new();
@@ -417,9 +424,9 @@ fn save_checkpoint(dir: &Path, model: &Model, best: Option<&BestParams>, state: 
             }
         }
     }
-    let meta = serde_json::to_string(state).map_err(|e| LoadError::invalid(&path, e.to_string()))?;
+    let meta = serde_json::to_string(state).map_err(|e| TrainError::invalid(&path, e.to_string()))?;
     let bytes = f32_safetensors_with_metadata(&path, &tensors, Some([("state".to_string(), meta)].into()))?;
-    write_atomic(&path, &bytes)
+    Ok(write_atomic(&path, &bytes)?)
 }
 
 /// The best epoch's parameter values, one flat vector per trainable tensor.
@@ -430,34 +437,34 @@ fn load_checkpoint(
     dir: &Path,
     fp: &str,
     model: &mut Model,
-) -> Result<Option<(RunState, Option<BestParams>)>, LoadError> {
+) -> Result<Option<(RunState, Option<BestParams>)>, TrainError> {
     let path = dir.join(CHECKPOINT);
     let Ok(bytes) = std::fs::read(&path) else {
         return Ok(None);
     };
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
-        .map_err(|e| LoadError::invalid(&path, format!("not a checkpoint: {e}")))?;
+        .map_err(|e| TrainError::invalid(&path, format!("not a checkpoint: {e}")))?;
     let state: RunState = meta
         .metadata()
         .as_ref()
         .and_then(|m| m.get("state"))
         .and_then(|s| serde_json::from_str(s).ok())
-        .ok_or_else(|| LoadError::invalid(&path, "checkpoint has no run state"))?;
+        .ok_or_else(|| TrainError::invalid(&path, "checkpoint has no run state"))?;
     if state.fingerprint != fp {
         return Ok(None);
     }
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| LoadError::invalid(&path, e.to_string()))?;
-    let read = |name: &str, len: usize| -> Result<Vec<f32>, LoadError> {
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| TrainError::invalid(&path, e.to_string()))?;
+    let read = |name: &str, len: usize| -> Result<Vec<f32>, TrainError> {
         let v = st
             .tensor(name)
-            .map_err(|_| LoadError::invalid(&path, format!("checkpoint lacks `{name}`")))?;
+            .map_err(|_| TrainError::invalid(&path, format!("checkpoint lacks `{name}`")))?;
         let vals: Vec<f32> = v
             .data()
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
         if vals.len() != len {
-            return Err(LoadError::invalid(&path, format!("`{name}` has the wrong size")));
+            return Err(TrainError::invalid(&path, format!("`{name}` has the wrong size")));
         }
         Ok(vals)
     };
@@ -499,9 +506,9 @@ pub fn fine_tune(
     data: &FineTuneData<'_>,
     cfg: &FineTuning,
     progress: &dyn Progress,
-) -> Result<FineTuned, LoadError> {
+) -> Result<FineTuned, TrainError> {
     if cfg.batch_size == 0 || cfg.epochs == 0 || cfg.max_tokens < 3 {
-        return Err(LoadError::invalid(
+        return Err(TrainError::invalid(
             encoder_dir,
             "epochs and batch size must be positive, max tokens at least 3",
         ));
@@ -515,13 +522,13 @@ pub fn fine_tune(
     } = EncoderFiles::open_dir(encoder_dir, spec, Some(cfg.max_tokens))?;
     let tok_path = encoder_dir.join(TOKENIZER_FILE);
     let weights = read_weights(&config, &w_path, &w_bytes, &Device::Cpu)?;
-    let tokenize = |rows: &[Example]| -> Result<Vec<Vec<u32>>, LoadError> {
+    let tokenize = |rows: &[Example]| -> Result<Vec<Vec<u32>>, TrainError> {
         rows.iter()
             .map(|e| {
                 tokenizer
                     .tokenize(&e.text)
                     .map(|t| t.ids)
-                    .map_err(|err| LoadError::invalid(&tok_path, format!("tokenizing {:?}: {err}", e.text)))
+                    .map_err(|err| TrainError::invalid(&tok_path, format!("tokenizing {:?}: {err}", e.text)))
             })
             .collect()
     };

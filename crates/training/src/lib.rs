@@ -15,6 +15,7 @@
 
 pub mod data;
 mod embed;
+mod error;
 pub mod eval;
 mod finetune;
 mod progress;
@@ -22,6 +23,7 @@ pub mod train;
 
 pub use data::{Columns, Example, Task};
 pub use embed::FrozenEncoder;
+pub use error::TrainError;
 pub use finetune::{EpochRecord, FineTuning};
 pub use progress::{Progress, Silent};
 pub use train::{HeadTraining, TrainJob, TrainReport};

@@ -3,13 +3,14 @@
 //! AdamW on candle. Seeded: the same data and flags give the same head.
 use crate::data::{index_labels, read_examples, Columns, Example, Task};
 use crate::embed::FrozenEncoder;
+use crate::error::TrainError;
 use crate::progress::Progress;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use nudge_model::bundle::{f32_safetensors, sha256_hex, write_atomic, FORMAT};
 use nudge_model::encoder::{EncoderConfig, CONFIG_FILE, ENCODER_FILES, WEIGHTS_FILE};
 use nudge_model::{
-    intent_verdict, ClassifierSpec, EncoderSpec, HeadsSpec, IntentSpec, LinearHead, LoadError, Manifest, OOS_LABEL,
+    intent_verdict, ClassifierSpec, EncoderSpec, HeadsSpec, IntentSpec, LinearHead, Manifest, OOS_LABEL,
 };
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -131,7 +132,7 @@ pub(crate) fn write_bundle(
     head: &LinearHead,
     oos_threshold: f32,
     metrics: serde_json::Map<String, serde_json::Value>,
-) -> Result<Manifest, LoadError> {
+) -> Result<Manifest, TrainError> {
     let keep_other_head = matches!(encoder, BundleEncoder::Link(_));
     let existing = Manifest::read(out).ok();
     // Everything is written into a staging directory beside `out` and swapped in at the end:
@@ -140,12 +141,12 @@ pub(crate) fn write_bundle(
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(|e| LoadError::io(parent, e))?;
+    std::fs::create_dir_all(parent).map_err(|e| TrainError::io(parent, e))?;
     let stage = tempfile::Builder::new()
         .prefix(".nudge-bundle-")
         .tempdir_in(parent)
-        .map_err(|e| LoadError::io(parent, e))?;
-    std::fs::create_dir_all(stage.path().join("encoder")).map_err(|e| LoadError::io(stage.path(), e))?;
+        .map_err(|e| TrainError::io(parent, e))?;
+    std::fs::create_dir_all(stage.path().join("encoder")).map_err(|e| TrainError::io(stage.path(), e))?;
     let mut heads: BTreeMap<String, (Vec<f32>, Vec<f32>, usize)> = BTreeMap::new();
     let mut spec_heads = HeadsSpec::default();
     let mut all_metrics = serde_json::Map::new();
@@ -160,9 +161,9 @@ pub(crate) fn write_bundle(
         };
         if let (Some(file), Some(n)) = (&m.heads.file, n) {
             let p = out.join(file);
-            let bytes = std::fs::read(&p).map_err(|e| LoadError::io(&p, e))?;
+            let bytes = std::fs::read(&p).map_err(|e| TrainError::io(&p, e))?;
             let st = safetensors::SafeTensors::deserialize(&bytes)
-                .map_err(|e| LoadError::invalid(&p, format!("not a safetensors file: {e}")))?;
+                .map_err(|e| TrainError::invalid(&p, format!("not a safetensors file: {e}")))?;
             let h = LinearHead::load(&p, &st, other.name(), n, hidden)?;
             heads.insert(other.name().into(), (h.weight().to_vec(), h.bias().to_vec(), n));
             spec_heads = m.heads.clone();
@@ -196,7 +197,7 @@ pub(crate) fn write_bundle(
         if let (Some(w), WEIGHTS_FILE) = (weights, f) {
             write_atomic(&dst, w)?;
         } else if std::fs::hard_link(&src, &dst).is_err() {
-            std::fs::copy(&src, &dst).map_err(|e| LoadError::io(&src, e))?;
+            std::fs::copy(&src, &dst).map_err(|e| TrainError::io(&src, e))?;
         }
     }
     spec_heads.file = Some("heads.safetensors".into());
@@ -236,20 +237,20 @@ pub(crate) fn write_bundle(
     if out.exists() {
         // Files the bundle does not manage (a README, the script that made it) stay with it.
         for entry in std::fs::read_dir(out)
-            .map_err(|e| LoadError::io(out, e))?
+            .map_err(|e| TrainError::io(out, e))?
             .filter_map(|e| e.ok())
         {
             let dst = staged.join(entry.file_name());
             if !dst.exists() {
-                std::fs::rename(entry.path(), &dst).map_err(|e| LoadError::io(entry.path(), e))?;
+                std::fs::rename(entry.path(), &dst).map_err(|e| TrainError::io(entry.path(), e))?;
             }
         }
         let old = parent.join(format!(".nudge-bundle-old-{}", std::process::id()));
-        std::fs::rename(out, &old).map_err(|e| LoadError::io(out, e))?;
-        std::fs::rename(&staged, out).map_err(|e| LoadError::io(out, e))?;
+        std::fs::rename(out, &old).map_err(|e| TrainError::io(out, e))?;
+        std::fs::rename(&staged, out).map_err(|e| TrainError::io(out, e))?;
         let _ = std::fs::remove_dir_all(&old);
     } else {
-        std::fs::rename(&staged, out).map_err(|e| LoadError::io(out, e))?;
+        std::fs::rename(&staged, out).map_err(|e| TrainError::io(out, e))?;
     }
     Ok(m)
 }
@@ -398,13 +399,13 @@ struct Prepared {
     data_sha256: BTreeMap<String, String>,
 }
 
-fn file_sha256(path: &Path) -> Result<String, LoadError> {
+fn file_sha256(path: &Path) -> Result<String, TrainError> {
     std::fs::read(path)
         .map(|b| sha256_hex(&b))
-        .map_err(|e| LoadError::io(path, e))
+        .map_err(|e| TrainError::io(path, e))
 }
 
-fn prepare(job: &TrainJob) -> Result<Prepared, LoadError> {
+fn prepare(job: &TrainJob) -> Result<Prepared, TrainError> {
     let base_manifest = Manifest::read(&job.base).ok();
     let (encoder_dir, mut spec) = match &base_manifest {
         Some(m) => (job.base.join(&m.encoder.dir), m.encoder.clone()),
@@ -427,7 +428,7 @@ fn prepare(job: &TrainJob) -> Result<Prepared, LoadError> {
     // Refuse a base that is not an encoder before reading any data.
     for f in ENCODER_FILES {
         if !encoder_dir.join(f).is_file() {
-            return Err(LoadError::invalid(
+            return Err(TrainError::invalid(
                 &job.base,
                 format!("not an encoder: no {f} (expected a Hugging Face encoder directory or a bundle)"),
             ));
@@ -435,7 +436,7 @@ fn prepare(job: &TrainJob) -> Result<Prepared, LoadError> {
     }
     let config = EncoderConfig::from_file(&encoder_dir.join(CONFIG_FILE))?;
     if config.activation().is_none() {
-        return Err(LoadError::invalid(
+        return Err(TrainError::invalid(
             encoder_dir.join(CONFIG_FILE),
             "unsupported hidden_act",
         ));
@@ -475,7 +476,7 @@ fn prepare(job: &TrainJob) -> Result<Prepared, LoadError> {
     let mut counts = vec![0usize; labels.len()];
     y.iter().for_each(|&i| counts[i] += 1);
     if let Some(i) = counts.iter().position(|&c| c < job.min_examples_per_label) {
-        return Err(LoadError::invalid(
+        return Err(TrainError::invalid(
             &first,
             format!(
                 "label `{}` has {} training example(s), fewer than the {} required (add examples, drop the label, or lower --min-examples-per-label)",
@@ -494,7 +495,7 @@ fn prepare(job: &TrainJob) -> Result<Prepared, LoadError> {
         for (n, e) in v.iter().enumerate() {
             let oos_row = job.task == Task::Intent && e.label == OOS_LABEL;
             if !oos_row && !labels.contains(&e.label) {
-                return Err(LoadError::invalid(
+                return Err(TrainError::invalid(
                     f,
                     format!(
                         "example {}: label `{}` is not among the training labels",
@@ -623,7 +624,7 @@ fn val_figures(
 
 /// Runs a whole job: read and check the data, embed or fine-tune, fit, calibrate the
 /// out-of-scope threshold, score the val files, write the bundle.
-pub fn run(job: &TrainJob, progress: &dyn Progress) -> Result<TrainReport, LoadError> {
+pub fn run(job: &TrainJob, progress: &dyn Progress) -> Result<TrainReport, TrainError> {
     let prep = prepare(job)?;
     let labels = prep.labels.clone();
     let name = job
@@ -678,7 +679,7 @@ pub fn run(job: &TrainJob, progress: &dyn Progress) -> Result<TrainReport, LoadE
             let (x_train, rest) = embs.split_at(prep.train.len());
             let t1 = std::time::Instant::now();
             let fit =
-                |x: &[Vec<f32>], y: &[usize]| fit_softmax(x, y, labels.len(), job.training).map_err(LoadError::from);
+                |x: &[Vec<f32>], y: &[usize]| fit_softmax(x, y, labels.len(), job.training).map_err(TrainError::from);
             let val_has_oos = prep.vals.iter().any(|(_, v)| v.iter().any(|e| e.label == OOS_LABEL));
             // Without out-of-scope rows in val: fit on 80% of train, take the quantile of the
             // held-out 20%'s top probability, so that share of in-scope texts would be flagged.
