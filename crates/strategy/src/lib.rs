@@ -18,6 +18,7 @@ pub mod catalog;
 mod channel;
 mod error;
 pub mod money;
+pub mod pricing;
 
 pub use catalog::{Catalog, Offer, OfferKind, Product};
 pub use channel::Channel;
