@@ -17,6 +17,7 @@
 pub mod catalog;
 mod channel;
 mod error;
+pub mod link;
 pub mod money;
 pub mod pricing;
 
