@@ -19,6 +19,7 @@ mod channel;
 mod error;
 pub mod link;
 pub mod money;
+pub mod pii;
 pub mod pricing;
 
 pub use catalog::{Catalog, Offer, OfferKind, Product};
