@@ -279,6 +279,11 @@ impl Catalog {
     }
 }
 
+/// The first 12 hex digits of the sha256 of `bytes`: the version of a file operators edit.
+pub(crate) fn short_hash(bytes: &[u8]) -> String {
+    hex::encode(&Sha256::digest(bytes)[..6])
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CatalogFile {

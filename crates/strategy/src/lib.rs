@@ -21,6 +21,7 @@ pub mod link;
 pub mod money;
 pub mod pii;
 pub mod pricing;
+pub mod rules;
 
 pub use catalog::{Catalog, Offer, OfferKind, Product};
 pub use channel::Channel;
