@@ -24,7 +24,7 @@
 //! price = "299.00"
 //! channels = ["web", "app"]      # default: every channel
 //! valid_to = "2027-01-01T00:00:00+08:00"
-//! budget = 1000                   # acceptances, then the offer is spent
+//! budget = 1000                   # times it may be made (each redeemable once), then spent
 //! stacks_with = ["new_customer_20"]
 //! ```
 use crate::channel::Channel;
@@ -143,7 +143,7 @@ pub struct Offer {
     pub valid_from: Option<i64>,
     /// Not after this time (unix seconds).
     pub valid_to: Option<i64>,
-    /// Acceptances allowed in all; then it is spent.
+    /// Times it may be made in all (each redeemable once); then it is spent.
     pub budget: Option<u64>,
     /// Offers it may be combined with in one price (either side listing the other suffices).
     pub stacks_with: BTreeSet<String>,

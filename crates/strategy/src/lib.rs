@@ -16,7 +16,10 @@
 
 pub mod catalog;
 mod channel;
+pub mod conversation;
+pub mod engine;
 mod error;
+pub mod guardrails;
 pub mod link;
 pub mod money;
 pub mod pii;

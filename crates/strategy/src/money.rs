@@ -29,12 +29,12 @@ impl Cents {
     pub const ZERO: Cents = Cents(0);
 
     /// `self + other`, or `Overflow`.
-    pub fn add(self, other: Cents) -> Result<Cents, MoneyError> {
+    pub fn checked_add(self, other: Cents) -> Result<Cents, MoneyError> {
         self.0.checked_add(other.0).map(Cents).ok_or(MoneyError::Overflow)
     }
 
     /// `self - other`, or `Overflow`.
-    pub fn sub(self, other: Cents) -> Result<Cents, MoneyError> {
+    pub fn checked_sub(self, other: Cents) -> Result<Cents, MoneyError> {
         self.0.checked_sub(other.0).map(Cents).ok_or(MoneyError::Overflow)
     }
 
@@ -187,8 +187,8 @@ mod tests {
 
     #[test]
     fn arithmetic_is_overflow_checked() {
-        assert_eq!(Cents(i64::MAX).add(Cents(1)), Err(MoneyError::Overflow));
-        assert_eq!(Cents(i64::MIN).sub(Cents(1)), Err(MoneyError::Overflow));
+        assert_eq!(Cents(i64::MAX).checked_add(Cents(1)), Err(MoneyError::Overflow));
+        assert_eq!(Cents(i64::MIN).checked_sub(Cents(1)), Err(MoneyError::Overflow));
         assert_eq!(Cents(i64::MAX / 2 + 1).times(2), Err(MoneyError::Overflow));
         assert_eq!(Cents(250).times(3).unwrap(), Cents(750));
     }

@@ -112,7 +112,7 @@ pub fn quote(catalog: &Catalog, cart: &[CartLine], offers: &[&Offer]) -> Result<
         lines
             .iter()
             .filter(|l| keep(l))
-            .try_fold(Cents::ZERO, |acc, l| acc.add(l.unit_price.times(l.qty)?))
+            .try_fold(Cents::ZERO, |acc, l| acc.checked_add(l.unit_price.times(l.qty)?))
     };
     let mut by_offer = Vec::with_capacity(sorted.len());
     let mut discount = Cents::ZERO;
@@ -122,7 +122,7 @@ pub fn quote(catalog: &Catalog, cart: &[CartLine], offers: &[&Offer]) -> Result<
                 let mut list = Cents::ZERO;
                 for sku in items {
                     let u = unit(sku)?;
-                    list = list.add(u)?;
+                    list = list.checked_add(u)?;
                     lines.push(QuoteLine {
                         sku: sku.clone(),
                         qty: 1,
@@ -130,7 +130,7 @@ pub fn quote(catalog: &Catalog, cart: &[CartLine], offers: &[&Offer]) -> Result<
                         added_by: Some(o.id.clone()),
                     });
                 }
-                list.sub(*price)?.max(Cents::ZERO)
+                list.checked_sub(*price)?.max(Cents::ZERO)
             }
             OfferKind::Warranty { sku, price, .. } => {
                 let u = unit(sku)?;
@@ -140,7 +140,7 @@ pub fn quote(catalog: &Catalog, cart: &[CartLine], offers: &[&Offer]) -> Result<
                     unit_price: u,
                     added_by: Some(o.id.clone()),
                 });
-                u.sub(*price)?.max(Cents::ZERO)
+                u.checked_sub(*price)?.max(Cents::ZERO)
             }
             OfferKind::Upgrade { from, to, extra } => {
                 let line = lines
@@ -164,7 +164,7 @@ pub fn quote(catalog: &Catalog, cart: &[CartLine], offers: &[&Offer]) -> Result<
                     unit_price: to_price,
                     added_by: Some(o.id.clone()),
                 });
-                to_price.sub(from_price.add(*extra)?)?.max(Cents::ZERO)
+                to_price.checked_sub(from_price.checked_add(*extra)?)?.max(Cents::ZERO)
             }
             OfferKind::PercentOff {
                 basis_points,
@@ -184,7 +184,7 @@ pub fn quote(catalog: &Catalog, cart: &[CartLine], offers: &[&Offer]) -> Result<
                 save,
                 repeat,
             } => {
-                let subtotal = sum(&lines, &|_| true)?.sub(discount)?;
+                let subtotal = sum(&lines, &|_| true)?.checked_sub(discount)?;
                 let times = if subtotal.0 < threshold.0 {
                     0
                 } else if *repeat {
@@ -195,7 +195,7 @@ pub fn quote(catalog: &Catalog, cart: &[CartLine], offers: &[&Offer]) -> Result<
                 Cents(save.0.checked_mul(times).ok_or(MoneyError::Overflow)?)
             }
             OfferKind::Coupon { amount, min_spend } => {
-                let subtotal = sum(&lines, &|_| true)?.sub(discount)?;
+                let subtotal = sum(&lines, &|_| true)?.checked_sub(discount)?;
                 if subtotal >= *min_spend {
                     *amount
                 } else {
@@ -204,15 +204,15 @@ pub fn quote(catalog: &Catalog, cart: &[CartLine], offers: &[&Offer]) -> Result<
             }
         };
         // Never more than what is left to pay.
-        let left = sum(&lines, &|_| true)?.sub(discount)?;
+        let left = sum(&lines, &|_| true)?.checked_sub(discount)?;
         let d = d.min(left).max(Cents::ZERO);
-        discount = discount.add(d)?;
+        discount = discount.checked_add(d)?;
         by_offer.push((o.id.clone(), d));
     }
     lines.retain(|l| l.qty > 0);
     let list_price = sum(&lines, &|_| true)?;
     Ok(Quote {
-        final_price: list_price.sub(discount)?,
+        final_price: list_price.checked_sub(discount)?,
         lines,
         list_price,
         discount,
@@ -319,7 +319,9 @@ amount = "100000"
         let c = catalog();
         let o = |id: &str| c.offer(id).unwrap();
         // (cart, offers, list, discount, final)
-        let cases: Vec<(Vec<CartLine>, Vec<&str>, i64, i64, i64)> = vec![
+        // (cart, offers, list, discount, final) in cents.
+        type Case<'a> = (Vec<CartLine>, Vec<&'a str>, i64, i64, i64);
+        let cases: Vec<Case<'_>> = vec![
             // The battery example: warranty + power bank for 329 instead of 428.
             (cart(&[]), vec!["care"], 42_800, 9_900, 32_900),
             (cart(&[("PH", 1)]), vec!["care"], 442_700, 9_900, 432_800),
@@ -405,8 +407,8 @@ amount = "100000"
             if let Ok(q) = quote(&c, &cart, &offers) {
                 prop_assert!(q.final_price >= Cents::ZERO);
                 prop_assert!(q.discount >= Cents::ZERO && q.discount <= q.list_price);
-                prop_assert_eq!(q.list_price.sub(q.discount).unwrap(), q.final_price);
-                let total = q.by_offer.iter().try_fold(Cents::ZERO, |a, (_, d)| a.add(*d)).unwrap();
+                prop_assert_eq!(q.list_price.checked_sub(q.discount).unwrap(), q.final_price);
+                let total = q.by_offer.iter().try_fold(Cents::ZERO, |a, (_, d)| a.checked_add(*d)).unwrap();
                 prop_assert_eq!(total, q.discount);
             }
         }
