@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "nudge/v1/nlu.proto",
         "nudge/v1/decide.proto",
         "nudge/v1/optimizer.proto",
+        "nudge/v1/conversations.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");

@@ -2,6 +2,7 @@
 //! top), and [`Secret`], the type every key and token is held in so that `--print-config`,
 //! `Debug` and logs never show one.
 use crate::batcher::BatcherConfig;
+use crate::conversations::StrategyConfig;
 use crate::decide::DecisionsConfig;
 use crate::service::Limits;
 use nudge_model::BackendKind;
@@ -86,6 +87,8 @@ pub struct ServeConfig {
     pub tls: Option<TlsConfig>,
     /// Offer decisions and policy hot-loading; off unless configured.
     pub decisions: Option<DecisionsConfig>,
+    /// Conversations: catalog, rules, guardrails (needs `decisions`).
+    pub strategy: Option<StrategyConfig>,
 }
 
 impl Default for ServeConfig {
@@ -103,6 +106,7 @@ impl Default for ServeConfig {
             auth_token_file: None,
             tls: None,
             decisions: None,
+            strategy: None,
         }
     }
 }

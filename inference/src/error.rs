@@ -15,6 +15,10 @@ pub enum RequestError {
     /// No model of that name is served (`NOT_FOUND`).
     #[error("model: no model named `{0}` is served")]
     UnknownModel(String),
+    /// A named thing (conversation, decision) does not exist (`NOT_FOUND`); the message
+    /// starts with the field.
+    #[error("{0}")]
+    NotFound(String),
     /// The batch queue is full (`RESOURCE_EXHAUSTED`).
     #[error("the batch queue is full ({0} requests waiting); retry with backoff")]
     QueueFull(usize),

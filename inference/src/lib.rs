@@ -13,6 +13,7 @@
 mod auth;
 pub mod batcher;
 mod config;
+mod conversations;
 mod decide;
 mod error;
 pub mod metrics;
@@ -23,6 +24,7 @@ mod service;
 
 pub use auth::BearerAuth;
 pub use config::{Secret, ServeConfig, TlsConfig};
+pub use conversations::{StrategyConfig, StrategyLoadError};
 pub use decide::DecisionsConfig;
 pub use error::RequestError;
 pub use server::{start, RunningServer, ServeError};

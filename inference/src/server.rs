@@ -9,14 +9,15 @@
 use crate::auth::BearerAuth;
 use crate::batcher::Batcher;
 use crate::config::{Secret, ServeConfig};
+use crate::conversations::{load_strategy, ConversationService, StrategyLoadError};
 use crate::decide::{DecisionService, DecisionsError, PolicyAdminService, PolicyStore};
 use crate::metrics::Metrics;
 use crate::model_admin::ModelAdminService;
 use crate::service::{NluService, ServedModels};
 use nudge_model::{LoadError, NluModel};
 use nudge_proto::v1::{
-    decisions_server::DecisionsServer, model_admin_server::ModelAdminServer, nlu_server::NluServer,
-    policy_admin_server::PolicyAdminServer,
+    conversations_server::ConversationsServer, decisions_server::DecisionsServer, model_admin_server::ModelAdminServer,
+    nlu_server::NluServer, policy_admin_server::PolicyAdminServer,
 };
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -59,6 +60,9 @@ pub enum ServeError {
     /// The decision service could not start.
     #[error(transparent)]
     Decisions(#[from] DecisionsError),
+    /// The strategy (catalog, rules, guardrails) could not start.
+    #[error(transparent)]
+    Strategy(#[from] StrategyLoadError),
     /// A listener could not bind.
     #[error("binding {addr}: {source}")]
     Bind {
@@ -189,6 +193,14 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
     let cfg = config.clone();
     let m2 = metrics.clone();
     let models = Arc::new(tokio::task::spawn_blocking(move || load_models(&cfg, &m2)).await??);
+    // The rules are checked against the default model's labels.
+    let labels = models.get("").ok().map(|b| {
+        let heads = &b.model().manifest().heads;
+        (
+            heads.intent.as_ref().map(|i| i.labels.clone()).unwrap_or_default(),
+            heads.sentiment.as_ref().map(|s| s.labels.clone()).unwrap_or_default(),
+        )
+    });
     let service = Arc::new(NluService::new(models.clone(), config.limits, metrics.clone()));
     let model_admin = ModelAdminService::new(
         models,
@@ -206,7 +218,12 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
         Some(dc) => {
             let registry = nudge_policy::Registry::open(&dc.policy_registry).map_err(DecisionsError::from)?;
             let store = Arc::new(PolicyStore::open(registry).map_err(DecisionsError::from)?);
-            let decide = DecisionService::new(service.clone(), store.clone(), dc, metrics.clone())?;
+            let decide = Arc::new(DecisionService::new(
+                service.clone(),
+                store.clone(),
+                dc,
+                metrics.clone(),
+            )?);
             let admin = PolicyAdminService {
                 store,
                 metrics: metrics.clone(),
@@ -267,9 +284,26 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
+    let conversations = match (&config.strategy, &decisions) {
+        (None, _) => None,
+        (Some(_), None) => return Err(StrategyLoadError::NeedsDecisions.into()),
+        (Some(sc), Some((d, _))) => {
+            let (intents, sentiments) = labels.clone().unwrap_or_default();
+            let strategy = load_strategy(sc, &intents, &sentiments)?;
+            tracing::info!(
+                catalog = strategy.catalog.version(),
+                rules = strategy.rules.version(),
+                products = strategy.catalog.products().len(),
+                offers = strategy.catalog.offers().len(),
+                "strategy loaded"
+            );
+            let svc = ConversationService::new(service.clone(), d.clone(), strategy, sc, metrics.clone());
+            Some(InterceptedService::new(ConversationsServer::new(svc), auth.clone()))
+        }
+    };
     let (decide_svc, admin_svc) = match decisions {
         Some((d, a)) => (
-            Some(InterceptedService::new(DecisionsServer::new(d), auth.clone())),
+            Some(InterceptedService::new(DecisionsServer::from_arc(d), auth.clone())),
             Some(InterceptedService::new(PolicyAdminServer::new(a), auth.clone())),
         ),
         None => (None, None),
@@ -281,6 +315,7 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
             .add_service(InterceptedService::new(reflection().build_v1alpha()?, auth.clone()))
             .add_service(InterceptedService::new(NluServer::from_arc(service), auth.clone()))
             .add_optional_service(decide_svc)
+            .add_optional_service(conversations)
             .serve_with_incoming_shutdown(grpc_incoming, stopped(rx.clone())),
     );
     let admin = tokio::spawn(

@@ -12,6 +12,11 @@
 //! | `out_of_scope` | 1 when the message is out of scope, else 0 |
 //! | `sentiment=<label>` | probability of each sentiment label |
 //! | `emb_<i>` | i-th coordinate of the policy's fixed projection of the message embedding |
+//! | `stage=<open\|issue\|resolved>`, `tier=<tier>` | 1 (Conversations/Turn) |
+//! | `turn`, `offers_shown` | the turn number and offers already shown (Conversations/Turn) |
+//!
+//! Conversations/Turn gives each candidate the offer features of [`offer`]: `offer=<id>`,
+//! `offer_kind=<kind>`, `discount_share` and `rule_priority`.
 
 /// Prefix of the one-hot channel feature: `channel=web`.
 pub const CHANNEL_PREFIX: &str = "channel=";
@@ -44,4 +49,46 @@ pub fn sentiment(label: &str) -> String {
 /// `emb_<i>`.
 pub fn embedding(i: usize) -> String {
     format!("{EMBEDDING_PREFIX}{i}")
+}
+
+/// `stage=<open|issue|resolved>`: where the conversation stands (Conversations/Turn).
+pub const STAGE_PREFIX: &str = "stage=";
+/// `tier=<name>`: the customer's tier (Conversations/Turn).
+pub const TIER_PREFIX: &str = "tier=";
+/// The 1-based turn number in the conversation (Conversations/Turn).
+pub const TURN: &str = "turn";
+/// Offers already shown in the conversation (Conversations/Turn).
+pub const OFFERS_SHOWN: &str = "offers_shown";
+
+/// Offer features the strategy engine gives each candidate (Conversations/Turn), so policies
+/// trained on its decisions read the same names.
+pub mod offer {
+    /// `offer=<id>`: which offer (one-hot).
+    pub const ID_PREFIX: &str = "offer=";
+    /// `offer_kind=<coupon|spend_save|percent_off|bundle|upgrade|warranty>` (one-hot).
+    pub const KIND_PREFIX: &str = "offer_kind=";
+    /// Discount as a share of the quote's list price, in [0, 1].
+    pub const DISCOUNT_SHARE: &str = "discount_share";
+    /// The highest priority of the rules that allowed it.
+    pub const PRIORITY: &str = "rule_priority";
+
+    /// `offer=<id>`.
+    pub fn id(id: &str) -> String {
+        format!("{ID_PREFIX}{id}")
+    }
+
+    /// `offer_kind=<kind>`.
+    pub fn kind(kind: &str) -> String {
+        format!("{KIND_PREFIX}{kind}")
+    }
+}
+
+/// `stage=<stage>`.
+pub fn stage(stage: &str) -> String {
+    format!("{STAGE_PREFIX}{stage}")
+}
+
+/// `tier=<tier>`.
+pub fn tier(tier: &str) -> String {
+    format!("{TIER_PREFIX}{tier}")
 }

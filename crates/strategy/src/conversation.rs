@@ -214,6 +214,45 @@ impl Conversation {
     pub fn offers_made(&self) -> usize {
         self.offers.len()
     }
+
+    /// Offers with this status.
+    pub fn offers_with(&self, status: OfferStatus) -> usize {
+        self.offers.iter().filter(|o| o.status == status).count()
+    }
+
+    /// What an agent taking over reads first: recent turns (already masked), the intents and
+    /// products of the conversation, and the offers made with their answers.
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "conversation {} · channel {} · {} turns · stage {:?}\n",
+            self.id,
+            self.channel.name(),
+            self.turns,
+            self.stage
+        );
+        for t in &self.recent {
+            s.push_str(&format!(
+                "  #{} [{} / {}] {}\n",
+                t.turn,
+                t.intent.as_deref().unwrap_or("out of scope"),
+                t.sentiment.as_deref().unwrap_or("-"),
+                t.text
+            ));
+        }
+        if !self.intents.is_empty() {
+            s.push_str(&format!("intents: {}\n", self.intents.join(", ")));
+        }
+        if !self.products.is_empty() {
+            s.push_str(&format!(
+                "products: {}\n",
+                self.products.iter().cloned().collect::<Vec<_>>().join(", ")
+            ));
+        }
+        for o in &self.offers {
+            s.push_str(&format!("offer {} on turn {}: {:?}\n", o.offer, o.turn, o.status));
+        }
+        s
+    }
 }
 
 /// Bounds of the conversation store.

@@ -15,6 +15,9 @@ pub enum StrategyError {
         #[source]
         source: std::io::Error,
     },
+    /// The catalog's product names do not fit in one automaton (far beyond any real catalog).
+    #[error("catalog names: {0}")]
+    Linker(#[from] aho_corasick::BuildError),
     /// The file is malformed or refers to something that does not exist.
     #[error("{}", Located { path, line: *line, field, reason })]
     Invalid {

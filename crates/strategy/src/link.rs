@@ -41,7 +41,7 @@ const MIN_NAME_CHARS: usize = 2;
 
 impl SkuLinker {
     /// Compiles every product's SKU, names and aliases.
-    pub fn new(catalog: &Catalog) -> Result<SkuLinker, aho_corasick::BuildError> {
+    pub fn new(catalog: &Catalog) -> Result<SkuLinker, crate::StrategyError> {
         let mut by_name: HashMap<String, BTreeSet<String>> = HashMap::new();
         for p in catalog.products() {
             let names = [p.sku.as_str(), p.name_zh.as_str(), p.name_en.as_str()]

@@ -25,6 +25,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tonic::{Request, Response, Status};
 
 pub use steps::{answer, check_against, choose, featurize, record, validate, Provenance};
+pub(crate) use steps::{Candidate, DecideInput};
 
 /// `[decisions]` in the server's TOML.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -80,7 +81,7 @@ pub struct PolicyStore {
     admin: Mutex<()>,
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -145,8 +146,8 @@ impl PolicyStore {
 /// The Decisions service.
 pub struct DecisionService {
     nlu: Arc<NluService>,
-    store: Arc<PolicyStore>,
-    log: EventLog,
+    pub(crate) store: Arc<PolicyStore>,
+    pub(crate) log: EventLog,
     key: Secret,
     max_candidates: usize,
     metrics: Metrics,
@@ -179,7 +180,8 @@ impl DecisionService {
         })
     }
 
-    fn pseudonym(&self, customer_id: &str) -> String {
+    /// The keyed hash a customer id is kept and logged as ("" for none).
+    pub(crate) fn pseudonym(&self, customer_id: &str) -> String {
         if customer_id.is_empty() {
             return String::new();
         }
@@ -217,7 +219,7 @@ impl DecisionService {
             None => (input.nlu.clone(), String::new()),
         };
 
-        let context = featurize(&input, nlu.as_ref(), policy);
+        let context = featurize(&input.context, &input.channel, nlu.as_ref(), policy);
         let t_policy = Instant::now();
         let choice = choose(policy, &context, &input.candidates, &mut rand::rng())?;
         let decision_id = {

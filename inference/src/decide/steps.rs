@@ -115,11 +115,17 @@ pub fn check_against(input: &DecideInput, policy: &Policy) -> Result<(), Request
     Ok(())
 }
 
-/// Step 2: the context the policy sees, by feature name (see `nudge_policy::context`).
-pub fn featurize(input: &DecideInput, nlu: Option<&Understanding>, policy: &Policy) -> BTreeMap<String, f64> {
-    let mut context = input.context.clone();
-    if !input.channel.is_empty() {
-        context.insert(names::channel(&input.channel), 1.0);
+/// Step 2: the context the policy sees, by feature name (see `nudge_policy::context`): the
+/// caller's features, the channel, and what was understood. Conversations/Turn adds its own.
+pub fn featurize(
+    given: &BTreeMap<String, f64>,
+    channel: &str,
+    nlu: Option<&Understanding>,
+    policy: &Policy,
+) -> BTreeMap<String, f64> {
+    let mut context = given.clone();
+    if !channel.is_empty() {
+        context.insert(names::channel(channel), 1.0);
     }
     if let Some(u) = nlu {
         if let Some(i) = &u.intent {
@@ -361,7 +367,7 @@ mod tests {
             embedding: vec![0.5, 0.25],
             ..Default::default()
         };
-        let ctx = featurize(&input, Some(&u), &policy(true, &[0.0; 6]));
+        let ctx = featurize(&input.context, &input.channel, Some(&u), &policy(true, &[0.0; 6]));
         let want: BTreeMap<String, f64> = [
             ("basket", 40.0),
             ("channel=web", 1.0),
@@ -377,7 +383,10 @@ mod tests {
         .collect();
         assert_eq!(ctx, want);
         // Without NLU only the request and channel features remain.
-        assert_eq!(featurize(&input, None, &policy(true, &[0.0; 6])).len(), 2);
+        assert_eq!(
+            featurize(&input.context, &input.channel, None, &policy(true, &[0.0; 6])).len(),
+            2
+        );
     }
 
     #[test]
@@ -385,7 +394,7 @@ mod tests {
         let input = validate(request(), 8).unwrap();
         // joint = [1, web, refund] ⊗ [1, discount]; reward grows with discount on the web.
         let p = policy(true, &[0.0, 0.0, 0.0, 10.0, 0.0, 0.0]);
-        let ctx = featurize(&input, None, &p);
+        let ctx = featurize(&input.context, &input.channel, None, &p);
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         let choice = choose(&p, &ctx, &input.candidates, &mut rng).unwrap();
         assert_eq!(choice.option, 1, "the bigger discount wins: {:?}", choice.scores);

@@ -1,0 +1,613 @@
+//! `nudge.v1.Conversations`: a conversation turn by turn. A turn's way: validate → understand
+//! the text (the shared batched encoder pass) → link products (`nudge_strategy::link`) → under
+//! the conversation lock: take the turn into the state, plan (rules → guardrails → prices), let
+//! the serving policy choose among the candidates (or, with no policy loaded, the highest
+//! priority, logged with propensity 1), commit (the guardrails checked again) → log the decision
+//! durably (the same `DecisionRecord` Decide writes) → answer with the state, the hand-off
+//! signal and the priced offer.
+//!
+//! If the decision log fails after a commit, the caller gets UNAVAILABLE and the conversation
+//! counts an offer the customer never saw: the error costs an offer, never adds one.
+use crate::decide::{choose, featurize, now_ms, record, Candidate, DecideInput, DecisionService, Provenance};
+use crate::error::RequestError;
+use crate::metrics::Metrics;
+use crate::nlu::{interpret, Understanding};
+use crate::service::{finish, NluService};
+use nudge_policy::{context as names, Choice};
+use nudge_proto::v1 as pb;
+use nudge_records::OutcomeKind;
+use nudge_strategy::conversation::{Conversation, ConversationStore, OfferStatus, StoreLimits, TurnFacts};
+use nudge_strategy::engine::{Clock, CustomerProfile, Ledger, Plan, Strategy};
+use nudge_strategy::guardrails::Guardrails;
+use nudge_strategy::link::SkuLinker;
+use nudge_strategy::pricing::CartLine;
+use nudge_strategy::rules::{Rules, Vocabulary};
+use nudge_strategy::{Catalog, Cents, Channel, StrategyError};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tonic::{Request, Response, Status};
+
+/// `[strategy]` in the server's TOML: the shop's catalog and rules, the guardrails, the
+/// conversation store's bounds. Needs `[decisions]` (its log and customer key).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StrategyConfig {
+    /// The catalog file (TOML, may name a products CSV).
+    pub catalog: PathBuf,
+    /// The operators' rules file.
+    pub rules: PathBuf,
+    /// The shop's time zone as an offset from UTC, in hours (quiet hours, days, rule hours).
+    #[serde(default)]
+    pub utc_offset_hours: i8,
+    /// Limits nobody lifts.
+    #[serde(default)]
+    pub guardrails: Guardrails,
+    /// Bounds of the conversation store.
+    #[serde(default)]
+    pub conversations: StoreLimits,
+    /// Longest cart accepted, in lines.
+    #[serde(default = "default_max_cart_lines")]
+    pub max_cart_lines: usize,
+}
+
+fn default_max_cart_lines() -> usize {
+    100
+}
+
+/// Why the strategy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StrategyLoadError {
+    /// A catalog or rules file was refused.
+    #[error(transparent)]
+    File(#[from] StrategyError),
+    /// The guardrails' settings are out of range.
+    #[error("strategy.{0}")]
+    Guardrails(#[from] nudge_strategy::guardrails::SettingError),
+    /// Conversations need the decision log and the customer key of `[decisions]`.
+    #[error("[strategy] needs [decisions] (the decision log and customer_id_key)")]
+    NeedsDecisions,
+}
+
+/// Loads catalog and rules, checking the rules against the default model's labels.
+pub fn load_strategy(
+    config: &StrategyConfig,
+    intents: &[String],
+    sentiments: &[String],
+) -> Result<Strategy, StrategyLoadError> {
+    config.guardrails.validate()?;
+    let catalog = Catalog::load(&config.catalog)?;
+    let rules = Rules::load(
+        &config.rules,
+        &Vocabulary {
+            intents,
+            sentiments,
+            catalog: &catalog,
+        },
+    )?;
+    let linker = SkuLinker::new(&catalog)?;
+    Ok(Strategy {
+        catalog,
+        rules,
+        guardrails: config.guardrails.clone(),
+        linker,
+    })
+}
+
+struct State {
+    store: ConversationStore,
+    ledger: Ledger,
+}
+
+/// The Conversations service.
+pub struct ConversationService {
+    nlu: Arc<NluService>,
+    decisions: Arc<DecisionService>,
+    strategy: Strategy,
+    state: Mutex<State>,
+    utc_offset_s: i64,
+    max_cart_lines: usize,
+    metrics: Metrics,
+}
+
+/// A validated turn or nudge.
+struct TurnInput {
+    conversation_id: String,
+    customer_id: String,
+    channel: Channel,
+    customer: CustomerProfile,
+    cart: Vec<CartLine>,
+}
+
+fn check_id(field: &str, v: &str) -> Result<(), RequestError> {
+    if v.trim().is_empty() {
+        return Err(RequestError::invalid(field, "must not be empty"));
+    }
+    if v.len() > 256 {
+        return Err(RequestError::invalid(field, "longer than 256 bytes"));
+    }
+    Ok(())
+}
+
+impl ConversationService {
+    /// A service over `strategy`, deciding with `decisions`' policy and log.
+    pub fn new(
+        nlu: Arc<NluService>,
+        decisions: Arc<DecisionService>,
+        strategy: Strategy,
+        config: &StrategyConfig,
+        metrics: Metrics,
+    ) -> Self {
+        Self {
+            nlu,
+            decisions,
+            strategy,
+            state: Mutex::new(State {
+                store: ConversationStore::new(config.conversations),
+                ledger: Ledger::default(),
+            }),
+            utc_offset_s: i64::from(config.utc_offset_hours) * 3600,
+            max_cart_lines: config.max_cart_lines,
+            metrics,
+        }
+    }
+
+    fn clock(&self) -> Clock {
+        Clock {
+            now_ms: i64::try_from(now_ms()).unwrap_or(i64::MAX),
+            utc_offset_s: self.utc_offset_s,
+        }
+    }
+
+    fn validate(
+        &self,
+        conversation_id: String,
+        customer_id: String,
+        channel: &str,
+        customer: Option<pb::Customer>,
+        cart: Vec<pb::CartLine>,
+    ) -> Result<TurnInput, RequestError> {
+        check_id("conversation_id", &conversation_id)?;
+        check_id("customer_id", &customer_id)?;
+        let channel = Channel::from_name(channel).ok_or_else(|| {
+            RequestError::invalid(
+                "channel",
+                format!("`{channel}` is not one of web, app, mini_program, phone, social"),
+            )
+        })?;
+        let c = customer.unwrap_or_default();
+        if c.lifetime_value_cents < 0 {
+            return Err(RequestError::invalid(
+                "customer.lifetime_value_cents",
+                "must not be negative",
+            ));
+        }
+        if cart.len() > self.max_cart_lines {
+            return Err(RequestError::invalid(
+                "cart",
+                format!("{} lines exceed the limit of {}", cart.len(), self.max_cart_lines),
+            ));
+        }
+        let mut lines = Vec::with_capacity(cart.len());
+        for (i, l) in cart.into_iter().enumerate() {
+            if self.strategy.catalog.product(&l.sku).is_none() {
+                return Err(RequestError::invalid(
+                    format!("cart[{i}].sku"),
+                    format!("unknown SKU `{}`", l.sku),
+                ));
+            }
+            if l.qty == 0 || l.qty > 10_000 {
+                return Err(RequestError::invalid(format!("cart[{i}].qty"), "must be 1 to 10000"));
+            }
+            lines.push(CartLine { sku: l.sku, qty: l.qty });
+        }
+        Ok(TurnInput {
+            conversation_id,
+            customer_id,
+            channel,
+            customer: CustomerProfile {
+                tier: c.tier,
+                lifetime_value: Cents(c.lifetime_value_cents),
+                marketing_consent: c.marketing_consent,
+                opted_out: c.opted_out,
+            },
+            cart: lines,
+        })
+    }
+
+    async fn turn_inner(&self, req: pb::TurnRequest) -> Result<pb::TurnResponse, RequestError> {
+        let input = self.validate(
+            req.conversation_id,
+            req.customer_id,
+            &req.channel,
+            req.customer,
+            req.cart,
+        )?;
+        if req.text.trim().is_empty() {
+            return Err(RequestError::invalid(
+                "text",
+                "must not be empty (use Nudge for a turn without a message)",
+            ));
+        }
+        let (m, mut answers) = self
+            .nlu
+            .understand_texts(&req.model, &[("text".to_string(), req.text.as_str())])
+            .await?;
+        let (a, truncated, count) = answers.remove(0);
+        let mut u = interpret(&m, &a.output, 3, false, truncated, count);
+        u.embedding = a.output.embedding;
+        let mentions = self.strategy.linker.link(&req.text);
+        let clock = self.clock();
+        let negative = negative_score(&u);
+        let facts = TurnFacts {
+            text: req.text.clone(),
+            intent: u.intent.as_ref().filter(|i| !i.out_of_scope).map(|i| i.label.clone()),
+            confidence: u.intent.as_ref().map_or(0.0, |i| i.confidence),
+            sentiment: u.sentiment.as_ref().map(|s| s.label.clone()),
+            negative,
+            // An ambiguous mention still tells the rules which category is meant.
+            products: mentions.iter().flat_map(|m| m.skus.iter().cloned()).collect(),
+            at_ms: clock.now_ms,
+        };
+        let mut response = self
+            .decide(&input, Some(&facts), Some(&u), negative, clock, m.version())
+            .await?;
+        u.embedding.clear();
+        response.nlu = Some(u.into());
+        response.products = mentions
+            .into_iter()
+            .map(|m| pb::ProductMention {
+                surface: m.surface,
+                skus: m.skus,
+                ambiguous: m.ambiguous,
+            })
+            .collect();
+        response.model_version = m.version().to_string();
+        Ok(response)
+    }
+
+    async fn nudge_inner(&self, req: pb::NudgeRequest) -> Result<pb::TurnResponse, RequestError> {
+        let trigger = pb::nudge_request::Trigger::try_from(req.trigger)
+            .ok()
+            .filter(|t| *t != pb::nudge_request::Trigger::Unspecified)
+            .ok_or_else(|| RequestError::invalid("trigger", "must be IDLE or RESOLVED"))?;
+        let input = self.validate(
+            req.conversation_id,
+            req.customer_id,
+            &req.channel,
+            req.customer,
+            req.cart,
+        )?;
+        let clock = self.clock();
+        let resolved = trigger == pb::nudge_request::Trigger::Resolved;
+        let facts = resolved.then(TurnFacts::default);
+        self.decide(&input, facts.as_ref(), None, 0.0, clock, "").await
+    }
+
+    /// The shared part of Turn and Nudge: state, plan, choice, commit, record.
+    async fn decide(
+        &self,
+        input: &TurnInput,
+        facts: Option<&TurnFacts>,
+        nlu: Option<&Understanding>,
+        negative: f32,
+        clock: Clock,
+        model_version: &str,
+    ) -> Result<pb::TurnResponse, RequestError> {
+        let customer = self.decisions.pseudonym(&input.customer_id);
+        let policy = self.decisions.store.current();
+        let decision_id = {
+            use rand::Rng;
+            format!("{:032x}", rand::rng().random::<u128>())
+        };
+        let (plan, conv, chosen, rec) = {
+            let mut st = self
+                .state
+                .lock()
+                .map_err(|_| RequestError::Internal("conversation store lock poisoned".into()))?;
+            let State { store, ledger } = &mut *st;
+            let conv = store.open(&input.conversation_id, &customer, input.channel, clock.now_ms);
+            match facts {
+                Some(f) if !f.text.is_empty() => conv.observe(
+                    f,
+                    self.strategy.rules.intents(),
+                    self.strategy.guardrails.unsure_below,
+                    self.strategy.guardrails.max_negative,
+                ),
+                Some(_) => conv.mark_resolved(clock.now_ms),
+                None => conv.turns += 1,
+            }
+            let plan = self
+                .strategy
+                .plan(conv, &input.customer, &input.cart, negative, clock, ledger);
+            let mut chosen = None;
+            let mut rec = None;
+            if !plan.candidates.is_empty() {
+                let (context, candidates) = self.features(input, conv, nlu, &plan, policy.as_deref());
+                let (choice, version) = match &policy {
+                    Some(pv) => (
+                        choose(&pv.policy, &context, &candidates, &mut rand::rng())?,
+                        pv.manifest.version.clone(),
+                    ),
+                    None => (rules_choice(candidates.len()), "rules".to_string()),
+                };
+                if let Some(k) = plan.candidates.get(choice.option) {
+                    self.strategy
+                        .commit(
+                            &plan,
+                            &k.offer,
+                            &decision_id,
+                            conv,
+                            &input.customer,
+                            negative,
+                            clock,
+                            ledger,
+                        )
+                        .map_err(|skip| {
+                            RequestError::Internal(format!("a planned offer failed its re-check: {skip}"))
+                        })?;
+                    chosen = Some((choice.option, choice.propensity, version.clone()));
+                }
+                let decide_input = DecideInput {
+                    conversation_id: input.conversation_id.clone(),
+                    customer_id: String::new(),
+                    channel: input.channel.name().to_string(),
+                    context: BTreeMap::new(),
+                    text: None,
+                    nlu: None,
+                    model: String::new(),
+                    candidates,
+                };
+                rec = Some(record(
+                    &decide_input,
+                    context,
+                    &choice,
+                    Provenance {
+                        decision_id: decision_id.clone(),
+                        time_ms: u64::try_from(clock.now_ms).unwrap_or_default(),
+                        customer: customer.clone(),
+                        policy_version: &version,
+                        model_version,
+                    },
+                ));
+                if chosen.is_none() {
+                    // The policy chose "no offer": still a decision, logged with its propensity.
+                    chosen = Some((usize::MAX, choice.propensity, version));
+                }
+            }
+            (plan, conv.clone(), chosen, rec)
+        };
+        if let Some(rec) = &rec {
+            self.decisions
+                .log
+                .append(rec)
+                .await
+                .map_err(|e| RequestError::Unavailable(format!("decision log: {e}")))?;
+            self.metrics.decisions.with_label_values(&[rec.how.as_str()]).inc();
+        }
+        Ok(pb::TurnResponse {
+            nlu: None,
+            products: Vec::new(),
+            state: Some(state_of(&conv)),
+            handoff: plan.handoff.map(|r| pb::Handoff {
+                reason: serde_json::to_value(r)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default(),
+                summary: conv.summary(),
+            }),
+            offer: Some(self.offer_answer(&plan, rec.as_ref().map(|r| r.decision_id.as_str()), chosen)),
+            catalog_version: self.strategy.catalog.version().to_string(),
+            rules_version: self.strategy.rules.version().to_string(),
+            model_version: model_version.to_string(),
+        })
+    }
+
+    /// The policy's view: context features and one feature set per candidate.
+    fn features(
+        &self,
+        input: &TurnInput,
+        conv: &Conversation,
+        nlu: Option<&Understanding>,
+        plan: &Plan,
+        policy: Option<&nudge_policy::PolicyVersion>,
+    ) -> (BTreeMap<String, f64>, Vec<Candidate>) {
+        let mut given = BTreeMap::new();
+        given.insert(names::stage(stage_name(conv)), 1.0);
+        if !input.customer.tier.is_empty() {
+            given.insert(names::tier(&input.customer.tier), 1.0);
+        }
+        given.insert(names::TURN.to_string(), f64::from(conv.turns));
+        given.insert(names::OFFERS_SHOWN.to_string(), conv.offers_made() as f64);
+        let context = match policy {
+            Some(pv) => featurize(&given, input.channel.name(), nlu, &pv.policy),
+            None => {
+                given.insert(names::channel(input.channel.name()), 1.0);
+                given
+            }
+        };
+        let candidates = plan
+            .candidates
+            .iter()
+            .map(|k| {
+                let kind = self.strategy.catalog.offer(&k.offer).map_or("", |o| o.kind.name());
+                let share = if k.quote.list_price.0 > 0 {
+                    k.quote.discount.0 as f64 / k.quote.list_price.0 as f64
+                } else {
+                    0.0
+                };
+                Candidate {
+                    id: k.offer.clone(),
+                    features: [
+                        (names::offer::id(&k.offer), 1.0),
+                        (names::offer::kind(kind), 1.0),
+                        (names::offer::DISCOUNT_SHARE.to_string(), share),
+                        (names::offer::PRIORITY.to_string(), f64::from(k.priority)),
+                    ]
+                    .into(),
+                }
+            })
+            .collect();
+        (context, candidates)
+    }
+
+    fn offer_answer(
+        &self,
+        plan: &Plan,
+        decision_id: Option<&str>,
+        chosen: Option<(usize, f64, String)>,
+    ) -> pb::OfferDecision {
+        let mut a = pb::OfferDecision {
+            decision_id: decision_id.unwrap_or_default().to_string(),
+            skipped: plan
+                .skipped
+                .iter()
+                .map(|(o, why)| pb::SkippedOffer {
+                    offer_id: o.clone(),
+                    reason: why.to_string(),
+                })
+                .collect(),
+            blocked: plan.blocked.as_ref().map(|b| b.to_string()).unwrap_or_default(),
+            ..Default::default()
+        };
+        if let Some((i, propensity, version)) = chosen {
+            a.propensity = propensity;
+            a.policy_version = version;
+            if let Some(k) = plan.candidates.get(i) {
+                let q = &k.quote;
+                a.offer_id = k.offer.clone();
+                a.rules = k.rules.clone();
+                a.price = Some(pb::Price {
+                    list_price_cents: q.list_price.0,
+                    discount_cents: q.discount.0,
+                    final_price_cents: q.final_price.0,
+                    list_price: q.list_price.to_string(),
+                    discount: q.discount.to_string(),
+                    final_price: q.final_price.to_string(),
+                });
+                if let Some(o) = self.strategy.catalog.offer(&k.offer) {
+                    a.kind = o.kind.name().to_string();
+                    a.title_zh = o.title_zh.clone();
+                    a.title_en = o.title_en.clone();
+                }
+            }
+        }
+        a
+    }
+
+    fn outcome_inner(
+        &self,
+        req: pb::ConversationOutcomeRequest,
+    ) -> Result<pb::ConversationOutcomeResponse, RequestError> {
+        check_id("conversation_id", &req.conversation_id)?;
+        check_id("decision_id", &req.decision_id)?;
+        let kind = outcome_kind(req.kind)?;
+        let customer = self.decisions.pseudonym(&req.customer_id);
+        let mut st = self
+            .state
+            .lock()
+            .map_err(|_| RequestError::Internal("conversation store lock poisoned".into()))?;
+        let State { store, ledger } = &mut *st;
+        let conv = store
+            .get_mut(&req.conversation_id)
+            .filter(|c| c.customer == customer)
+            .ok_or_else(|| {
+                RequestError::NotFound(format!(
+                    "conversation_id: `{}` is not an open conversation of this customer",
+                    req.conversation_id
+                ))
+            })?;
+        if !conv.offers.iter().any(|o| o.decision_id == req.decision_id) {
+            return Err(RequestError::NotFound(format!(
+                "decision_id: `{}` made no offer in this conversation",
+                req.decision_id
+            )));
+        }
+        self.strategy.outcome(conv, &req.decision_id, kind, ledger);
+        Ok(pb::ConversationOutcomeResponse {
+            state: Some(state_of(conv)),
+        })
+    }
+}
+
+/// With no policy loaded the rules decide: the first candidate (highest priority) for sure.
+fn rules_choice(n: usize) -> Choice {
+    let mut probabilities = vec![0.0; n];
+    probabilities[0] = 1.0;
+    Choice {
+        option: 0,
+        probabilities,
+        scores: vec![0.0; n],
+        propensity: 1.0,
+        std_error: 0.0,
+        how: "rules",
+    }
+}
+
+/// The probability of a `negative` sentiment label, 0 without a sentiment head.
+fn negative_score(u: &Understanding) -> f32 {
+    u.sentiment
+        .as_ref()
+        .and_then(|s| s.scores.iter().find(|l| l.label == "negative").map(|l| l.score))
+        .unwrap_or(0.0)
+}
+
+fn stage_name(c: &Conversation) -> &'static str {
+    match c.stage {
+        nudge_strategy::rules::Stage::Open => "open",
+        nudge_strategy::rules::Stage::Issue => "issue",
+        nudge_strategy::rules::Stage::Resolved => "resolved",
+    }
+}
+
+fn state_of(c: &Conversation) -> pb::ConversationState {
+    pb::ConversationState {
+        turns: c.turns,
+        stage: stage_name(c).to_string(),
+        intents: c.intents.clone(),
+        products: c.products.iter().cloned().collect(),
+        offers_shown: c.offers_made() as u32,
+        offers_accepted: c.offers_with(OfferStatus::Accepted) as u32,
+        offers_declined: c.offers_with(OfferStatus::Declined) as u32,
+        negative_streak: c.negative_streak,
+    }
+}
+
+fn outcome_kind(kind: i32) -> Result<OutcomeKind, RequestError> {
+    Ok(match pb::OutcomeKind::try_from(kind) {
+        Ok(pb::OutcomeKind::Shown) => OutcomeKind::Shown,
+        Ok(pb::OutcomeKind::Click) => OutcomeKind::Click,
+        Ok(pb::OutcomeKind::AddToCart) => OutcomeKind::AddToCart,
+        Ok(pb::OutcomeKind::Convert) => OutcomeKind::Convert,
+        Ok(pb::OutcomeKind::Decline) => OutcomeKind::Decline,
+        Ok(pb::OutcomeKind::OptOut) => OutcomeKind::OptOut,
+        Ok(pb::OutcomeKind::Complaint) => OutcomeKind::Complaint,
+        _ => return Err(RequestError::invalid("kind", "must be a known outcome kind")),
+    })
+}
+
+#[tonic::async_trait]
+impl pb::conversations_server::Conversations for ConversationService {
+    async fn turn(&self, request: Request<pb::TurnRequest>) -> Result<Response<pb::TurnResponse>, Status> {
+        let start = Instant::now();
+        let r = self.turn_inner(request.into_inner()).await;
+        finish(&self.metrics, "Turn", start, r)
+    }
+
+    async fn nudge(&self, request: Request<pb::NudgeRequest>) -> Result<Response<pb::TurnResponse>, Status> {
+        let start = Instant::now();
+        let r = self.nudge_inner(request.into_inner()).await;
+        finish(&self.metrics, "Nudge", start, r)
+    }
+
+    async fn outcome(
+        &self,
+        request: Request<pb::ConversationOutcomeRequest>,
+    ) -> Result<Response<pb::ConversationOutcomeResponse>, Status> {
+        let start = Instant::now();
+        let r = self.outcome_inner(request.into_inner());
+        finish(&self.metrics, "ConversationOutcome", start, r)
+    }
+}

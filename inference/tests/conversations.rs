@@ -1,0 +1,293 @@
+//! `nudge.v1.Conversations` on loopback with a tiny model (no sentiment head, so the tiny
+//! model's random sentiment cannot block offers): a product mention links to its SKU, the rules
+//! and prices give the care bundle at 329.00, the decision is logged like Decide's, a decline
+//! starts the cool-down, no consent blocks, a resolved nudge moves the stage, unsure turns hand
+//! off with a masked summary, and bad input gets a status naming the field.
+mod common;
+use common::*;
+use nudge_proto::v1 as pb;
+use nudge_records::DecisionRecord;
+use pb::conversations_client::ConversationsClient;
+use std::path::Path;
+use tonic::Code;
+
+const CATALOG: &str = r#"
+[[product]]
+sku = "X1"
+name_zh = "X1 手机"
+name_en = "X1 phone"
+category = "phone"
+price = "3999.00"
+[[product]]
+sku = "PB-10K"
+name_en = "power bank"
+category = "accessory"
+price = "129.00"
+[[product]]
+sku = "WAR-2Y"
+name_en = "2-year warranty"
+category = "service"
+price = "299.00"
+[[offer]]
+id = "care_bundle"
+kind = "bundle"
+title_en = "Extended warranty + power bank"
+title_zh = "延保+充电宝"
+items = ["WAR-2Y", "PB-10K"]
+price = "329.00"
+"#;
+
+const RULES: &str = r#"
+[intents]
+issue = ["refund"]
+resolved = ["greeting"]
+
+[[rule]]
+name = "phone talk: care bundle for gold customers"
+allow = ["care_bundle"]
+priority = 5
+[rule.when]
+category = ["phone"]
+tier = ["gold"]
+"#;
+
+async fn start(dir: &Path, unsure_below: f32) -> nudge_inference::RunningServer {
+    let bundle = write_bundle(&dir.join("bundle"), "tiny", Variant::Bert, nudge_model::Pooling::Mean);
+    // The same bundle without its sentiment head.
+    let m = bundle.join("manifest.json");
+    let mut manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(&m).unwrap()).unwrap();
+    manifest["heads"].as_object_mut().unwrap().remove("sentiment");
+    std::fs::write(&m, serde_json::to_vec_pretty(&manifest).unwrap()).unwrap();
+    std::fs::write(dir.join("catalog.toml"), CATALOG).unwrap();
+    std::fs::write(dir.join("rules.toml"), RULES).unwrap();
+    let d = dir.to_path_buf();
+    start_server(vec![bundle], move |c| {
+        c.decisions = Some(nudge_inference::DecisionsConfig {
+            policy_registry: d.join("registry"),
+            decision_log: d.join("decisions"),
+            customer_id_key: nudge_inference::Secret::new("a test key of 16+ bytes"),
+            ..Default::default()
+        });
+        let mut s: nudge_inference::StrategyConfig = toml::from_str(&format!(
+            "catalog = {:?}\nrules = {:?}\nutc_offset_hours = 8\n[guardrails]\ncooldown_turns_after_decline = 2\nunsure_below = {unsure_below}\n",
+            d.join("catalog.toml"),
+            d.join("rules.toml")
+        ))
+        .unwrap();
+        s.guardrails.max_offers_per_conversation = 5;
+        c.strategy = Some(s);
+    })
+    .await
+}
+
+fn turn(conv: &str, text: &str, tier: &str, consent: bool) -> pb::TurnRequest {
+    pb::TurnRequest {
+        conversation_id: conv.into(),
+        customer_id: format!("customer-of-{conv}"),
+        channel: "web".into(),
+        text: text.into(),
+        customer: Some(pb::Customer {
+            tier: tier.into(),
+            lifetime_value_cents: 1_000_000,
+            marketing_consent: consent,
+            opted_out: false,
+        }),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conversation_gets_a_priced_offer_then_a_cool_down_and_bad_input_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), 0.0).await;
+    let mut c = ConversationsClient::new(channel(server.grpc_addr).await);
+
+    let r = c
+        .turn(turn("c1", "does the X1 phone have a good battery?", "gold", true))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.products.len(), 1);
+    assert_eq!(
+        (r.products[0].surface.as_str(), r.products[0].skus.as_slice()),
+        ("X1 phone", &["X1".to_string()][..])
+    );
+    let o = r.offer.clone().unwrap();
+    assert_eq!(o.offer_id, "care_bundle");
+    assert_eq!((o.kind.as_str(), o.title_zh.as_str()), ("bundle", "延保+充电宝"));
+    let p = o.price.unwrap();
+    assert_eq!(
+        (p.list_price_cents, p.discount_cents, p.final_price_cents),
+        (42_800, 9_900, 32_900)
+    );
+    assert_eq!(p.final_price, "329.00");
+    assert_eq!(o.rules, vec!["phone talk: care bundle for gold customers"]);
+    assert_eq!((o.policy_version.as_str(), o.propensity), ("rules", 1.0));
+    assert_eq!(r.catalog_version.len(), 12);
+    assert_eq!(r.model_version, "t1");
+    let st = r.state.unwrap();
+    assert_eq!(
+        (st.turns, st.offers_shown, st.products.as_slice()),
+        (1, 1, &["X1".to_string()][..])
+    );
+
+    // The decision is in the log, like Decide's, with the offer features the policy will read.
+    let (records, malformed) = nudge_records::read_all::<DecisionRecord>(&dir.path().join("decisions")).unwrap();
+    assert_eq!(malformed, 0);
+    assert_eq!(records.len(), 1);
+    assert_eq!(
+        (records[0].decision_id.as_str(), records[0].offer_id.as_str()),
+        (o.decision_id.as_str(), "care_bundle")
+    );
+    assert_eq!(records[0].candidates[0].features["offer=care_bundle"], 1.0);
+    assert_eq!(records[0].candidates[0].features["offer_kind=bundle"], 1.0);
+    assert!(records[0].context.contains_key("channel=web") && records[0].context["tier=gold"] == 1.0);
+    assert!(!records[0].customer.is_empty() && !records[0].customer.contains("customer-of"));
+
+    // Declined: the next two turns are in cool-down, the third may offer again.
+    let s = c
+        .outcome(pb::ConversationOutcomeRequest {
+            conversation_id: "c1".into(),
+            customer_id: "customer-of-c1".into(),
+            decision_id: o.decision_id.clone(),
+            kind: pb::OutcomeKind::Decline as i32,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(s.state.unwrap().offers_declined, 1);
+    for _ in 0..2 {
+        let r = c
+            .turn(turn("c1", "and the X1 phone camera?", "gold", true))
+            .await
+            .unwrap()
+            .into_inner();
+        let o = r.offer.unwrap();
+        assert_eq!((o.offer_id.as_str(), o.blocked.as_str()), ("", "cool_down"));
+        assert_eq!(o.skipped[0].offer_id, "care_bundle");
+        assert!(o.decision_id.is_empty());
+    }
+    let r = c
+        .turn(turn("c1", "X1 phone then", "gold", true))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.offer.unwrap().offer_id, "care_bundle");
+
+    // No consent, or not gold: no offer, and the reply says why.
+    let r = c
+        .turn(turn("c2", "X1 phone?", "gold", false))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.offer.unwrap().blocked, "no_consent");
+    let r = c
+        .turn(turn("c3", "X1 phone?", "silver", true))
+        .await
+        .unwrap()
+        .into_inner();
+    let o = r.offer.unwrap();
+    assert_eq!((o.offer_id.as_str(), o.blocked.as_str()), ("", ""));
+
+    // A proactive turn after the problem was solved.
+    let r = c
+        .nudge(pb::NudgeRequest {
+            conversation_id: "c3".into(),
+            customer_id: "customer-of-c3".into(),
+            channel: "web".into(),
+            trigger: pb::nudge_request::Trigger::Resolved as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.state.unwrap().stage, "resolved");
+
+    // Bad input names the field.
+    for (req, field) in [
+        (
+            pb::TurnRequest {
+                channel: "fax".into(),
+                ..turn("c9", "hi", "gold", true)
+            },
+            "channel",
+        ),
+        (
+            pb::TurnRequest {
+                conversation_id: String::new(),
+                ..turn("c9", "hi", "gold", true)
+            },
+            "conversation_id",
+        ),
+        (turn("c9", "   ", "gold", true), "text"),
+        (
+            pb::TurnRequest {
+                cart: vec![pb::CartLine {
+                    sku: "NOPE".into(),
+                    qty: 1,
+                }],
+                ..turn("c9", "hi", "gold", true)
+            },
+            "cart[0].sku",
+        ),
+        (
+            pb::TurnRequest {
+                cart: vec![pb::CartLine {
+                    sku: "X1".into(),
+                    qty: 0,
+                }],
+                ..turn("c9", "hi", "gold", true)
+            },
+            "cart[0].qty",
+        ),
+    ] {
+        let e = c.turn(req).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{field}: {e:?}");
+        assert!(e.message().starts_with(field), "{field}: {}", e.message());
+    }
+    let e = c
+        .outcome(pb::ConversationOutcomeRequest {
+            conversation_id: "nope".into(),
+            customer_id: "x".into(),
+            decision_id: "d".into(),
+            kind: pb::OutcomeKind::Decline as i32,
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        e.code() == Code::NotFound && e.message().starts_with("conversation_id"),
+        "{e:?}"
+    );
+    let e = c
+        .nudge(pb::NudgeRequest {
+            conversation_id: "c3".into(),
+            customer_id: "customer-of-c3".into(),
+            channel: "web".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(e.message().starts_with("trigger"), "{e:?}");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsure_turns_hand_off_with_a_masked_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    // Every turn of the tiny model is "unsure" under this bar.
+    let server = start(dir.path(), 1.0).await;
+    let mut c = ConversationsClient::new(channel(server.grpc_addr).await);
+    let mut last = None;
+    for text in ["call me at 13812345678", "my mail is jane@example.com", "hello??"] {
+        last = Some(c.turn(turn("h1", text, "gold", true)).await.unwrap().into_inner());
+    }
+    let h = last.unwrap().handoff.expect("a hand-off after three unsure turns");
+    assert_eq!(h.reason, "unsure");
+    assert!(
+        h.summary.contains("[phone ****5678]") && h.summary.contains("[email ***@example.com]"),
+        "{}",
+        h.summary
+    );
+    assert!(!h.summary.contains("13812345678") && !h.summary.contains("jane@"));
+    server.shutdown().await.unwrap();
+}
