@@ -66,6 +66,10 @@ const REVIEWS: &[(&str, &str)] = &[
     ("用了两天就坏了，客服也不理人，太差了，不推荐", "negative"),
     ("Absolutely love it, great quality and fast delivery!", "positive"),
     ("质量很好，物流也快，非常满意，会回购", "positive"),
+    // Plain service questions are neutral, not negative (the head has a neutral class).
+    ("How do I print a return label?", "neutral"),
+    ("Can I change my delivery address?", "neutral"),
+    ("发票怎么开？", "neutral"),
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 nudge() { cargo run --release -q -- "$@"; }
-version=${VERSION:-2026.11.24-2}
+version=${VERSION:-2026.11.25-1}
 nudge train --task intent \
   --train models/data/cs_intent/train_en.jsonl --train models/data/cs_intent/train_zh.jsonl \
   --oos-train ../shared/data/intent/en/clinc150/train.jsonl --oos-train ../shared/data/intent/zh/cais/train.jsonl \
@@ -19,8 +19,13 @@ nudge train --task intent \
   --val models/data/cs_intent/eval_en.jsonl --val models/data/cs_intent/eval_zh.jsonl \
   --base models/encoders/multilingual-e5-small --text-prefix "query: " \
   --out models/bundles/default --name default --version "$version"
+# Sentiment for service chats: neutral / negative / positive. The review sets teach polarity; the
+# service messages of models/data/cs_sentiment/train.jsonl (built by its make.py) teach that a
+# plain question is neutral. Figures on the hand-written models/data/cs_sentiment/eval.jsonl.
 nudge train --task sentiment \
   --train ../shared/data/sentiment/en/sst2/train.jsonl \
-  --train ../shared/data/sentiment/zh/online_shopping/train.jsonl --limit-per-file 8000 \
+  --train ../shared/data/sentiment/zh/online_shopping/train.jsonl --limit-per-file 3000 \
+  --train models/data/cs_sentiment/train.jsonl \
   --val ../shared/data/sentiment/en/sst2/val.jsonl --val ../shared/data/sentiment/zh/online_shopping/val.jsonl \
+  --val models/data/cs_sentiment/eval.jsonl \
   --base models/bundles/default --out models/bundles/default --version "$version"
