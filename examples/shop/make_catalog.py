@@ -22,10 +22,12 @@ phones = [
     ("X1", "X1 手机", "X1 phone", ["x1"], 3999),
 ]
 for code, zh, en, aliases, base in phones:
+    # The model's own name, without storage or colour, is how most customers say it.
+    aliases = aliases + [en, zh]
     for i, gb in enumerate([128, 256, 512]):
         add(f"{code}-{gb}", f"{zh} {gb}G", f"{en} {gb}GB", aliases, "phone", base + 1000 * i, 0.18 * (base + 1000 * i))
         for c_zh, c_en in [("黑色", "black"), ("白色", "white"), ("蓝色", "blue")]:
-            add(f"{code}-{gb}-{c_en[:3].upper()}", f"{zh} {gb}G {c_zh}", f"{en} {gb}GB {c_en}", [], "phone", base + 1000 * i, 0.18 * (base + 1000 * i))
+            add(f"{code}-{gb}-{c_en[:3].upper()}", f"{zh} {gb}G {c_zh}", f"{en} {gb}GB {c_en}", aliases, "phone", base + 1000 * i, 0.18 * (base + 1000 * i))
     add(f"CASE-{code}", f"{zh} 手机壳", f"{en} case", [f"{en} case"], "accessory", 99, 60)
     add(f"GLASS-{code}", f"{zh} 钢化膜", f"{en} screen protector", [], "accessory", 49, 35)
 
