@@ -16,7 +16,9 @@ use crate::service::{finish, NluService};
 use nudge_policy::{context as names, Choice};
 use nudge_proto::v1 as pb;
 use nudge_records::OutcomeKind;
-use nudge_strategy::conversation::{Conversation, ConversationStore, OfferStatus, StoreLimits, TurnFacts};
+use nudge_strategy::conversation::{
+    Conversation, ConversationStore, OfferStatus, Snapshot, StoreLimits, TurnFacts, SNAPSHOT_SCHEMA,
+};
 use nudge_strategy::engine::{Clock, CustomerProfile, Ledger, Plan, Strategy};
 use nudge_strategy::guardrails::Guardrails;
 use nudge_strategy::link::SkuLinker;
@@ -26,6 +28,7 @@ use nudge_strategy::{Catalog, Cents, Channel, StrategyError};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tonic::{Request, Response, Status};
@@ -51,6 +54,18 @@ pub struct StrategyConfig {
     /// Longest cart accepted, in lines.
     #[serde(default = "default_max_cart_lines")]
     pub max_cart_lines: usize,
+    /// Where conversations, caps, opt-outs and budgets are kept across restarts (a snapshot
+    /// written every `snapshot_every_seconds` when something changed, and at shutdown). None:
+    /// they live in memory only.
+    #[serde(default)]
+    pub state_file: Option<PathBuf>,
+    /// How often the snapshot is written; a crash loses at most this much.
+    #[serde(default = "default_snapshot_every")]
+    pub snapshot_every_seconds: u64,
+}
+
+fn default_snapshot_every() -> u64 {
+    5
 }
 
 fn default_max_cart_lines() -> usize {
@@ -66,6 +81,9 @@ pub enum StrategyLoadError {
     /// The guardrails' settings are out of range.
     #[error("strategy.{0}")]
     Guardrails(#[from] nudge_strategy::guardrails::SettingError),
+    /// The saved conversation state could not be read.
+    #[error("strategy.state_file: {0}")]
+    State(StrategyError),
     /// Conversations need the decision log and the customer key of `[decisions]`.
     #[error("[strategy] needs [decisions] (the decision log and customer_id_key)")]
     NeedsDecisions,
@@ -107,6 +125,9 @@ pub struct ConversationService {
     decisions: Arc<DecisionService>,
     strategy: Strategy,
     state: Mutex<State>,
+    /// Set when the state changed since the last snapshot.
+    dirty: AtomicBool,
+    state_file: Option<PathBuf>,
     utc_offset_s: i64,
     max_cart_lines: usize,
     metrics: Metrics,
@@ -132,26 +153,63 @@ fn check_id(field: &str, v: &str) -> Result<(), RequestError> {
 }
 
 impl ConversationService {
-    /// A service over `strategy`, deciding with `decisions`' policy and log.
+    /// A service over `strategy`, deciding with `decisions`' policy and log; restores the
+    /// saved state when `config.state_file` has one (expired conversations are dropped).
     pub fn new(
         nlu: Arc<NluService>,
         decisions: Arc<DecisionService>,
         strategy: Strategy,
         config: &StrategyConfig,
         metrics: Metrics,
-    ) -> Self {
-        Self {
+    ) -> Result<Self, StrategyLoadError> {
+        let mut store = ConversationStore::new(config.conversations);
+        let mut ledger = Ledger::default();
+        let now = i64::try_from(now_ms()).unwrap_or(i64::MAX);
+        if let Some(path) = &config.state_file {
+            if let Some(snap) = Snapshot::load(path).map_err(StrategyLoadError::State)? {
+                let n = snap.conversations.len();
+                for c in snap.conversations {
+                    store.restore(c, now);
+                }
+                ledger = snap.ledger;
+                tracing::info!(file = %path.display(), saved = n, kept = store.len(), "conversation state restored");
+            }
+        }
+        Ok(Self {
             nlu,
             decisions,
             strategy,
-            state: Mutex::new(State {
-                store: ConversationStore::new(config.conversations),
-                ledger: Ledger::default(),
-            }),
+            state: Mutex::new(State { store, ledger }),
+            dirty: AtomicBool::new(false),
+            state_file: config.state_file.clone(),
             utc_offset_s: i64::from(config.utc_offset_hours) * 3600,
             max_cart_lines: config.max_cart_lines,
             metrics,
+        })
+    }
+
+    /// Writes the snapshot if the state changed since the last one (blocking file I/O: call it
+    /// from a blocking context). Nothing to do without a `state_file`.
+    pub fn save(&self) -> Result<(), StrategyError> {
+        let Some(path) = &self.state_file else {
+            return Ok(());
+        };
+        if !self.dirty.swap(false, Ordering::AcqRel) {
+            return Ok(());
         }
+        let snap = {
+            let Ok(st) = self.state.lock() else {
+                return Ok(());
+            };
+            Snapshot {
+                schema: SNAPSHOT_SCHEMA,
+                taken_ms: i64::try_from(now_ms()).unwrap_or(i64::MAX),
+                conversations: st.store.iter().cloned().collect(),
+                ledger: st.ledger.clone(),
+            }
+        };
+        snap.save(path)
+            .inspect_err(|_| self.dirty.store(true, Ordering::Release))
     }
 
     fn clock(&self) -> Clock {
@@ -379,6 +437,7 @@ impl ConversationService {
             }
             (plan, conv.clone(), chosen, rec)
         };
+        self.dirty.store(true, Ordering::Release);
         if let Some(rec) = &rec {
             self.decisions
                 .log
@@ -526,6 +585,7 @@ impl ConversationService {
             )));
         }
         self.strategy.outcome(conv, &req.decision_id, kind, ledger);
+        self.dirty.store(true, Ordering::Release);
         Ok(pb::ConversationOutcomeResponse {
             state: Some(state_of(conv)),
         })

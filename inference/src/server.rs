@@ -22,6 +22,7 @@ use nudge_proto::v1::{
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::service::interceptor::InterceptedService;
@@ -98,6 +99,8 @@ pub struct RunningServer {
     grpc: JoinHandle<Result<(), tonic::transport::Error>>,
     admin: JoinHandle<Result<(), tonic::transport::Error>>,
     http: JoinHandle<()>,
+    /// Conversations, saved once more when the server stops.
+    conversations: Option<(Arc<ConversationService>, JoinHandle<()>)>,
 }
 
 impl RunningServer {
@@ -112,13 +115,27 @@ impl RunningServer {
         self.http.abort();
         self.grpc.await??;
         self.admin.await??;
+        save_conversations(self.conversations).await;
         Ok(())
     }
 
     /// Serves until the data listener's task ends.
     pub async fn wait(self) -> Result<(), ServeError> {
         self.grpc.await??;
+        save_conversations(self.conversations).await;
         Ok(())
+    }
+}
+
+/// Stops the periodic snapshots and writes a last one.
+async fn save_conversations(c: Option<(Arc<ConversationService>, JoinHandle<()>)>) {
+    if let Some((svc, task)) = c {
+        task.abort();
+        match tokio::task::spawn_blocking(move || svc.save()).await {
+            Ok(Err(e)) => tracing::error!(error = %e, "saving conversation state at shutdown"),
+            Err(e) => tracing::error!(error = %e, "saving conversation state at shutdown"),
+            Ok(Ok(())) => {}
+        }
     }
 }
 
@@ -297,8 +314,14 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
                 offers = strategy.catalog.offers().len(),
                 "strategy loaded"
             );
-            let svc = ConversationService::new(service.clone(), d.clone(), strategy, sc, metrics.clone());
-            Some(InterceptedService::new(ConversationsServer::new(svc), auth.clone()))
+            let svc = Arc::new(ConversationService::new(
+                service.clone(),
+                d.clone(),
+                strategy,
+                sc,
+                metrics.clone(),
+            )?);
+            Some((svc, Duration::from_secs(sc.snapshot_every_seconds.max(1))))
         }
     };
     let (decide_svc, admin_svc) = match decisions {
@@ -315,7 +338,11 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
             .add_service(InterceptedService::new(reflection().build_v1alpha()?, auth.clone()))
             .add_service(InterceptedService::new(NluServer::from_arc(service), auth.clone()))
             .add_optional_service(decide_svc)
-            .add_optional_service(conversations)
+            .add_optional_service(
+                conversations
+                    .as_ref()
+                    .map(|(svc, _)| InterceptedService::new(ConversationsServer::from_arc(svc.clone()), auth.clone())),
+            )
             .serve_with_incoming_shutdown(grpc_incoming, stopped(rx.clone())),
     );
     let admin = tokio::spawn(
@@ -330,6 +357,23 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
             .serve_with_incoming_shutdown(admin_incoming, stopped(rx)),
     );
     tracing::info!(%grpc_addr, %admin_addr, %metrics_addr, auth = auth.enabled(), tls = config.tls.is_some(), "serving");
+    let conversations = conversations.map(|(svc, every)| {
+        let s = svc.clone();
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let s = s.clone();
+                match tokio::task::spawn_blocking(move || s.save()).await {
+                    Ok(Err(e)) => tracing::warn!(error = %e, "saving conversation state"),
+                    Err(e) => tracing::warn!(error = %e, "saving conversation state"),
+                    Ok(Ok(())) => {}
+                }
+            }
+        });
+        (svc, task)
+    });
     Ok(RunningServer {
         grpc_addr,
         admin_addr,
@@ -339,5 +383,6 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
         grpc,
         admin,
         http,
+        conversations,
     })
 }

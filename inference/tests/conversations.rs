@@ -52,32 +52,55 @@ tier = ["gold"]
 "#;
 
 async fn start(dir: &Path, unsure_below: f32) -> nudge_inference::RunningServer {
-    let bundle = write_bundle(&dir.join("bundle"), "tiny", Variant::Bert, nudge_model::Pooling::Mean);
-    // The same bundle without its sentiment head.
-    let m = bundle.join("manifest.json");
-    let mut manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(&m).unwrap()).unwrap();
-    manifest["heads"].as_object_mut().unwrap().remove("sentiment");
-    std::fs::write(&m, serde_json::to_vec_pretty(&manifest).unwrap()).unwrap();
-    std::fs::write(dir.join("catalog.toml"), CATALOG).unwrap();
-    std::fs::write(dir.join("rules.toml"), RULES).unwrap();
-    let d = dir.to_path_buf();
-    start_server(vec![bundle], move |c| {
-        c.decisions = Some(nudge_inference::DecisionsConfig {
-            policy_registry: d.join("registry"),
-            decision_log: d.join("decisions"),
+    start_with(dir, unsure_below, None).await
+}
+
+async fn start_with(
+    dir: &Path,
+    unsure_below: f32,
+    state_file: Option<std::path::PathBuf>,
+) -> nudge_inference::RunningServer {
+    nudge_inference::start(config(dir, unsure_below, state_file))
+        .await
+        .expect("server starts")
+}
+
+/// A server config for `dir` (tiny bundle without sentiment, the catalog and rules above).
+fn config(dir: &Path, unsure_below: f32, state_file: Option<std::path::PathBuf>) -> nudge_inference::ServeConfig {
+    let bundle = dir.join("bundle");
+    if !bundle.join("manifest.json").exists() {
+        write_bundle(&bundle, "tiny", Variant::Bert, nudge_model::Pooling::Mean);
+        // The same bundle without its sentiment head.
+        let m = bundle.join("manifest.json");
+        let mut manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(&m).unwrap()).unwrap();
+        manifest["heads"].as_object_mut().unwrap().remove("sentiment");
+        std::fs::write(&m, serde_json::to_vec_pretty(&manifest).unwrap()).unwrap();
+        std::fs::write(dir.join("catalog.toml"), CATALOG).unwrap();
+        std::fs::write(dir.join("rules.toml"), RULES).unwrap();
+    }
+    let mut s: nudge_inference::StrategyConfig = toml::from_str(&format!(
+        "catalog = {:?}\nrules = {:?}\nutc_offset_hours = 8\n[guardrails]\ncooldown_turns_after_decline = 2\nunsure_below = {unsure_below}\n",
+        dir.join("catalog.toml"),
+        dir.join("rules.toml")
+    ))
+    .unwrap();
+    s.guardrails.max_offers_per_conversation = 5;
+    s.state_file = state_file;
+    nudge_inference::ServeConfig {
+        grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        admin_addr: "127.0.0.1:0".parse().unwrap(),
+        metrics_addr: "127.0.0.1:0".parse().unwrap(),
+        bundles: vec![bundle],
+        models_root: dir.to_path_buf(),
+        decisions: Some(nudge_inference::DecisionsConfig {
+            policy_registry: dir.join("registry"),
+            decision_log: dir.join("decisions"),
             customer_id_key: nudge_inference::Secret::new("a test key of 16+ bytes"),
             ..Default::default()
-        });
-        let mut s: nudge_inference::StrategyConfig = toml::from_str(&format!(
-            "catalog = {:?}\nrules = {:?}\nutc_offset_hours = 8\n[guardrails]\ncooldown_turns_after_decline = 2\nunsure_below = {unsure_below}\n",
-            d.join("catalog.toml"),
-            d.join("rules.toml")
-        ))
-        .unwrap();
-        s.guardrails.max_offers_per_conversation = 5;
-        c.strategy = Some(s);
-    })
-    .await
+        }),
+        strategy: Some(s),
+        ..Default::default()
+    }
 }
 
 fn turn(conv: &str, text: &str, tier: &str, consent: bool) -> pb::TurnRequest {
@@ -290,4 +313,75 @@ async fn unsure_turns_hand_off_with_a_masked_summary() {
     );
     assert!(!h.summary.contains("13812345678") && !h.summary.contains("jane@"));
     server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conversations_caps_and_opt_outs_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state/conversations.json");
+    let server = start_with(dir.path(), 0.0, Some(state.clone())).await;
+    let mut c = ConversationsClient::new(channel(server.grpc_addr).await);
+    let r = c
+        .turn(turn("p1", "X1 phone, call 13812345678", "gold", true))
+        .await
+        .unwrap()
+        .into_inner();
+    let decision = r.offer.unwrap().decision_id;
+    c.outcome(pb::ConversationOutcomeRequest {
+        conversation_id: "p1".into(),
+        customer_id: "customer-of-p1".into(),
+        decision_id: decision,
+        kind: pb::OutcomeKind::Decline as i32,
+    })
+    .await
+    .unwrap();
+    let r = c.turn(turn("p2", "X1 phone", "gold", true)).await.unwrap().into_inner();
+    c.outcome(pb::ConversationOutcomeRequest {
+        conversation_id: "p2".into(),
+        customer_id: "customer-of-p2".into(),
+        decision_id: r.offer.unwrap().decision_id,
+        kind: pb::OutcomeKind::OptOut as i32,
+    })
+    .await
+    .unwrap();
+    server.shutdown().await.unwrap();
+    let saved = std::fs::read_to_string(&state).unwrap();
+    assert!(
+        !saved.contains("13812345678") && !saved.contains("customer-of-p1"),
+        "personal data in the snapshot"
+    );
+
+    // A new server on the same state: the conversation goes on where it was.
+    let server = start_with(dir.path(), 0.0, Some(state.clone())).await;
+    let mut c = ConversationsClient::new(channel(server.grpc_addr).await);
+    let r = c
+        .turn(turn("p1", "X1 phone again", "gold", true))
+        .await
+        .unwrap()
+        .into_inner();
+    let st = r.state.unwrap();
+    assert_eq!((st.turns, st.offers_shown, st.offers_declined), (2, 1, 1));
+    assert_eq!(r.offer.unwrap().blocked, "cool_down");
+    // The opt-out is remembered for the customer, in a new conversation too.
+    let mut req = turn("p2-new", "X1 phone", "gold", true);
+    req.customer_id = "customer-of-p2".into();
+    let r = c.turn(req).await.unwrap().into_inner();
+    assert_eq!(r.offer.unwrap().blocked, "opted_out");
+    server.shutdown().await.unwrap();
+
+    // A snapshot of another format is refused at start, naming the setting and the field.
+    std::fs::write(
+        &state,
+        r#"{"schema": 99, "taken_ms": 0, "conversations": [], "ledger": {"customers": {}, "budget_used": {}}}"#,
+    )
+    .unwrap();
+    let e = nudge_inference::start(config(dir.path(), 0.0, Some(state.clone())))
+        .await
+        .err()
+        .expect("a foreign snapshot is refused")
+        .to_string();
+    assert!(
+        e.contains("state_file") && e.contains("schema") && e.contains("99"),
+        "{e}"
+    );
 }

@@ -356,6 +356,71 @@ impl ConversationStore {
     }
 }
 
+/// The format of a saved conversation store; files with another are refused.
+pub const SNAPSHOT_SCHEMA: u32 = 1;
+
+/// Everything the conversation layer remembers, as saved across a restart. Text in it is
+/// already masked and customers are keyed hashes, so a snapshot holds no personal data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Always [`SNAPSHOT_SCHEMA`].
+    pub schema: u32,
+    /// When it was taken (unix ms).
+    pub taken_ms: i64,
+    /// Every kept conversation.
+    pub conversations: Vec<Conversation>,
+    /// Caps, opt-outs and budgets across conversations.
+    pub ledger: crate::engine::Ledger,
+}
+
+impl Snapshot {
+    /// Writes the snapshot atomically: a temporary file, fsynced, renamed over `path`. A crash
+    /// leaves the previous snapshot or the new one, never half of one.
+    pub fn save(&self, path: &std::path::Path) -> Result<(), crate::StrategyError> {
+        let io = |source| crate::StrategyError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let bytes = serde_json::to_vec(self).map_err(|e| io(std::io::Error::other(e)))?;
+        let tmp = path.with_extension("tmp");
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp).map_err(io)?;
+            f.write_all(&bytes).map_err(io)?;
+            f.sync_all().map_err(io)?;
+        }
+        std::fs::rename(&tmp, path).map_err(io)
+    }
+
+    /// Reads a snapshot; `None` when there is none yet.
+    pub fn load(path: &std::path::Path) -> Result<Option<Snapshot>, crate::StrategyError> {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(crate::StrategyError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        };
+        let s: Snapshot = serde_json::from_slice(&bytes)
+            .map_err(|e| crate::StrategyError::invalid(path, Some(e.line()), "", e.to_string()))?;
+        if s.schema != SNAPSHOT_SCHEMA {
+            return Err(crate::StrategyError::invalid(
+                path,
+                None,
+                "schema",
+                format!("{} is not supported (this server reads {SNAPSHOT_SCHEMA})", s.schema),
+            ));
+        }
+        Ok(Some(s))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

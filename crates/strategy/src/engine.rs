@@ -71,14 +71,14 @@ pub struct Plan {
 }
 
 /// What the engine remembers across conversations.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Ledger {
     customers: HashMap<String, CustomerDay>,
     /// Offer → times it was made.
     budget_used: HashMap<String, u64>,
 }
 
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 struct CustomerDay {
     day: i64,
     offers: u32,
