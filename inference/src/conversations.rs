@@ -13,6 +13,7 @@ use crate::error::RequestError;
 use crate::metrics::Metrics;
 use crate::nlu::{interpret, Understanding};
 use crate::service::{finish, NluService};
+use arc_swap::ArcSwap;
 use nudge_policy::{context as names, Choice};
 use nudge_proto::v1 as pb;
 use nudge_records::OutcomeKind;
@@ -123,7 +124,9 @@ struct State {
 pub struct ConversationService {
     nlu: Arc<NluService>,
     decisions: Arc<DecisionService>,
-    strategy: Strategy,
+    /// Swapped whole by `ReloadStrategy`; a turn holds the version it started with.
+    strategy: ArcSwap<Strategy>,
+    config: StrategyConfig,
     state: Mutex<State>,
     /// Set when the state changed since the last snapshot.
     dirty: AtomicBool,
@@ -178,7 +181,8 @@ impl ConversationService {
         Ok(Self {
             nlu,
             decisions,
-            strategy,
+            strategy: ArcSwap::from_pointee(strategy),
+            config: config.clone(),
             state: Mutex::new(State { store, ledger }),
             dirty: AtomicBool::new(false),
             state_file: config.state_file.clone(),
@@ -186,6 +190,18 @@ impl ConversationService {
             max_cart_lines: config.max_cart_lines,
             metrics,
         })
+    }
+
+    /// Reads the strategy files again and swaps them in if they pass every check (against the
+    /// default model's labels as they are now); otherwise the old version keeps serving.
+    /// Returns the versions before and after. Blocking file I/O.
+    pub fn reload(&self) -> Result<(Arc<Strategy>, Arc<Strategy>), RequestError> {
+        let (intents, sentiments) = self.nlu.labels("")?;
+        let new = load_strategy(&self.config, &intents, &sentiments)
+            .map_err(|e| RequestError::FailedPrecondition(e.to_string()))?;
+        let new = Arc::new(new);
+        let old = self.strategy.swap(new.clone());
+        Ok((old, new))
     }
 
     /// Writes the snapshot if the state changed since the last one (blocking file I/O: call it
@@ -221,6 +237,7 @@ impl ConversationService {
 
     fn validate(
         &self,
+        strategy: &Strategy,
         conversation_id: String,
         customer_id: String,
         channel: &str,
@@ -250,7 +267,7 @@ impl ConversationService {
         }
         let mut lines = Vec::with_capacity(cart.len());
         for (i, l) in cart.into_iter().enumerate() {
-            if self.strategy.catalog.product(&l.sku).is_none() {
+            if strategy.catalog.product(&l.sku).is_none() {
                 return Err(RequestError::invalid(
                     format!("cart[{i}].sku"),
                     format!("unknown SKU `{}`", l.sku),
@@ -276,7 +293,9 @@ impl ConversationService {
     }
 
     async fn turn_inner(&self, req: pb::TurnRequest) -> Result<pb::TurnResponse, RequestError> {
+        let strategy = self.strategy.load_full();
         let input = self.validate(
+            &strategy,
             req.conversation_id,
             req.customer_id,
             &req.channel,
@@ -296,7 +315,7 @@ impl ConversationService {
         let (a, truncated, count) = answers.remove(0);
         let mut u = interpret(&m, &a.output, 3, false, truncated, count);
         u.embedding = a.output.embedding;
-        let mentions = self.strategy.linker.link(&req.text);
+        let mentions = strategy.linker.link(&req.text);
         let clock = self.clock();
         let negative = negative_score(&u);
         let facts = TurnFacts {
@@ -310,7 +329,7 @@ impl ConversationService {
             at_ms: clock.now_ms,
         };
         let mut response = self
-            .decide(&input, Some(&facts), Some(&u), negative, clock, m.version())
+            .decide(&strategy, &input, Some(&facts), Some(&u), negative, clock, m.version())
             .await?;
         u.embedding.clear();
         response.nlu = Some(u.into());
@@ -331,7 +350,9 @@ impl ConversationService {
             .ok()
             .filter(|t| *t != pb::nudge_request::Trigger::Unspecified)
             .ok_or_else(|| RequestError::invalid("trigger", "must be IDLE or RESOLVED"))?;
+        let strategy = self.strategy.load_full();
         let input = self.validate(
+            &strategy,
             req.conversation_id,
             req.customer_id,
             &req.channel,
@@ -341,12 +362,15 @@ impl ConversationService {
         let clock = self.clock();
         let resolved = trigger == pb::nudge_request::Trigger::Resolved;
         let facts = resolved.then(TurnFacts::default);
-        self.decide(&input, facts.as_ref(), None, 0.0, clock, "").await
+        self.decide(&strategy, &input, facts.as_ref(), None, 0.0, clock, "")
+            .await
     }
 
     /// The shared part of Turn and Nudge: state, plan, choice, commit, record.
+    #[allow(clippy::too_many_arguments)]
     async fn decide(
         &self,
+        strategy: &Strategy,
         input: &TurnInput,
         facts: Option<&TurnFacts>,
         nlu: Option<&Understanding>,
@@ -370,20 +394,18 @@ impl ConversationService {
             match facts {
                 Some(f) if !f.text.is_empty() => conv.observe(
                     f,
-                    self.strategy.rules.intents(),
-                    self.strategy.guardrails.unsure_below,
-                    self.strategy.guardrails.max_negative,
+                    strategy.rules.intents(),
+                    strategy.guardrails.unsure_below,
+                    strategy.guardrails.max_negative,
                 ),
                 Some(_) => conv.mark_resolved(clock.now_ms),
                 None => conv.turns += 1,
             }
-            let plan = self
-                .strategy
-                .plan(conv, &input.customer, &input.cart, negative, clock, ledger);
+            let plan = strategy.plan(conv, &input.customer, &input.cart, negative, clock, ledger);
             let mut chosen = None;
             let mut rec = None;
             if !plan.candidates.is_empty() {
-                let (context, candidates) = self.features(input, conv, nlu, &plan, policy.as_deref());
+                let (context, candidates) = self.features(strategy, input, conv, nlu, &plan, policy.as_deref());
                 let (choice, version) = match &policy {
                     Some(pv) => (
                         choose(&pv.policy, &context, &candidates, &mut rand::rng())?,
@@ -392,7 +414,7 @@ impl ConversationService {
                     None => (rules_choice(candidates.len()), "rules".to_string()),
                 };
                 if let Some(k) = plan.candidates.get(choice.option) {
-                    self.strategy
+                    strategy
                         .commit(
                             &plan,
                             &k.offer,
@@ -457,9 +479,9 @@ impl ConversationService {
                     .unwrap_or_default(),
                 summary: conv.summary(),
             }),
-            offer: Some(self.offer_answer(&plan, rec.as_ref().map(|r| r.decision_id.as_str()), chosen)),
-            catalog_version: self.strategy.catalog.version().to_string(),
-            rules_version: self.strategy.rules.version().to_string(),
+            offer: Some(self.offer_answer(strategy, &plan, rec.as_ref().map(|r| r.decision_id.as_str()), chosen)),
+            catalog_version: strategy.catalog.version().to_string(),
+            rules_version: strategy.rules.version().to_string(),
             model_version: model_version.to_string(),
         })
     }
@@ -467,6 +489,7 @@ impl ConversationService {
     /// The policy's view: context features and one feature set per candidate.
     fn features(
         &self,
+        strategy: &Strategy,
         input: &TurnInput,
         conv: &Conversation,
         nlu: Option<&Understanding>,
@@ -491,7 +514,7 @@ impl ConversationService {
             .candidates
             .iter()
             .map(|k| {
-                let kind = self.strategy.catalog.offer(&k.offer).map_or("", |o| o.kind.name());
+                let kind = strategy.catalog.offer(&k.offer).map_or("", |o| o.kind.name());
                 let share = if k.quote.list_price.0 > 0 {
                     k.quote.discount.0 as f64 / k.quote.list_price.0 as f64
                 } else {
@@ -514,6 +537,7 @@ impl ConversationService {
 
     fn offer_answer(
         &self,
+        strategy: &Strategy,
         plan: &Plan,
         decision_id: Option<&str>,
         chosen: Option<(usize, f64, String)>,
@@ -546,7 +570,7 @@ impl ConversationService {
                     discount: q.discount.to_string(),
                     final_price: q.final_price.to_string(),
                 });
-                if let Some(o) = self.strategy.catalog.offer(&k.offer) {
+                if let Some(o) = strategy.catalog.offer(&k.offer) {
                     a.kind = o.kind.name().to_string();
                     a.title_zh = o.title_zh.clone();
                     a.title_en = o.title_en.clone();
@@ -569,6 +593,7 @@ impl ConversationService {
             .lock()
             .map_err(|_| RequestError::Internal("conversation store lock poisoned".into()))?;
         let State { store, ledger } = &mut *st;
+        let strategy = self.strategy.load();
         let conv = store
             .get_mut(&req.conversation_id)
             .filter(|c| c.customer == customer)
@@ -584,11 +609,51 @@ impl ConversationService {
                 req.decision_id
             )));
         }
-        self.strategy.outcome(conv, &req.decision_id, kind, ledger);
+        strategy.outcome(conv, &req.decision_id, kind, ledger);
         self.dirty.store(true, Ordering::Release);
         Ok(pb::ConversationOutcomeResponse {
             state: Some(state_of(conv)),
         })
+    }
+}
+
+/// `nudge.v1.StrategyAdmin` (admin listener only).
+pub struct StrategyAdminService {
+    /// The service whose strategy it reloads.
+    pub conversations: Arc<ConversationService>,
+    /// Request metrics.
+    pub metrics: Metrics,
+}
+
+#[tonic::async_trait]
+impl pb::strategy_admin_server::StrategyAdmin for StrategyAdminService {
+    async fn reload_strategy(
+        &self,
+        _request: Request<pb::ReloadStrategyRequest>,
+    ) -> Result<Response<pb::ReloadStrategyResponse>, Status> {
+        let start = Instant::now();
+        let c = self.conversations.clone();
+        let r = match tokio::task::spawn_blocking(move || c.reload()).await {
+            Ok(r) => r,
+            Err(e) => Err(RequestError::Internal(e.to_string())),
+        }
+        .map(|(old, new)| {
+            tracing::info!(
+                catalog = new.catalog.version(),
+                rules = new.rules.version(),
+                "strategy reloaded"
+            );
+            pb::ReloadStrategyResponse {
+                catalog_version: new.catalog.version().to_string(),
+                rules_version: new.rules.version().to_string(),
+                previous_catalog_version: old.catalog.version().to_string(),
+                previous_rules_version: old.rules.version().to_string(),
+            }
+        });
+        if let Err(e) = &r {
+            tracing::warn!(error = %e, "strategy reload refused; the old version keeps serving");
+        }
+        finish(&self.metrics, "ReloadStrategy", start, r)
     }
 }
 

@@ -9,7 +9,7 @@
 use crate::auth::BearerAuth;
 use crate::batcher::Batcher;
 use crate::config::{Secret, ServeConfig};
-use crate::conversations::{load_strategy, ConversationService, StrategyLoadError};
+use crate::conversations::{load_strategy, ConversationService, StrategyAdminService, StrategyLoadError};
 use crate::decide::{DecisionService, DecisionsError, PolicyAdminService, PolicyStore};
 use crate::metrics::Metrics;
 use crate::model_admin::ModelAdminService;
@@ -17,7 +17,7 @@ use crate::service::{NluService, ServedModels};
 use nudge_model::{LoadError, NluModel};
 use nudge_proto::v1::{
     conversations_server::ConversationsServer, decisions_server::DecisionsServer, model_admin_server::ModelAdminServer,
-    nlu_server::NluServer, policy_admin_server::PolicyAdminServer,
+    nlu_server::NluServer, policy_admin_server::PolicyAdminServer, strategy_admin_server::StrategyAdminServer,
 };
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -210,14 +210,6 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
     let cfg = config.clone();
     let m2 = metrics.clone();
     let models = Arc::new(tokio::task::spawn_blocking(move || load_models(&cfg, &m2)).await??);
-    // The rules are checked against the default model's labels.
-    let labels = models.get("").ok().map(|b| {
-        let heads = &b.model().manifest().heads;
-        (
-            heads.intent.as_ref().map(|i| i.labels.clone()).unwrap_or_default(),
-            heads.sentiment.as_ref().map(|s| s.labels.clone()).unwrap_or_default(),
-        )
-    });
     let service = Arc::new(NluService::new(models.clone(), config.limits, metrics.clone()));
     let model_admin = ModelAdminService::new(
         models,
@@ -305,7 +297,8 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
         (None, _) => None,
         (Some(_), None) => return Err(StrategyLoadError::NeedsDecisions.into()),
         (Some(sc), Some((d, _))) => {
-            let (intents, sentiments) = labels.clone().unwrap_or_default();
+            // The rules are checked against the default model's labels.
+            let (intents, sentiments) = service.labels("").unwrap_or_default();
             let strategy = load_strategy(sc, &intents, &sentiments)?;
             tracing::info!(
                 catalog = strategy.catalog.version(),
@@ -354,6 +347,15 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
                 auth.clone(),
             ))
             .add_optional_service(admin_svc)
+            .add_optional_service(conversations.as_ref().map(|(svc, _)| {
+                InterceptedService::new(
+                    StrategyAdminServer::new(StrategyAdminService {
+                        conversations: svc.clone(),
+                        metrics: metrics.clone(),
+                    }),
+                    auth.clone(),
+                )
+            }))
             .serve_with_incoming_shutdown(admin_incoming, stopped(rx)),
     );
     tracing::info!(%grpc_addr, %admin_addr, %metrics_addr, auth = auth.enabled(), tls = config.tls.is_some(), "serving");

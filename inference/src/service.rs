@@ -139,6 +139,17 @@ impl NluService {
         Ok(())
     }
 
+    /// The intent and sentiment labels of the model `name` ("" = the default), which the
+    /// strategy's rules are checked against.
+    pub(crate) fn labels(&self, name: &str) -> Result<(Vec<String>, Vec<String>), RequestError> {
+        let batcher = self.models.get(name)?;
+        let heads = &batcher.model().manifest().heads;
+        Ok((
+            heads.intent.as_ref().map(|i| i.labels.clone()).unwrap_or_default(),
+            heads.sentiment.as_ref().map(|s| s.labels.clone()).unwrap_or_default(),
+        ))
+    }
+
     pub(crate) async fn understand_texts(
         &self,
         model: &str,

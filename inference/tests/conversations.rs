@@ -385,3 +385,73 @@ async fn conversations_caps_and_opt_outs_survive_a_restart() {
         "{e}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strategy_files_hot_reload_and_a_bad_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), 0.0).await;
+    let mut c = ConversationsClient::new(channel(server.grpc_addr).await);
+    let mut admin = pb::strategy_admin_client::StrategyAdminClient::new(channel(server.admin_addr).await);
+    let r = c
+        .turn(turn("r1", "X1 phone?", "gold", true))
+        .await
+        .unwrap()
+        .into_inner();
+    let v1 = r.catalog_version.clone();
+    assert_eq!(r.offer.unwrap().price.unwrap().final_price, "329.00");
+
+    std::fs::write(
+        dir.path().join("catalog.toml"),
+        CATALOG.replace("price = \"329.00\"", "price = \"349.00\""),
+    )
+    .unwrap();
+    let rel = admin
+        .reload_strategy(pb::ReloadStrategyRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rel.previous_catalog_version, v1);
+    assert_ne!(rel.catalog_version, v1);
+    let r = c
+        .turn(turn("r2", "X1 phone?", "gold", true))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.catalog_version, rel.catalog_version);
+    assert_eq!(r.offer.unwrap().price.unwrap().final_price, "349.00");
+
+    // A rule naming an offer that does not exist: refused with file, line and field; the
+    // previous version keeps serving.
+    std::fs::write(
+        dir.path().join("rules.toml"),
+        RULES.replace("allow = [\"care_bundle\"]", "allow = [\"care_bundel\"]"),
+    )
+    .unwrap();
+    let e = admin.reload_strategy(pb::ReloadStrategyRequest {}).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(
+        e.message().contains("rules.toml:") && e.message().contains("unknown offer `care_bundel`"),
+        "{}",
+        e.message()
+    );
+    let r = c
+        .turn(turn("r3", "X1 phone?", "gold", true))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (r.catalog_version.as_str(), r.offer.unwrap().offer_id.as_str()),
+        (rel.catalog_version.as_str(), "care_bundle")
+    );
+    // StrategyAdmin is not on the data port.
+    let mut on_data = pb::strategy_admin_client::StrategyAdminClient::new(channel(server.grpc_addr).await);
+    assert_eq!(
+        on_data
+            .reload_strategy(pb::ReloadStrategyRequest {})
+            .await
+            .unwrap_err()
+            .code(),
+        Code::Unimplemented
+    );
+    server.shutdown().await.unwrap();
+}
