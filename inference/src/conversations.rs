@@ -55,6 +55,9 @@ pub struct StrategyConfig {
     /// Longest cart accepted, in lines.
     #[serde(default = "default_max_cart_lines")]
     pub max_cart_lines: usize,
+    /// An external risk-control service (`nudge.v1.RiskControl`) asked before every offer.
+    #[serde(default)]
+    pub risk: Option<RiskConfig>,
     /// Where conversations, caps, opt-outs and budgets are kept across restarts (a snapshot
     /// written every `snapshot_every_seconds` when something changed, and at shutdown). None:
     /// they live in memory only.
@@ -67,6 +70,66 @@ pub struct StrategyConfig {
 
 fn default_snapshot_every() -> u64 {
     5
+}
+
+/// `[strategy.risk]`: where the risk check is and how long it may take.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RiskConfig {
+    /// e.g. `http://127.0.0.1:7070`.
+    pub endpoint: String,
+    /// Deadline per check; past it the offer is not made.
+    #[serde(default = "default_risk_timeout")]
+    pub timeout_ms: u64,
+}
+
+fn default_risk_timeout() -> u64 {
+    150
+}
+
+/// The risk check's client. Fails closed: an error, a refusal or a missed deadline is `Err`
+/// with the reason, and the offer is not made.
+struct RiskCheck {
+    client: pb::risk_control_client::RiskControlClient<tonic::transport::Channel>,
+    timeout: std::time::Duration,
+}
+
+impl RiskCheck {
+    fn new(config: &RiskConfig) -> Result<RiskCheck, StrategyLoadError> {
+        let timeout = std::time::Duration::from_millis(config.timeout_ms.max(1));
+        let endpoint = tonic::transport::Endpoint::from_shared(config.endpoint.clone())
+            .map_err(|e| StrategyLoadError::Risk(format!("endpoint `{}`: {e}", config.endpoint)))?
+            .connect_timeout(timeout);
+        Ok(RiskCheck {
+            // Connected on first use, so a risk service that starts later is found.
+            client: pb::risk_control_client::RiskControlClient::new(endpoint.connect_lazy()),
+            timeout,
+        })
+    }
+
+    async fn check(
+        &self,
+        conversation_id: &str,
+        customer: &str,
+        channel: Channel,
+        k: &nudge_strategy::engine::Candidate,
+    ) -> Result<(), String> {
+        let req = pb::RiskCheckRequest {
+            conversation_id: conversation_id.to_string(),
+            customer: customer.to_string(),
+            channel: channel.name().to_string(),
+            offer_id: k.offer.clone(),
+            discount_cents: k.quote.discount.0,
+            final_price_cents: k.quote.final_price.0,
+        };
+        let mut client = self.client.clone();
+        match tokio::time::timeout(self.timeout, client.check(req)).await {
+            Ok(Ok(r)) if r.get_ref().allow => Ok(()),
+            Ok(Ok(r)) => Err(format!("refused: {}", r.into_inner().reason)),
+            Ok(Err(status)) => Err(format!("unavailable: {}", status.message())),
+            Err(_) => Err(format!("no answer within {} ms", self.timeout.as_millis())),
+        }
+    }
 }
 
 fn default_max_cart_lines() -> usize {
@@ -85,6 +148,9 @@ pub enum StrategyLoadError {
     /// The saved conversation state could not be read.
     #[error("strategy.state_file: {0}")]
     State(StrategyError),
+    /// The risk check's endpoint is not a URL.
+    #[error("strategy.risk.{0}")]
+    Risk(String),
     /// Conversations need the decision log and the customer key of `[decisions]`.
     #[error("[strategy] needs [decisions] (the decision log and customer_id_key)")]
     NeedsDecisions,
@@ -130,6 +196,7 @@ pub struct ConversationService {
     state: Mutex<State>,
     /// Set when the state changed since the last snapshot.
     dirty: AtomicBool,
+    risk: Option<RiskCheck>,
     state_file: Option<PathBuf>,
     utc_offset_s: i64,
     max_cart_lines: usize,
@@ -185,6 +252,7 @@ impl ConversationService {
             config: config.clone(),
             state: Mutex::new(State { store, ledger }),
             dirty: AtomicBool::new(false),
+            risk: config.risk.as_ref().map(RiskCheck::new).transpose()?,
             state_file: config.state_file.clone(),
             utc_offset_s: i64::from(config.utc_offset_hours) * 3600,
             max_cart_lines: config.max_cart_lines,
@@ -384,7 +452,8 @@ impl ConversationService {
             use rand::Rng;
             format!("{:032x}", rand::rng().random::<u128>())
         };
-        let (plan, conv, chosen, rec) = {
+        // Phase 1, under the lock: the turn into the state, the plan, the policy's choice.
+        let (mut plan, mut conv, picked) = {
             let mut st = self
                 .state
                 .lock()
@@ -402,8 +471,7 @@ impl ConversationService {
                 None => conv.turns += 1,
             }
             let plan = strategy.plan(conv, &input.customer, &input.cart, negative, clock, ledger);
-            let mut chosen = None;
-            let mut rec = None;
+            let mut picked = None;
             if !plan.candidates.is_empty() {
                 let (context, candidates) = self.features(strategy, input, conv, nlu, &plan, policy.as_deref());
                 let (choice, version) = match &policy {
@@ -413,23 +481,61 @@ impl ConversationService {
                     ),
                     None => (rules_choice(candidates.len()), "rules".to_string()),
                 };
-                if let Some(k) = plan.candidates.get(choice.option) {
-                    strategy
-                        .commit(
-                            &plan,
-                            &k.offer,
-                            &decision_id,
-                            conv,
-                            &input.customer,
-                            negative,
-                            clock,
-                            ledger,
-                        )
-                        .map_err(|skip| {
-                            RequestError::Internal(format!("a planned offer failed its re-check: {skip}"))
-                        })?;
-                    chosen = Some((choice.option, choice.propensity, version.clone()));
+                picked = Some((context, candidates, choice, version));
+            }
+            (plan, conv.clone(), picked)
+        };
+        self.dirty.store(true, Ordering::Release);
+
+        // Phase 2, without the lock: the external risk check on the chosen offer (fail closed).
+        let mut vetoed = None;
+        if let (Some(risk), Some((_, _, choice, _))) = (&self.risk, &picked) {
+            if let Some(k) = plan.candidates.get(choice.option) {
+                if let Err(detail) = risk.check(&input.conversation_id, &customer, input.channel, k).await {
+                    vetoed = Some(nudge_strategy::guardrails::Skip::Risk { detail });
                 }
+            }
+        }
+
+        // Phase 3, under the lock: commit (every guardrail again) and the record.
+        let mut chosen = None;
+        let mut rec = None;
+        if let Some((context, candidates, choice, version)) = picked {
+            let offer = plan.candidates.get(choice.option).map(|k| k.offer.clone());
+            let committed = match (&offer, vetoed) {
+                (None, _) => true,
+                (Some(o), Some(skip)) => {
+                    plan.skipped.push((o.clone(), skip.clone()));
+                    plan.blocked = Some(skip);
+                    false
+                }
+                (Some(o), None) => {
+                    let mut st = self
+                        .state
+                        .lock()
+                        .map_err(|_| RequestError::Internal("conversation store lock poisoned".into()))?;
+                    let State { store, ledger } = &mut *st;
+                    let c = store.open(&input.conversation_id, &customer, input.channel, clock.now_ms);
+                    let r = strategy.commit(&plan, o, &decision_id, c, &input.customer, negative, clock, ledger);
+                    conv = c.clone();
+                    match r {
+                        Ok(()) => true,
+                        // Another turn of the same conversation got there first (a cap, say).
+                        Err(skip) => {
+                            plan.skipped.push((o.clone(), skip.clone()));
+                            plan.blocked = Some(skip);
+                            false
+                        }
+                    }
+                }
+            };
+            // A vetoed or pre-empted offer was never shown: no decision is logged for it.
+            if committed {
+                chosen = Some(match offer {
+                    Some(_) => (choice.option, choice.propensity, version.clone()),
+                    // The policy chose "no offer": still a decision, logged with its propensity.
+                    None => (usize::MAX, choice.propensity, version.clone()),
+                });
                 let decide_input = DecideInput {
                     conversation_id: input.conversation_id.clone(),
                     customer_id: String::new(),
@@ -452,14 +558,8 @@ impl ConversationService {
                         model_version,
                     },
                 ));
-                if chosen.is_none() {
-                    // The policy chose "no offer": still a decision, logged with its propensity.
-                    chosen = Some((usize::MAX, choice.propensity, version));
-                }
             }
-            (plan, conv.clone(), chosen, rec)
-        };
-        self.dirty.store(true, Ordering::Release);
+        }
         if let Some(rec) = &rec {
             self.decisions
                 .log

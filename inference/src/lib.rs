@@ -24,7 +24,7 @@ mod service;
 
 pub use auth::BearerAuth;
 pub use config::{Secret, ServeConfig, TlsConfig};
-pub use conversations::{StrategyConfig, StrategyLoadError};
+pub use conversations::{RiskConfig, StrategyConfig, StrategyLoadError};
 pub use decide::DecisionsConfig;
 pub use error::RequestError;
 pub use server::{start, RunningServer, ServeError};

@@ -455,3 +455,110 @@ async fn strategy_files_hot_reload_and_a_bad_one_is_refused() {
     );
     server.shutdown().await.unwrap();
 }
+
+/// A risk-control service whose answer the test sets: allow, deny, error or hang.
+#[derive(Clone)]
+struct Risk(std::sync::Arc<std::sync::Mutex<&'static str>>);
+
+#[tonic::async_trait]
+impl pb::risk_control_server::RiskControl for Risk {
+    async fn check(
+        &self,
+        request: tonic::Request<pb::RiskCheckRequest>,
+    ) -> Result<tonic::Response<pb::RiskCheckResponse>, tonic::Status> {
+        let mode = *self.0.lock().unwrap();
+        let r = request.into_inner();
+        assert_eq!((r.offer_id.as_str(), r.final_price_cents), ("care_bundle", 32_900));
+        match mode {
+            "allow" => Ok(tonic::Response::new(pb::RiskCheckResponse {
+                allow: true,
+                reason: String::new(),
+            })),
+            "deny" => Ok(tonic::Response::new(pb::RiskCheckResponse {
+                allow: false,
+                reason: "coupon farming".into(),
+            })),
+            "error" => Err(tonic::Status::internal("risk database down")),
+            _ => {
+                tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+                Ok(tonic::Response::new(pb::RiskCheckResponse::default()))
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_risk_check_fails_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mode = std::sync::Arc::new(std::sync::Mutex::new("allow"));
+    let incoming = tonic::transport::server::TcpIncoming::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let risk_addr = incoming.local_addr().unwrap();
+    let risk = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(pb::risk_control_server::RiskControlServer::new(Risk(mode.clone())))
+            .serve_with_incoming(incoming),
+    );
+    let mut cfg = config(dir.path(), 0.0, None);
+    cfg.strategy.as_mut().unwrap().risk = Some(nudge_inference::RiskConfig {
+        endpoint: format!("http://{risk_addr}"),
+        timeout_ms: 300,
+    });
+    let server = nudge_inference::start(cfg).await.unwrap();
+    let mut c = ConversationsClient::new(channel(server.grpc_addr).await);
+    for (i, (m, want_offer, want_blocked)) in [
+        ("allow", "care_bundle", ""),
+        ("deny", "", "risk: refused: coupon farming"),
+        ("error", "", "risk: unavailable: risk database down"),
+        ("hang", "", "risk: no answer within 300 ms"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        *mode.lock().unwrap() = m;
+        let t = std::time::Instant::now();
+        let r = c
+            .turn(turn(&format!("k{i}"), "X1 phone?", "gold", true))
+            .await
+            .unwrap()
+            .into_inner();
+        let o = r.offer.unwrap();
+        assert_eq!(
+            (o.offer_id.as_str(), o.blocked.as_str()),
+            (want_offer, want_blocked),
+            "{m}"
+        );
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(3),
+            "{m}: the turn waited {:?}",
+            t.elapsed()
+        );
+        // A vetoed offer was not shown: nothing counts against the caps, no decision is logged.
+        assert_eq!(r.state.unwrap().offers_shown, u32::from(m == "allow"), "{m}");
+    }
+    let (records, _) = nudge_records::read_all::<DecisionRecord>(&dir.path().join("decisions")).unwrap();
+    assert_eq!(records.len(), 1);
+    server.shutdown().await.unwrap();
+    risk.abort();
+
+    // A risk service that is not there at all: fail closed too.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 0.0, None);
+    cfg.strategy.as_mut().unwrap().risk = Some(nudge_inference::RiskConfig {
+        endpoint: format!("http://{closed}"),
+        timeout_ms: 300,
+    });
+    let server = nudge_inference::start(cfg).await.unwrap();
+    let mut c = ConversationsClient::new(channel(server.grpc_addr).await);
+    let r = c
+        .turn(turn("k9", "X1 phone?", "gold", true))
+        .await
+        .unwrap()
+        .into_inner();
+    let o = r.offer.unwrap();
+    assert!(o.offer_id.is_empty() && o.blocked.starts_with("risk: "), "{o:?}");
+    server.shutdown().await.unwrap();
+}
