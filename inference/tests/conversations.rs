@@ -562,3 +562,45 @@ async fn the_risk_check_fails_closed() {
     assert!(o.offer_id.is_empty() && o.blocked.starts_with("risk: "), "{o:?}");
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_conversations_of_one_customer_never_break_the_daily_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 0.0, None);
+    let g = &mut cfg.strategy.as_mut().unwrap().guardrails;
+    g.max_offers_per_customer_per_day = 3;
+    g.max_offers_per_conversation = 5;
+    g.cooldown_turns_after_decline = 0;
+    let server = nudge_inference::start(cfg).await.unwrap();
+    let ch = channel(server.grpc_addr).await;
+    let mut tasks = Vec::new();
+    for t in 0..16 {
+        let mut c = ConversationsClient::new(ch.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut shown = 0;
+            for _ in 0..10 {
+                let mut req = turn(&format!("par-{t}"), "X1 phone?", "gold", true);
+                req.customer_id = "one-customer".into();
+                let r = c.turn(req).await.unwrap().into_inner();
+                let o = r.offer.unwrap();
+                if !o.offer_id.is_empty() {
+                    shown += 1;
+                } else {
+                    assert!(o.blocked == "daily_cap" || o.blocked.is_empty(), "{o:?}");
+                }
+            }
+            shown
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    assert_eq!(
+        total, 3,
+        "offers shown to one customer today across 16 concurrent conversations"
+    );
+    let (records, _) = nudge_records::read_all::<DecisionRecord>(&dir.path().join("decisions")).unwrap();
+    assert_eq!(records.iter().filter(|r| !r.offer_id.is_empty()).count(), 3);
+    server.shutdown().await.unwrap();
+}
