@@ -140,6 +140,7 @@ fn main() {
         lifetime_value: Cents(1_000_000),
         marketing_consent: true,
         opted_out: false,
+        attributes: Default::default(),
     };
     let cart = vec![
         CartLine {
@@ -258,6 +259,7 @@ async fn served_turns(n: usize) {
                 lifetime_value_cents: 1_200_000,
                 marketing_consent: true,
                 opted_out: false,
+                attributes: Default::default(),
             }),
             ..Default::default()
         })

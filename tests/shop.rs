@@ -20,6 +20,7 @@ fn turn(conv: &str, text: &str, tier: &str, ltv_cents: i64) -> pb::TurnRequest {
             lifetime_value_cents: ltv_cents,
             marketing_consent: true,
             opted_out: false,
+            ..Default::default()
         }),
         ..Default::default()
     }

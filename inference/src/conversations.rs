@@ -355,6 +355,7 @@ impl ConversationService {
                 lifetime_value: Cents(c.lifetime_value_cents),
                 marketing_consent: c.marketing_consent,
                 opted_out: c.opted_out,
+                attributes: c.attributes.into_iter().collect(),
             },
             cart: lines,
         })

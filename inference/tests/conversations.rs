@@ -114,6 +114,7 @@ fn turn(conv: &str, text: &str, tier: &str, consent: bool) -> pb::TurnRequest {
             lifetime_value_cents: 1_000_000,
             marketing_consent: consent,
             opted_out: false,
+            ..Default::default()
         }),
         ..Default::default()
     }

@@ -41,6 +41,8 @@ pub struct CustomerProfile {
     pub marketing_consent: bool,
     /// Opted out (the ledger also remembers earlier opt-outs).
     pub opted_out: bool,
+    /// Free-form attributes rules may test (`city`, `member_since`…).
+    pub attributes: std::collections::BTreeMap<String, String>,
 }
 
 /// An offer a policy may choose, priced.
@@ -167,6 +169,7 @@ impl Strategy {
             turn: c.turns,
             local_hour: clock.local_hour(),
             stage: c.stage,
+            attributes: &customer.attributes,
         };
         let verdict = self.rules.evaluate(&situation);
         plan.skipped

@@ -31,6 +31,7 @@
 //! turn = [1, 10]                            # inclusive
 //! hours = [9, 22]                           # local hour h with 9 ≤ h < 22 (wraps past midnight)
 //! stage = ["open", "resolved"]
+//! attributes = { city = ["Shanghai", "上海"] }  # the request's customer attributes
 //! ```
 use crate::catalog::Catalog;
 use crate::channel::Channel;
@@ -92,6 +93,8 @@ pub struct Situation<'a> {
     pub local_hour: u8,
     /// The conversation's stage.
     pub stage: Stage,
+    /// The customer's free-form attributes from the request (`member_since`, `city`…).
+    pub attributes: &'a BTreeMap<String, String>,
 }
 
 /// An offer the rules allow, with why.
@@ -159,6 +162,9 @@ struct When {
     hours: Option<[u8; 2]>,
     #[serde(default)]
     stage: BTreeSet<Stage>,
+    /// Customer attribute → allowed values; every listed attribute must have one of them.
+    #[serde(default)]
+    attributes: BTreeMap<String, BTreeSet<String>>,
 }
 
 #[derive(Deserialize)]
@@ -345,6 +351,10 @@ impl When {
                 }
             })
             && (self.stage.is_empty() || self.stage.contains(&s.stage))
+            && self
+                .attributes
+                .iter()
+                .all(|(k, allowed)| s.attributes.get(k).is_some_and(|v| allowed.contains(v)))
     }
 }
 
@@ -403,6 +413,7 @@ category = ["phone"]
 tier = ["gold"]
 min_lifetime_value = "5000"
 sentiment = ["neutral", "positive"]
+attributes = { city = ["Shanghai", "上海"] }
 
 [[rule]]
 name = "price askers get a coupon"
@@ -452,6 +463,9 @@ channel = ["phone"]
     fn table_of_situations() {
         let rules = setup(RULES).unwrap();
         let phone: BTreeSet<String> = ["phone".to_string()].into();
+        let attrs: BTreeMap<String, String> = [("city".to_string(), "上海".to_string())].into();
+        let elsewhere: BTreeMap<String, String> = [("city".to_string(), "北京".to_string())].into();
+        let nothing = BTreeMap::new();
         let none = BTreeSet::new();
         let base = Situation {
             intent: Some("presales_question"),
@@ -465,6 +479,7 @@ channel = ["phone"]
             turn: 2,
             local_hour: 14,
             stage: Stage::Open,
+            attributes: &attrs,
         };
         assert_eq!(offers(&rules.evaluate(&base)), vec![("care", 10)]);
         assert_eq!(rules.evaluate(&base).eligible[0].rules, vec!["battery"]);
@@ -488,6 +503,14 @@ channel = ["phone"]
             },
             Situation {
                 intent: None,
+                ..base.clone()
+            },
+            Situation {
+                attributes: &elsewhere,
+                ..base.clone()
+            },
+            Situation {
+                attributes: &nothing,
                 ..base.clone()
             },
         ] {

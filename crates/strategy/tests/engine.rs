@@ -142,6 +142,7 @@ fn a_valuable_customer_asking_about_battery_life_gets_the_care_bundle_at_its_exa
         lifetime_value: Cents::parse("12000").unwrap(),
         marketing_consent: true,
         opted_out: false,
+        attributes: Default::default(),
     };
     let mut ledger = Ledger::default();
     let plan = s.plan(&c, &gold, &[], 0.05, clock, &ledger);
@@ -247,7 +248,7 @@ proptest! {
         let mut convs: Vec<Conversation> = (0..6)
             .map(|i| Conversation::new(&format!("c{i}"), &format!("k{}", i % 3), Channel::App, clock.now_ms))
             .collect();
-        let mut profile: Vec<CustomerProfile> = vec![CustomerProfile { tier: "gold".into(), lifetime_value: Cents(1_000_000), marketing_consent: true, opted_out: false }; 6];
+        let mut profile: Vec<CustomerProfile> = vec![CustomerProfile { tier: "gold".into(), lifetime_value: Cents(1_000_000), marketing_consent: true, opted_out: false, attributes: Default::default() }; 6];
         let mut negative = [0.0f32; 6];
         let mut plans = vec![Default::default(); 6];
         // Shadow model: what the test itself knows must hold.
