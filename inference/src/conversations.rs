@@ -1,10 +1,12 @@
 //! `nudge.v1.Conversations`: a conversation turn by turn. A turn's way: validate → understand
 //! the text (the shared batched encoder pass) → link products (`nudge_strategy::link`) → under
-//! the conversation lock: take the turn into the state, plan (rules → guardrails → prices), let
-//! the serving policy choose among the candidates (or, with no policy loaded, the highest
-//! priority, logged with propensity 1), commit (the guardrails checked again) → log the decision
-//! durably (the same `DecisionRecord` Decide writes) → answer with the state, the hand-off
-//! signal and the priced offer.
+//! the store lock: take the turn into the state, plan (rules → guardrails → prices), let the
+//! serving policy choose among the candidates (or, with no policy loaded, the highest priority,
+//! logged with propensity 1) → without the lock: the optional external risk check, failing
+//! closed → under the lock again: commit (every guardrail checked again, so a concurrent turn
+//! of the same customer cannot slip past a cap) → log the decision durably (the same
+//! `DecisionRecord` Decide writes) → answer with the state, the hand-off signal and the priced
+//! offer. `StrategyAdmin` swaps catalog and rules whole; a turn keeps the version it started on.
 //!
 //! If the decision log fails after a commit, the caller gets UNAVAILABLE and the conversation
 //! counts an offer the customer never saw: the error costs an offer, never adds one.
