@@ -571,17 +571,24 @@ impl ConversationService {
                 .map_err(|e| RequestError::Unavailable(format!("decision log: {e}")))?;
             self.metrics.decisions.with_label_values(&[rec.how.as_str()]).inc();
         }
+        for (_, why) in &plan.skipped {
+            self.metrics.offers_skipped.with_label_values(&[why.name()]).inc();
+        }
+        let handoff = plan.handoff.map(|r| pb::Handoff {
+            reason: serde_json::to_value(r)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default(),
+            summary: conv.summary(),
+        });
+        if let Some(h) = &handoff {
+            self.metrics.handoffs.with_label_values(&[h.reason.as_str()]).inc();
+        }
         Ok(pb::TurnResponse {
             nlu: None,
             products: Vec::new(),
             state: Some(state_of(&conv)),
-            handoff: plan.handoff.map(|r| pb::Handoff {
-                reason: serde_json::to_value(r)
-                    .ok()
-                    .and_then(|v| v.as_str().map(String::from))
-                    .unwrap_or_default(),
-                summary: conv.summary(),
-            }),
+            handoff,
             offer: Some(self.offer_answer(strategy, &plan, rec.as_ref().map(|r| r.decision_id.as_str()), chosen)),
             catalog_version: strategy.catalog.version().to_string(),
             rules_version: strategy.rules.version().to_string(),

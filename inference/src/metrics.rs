@@ -27,6 +27,11 @@ pub struct Metrics {
     pub dropped: IntCounterVec,
     /// `nudge_decisions_total{how}`: decisions logged, by greedy / explore / sampled.
     pub decisions: IntCounterVec,
+    /// `nudge_offers_skipped_total{reason}`: offers the rules allowed but guardrails, risk or a
+    /// forbidding rule removed, by reason (Conversations).
+    pub offers_skipped: IntCounterVec,
+    /// `nudge_handoffs_total{reason}`: turns that asked for a person, by reason (Conversations).
+    pub handoffs: IntCounterVec,
 }
 
 impl Metrics {
@@ -71,6 +76,20 @@ impl Metrics {
             ),
             &["how"],
         );
+        let offers_skipped = IntCounterVec::new(
+            Opts::new(
+                "nudge_offers_skipped_total",
+                "Offers allowed by the rules but not made, by reason",
+            ),
+            &["reason"],
+        );
+        let handoffs = IntCounterVec::new(
+            Opts::new(
+                "nudge_handoffs_total",
+                "Turns that signalled a hand-off to a person, by reason",
+            ),
+            &["reason"],
+        );
         let dropped = IntCounterVec::new(
             Opts::new(
                 "nudge_dropped_total",
@@ -91,6 +110,8 @@ impl Metrics {
             queue_depth: queue_depth.expect(OK),
             dropped: dropped.expect(OK),
             decisions: decisions.expect(OK),
+            offers_skipped: offers_skipped.expect(OK),
+            handoffs: handoffs.expect(OK),
         };
         for c in [
             Box::new(m.requests.clone()) as Box<dyn prometheus::core::Collector>,
@@ -102,6 +123,8 @@ impl Metrics {
             Box::new(m.queue_depth.clone()),
             Box::new(m.dropped.clone()),
             Box::new(m.decisions.clone()),
+            Box::new(m.offers_skipped.clone()),
+            Box::new(m.handoffs.clone()),
         ] {
             // Names are fixed and distinct, so registration cannot collide.
             let _ = m.registry.register(c);

@@ -205,6 +205,17 @@ async fn a_conversation_gets_a_priced_offer_then_a_cool_down_and_bad_input_is_na
         .unwrap()
         .into_inner();
     assert_eq!(r.offer.unwrap().blocked, "no_consent");
+    let m = scrape(server.metrics_addr).await;
+    assert_eq!(
+        metric(&m, "nudge_offers_skipped_total{reason=\"cool_down\"}"),
+        Some(2.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "nudge_offers_skipped_total{reason=\"no_consent\"}"),
+        Some(1.0),
+        "{m}"
+    );
     let r = c
         .turn(turn("c3", "X1 phone?", "silver", true))
         .await
@@ -313,6 +324,8 @@ async fn unsure_turns_hand_off_with_a_masked_summary() {
         h.summary
     );
     assert!(!h.summary.contains("13812345678") && !h.summary.contains("jane@"));
+    let m = scrape(server.metrics_addr).await;
+    assert_eq!(metric(&m, "nudge_handoffs_total{reason=\"unsure\"}"), Some(1.0), "{m}");
     server.shutdown().await.unwrap();
 }
 
