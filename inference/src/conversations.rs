@@ -471,7 +471,7 @@ impl ConversationService {
                     strategy.guardrails.max_negative,
                 ),
                 Some(_) => conv.mark_resolved(clock.now_ms),
-                None => conv.turns += 1,
+                None => conv.idle_turn(clock.now_ms),
             }
             let plan = strategy.plan(conv, &input.customer, &input.cart, negative, clock, ledger);
             let mut picked = None;

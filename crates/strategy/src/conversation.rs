@@ -168,6 +168,12 @@ impl Conversation {
         }
     }
 
+    /// A proactive turn without news (the customer has been idle).
+    pub fn idle_turn(&mut self, now_ms: i64) {
+        self.turns += 1;
+        self.last_active_ms = self.last_active_ms.max(now_ms);
+    }
+
     /// A proactive turn saying the customer's problem is solved.
     pub fn mark_resolved(&mut self, now_ms: i64) {
         self.turns += 1;
