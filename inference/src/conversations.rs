@@ -215,13 +215,7 @@ struct TurnInput {
 }
 
 fn check_id(field: &str, v: &str) -> Result<(), RequestError> {
-    if v.trim().is_empty() {
-        return Err(RequestError::invalid(field, "must not be empty"));
-    }
-    if v.len() > 256 {
-        return Err(RequestError::invalid(field, "longer than 256 bytes"));
-    }
-    Ok(())
+    crate::decide::check_id(field, v, true)
 }
 
 impl ConversationService {
@@ -457,10 +451,7 @@ impl ConversationService {
         };
         // Phase 1, under the lock: the turn into the state, the plan, the policy's choice.
         let (mut plan, mut conv, picked) = {
-            let mut st = self
-                .state
-                .lock()
-                .map_err(|_| RequestError::Internal("conversation store lock poisoned".into()))?;
+            let mut st = self.state.lock().map_err(|_| poisoned())?;
             let State { store, ledger } = &mut *st;
             let conv = store.open(&input.conversation_id, &customer, input.channel, clock.now_ms);
             match facts {
@@ -513,10 +504,7 @@ impl ConversationService {
                     false
                 }
                 (Some(o), None) => {
-                    let mut st = self
-                        .state
-                        .lock()
-                        .map_err(|_| RequestError::Internal("conversation store lock poisoned".into()))?;
+                    let mut st = self.state.lock().map_err(|_| poisoned())?;
                     let State { store, ledger } = &mut *st;
                     let c = store.open(&input.conversation_id, &customer, input.channel, clock.now_ms);
                     let r = strategy.commit(&plan, o, &decision_id, c, &input.customer, negative, clock, ledger);
@@ -575,10 +563,7 @@ impl ConversationService {
             self.metrics.offers_skipped.with_label_values(&[why.name()]).inc();
         }
         let handoff = plan.handoff.map(|r| pb::Handoff {
-            reason: serde_json::to_value(r)
-                .ok()
-                .and_then(|v| v.as_str().map(String::from))
-                .unwrap_or_default(),
+            reason: r.name().to_string(),
             summary: conv.summary(),
         });
         if let Some(h) = &handoff {
@@ -607,7 +592,7 @@ impl ConversationService {
         policy: Option<&nudge_policy::PolicyVersion>,
     ) -> (BTreeMap<String, f64>, Vec<Candidate>) {
         let mut given = BTreeMap::new();
-        given.insert(names::stage(stage_name(conv)), 1.0);
+        given.insert(names::stage(conv.stage.name()), 1.0);
         if !input.customer.tier.is_empty() {
             given.insert(names::tier(&input.customer.tier), 1.0);
         }
@@ -698,10 +683,7 @@ impl ConversationService {
         check_id("decision_id", &req.decision_id)?;
         let kind = outcome_kind(req.kind)?;
         let customer = self.decisions.pseudonym(&req.customer_id);
-        let mut st = self
-            .state
-            .lock()
-            .map_err(|_| RequestError::Internal("conversation store lock poisoned".into()))?;
+        let mut st = self.state.lock().map_err(|_| poisoned())?;
         let State { store, ledger } = &mut *st;
         let strategy = self.strategy.load();
         let conv = store
@@ -767,6 +749,10 @@ impl pb::strategy_admin_server::StrategyAdmin for StrategyAdminService {
     }
 }
 
+fn poisoned() -> RequestError {
+    RequestError::Internal("conversation store lock poisoned".into())
+}
+
 /// With no policy loaded the rules decide: the first candidate (highest priority) for sure.
 fn rules_choice(n: usize) -> Choice {
     let mut probabilities = vec![0.0; n];
@@ -789,18 +775,10 @@ fn negative_score(u: &Understanding) -> f32 {
         .unwrap_or(0.0)
 }
 
-fn stage_name(c: &Conversation) -> &'static str {
-    match c.stage {
-        nudge_strategy::rules::Stage::Open => "open",
-        nudge_strategy::rules::Stage::Issue => "issue",
-        nudge_strategy::rules::Stage::Resolved => "resolved",
-    }
-}
-
 fn state_of(c: &Conversation) -> pb::ConversationState {
     pb::ConversationState {
         turns: c.turns,
-        stage: stage_name(c).to_string(),
+        stage: c.stage.name().to_string(),
         intents: c.intents.clone(),
         products: c.products.iter().cloned().collect(),
         offers_shown: c.offers_made() as u32,

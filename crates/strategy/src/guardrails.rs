@@ -10,6 +10,7 @@
 use crate::catalog::Offer;
 use crate::channel::Channel;
 use crate::conversation::Conversation;
+use crate::hours;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -153,6 +154,18 @@ pub enum HandoffReason {
     Unsure,
 }
 
+impl HandoffReason {
+    /// The reason's name, as replies and metrics carry it.
+    pub fn name(self) -> &'static str {
+        match self {
+            HandoffReason::AskedForHuman => "asked_for_human",
+            HandoffReason::Complaint => "complaint",
+            HandoffReason::NegativeTurns => "negative_turns",
+            HandoffReason::Unsure => "unsure",
+        }
+    }
+}
+
 impl Guardrails {
     /// Refuses out-of-range settings, naming the field.
     pub fn validate(&self) -> Result<(), SettingError> {
@@ -164,7 +177,7 @@ impl Guardrails {
             return bad("unsure_below", format!("{} must be in [0, 1]", self.unsure_below));
         }
         if let Some([a, b]) = self.quiet_hours {
-            if a > 23 || b > 24 || a == b {
+            if !hours::valid([a, b]) {
                 return bad("quiet_hours", format!("[{a}, {b}] must be hours 0–24, not equal"));
             }
         }
@@ -212,15 +225,8 @@ impl Guardrails {
                 return Err(Skip::CoolDown);
             }
         }
-        if let Some([a, b]) = self.quiet_hours {
-            let quiet = if a < b {
-                a <= local_hour && local_hour < b
-            } else {
-                local_hour >= a || local_hour < b
-            };
-            if quiet {
-                return Err(Skip::QuietHours);
-            }
+        if self.quiet_hours.is_some_and(|w| hours::contains(w, local_hour)) {
+            return Err(Skip::QuietHours);
         }
         Ok(())
     }

@@ -20,6 +20,7 @@ pub mod conversation;
 pub mod engine;
 mod error;
 pub mod guardrails;
+mod hours;
 pub mod link;
 pub mod money;
 pub mod pii;

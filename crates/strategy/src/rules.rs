@@ -36,6 +36,7 @@
 use crate::catalog::Catalog;
 use crate::channel::Channel;
 use crate::error::{line_of, toml_error, StrategyError};
+use crate::hours;
 use crate::money::Cents;
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -52,6 +53,17 @@ pub enum Stage {
     Issue,
     /// A problem was solved in this conversation.
     Resolved,
+}
+
+impl Stage {
+    /// The stage's name, as files, replies and feature names write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Open => "open",
+            Stage::Issue => "issue",
+            Stage::Resolved => "resolved",
+        }
+    }
 }
 
 /// Intents with a meaning for the conversation (from the rules file's `[intents]`).
@@ -267,7 +279,7 @@ impl Rules {
                 }
             }
             if let Some([a, b]) = w.hours {
-                if a > 23 || b > 24 || a == b {
+                if !hours::valid([a, b]) {
                     return Err(bad("when.hours", format!("[{a}, {b}] must be hours 0–24, not equal")));
                 }
             }
@@ -342,14 +354,7 @@ impl When {
             && self.min_cart_value.is_none_or(|m| s.cart_value >= m)
             && self.max_cart_value.is_none_or(|m| s.cart_value <= m)
             && self.turn.is_none_or(|[a, b]| (a..=b).contains(&s.turn))
-            && self.hours.is_none_or(|[a, b]| {
-                let h = s.local_hour;
-                if a < b {
-                    a <= h && h < b
-                } else {
-                    h >= a || h < b
-                }
-            })
+            && self.hours.is_none_or(|w| hours::contains(w, s.local_hour))
             && (self.stage.is_empty() || self.stage.contains(&s.stage))
             && self
                 .attributes

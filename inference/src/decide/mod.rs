@@ -25,7 +25,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tonic::{Request, Response, Status};
 
 pub use steps::{answer, check_against, choose, featurize, record, validate, Provenance};
-pub(crate) use steps::{Candidate, DecideInput};
+pub(crate) use steps::{check_id, Candidate, DecideInput};
 
 /// `[decisions]` in the server's TOML.
 #[derive(Debug, Clone, Serialize, Deserialize)]

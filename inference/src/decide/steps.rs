@@ -41,7 +41,8 @@ pub struct DecideInput {
     pub candidates: Vec<Candidate>,
 }
 
-fn check_id(field: &str, v: &str, required: bool) -> Result<(), RequestError> {
+/// An id field: at most 256 bytes, and not blank when `required`.
+pub(crate) fn check_id(field: &str, v: &str, required: bool) -> Result<(), RequestError> {
     if required && v.trim().is_empty() {
         return Err(RequestError::invalid(field, "must not be empty"));
     }
