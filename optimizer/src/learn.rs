@@ -1,8 +1,11 @@
 //! Training a candidate policy on joined examples and judging it against the serving one on
 //! held-out logs.
+use crate::episodes::{episodes, Episode};
 use crate::ledger::Example;
 use crate::neural::{train_trunk, TrunkConfig, TrunkReport};
 use crate::ope::{self, Estimate, Estimates, Sample};
+use crate::rl::{RlConfig, RlError, RlReport};
+use crate::seq_ope::{self, Fqe};
 use ndarray::Array1;
 use nudge_policy::{Exploration, Policy, RewardModel};
 use rand::SeedableRng;
@@ -23,6 +26,8 @@ pub struct LearnConfig {
     pub min_examples: usize,
     pub gate: GateConfig,
     pub seed: u64,
+    /// Learn over conversations (episodes) instead of decisions alone; see [`crate::rl`].
+    pub rl: Option<RlConfig>,
 }
 
 impl Default for LearnConfig {
@@ -39,6 +44,7 @@ impl Default for LearnConfig {
             min_examples: 50,
             gate: GateConfig::default(),
             seed: 7,
+            rl: None,
         }
     }
 }
@@ -76,6 +82,9 @@ pub enum LearnError {
     /// The neural trunk could not be trained (or its settings are invalid).
     #[error(transparent)]
     Trunk(#[from] crate::neural::TrunkError),
+    /// The RL learner could not be trained (or its settings are invalid).
+    #[error(transparent)]
+    Rl(#[from] RlError),
 }
 
 impl LearnConfig {
@@ -84,6 +93,9 @@ impl LearnConfig {
         self.exploration.validate()?;
         if let ModelConfig::NeuralLinear(t) = &self.model {
             t.validate()?;
+        }
+        if let Some(rl) = &self.rl {
+            rl.validate(&self.exploration)?;
         }
         let positive = |v: f64| v > 0.0 && v.is_finite();
         if !positive(self.ridge) || !positive(self.noise_var) {
@@ -224,6 +236,11 @@ pub struct Verdict {
     /// How the candidate's trunk was trained (neural-linear only).
     #[serde(default)]
     pub trunk: Option<TrunkReport>,
+    /// How the RL candidate was trained (`[learn.rl]` only). Its estimates are then of whole
+    /// conversations: `ips` per-decision IS, `snips` weighted per-decision IS, `dr` sequential
+    /// doubly robust, and the example counts are conversations.
+    #[serde(default)]
+    pub rl: Option<RlReport>,
 }
 
 pub fn pick(e: &Estimates, est: Estimator) -> Estimate {
@@ -241,6 +258,9 @@ pub fn train_and_judge(
     examples: &[Example],
     cfg: &LearnConfig,
 ) -> Result<(Policy, Verdict), LearnError> {
+    if let Some(rl) = &cfg.rl {
+        return train_and_judge_episodes(serving, examples, cfg, rl);
+    }
     if examples.len() < cfg.min_examples {
         return Err(LearnError::TooFewExamples {
             have: examples.len(),
@@ -255,18 +275,7 @@ pub fn train_and_judge(
     });
     let cand_est = evaluate(&candidate, &candidate, held, range, cfg.seed);
     let serv_est = evaluate(serving, &candidate, held, range, cfg.seed);
-    let c = pick(&cand_est, cfg.gate.estimator);
-    let s = pick(&serv_est, cfg.gate.estimator);
-    let lhs = if cfg.gate.use_lower_bound { c.lo } else { c.value };
-    let pass = held.is_empty() || (lhs.is_finite() && lhs >= s.value - cfg.gate.tolerance);
-    let rule = format!(
-        "{:?}{} of candidate {:.5} >= serving {:.5} - {}",
-        cfg.gate.estimator,
-        if cfg.gate.use_lower_bound { " lower bound" } else { "" },
-        lhs,
-        s.value,
-        cfg.gate.tolerance
-    );
+    let (pass, rule) = gate(cfg, &cand_est, &serv_est, held.is_empty());
     let observed_mean = held.iter().map(|e| e.reward).sum::<f64>() / held.len().max(1) as f64;
     Ok((
         candidate,
@@ -279,6 +288,72 @@ pub fn train_and_judge(
             train_examples: train.len(),
             holdout_examples: held.len(),
             trunk,
+            rl: None,
+        },
+    ))
+}
+
+/// The gate's rule and verdict from the two policies' estimates.
+fn gate(cfg: &LearnConfig, candidate: &Estimates, serving: &Estimates, nothing_held: bool) -> (bool, String) {
+    let c = pick(candidate, cfg.gate.estimator);
+    let s = pick(serving, cfg.gate.estimator);
+    let lhs = if cfg.gate.use_lower_bound { c.lo } else { c.value };
+    let pass = nothing_held || (lhs.is_finite() && lhs >= s.value - cfg.gate.tolerance);
+    let rule = format!(
+        "{:?}{} of candidate {:.5} >= serving {:.5} - {}",
+        cfg.gate.estimator,
+        if cfg.gate.use_lower_bound { " lower bound" } else { "" },
+        lhs,
+        s.value,
+        cfg.gate.tolerance
+    );
+    (pass, rule)
+}
+
+/// Sequential estimates (PDIS, WPDIS, DR) of `target` on `held` conversations.
+pub fn evaluate_episodes(target: &Policy, held: &[Episode], rl: &RlConfig, seed: u64) -> Estimates {
+    let fqe = Fqe {
+        gamma: rl.gamma,
+        ridge: rl.fqe_ridge,
+    };
+    let samples = seq_ope::samples(target, &target.schema, held, fqe, seed);
+    seq_ope::estimate(&samples, rl.gamma, seed)
+}
+
+/// The episodic counterpart of [`train_and_judge`]: conversations instead of decisions, the
+/// newest `holdout` share of conversations kept out, the RL learner, sequential estimates.
+fn train_and_judge_episodes(
+    serving: &Policy,
+    examples: &[Example],
+    cfg: &LearnConfig,
+    rl: &RlConfig,
+) -> Result<(Policy, Verdict), LearnError> {
+    let all = episodes(&serving.schema, examples, rl.credit).episodes;
+    if all.len() < cfg.min_examples {
+        return Err(LearnError::TooFewExamples {
+            have: all.len(),
+            need: cfg.min_examples,
+        });
+    }
+    let cut = ((all.len() as f64) * (1.0 - cfg.holdout)).round() as usize;
+    let (train, held) = all.split_at(cut.clamp(1, all.len()));
+    let (candidate, report) = crate::rl::train(serving, train, rl, &cfg.exploration, cfg.seed, None)?;
+    let cand_est = evaluate_episodes(&candidate, held, rl, cfg.seed);
+    let serv_est = evaluate_episodes(serving, held, rl, cfg.seed);
+    let (pass, rule) = gate(cfg, &cand_est, &serv_est, held.is_empty());
+    let observed_mean = held.iter().map(|e| e.discounted_return(rl.gamma)).sum::<f64>() / held.len().max(1) as f64;
+    Ok((
+        candidate,
+        Verdict {
+            pass,
+            rule,
+            candidate: cand_est,
+            serving: serv_est,
+            observed_mean,
+            train_examples: train.len(),
+            holdout_examples: held.len(),
+            trunk: None,
+            rl: Some(report),
         },
     ))
 }

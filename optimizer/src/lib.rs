@@ -5,8 +5,11 @@
 //! - [`ledger`]: decision records (`nudge_records`) joined with their outcomes;
 //! - [`reward`]: the reward file data scientists write;
 //! - [`learn`] and [`neural`]: linear and neural-linear candidates, judged by [`ope`];
+//! - [`episodes`], [`rl`] and [`seq_ope`]: conversations as episodes, the RL learners (CQL and
+//!   importance-weighted policy gradient) and the sequential estimates that judge them;
 //! - [`replay`]: what a reward file would train, on logs, pushing nothing;
 //! - [`obd`]: the Open Bandit Dataset as Nudge logs.
+pub mod episodes;
 pub mod learn;
 pub mod ledger;
 pub mod neural;
@@ -14,6 +17,8 @@ pub mod obd;
 pub mod ope;
 pub mod replay;
 pub mod reward;
+pub mod rl;
+pub mod seq_ope;
 pub mod service;
 
 use std::path::{Path, PathBuf};

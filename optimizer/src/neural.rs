@@ -6,7 +6,7 @@
 //!
 //! The trunk is trained with candle in f64 (the policy format's precision) from weights drawn
 //! with a seeded rng, on batches in a seeded order, so the same logs give the same policy.
-use candle_core::{Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use ndarray::{Array1, Array2};
 use nudge_policy::Trunk;
@@ -106,13 +106,19 @@ pub struct TrunkReport {
 }
 
 /// PyTorch's default `Linear` initialisation: weights and biases uniform in ±1/√fan_in.
-fn init_layer(rng: &mut impl Rng, fan_in: usize, fan_out: usize, dev: &Device) -> candle_core::Result<(Var, Var)> {
+pub(crate) fn init_layer(
+    rng: &mut impl Rng,
+    fan_in: usize,
+    fan_out: usize,
+    dtype: DType,
+    dev: &Device,
+) -> candle_core::Result<(Var, Var)> {
     let bound = 1.0 / (fan_in as f64).sqrt();
     let w: Vec<f64> = (0..fan_in * fan_out).map(|_| rng.random_range(-bound..bound)).collect();
     let b: Vec<f64> = (0..fan_out).map(|_| rng.random_range(-bound..bound)).collect();
     Ok((
-        Var::from_tensor(&Tensor::from_vec(w, (fan_out, fan_in), dev)?)?,
-        Var::from_tensor(&Tensor::from_vec(b, fan_out, dev)?)?,
+        Var::from_tensor(&Tensor::from_vec(w, (fan_out, fan_in), dev)?.to_dtype(dtype)?)?,
+        Var::from_tensor(&Tensor::from_vec(b, fan_out, dev)?.to_dtype(dtype)?)?,
     ))
 }
 
@@ -154,10 +160,10 @@ pub fn train_trunk(
     let mut layers = Vec::new();
     let mut fan_in = d;
     for &h in &cfg.hidden {
-        layers.push(init_layer(&mut rng, fan_in, h, &dev)?);
+        layers.push(init_layer(&mut rng, fan_in, h, DType::F64, &dev)?);
         fan_in = h;
     }
-    let head = init_layer(&mut rng, fan_in, 1, &dev)?;
+    let head = init_layer(&mut rng, fan_in, 1, DType::F64, &dev)?;
     // Start the head at the mean reward: rewards are often rare events near 0, and the first
     // steps should learn features, not the offset.
     let mean = rewards.iter().sum::<f64>() / n as f64;

@@ -38,9 +38,9 @@ pub struct Estimates {
     pub effective_samples: f64,
 }
 
-const Z95: f64 = 1.959_963_984_540_054;
+pub(crate) const Z95: f64 = 1.959_963_984_540_054;
 
-fn mean_ci(c: &[f64]) -> Estimate {
+pub(crate) fn mean_ci(c: &[f64]) -> Estimate {
     let n = c.len();
     if n == 0 {
         return Estimate {
