@@ -460,6 +460,7 @@ impl pb::optimizer_server::Optimizer for OptimizerApi {
 pub struct RunningOptimizer {
     /// Where ReportOutcome and Status listen.
     pub grpc_addr: SocketAddr,
+    optimizer: Arc<Optimizer>,
     shutdown: Option<oneshot::Sender<()>>,
     grpc: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     trainer: tokio::task::JoinHandle<()>,
@@ -473,6 +474,22 @@ impl RunningOptimizer {
             let _ = tx.send(());
         }
         let _ = self.grpc.await;
+    }
+
+    /// Runs one training round now (reconcile, join, train, judge, audit, push if the gate
+    /// passes), as the cadence would: benchmarks and simulations step rounds themselves.
+    /// Returns the version pushed, if any.
+    pub async fn train_now(&self) -> Result<Option<String>, OptimizerError> {
+        self.optimizer.train_round().await
+    }
+
+    /// The verdict of the latest training round (JSON), as `Status` reports it.
+    pub fn last_verdict(&self) -> String {
+        self.optimizer
+            .state
+            .lock()
+            .map(|s| s.last_verdict.clone())
+            .unwrap_or_default()
     }
 
     /// Serves until the gRPC task ends.
@@ -582,6 +599,7 @@ pub async fn start(cfg: OptimizerConfig) -> Result<RunningOptimizer, OptimizerEr
     tracing::info!(%grpc_addr, "optimizer serving");
     Ok(RunningOptimizer {
         grpc_addr,
+        optimizer: opt,
         shutdown: Some(tx),
         grpc,
         trainer,
