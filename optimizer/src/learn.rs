@@ -310,13 +310,14 @@ fn gate(cfg: &LearnConfig, candidate: &Estimates, serving: &Estimates, nothing_h
     (pass, rule)
 }
 
-/// Sequential estimates (PDIS, WPDIS, DR) of `target` on `held` conversations.
-pub fn evaluate_episodes(target: &Policy, held: &[Episode], rl: &RlConfig, seed: u64) -> Estimates {
+/// Sequential estimates (PDIS, WPDIS, DR) of `target` on `held` conversations, DR's model of
+/// the target's value fitted on `model` (all the conversations there are).
+pub fn evaluate_episodes(target: &Policy, held: &[Episode], model: &[Episode], rl: &RlConfig, seed: u64) -> Estimates {
     let fqe = Fqe {
         gamma: rl.gamma,
         ridge: rl.fqe_ridge,
     };
-    let samples = seq_ope::samples(target, &target.schema, held, fqe, seed);
+    let samples = seq_ope::samples(target, &target.schema, held, model, fqe, seed);
     seq_ope::estimate(&samples, rl.gamma, seed)
 }
 
@@ -338,8 +339,8 @@ fn train_and_judge_episodes(
     let cut = ((all.len() as f64) * (1.0 - cfg.holdout)).round() as usize;
     let (train, held) = all.split_at(cut.clamp(1, all.len()));
     let (candidate, report) = crate::rl::train(serving, train, rl, &cfg.exploration, cfg.seed, None)?;
-    let cand_est = evaluate_episodes(&candidate, held, rl, cfg.seed);
-    let serv_est = evaluate_episodes(serving, held, rl, cfg.seed);
+    let cand_est = evaluate_episodes(&candidate, held, &all, rl, cfg.seed);
+    let serv_est = evaluate_episodes(serving, held, &all, rl, cfg.seed);
     let (pass, rule) = gate(cfg, &cand_est, &serv_est, held.is_empty());
     let observed_mean = held.iter().map(|e| e.discounted_return(rl.gamma)).sum::<f64>() / held.len().max(1) as f64;
     Ok((
@@ -492,5 +493,26 @@ mod tests {
         assert!(zero.validate().unwrap_err().to_string().contains("hidden"));
         let holdout: LearnConfig = toml::from_str("holdout = 1.5\n").unwrap();
         assert!(holdout.validate().unwrap_err().to_string().contains("holdout"));
+        // [learn.rl]: read, checked, named.
+        let rl: LearnConfig = toml::from_str(
+            "[exploration]\nkind = \"epsilon_greedy\"\nepsilon = 0.1\n[rl]\nlearner = \"policy_gradient\"\ngamma = 0.9\nhidden = [8]\n",
+        )
+        .unwrap();
+        rl.validate().unwrap();
+        let r = rl.rl.as_ref().unwrap();
+        assert_eq!(
+            (r.learner, r.gamma, r.hidden.clone()),
+            (crate::rl::Learner::PolicyGradient, 0.9, vec![8])
+        );
+        let bad: LearnConfig = toml::from_str("[rl]\ngamma = 1.5\n").unwrap();
+        assert!(bad.validate().unwrap_err().to_string().contains("learn.rl.gamma"));
+        // A Q-learned policy has no posterior to draw from: Thompson exploration is refused.
+        let thompson: LearnConfig = toml::from_str("[rl]\nlearner = \"cql\"\n").unwrap();
+        assert!(thompson
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("learn.rl.learner"));
+        assert!(toml::from_str::<LearnConfig>("[rl]\ngama = 0.9\n").is_err());
     }
 }

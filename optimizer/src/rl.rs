@@ -827,7 +827,8 @@ mod tests {
         };
         let mut covered = 0;
         for seed in 0..10 {
-            let est = evaluate_episodes(&target, &uniform_logs(2000, 100 + seed), &rl, seed);
+            let logs = uniform_logs(2000, 100 + seed);
+            let est = evaluate_episodes(&target, &logs, &logs, &rl, seed);
             for e in [est.ips, est.snips, est.dr] {
                 covered += usize::from(e.lo <= truth && truth <= e.hi);
                 assert!((e.value - truth).abs() < 0.08, "{est:?} vs {truth}");

@@ -156,27 +156,37 @@ fn dot(theta: &Array1<f64>, x: &[(usize, f64)]) -> f64 {
 }
 
 /// Per-episode step samples of `target` on `episodes`: the ratios of its probabilities to the
-/// logged ones, and q̂ / v̂ from fitted-Q evaluation of `target` on the same episodes.
+/// logged ones, and q̂ / v̂ from fitted-Q evaluation of `target` on `model_episodes` (all the
+/// logs there are: q̂ is only a control variate, and DR stays unbiased whatever it is, while
+/// a q̂ fitted on the few held-out conversations alone would be poor).
 pub fn samples(
     target: &Policy,
     schema: &FeatureSchema,
     episodes: &[Episode],
+    model_episodes: &[Episode],
     fqe: Fqe,
     seed: u64,
 ) -> Vec<Vec<StepSample>> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     // Options (sparse) and the target's probabilities of each, for every step.
-    let mut rows: Vec<Vec<StepRows>> = Vec::with_capacity(episodes.len());
-    for e in episodes {
-        let mut steps = Vec::with_capacity(e.steps.len());
-        for s in &e.steps {
-            let xs = s.options(schema);
-            let (p, _, _) = target.distribution(&xs, &mut rng);
-            steps.push((xs.iter().map(|x| sparse(x)).collect::<Vec<_>>(), p));
-        }
-        rows.push(steps);
-    }
-    let theta = fitted_q(schema.dim(), episodes, &rows, fqe);
+    let mut rows_of = |episodes: &[Episode]| -> Vec<Vec<StepRows>> {
+        episodes
+            .iter()
+            .map(|e| {
+                e.steps
+                    .iter()
+                    .map(|s| {
+                        let xs = s.options(schema);
+                        let (p, _, _) = target.distribution(&xs, &mut rng);
+                        (xs.iter().map(|x| sparse(x)).collect::<Vec<_>>(), p)
+                    })
+                    .collect()
+            })
+            .collect()
+    };
+    let rows = rows_of(episodes);
+    let model_rows = rows_of(model_episodes);
+    let theta = fitted_q(schema.dim(), model_episodes, &model_rows, fqe);
     episodes
         .iter()
         .zip(&rows)

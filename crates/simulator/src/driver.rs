@@ -53,10 +53,7 @@ pub struct ConversationResult {
 impl ConversationResult {
     /// The conversation's total reward, each turn's events valued by `reward`.
     pub fn value(&self, reward: &dyn Fn(&nudge_records::OutcomeTotals) -> f64) -> f64 {
-        self.turn_events
-            .iter()
-            .map(|e| reward(&crate::world::totals(e)))
-            .sum()
+        self.turn_events.iter().map(|e| reward(&crate::world::totals(e))).sum()
     }
 }
 
@@ -181,7 +178,11 @@ async fn converse(ctx: &Ctx, index: usize) -> Result<ConversationResult, SimErro
         })
         .unwrap_or(w.cfg.segment.len() - 1);
     let seg = &w.cfg.segment[segment];
-    let lang = if rng.random_bool(seg.zh_share) { Lang::Zh } else { Lang::En };
+    let lang = if rng.random_bool(seg.zh_share) {
+        Lang::Zh
+    } else {
+        Lang::En
+    };
     let conversation_id = format!("sim-{}-{index}", ctx.run);
     let customer_id = format!("customer-{}-{index}", ctx.run);
     let customer = pb::Customer {
@@ -194,7 +195,10 @@ async fn converse(ctx: &Ctx, index: usize) -> Result<ConversationResult, SimErro
     let cart: Vec<pb::CartLine> = seg
         .cart
         .iter()
-        .map(|sku| pb::CartLine { sku: sku.clone(), qty: 1 })
+        .map(|sku| pb::CartLine {
+            sku: sku.clone(),
+            qty: 1,
+        })
         .collect();
     let mut client = ctx.conversations.clone();
     let mut result = ConversationResult {
@@ -282,7 +286,16 @@ async fn converse(ctx: &Ctx, index: usize) -> Result<ConversationResult, SimErro
                 later.push((d, event_id, *e));
             } else {
                 let to_server = offered.is_some() && decision.is_some();
-                report(ctx, &conversation_id, &customer_id, (&d, &event_id), to_server, *e, &mut client).await?;
+                report(
+                    ctx,
+                    &conversation_id,
+                    &customer_id,
+                    (&d, &event_id),
+                    to_server,
+                    *e,
+                    &mut client,
+                )
+                .await?;
             }
         }
         result.gone = branch.gone;
@@ -296,7 +309,16 @@ async fn converse(ctx: &Ctx, index: usize) -> Result<ConversationResult, SimErro
         }
     }
     for (d, event_id, e) in later {
-        report(ctx, &conversation_id, &customer_id, (&d, &event_id), false, e, &mut client).await?;
+        report(
+            ctx,
+            &conversation_id,
+            &customer_id,
+            (&d, &event_id),
+            false,
+            e,
+            &mut client,
+        )
+        .await?;
     }
     Ok(result)
 }

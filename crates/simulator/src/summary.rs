@@ -35,7 +35,13 @@ impl Summary {
         let n = results.len().max(1) as f64;
         let share = |f: &dyn Fn(&ConversationResult) -> bool| results.iter().filter(|r| f(r)).count() as f64 / n;
         let offers: u32 = results.iter().map(|r| r.offers).sum();
-        let per_offer = |v: u32| if offers > 0 { f64::from(v) / f64::from(offers) } else { 0.0 };
+        let per_offer = |v: u32| {
+            if offers > 0 {
+                f64::from(v) / f64::from(offers)
+            } else {
+                0.0
+            }
+        };
         Summary {
             conversations: results.len(),
             conversion_rate: share(&|r| r.converted),

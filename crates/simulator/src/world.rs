@@ -177,7 +177,12 @@ impl World {
             Some(id) => {
                 next.offers = next.offers.saturating_add(1);
                 let pa = self.accept_probability(segment, s, id);
-                let (rev, margin) = self.prices.offers.get(&(segment, id.to_string())).copied().unwrap_or((0, 0));
+                let (rev, margin) = self
+                    .prices
+                    .offers
+                    .get(&(segment, id.to_string()))
+                    .copied()
+                    .unwrap_or((0, 0));
                 let accepted = Latent { accepted: true, ..next };
                 let pc = r.convert_after_accept;
                 let order = Event {
@@ -302,7 +307,7 @@ impl World {
             w: &World,
             seg: usize,
             s: &Latent,
-                reward: &dyn Fn(&OutcomeTotals) -> f64,
+            reward: &dyn Fn(&OutcomeTotals) -> f64,
             choose: &dyn Fn(&Latent) -> Option<String>,
         ) -> f64 {
             let a = if w.may_offer(s) { choose(s) } else { None };
@@ -358,7 +363,14 @@ fn prices(cfg: &SimConfig) -> Result<Prices, crate::SimError> {
     let money = |list: i64, fin: i64| (fin, fin - (list as f64 * cfg.cost_share).round() as i64);
     let mut p = Prices::default();
     for (i, s) in cfg.segment.iter().enumerate() {
-        let cart: Vec<CartLine> = s.cart.iter().map(|sku| CartLine { sku: sku.clone(), qty: 1 }).collect();
+        let cart: Vec<CartLine> = s
+            .cart
+            .iter()
+            .map(|sku| CartLine {
+                sku: sku.clone(),
+                qty: 1,
+            })
+            .collect();
         let q = quote(&catalog, &cart, &[]).map_err(|e| bad(format!("segment `{}`.cart: {e}", s.name)))?;
         p.base.insert(i, money(q.list_price.0, q.final_price.0));
         for id in cfg.offers.keys() {
@@ -381,8 +393,14 @@ pub fn totals(events: &[Event]) -> OutcomeTotals {
         let f = e.kind.counted_as();
         t.set(f, t.get(f) + 1.0);
         if e.kind == OutcomeKind::Convert {
-            t.set(RewardField::Revenue, t.get(RewardField::Revenue) + e.revenue as f64 / 100.0);
-            t.set(RewardField::Margin, t.get(RewardField::Margin) + e.margin as f64 / 100.0);
+            t.set(
+                RewardField::Revenue,
+                t.get(RewardField::Revenue) + e.revenue as f64 / 100.0,
+            );
+            t.set(
+                RewardField::Margin,
+                t.get(RewardField::Margin) + e.margin as f64 / 100.0,
+            );
         }
     }
     t
@@ -407,8 +425,14 @@ mod tests {
         let w = world();
         // X1 at 3999.00, cost 60 %: the coupon takes 100 off, the warranty adds 149 (list 199).
         assert_eq!(w.prices.base[&0], (399_900, 399_900 - 239_940));
-        assert_eq!(w.prices.offers[&(0, "thanks_coupon".to_string())], (389_900, 389_900 - 239_940));
-        assert_eq!(w.prices.offers[&(0, "warranty_1y".to_string())], (414_800, 414_800 - 251_880));
+        assert_eq!(
+            w.prices.offers[&(0, "thanks_coupon".to_string())],
+            (389_900, 389_900 - 239_940)
+        );
+        assert_eq!(
+            w.prices.offers[&(0, "warranty_1y".to_string())],
+            (414_800, 414_800 - 251_880)
+        );
         assert_eq!((w.max_offers, w.cooldown), (2, 3));
     }
 
@@ -438,7 +462,11 @@ mod tests {
             for _ in 0..n {
                 let mut s = w.start(seg);
                 loop {
-                    let a = if w.may_offer(&s) { policy.get(&s).cloned().flatten() } else { None };
+                    let a = if w.may_offer(&s) {
+                        policy.get(&s).cloned().flatten()
+                    } else {
+                        None
+                    };
                     let bs = w.branches(seg, &s, a.as_deref());
                     let mut u = rng.random::<f64>();
                     let b = bs.iter().find(|b| {
@@ -454,7 +482,10 @@ mod tests {
                 }
             }
             let mc = total / n as f64;
-            assert!((mc - best).abs() < 0.03 * best.abs() + 5.0, "segment {seg}: {mc} vs {best}");
+            assert!(
+                (mc - best).abs() < 0.03 * best.abs() + 5.0,
+                "segment {seg}: {mc} vs {best}"
+            );
             eprintln!("segment {seg}: optimum {best:.1}, coupon at once {first:.1}, never {never:.1}");
         }
         // After-sales customers: nothing while the problem is open, the coupon once it is solved
