@@ -805,6 +805,36 @@ mod tests {
     }
 
     #[test]
+    fn a_checkpointed_run_resumes_where_it_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = uniform_logs(500, 8);
+        let eps = Exploration::EpsilonGreedy { epsilon: 0.1 };
+        let cfg = RlConfig {
+            steps: 200,
+            batch_size: 64,
+            hidden: vec![8],
+            checkpoint: Some(dir.path().join("rl.ckpt")),
+            checkpoint_every: 100,
+            ..Default::default()
+        };
+        let (full, report) = train(&base(), &logs, &cfg, &eps, 4, None).unwrap();
+        assert_eq!((report.resumed_at, report.steps), (0, 200));
+        // The same job again (a restarted optimizer): it resumes from the last checkpoint.
+        let (again, report) = train(&base(), &logs, &cfg, &eps, 4, None).unwrap();
+        assert_eq!((report.resumed_at, report.steps), (200, 0));
+        assert_eq!(again, full);
+        // Another job (other data, or other settings) does not resume from it.
+        let (_, report) = train(&base(), &logs[..400], &cfg, &eps, 4, None).unwrap();
+        assert_eq!(report.resumed_at, 0);
+        let longer = RlConfig {
+            steps: 300,
+            ..cfg.clone()
+        };
+        let (_, report) = train(&base(), &logs, &longer, &eps, 4, None).unwrap();
+        assert_eq!(report.resumed_at, 0);
+    }
+
+    #[test]
     fn sequential_estimates_of_a_fixed_policy_cover_its_true_value() {
         // A fixed policy: offers with probability 0.2 while the problem is open, 0.9 after.
         let s = schema();
