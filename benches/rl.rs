@@ -161,11 +161,16 @@ fn final_ope(
     let final_batch = format!("-b{}-", last_round + 1);
     let learning: Vec<Episode> = all.into_iter().filter(|e| !e.id.contains(&final_batch)).collect();
     let logged: Vec<Episode> = learning.iter().filter(|e| e.id.contains(&round)).cloned().collect();
+    // Undiscounted (γ = 1), as the simulated value is.
+    let undiscounted = nudge_optimizer::rl::RlConfig {
+        gamma: 1.0,
+        ..rl.clone()
+    };
     Some(nudge_optimizer::learn::evaluate_episodes(
         &serving.policy,
         &logged,
         &learning,
-        rl,
+        &undiscounted,
         1,
     ))
 }
@@ -323,7 +328,7 @@ fn main() {
 
     // OPE of the final RL policy on the logs before it served, against its simulated value.
     let rl_runs = &runs[2];
-    println!("\nOPE of the final RL policy on the conversations logged while it was learning, vs its simulated value:");
+    println!("\nOPE (γ = 1) of the final RL policy on the last learning round's conversations, vs its simulated value on the final batch:");
     for (seed, r) in rl_runs.iter().enumerate() {
         if let Some(e) = &r.ope {
             println!(

@@ -16,9 +16,11 @@
 //!   Served as softmax at temperature 1: its logits are its probabilities.
 //!
 //! Both are seeded (same logs, same seed, same policy), report progress through `tracing`
-//! and an optional callback, and checkpoint their weights every `checkpoint_every` steps when a
-//! checkpoint file is given, resuming from it when it matches the run (same settings, data and
-//! seed).
+//! (every 10 %) and an optional callback (every 1 %), and checkpoint their weights every
+//! `checkpoint_every` steps when a checkpoint file is given. A run of the same job (same
+//! settings, data and seed; an optimizer restarted mid-training) resumes from it: the skipped
+//! steps draw their batches again so the rest draw the same ones, and Adam's moments start
+//! afresh.
 use crate::episodes::{Credit, Episode};
 use crate::neural::init_layer;
 use candle_core::{DType, Device, Tensor, Var, D};
@@ -450,7 +452,9 @@ pub fn train(
             if let Some(p) = progress.as_mut() {
                 p(step + 1, cfg.steps, l);
             }
-            tracing::debug!(step = step + 1, steps = cfg.steps, loss = l, "rl training");
+        }
+        if (step + 1).is_multiple_of((cfg.steps / 10).max(1)) {
+            tracing::info!(learner = ?cfg.learner, step = step + 1, steps = cfg.steps, loss = l, "rl training");
         }
         if let Some(p) = &cfg.checkpoint {
             if (step + 1).is_multiple_of(cfg.checkpoint_every) {
