@@ -1,5 +1,6 @@
 //! What learning *when* to offer buys, on the simulated shop (`examples/sim/`): rules only
-//! (every eligible offer at the first chance), the best single-turn bandit, and the RL policy,
+//! (every eligible offer at the first chance), the best single-turn bandit, and the RL policies
+//! (CQL, and importance-weighted policy gradient for comparison),
 //! each learning for the same number of rounds against a real server (default model) and a real
 //! optimizer over gRPC, then serving a final batch. Figures are means over seeds with 95 %
 //! intervals (t over seeds); the exact optimum of the simulated customers (dynamic programming)
@@ -15,7 +16,7 @@
 //! RL policy (on the last round's logs) with its simulated value.
 #[path = "lab/mod.rs"]
 mod lab;
-use lab::{customers, rl_config, Arm, Lab};
+use lab::{customers, pg_config, rl_config, Arm, Lab};
 use nudge_optimizer::episodes::{episodes, Episode};
 use nudge_optimizer::ledger::Ledger;
 use nudge_optimizer::reward::Reward;
@@ -191,7 +192,7 @@ fn write_curves(path: &Path, curves: &[(&str, Vec<f64>)], optimum: f64) {
             BLACK.stroke_width(1),
         ))
         .unwrap();
-    for ((_, c), colour) in curves.iter().zip([RED, BLUE, GREEN]) {
+    for ((_, c), colour) in curves.iter().zip([RED, BLUE, GREEN, MAGENTA]) {
         chart
             .draw_series(LineSeries::new(
                 c.iter().enumerate().map(|(i, v)| (i as f64 + 0.5, *v)),
@@ -216,7 +217,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let arms = [Arm::Rules, Arm::Bandit, Arm::Rl(rl_config())];
+    let arms = [Arm::Rules, Arm::Bandit, Arm::Rl(rl_config()), Arm::Rl(pg_config())];
     let mut runs: Vec<Vec<ArmRun>> = Vec::new();
     let started = std::time::Instant::now();
     for arm in &arms {
@@ -318,7 +319,7 @@ fn main() {
         .collect();
     let png = a.out.join("learning_curves.png");
     write_curves(&png, &curves, optimum);
-    println!("\nlearning curves (reward per conversation by round; last point: final batch; black: optimum; red rules, blue bandit, green RL): {}", png.display());
+    println!("\nlearning curves (reward per conversation by round; last point: final batch; black: optimum; red rules, blue bandit, green RL (CQL), magenta RL (policy gradient)): {}", png.display());
     for (name, c) in &curves {
         println!(
             "  {name}: {}",
@@ -326,7 +327,7 @@ fn main() {
         );
     }
 
-    // OPE of the final RL policy on the logs before it served, against its simulated value.
+    // OPE of the final RL (CQL) policy on the logs before it served, against its simulated value.
     let rl_runs = &runs[2];
     println!("\nOPE (γ = 1) of the final RL policy on the last learning round's conversations, vs its simulated value on the final batch:");
     for (seed, r) in rl_runs.iter().enumerate() {

@@ -54,7 +54,10 @@ impl Arm {
         match self {
             Arm::Rules => "rules only",
             Arm::Bandit => "bandit",
-            Arm::Rl(_) => "RL (CQL)",
+            Arm::Rl(rl) => match rl.learner {
+                nudge_optimizer::rl::Learner::Cql => "RL (CQL)",
+                nudge_optimizer::rl::Learner::PolicyGradient => "RL (policy gradient)",
+            },
         }
     }
 
@@ -85,6 +88,16 @@ pub fn rl_config() -> RlConfig {
         batch_size: 256,
         learning_rate: 3e-3,
         ..Default::default()
+    }
+}
+
+/// The policy-gradient learner with the same budget, for comparison.
+pub fn pg_config() -> RlConfig {
+    RlConfig {
+        learner: nudge_optimizer::rl::Learner::PolicyGradient,
+        batch_size: 64,
+        learning_rate: 1e-2,
+        ..rl_config()
     }
 }
 
