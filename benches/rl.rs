@@ -94,8 +94,8 @@ struct ArmRun {
     last: Vec<ConversationResult>,
     train_seconds: f64,
     dir: Option<tempfile::TempDir>,
-    /// OPE of the final policy on the last learning round's logs: (PDIS, WPDIS, DR) with intervals.
-    ope: Option<nudge_optimizer::ope::Estimates>,
+    /// OPE of the final policy on the first and on the last learning round's logs.
+    ope: Option<[nudge_optimizer::ope::Estimates; 2]>,
 }
 
 async fn run_arm(arm: &Arm, a: &Args, seed: u64, value: &dyn Fn(&ConversationResult) -> f64) -> ArmRun {
@@ -121,7 +121,14 @@ async fn run_arm(arm: &Arm, a: &Args, seed: u64, value: &dyn Fn(&ConversationRes
         .await;
     curve.push(last.iter().map(value).sum::<f64>() / last.len() as f64);
     let ope = match arm {
-        Arm::Rl(rl) => final_ope(&lab, &a.reward, rl, a.rounds.saturating_sub(1)),
+        Arm::Rl(rl) => {
+            let rounds = [0, a.rounds.saturating_sub(1)];
+            let est = rounds.map(|r| final_ope(&lab, &a.reward, rl, r, a.rounds));
+            match est {
+                [Some(first), Some(last)] => Some([first, last]),
+                _ => None,
+            }
+        }
         _ => None,
     };
     let dir = matches!(arm, Arm::Rl(_)).then_some(lab.dir);
@@ -144,22 +151,25 @@ fn logged_episodes(dir: &Path, reward: &Reward, rl: &nudge_optimizer::rl::RlConf
     episodes(&lab::schema(), &ledger.examples(reward, u64::MAX), rl.credit).episodes
 }
 
-/// Off-policy estimates of the serving (final) policy on the conversations of the last
-/// learning round (logged by the version before it; the newest 30 % of them were its held-out
-/// set, the rest it trained on), to compare with its simulated value on the final batch.
+/// Off-policy estimates of the serving (final) policy on the conversations of learning round
+/// `round` (round 0: logged by the first version, uniform; the last round: by the version
+/// before the final one, or the final one itself when the last candidate was refused), to
+/// compare with its simulated value on the final batch. The final policy trained on most of
+/// these conversations.
 fn final_ope(
     lab: &Lab,
     reward_file: &Path,
     rl: &nudge_optimizer::rl::RlConfig,
-    last_round: usize,
+    round: usize,
+    final_batch: usize,
 ) -> Option<nudge_optimizer::ope::Estimates> {
     let reward = Reward::load(reward_file).ok()?;
     let registry = nudge_policy::Registry::existing(lab.path("registry")).ok()?;
     let serving = registry.serving().ok()??;
     let all = logged_episodes(lab.dir.path(), &reward, rl);
     // Conversation ids carry their batch: "sim-s<seed>-b<round>-<index>".
-    let round = format!("-b{last_round}-");
-    let final_batch = format!("-b{}-", last_round + 1);
+    let round = format!("-b{round}-");
+    let final_batch = format!("-b{final_batch}-");
     let learning: Vec<Episode> = all.into_iter().filter(|e| !e.id.contains(&final_batch)).collect();
     let logged: Vec<Episode> = learning.iter().filter(|e| e.id.contains(&round)).cloned().collect();
     // Undiscounted (γ = 1), as the simulated value is.
@@ -329,11 +339,11 @@ fn main() {
 
     // OPE of the final RL (CQL) policy on the logs before it served, against its simulated value.
     let rl_runs = &runs[2];
-    println!("\nOPE (γ = 1) of the final RL policy on the last learning round's conversations, vs its simulated value on the final batch:");
+    println!("\nOPE (γ = 1) of the final RL (CQL) policy on the first (uniform) and the last learning round's conversations, vs its simulated value on the final batch:");
     for (seed, r) in rl_runs.iter().enumerate() {
-        if let Some(e) = &r.ope {
+        for (which, e) in ["first", "last"].iter().zip(r.ope.iter().flatten()) {
             println!(
-                "  seed {}: PDIS {:.1} [{:.1}, {:.1}], WPDIS {:.1} [{:.1}, {:.1}], DR {:.1} [{:.1}, {:.1}] (effective conversations {:.0} of {}); simulated {:.1}",
+                "  seed {} {which}: PDIS {:.1} [{:.1}, {:.1}], WPDIS {:.1} [{:.1}, {:.1}], DR {:.1} [{:.1}, {:.1}] (effective conversations {:.0} of {}); simulated {:.1}",
                 seed + 1,
                 e.ips.value, e.ips.lo, e.ips.hi,
                 e.snips.value, e.snips.lo, e.snips.hi,
