@@ -104,7 +104,7 @@ pub fn pg_config() -> RlConfig {
 /// The simulated customers of `examples/sim/sim.toml` and their messages.
 pub fn customers() -> (World, Messages) {
     let cfg = SimConfig::load(&Path::new(SHOP).join("sim.toml")).expect("examples/sim/sim.toml");
-    let messages = Messages::load(&cfg.messages).expect("the message files of sim.toml");
+    let messages = Messages::load(&cfg).expect("the message files of sim.toml");
     (World::new(cfg).expect("the simulated world"), messages)
 }
 

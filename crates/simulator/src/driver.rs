@@ -208,7 +208,7 @@ async fn converse(ctx: &Ctx, index: usize) -> Result<ConversationResult, SimErro
     let mut state = w.start(segment);
     let mut last_decision: Option<String> = None;
     let mut later: Vec<(String, String, Event)> = Vec::new();
-    let thanks = vec!["thanks_bye".to_string()];
+    let thanks = vec![crate::messages::THANKS.to_string()];
     for turn in w.script(segment) {
         let response = match turn {
             BotTurn::Resolved => client
@@ -224,7 +224,12 @@ async fn converse(ctx: &Ctx, index: usize) -> Result<ConversationResult, SimErro
                 .map_err(rpc("Conversations/Nudge"))?,
             BotTurn::Open | BotTurn::Thanks => {
                 let labels = if turn == BotTurn::Open { &seg.intents } else { &thanks };
-                let text = ctx.messages.draw(lang, labels, &mut rng).unwrap_or("hello").to_string();
+                // Every label has messages in both languages: `Messages::load` checked it.
+                let text = ctx
+                    .messages
+                    .draw(lang, labels, &mut rng)
+                    .unwrap_or_default()
+                    .to_string();
                 client
                     .turn(pb::TurnRequest {
                         conversation_id: conversation_id.clone(),

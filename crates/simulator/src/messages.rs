@@ -1,7 +1,10 @@
 //! What simulated customers write: real customer-service messages (JSON lines with `text` and
 //! `label`, the held-out split of the intent data by default), drawn by intent label and
 //! language. The server sees only these texts, so its NLU's mistakes are part of every result.
-use crate::config::{MessageFiles, SimError};
+use crate::config::{SimConfig, SimError};
+
+/// The intent label of a customer's thanks once the problem is solved.
+pub const THANKS: &str = "thanks_bye";
 use rand::Rng;
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -29,11 +32,21 @@ struct Line {
 }
 
 impl Messages {
-    /// Reads both languages' files.
-    pub fn load(files: &MessageFiles) -> Result<Messages, SimError> {
+    /// Reads both languages' files, and refuses them unless every label the configuration's
+    /// customers write about (and `thanks_bye`, the thanks after a solved problem) has messages
+    /// in both languages.
+    pub fn load(cfg: &SimConfig) -> Result<Messages, SimError> {
+        let files = &cfg.messages;
         let mut m = Messages::default();
         for (lang, path) in [(Lang::En, &files.en), (Lang::Zh, &files.zh)] {
             m.read(lang, path)?;
+        }
+        for s in &cfg.segment {
+            let labels: Vec<&str> = s.intents.iter().map(String::as_str).chain([THANKS]).collect();
+            m.check(&labels).map_err(|reason| SimError::Config {
+                path: files.en.clone(),
+                reason: format!("segment `{}`: {reason}", s.name),
+            })?;
         }
         Ok(m)
     }
@@ -54,7 +67,7 @@ impl Messages {
     }
 
     /// Refuses labels with no message in either language.
-    pub fn check(&self, labels: &[&str]) -> Result<(), String> {
+    fn check(&self, labels: &[&str]) -> Result<(), String> {
         for l in labels {
             for lang in [Lang::En, Lang::Zh] {
                 if !self.pools.contains_key(&(lang, l.to_string())) {
@@ -70,5 +83,26 @@ impl Messages {
         let label = labels.get(rng.random_range(0..labels.len().max(1)))?;
         let pool = self.pools.get(&(lang, label.clone()))?;
         pool.get(rng.random_range(0..pool.len())).map(String::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn messages_are_drawn_by_label_and_language_and_unknown_labels_are_refused() {
+        let mut cfg = SimConfig::load(Path::new("../../examples/sim/sim.toml")).unwrap();
+        let m = Messages::load(&cfg).unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let han = |t: &str| t.chars().any(|c| ('\u{4e00}'..='\u{9fff}').contains(&c));
+        let zh = m.draw(Lang::Zh, &["refund".to_string()], &mut rng).unwrap();
+        assert!(han(zh), "{zh}");
+        let en = m.draw(Lang::En, &["refund".to_string()], &mut rng).unwrap();
+        assert!(!han(en), "{en}");
+        cfg.segment[1].intents.push("no_such_intent".into());
+        let e = Messages::load(&cfg).unwrap_err().to_string();
+        assert!(e.contains("segment `shopper`") && e.contains("no_such_intent"), "{e}");
     }
 }
