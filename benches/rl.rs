@@ -20,7 +20,6 @@ use lab::{customers, pg_config, rl_config, Arm, Lab};
 use nudge_optimizer::episodes::{episodes, Episode};
 use nudge_optimizer::ledger::Ledger;
 use nudge_optimizer::reward::Reward;
-use nudge_records::{read_all, DecisionRecord, OutcomeRecord};
 use nudge_sim::{ConversationResult, Summary};
 use rand::{Rng, SeedableRng};
 use std::path::{Path, PathBuf};
@@ -143,11 +142,7 @@ async fn run_arm(arm: &Arm, a: &Args, seed: u64, value: &dyn Fn(&ConversationRes
 
 /// The logs of a lab's folder as conversations of the schema.
 fn logged_episodes(dir: &Path, reward: &Reward, rl: &nudge_optimizer::rl::RlConfig) -> Vec<Episode> {
-    let mut ledger = Ledger::default();
-    let (decisions, _) = read_all::<DecisionRecord>(&dir.join("decisions")).expect("decision log");
-    decisions.into_iter().for_each(|d| ledger.add_decision(d));
-    let (outcomes, _) = read_all::<OutcomeRecord>(&dir.join("outcomes")).expect("outcome log");
-    outcomes.iter().for_each(|o| ledger.add_outcome(o));
+    let (ledger, _) = Ledger::read(&[dir.join("decisions"), dir.join("outcomes")]).expect("the lab's logs");
     episodes(&lab::schema(), &ledger.examples(reward, u64::MAX), rl.credit).episodes
 }
 

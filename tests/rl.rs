@@ -10,9 +10,12 @@ use lab::{customers, rl_config, Arm, Lab};
 use nudge_sim::{ConversationResult, Summary};
 use std::path::Path;
 
+/// The shop's reward file: the same value the optimizer trains on.
 fn reward(t: &nudge_records::OutcomeTotals) -> f64 {
-    use nudge_records::RewardField as F;
-    t.get(F::Margin) - 300.0 * t.get(F::Complaint) - 200.0 * t.get(F::OptOut)
+    static REWARD: std::sync::OnceLock<nudge_optimizer::reward::Reward> = std::sync::OnceLock::new();
+    REWARD
+        .get_or_init(|| nudge_optimizer::reward::Reward::load(&Path::new(lab::SHOP).join("reward.toml")).unwrap())
+        .value(Some(t))
 }
 
 /// Mean value and its 95 % half-width over the conversations of `segment`.

@@ -134,14 +134,9 @@ impl Lab {
         let server = nudge_inference::start(config)
             .await
             .expect("the simulated shop's server starts");
-        let reward_text = std::fs::read_to_string(reward).expect("the reward file");
-        let window_s: f64 = toml::from_str::<toml::Value>(&reward_text)
-            .ok()
-            .and_then(|v| {
-                v.get("window_seconds")
-                    .and_then(|w| w.as_float().or(w.as_integer().map(|i| i as f64)))
-            })
-            .unwrap_or(86_400.0);
+        let window_ms = nudge_optimizer::reward::Reward::load(reward)
+            .expect("the reward file")
+            .window_ms;
         let optimizer = match arm.learn(seed) {
             None => None,
             Some(learn) => {
@@ -177,7 +172,7 @@ impl Lab {
             server,
             optimizer,
             target,
-            window: Duration::from_secs_f64(window_s.max(0.0)),
+            window: Duration::from_millis(window_ms),
         }
     }
 

@@ -261,14 +261,7 @@ pub fn train_and_judge(
     if let Some(rl) = &cfg.rl {
         return train_and_judge_episodes(serving, examples, cfg, rl);
     }
-    if examples.len() < cfg.min_examples {
-        return Err(LearnError::TooFewExamples {
-            have: examples.len(),
-            need: cfg.min_examples,
-        });
-    }
-    let cut = ((examples.len() as f64) * (1.0 - cfg.holdout)).round() as usize;
-    let (train, held) = examples.split_at(cut.clamp(1, examples.len()));
+    let (train, held) = split_holdout(examples, cfg)?;
     let (candidate, trunk) = fit(serving, train, cfg)?;
     let range = train.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), e| {
         (lo.min(e.reward), hi.max(e.reward))
@@ -291,6 +284,19 @@ pub fn train_and_judge(
             rl: None,
         },
     ))
+}
+
+/// At least `min_examples` items, oldest first, split into the older share trained on and the
+/// newest `holdout` share judged on.
+fn split_holdout<'a, T>(items: &'a [T], cfg: &LearnConfig) -> Result<(&'a [T], &'a [T]), LearnError> {
+    if items.len() < cfg.min_examples {
+        return Err(LearnError::TooFewExamples {
+            have: items.len(),
+            need: cfg.min_examples,
+        });
+    }
+    let cut = ((items.len() as f64) * (1.0 - cfg.holdout)).round() as usize;
+    Ok(items.split_at(cut.clamp(1, items.len())))
 }
 
 /// The gate's rule and verdict from the two policies' estimates.
@@ -330,14 +336,7 @@ fn train_and_judge_episodes(
     rl: &RlConfig,
 ) -> Result<(Policy, Verdict), LearnError> {
     let all = episodes(&serving.schema, examples, rl.credit).episodes;
-    if all.len() < cfg.min_examples {
-        return Err(LearnError::TooFewExamples {
-            have: all.len(),
-            need: cfg.min_examples,
-        });
-    }
-    let cut = ((all.len() as f64) * (1.0 - cfg.holdout)).round() as usize;
-    let (train, held) = all.split_at(cut.clamp(1, all.len()));
+    let (train, held) = split_holdout(&all, cfg)?;
     let (candidate, report) = crate::rl::train(serving, train, rl, &cfg.exploration, cfg.seed, None)?;
     let cand_est = evaluate_episodes(&candidate, held, &all, rl, cfg.seed);
     let serv_est = evaluate_episodes(serving, held, &all, rl, cfg.seed);

@@ -3,8 +3,9 @@
 //! so a crash loses nothing that was acknowledged. Both record types are `nudge_records`'s: the
 //! servers write exactly what is read here.
 use crate::reward::Reward;
-use nudge_records::{DecisionRecord, OutcomeRecord, OutcomeTotals};
+use nudge_records::{read_all, DecisionRecord, LogError, OutcomeRecord, OutcomeTotals};
 use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 
 /// Decisions by id, each with the totals of its outcomes so far.
 #[derive(Default)]
@@ -28,6 +29,22 @@ pub struct Example {
 }
 
 impl Ledger {
+    /// The ledger of every decision and outcome record in `dirs` (each may hold either kind),
+    /// and how many lines were not valid records (each logged with its file and line).
+    pub fn read(dirs: &[PathBuf]) -> Result<(Ledger, u64), LogError> {
+        let mut ledger = Ledger::default();
+        let mut malformed = 0;
+        for dir in dirs {
+            let (decisions, bad) = read_all::<DecisionRecord>(dir)?;
+            malformed += bad;
+            decisions.into_iter().for_each(|d| ledger.add_decision(d));
+            let (outcomes, bad) = read_all::<OutcomeRecord>(dir)?;
+            malformed += bad;
+            outcomes.iter().for_each(|o| ledger.add_outcome(o));
+        }
+        Ok((ledger, malformed))
+    }
+
     /// Adds a decision (already checked by the tailer that read it).
     pub fn add_decision(&mut self, d: DecisionRecord) {
         self.decisions.insert(d.decision_id.clone(), d);

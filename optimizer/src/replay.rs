@@ -6,7 +6,6 @@ use crate::ledger::Ledger;
 use crate::reward::Reward;
 use crate::OptimizerError;
 use nudge_policy::Registry;
-use nudge_records::{read_all, DecisionRecord, OutcomeRecord};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
@@ -35,16 +34,7 @@ pub fn replay(
 ) -> Result<ReplayReport, OptimizerError> {
     let registry = Registry::existing(registry)?;
     let serving = registry.serving()?.ok_or(OptimizerError::NoServingPolicy)?;
-    let mut ledger = Ledger::default();
-    let mut malformed_records = 0;
-    for dir in logs {
-        let (decisions, bad) = read_all::<DecisionRecord>(dir)?;
-        malformed_records += bad;
-        decisions.into_iter().for_each(|d| ledger.add_decision(d));
-        let (outcomes, bad) = read_all::<OutcomeRecord>(dir)?;
-        malformed_records += bad;
-        outcomes.iter().for_each(|o| ledger.add_outcome(o));
-    }
+    let (ledger, malformed_records) = Ledger::read(logs)?;
     let examples = ledger.examples(reward, now_ms);
     let (_, verdict) = train_and_judge(&serving.policy, &examples, learn)?;
     Ok(ReplayReport {
