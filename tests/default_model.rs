@@ -74,8 +74,99 @@ const REVIEWS: &[(&str, &str)] = &[
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn default_intents_and_sentiment_in_chinese_and_english() {
-    let server = start_server(vec![default_bundle()], |_| {}).await;
+    answers_default_cases(default_bundle(), "cpu-f32").await;
+}
+
+/// `nudge models quantize` writes the default bundle as an int8 version (a real process); the
+/// server serves it, says so, and answers the same cases right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_int8_version_of_the_default_bundle_answers_the_same_cases() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("default-int8");
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_nudge"))
+        .args(["models", "quantize", "--bundle"])
+        .arg(default_bundle())
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let m = nudge_model::Manifest::read(&out).unwrap();
+    assert_eq!(m.encoder.precision, nudge_model::Precision::Int8);
+    assert!(m.version.ends_with("-int8"), "{}", m.version);
+    // Quantizing twice to the same precision is refused, naming the field.
+    let again = std::process::Command::new(env!("CARGO_BIN_EXE_nudge"))
+        .args(["models", "quantize", "--bundle"])
+        .arg(&out)
+        .arg("--out")
+        .arg(tmp.path().join("again"))
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("encoder.precision is int8 already"));
+    answers_default_cases(out, "cpu-int8").await;
+}
+
+/// On real customer messages (SMP2019 and Banking77 val), the int8 encoder's sentence vectors
+/// stay close to f32's and the default head picks the same intent for nearly all of them.
+#[test]
+fn int8_embeddings_stay_close_to_f32_on_real_messages() {
+    use nudge_model::{BackendKind, NluModel};
+    let tmp = tempfile::tempdir().unwrap();
+    let q = tmp.path().join("q");
+    nudge_model::bundle::with_precision(&default_bundle(), &q, nudge_model::Precision::Int8, None).unwrap();
+    let f32_model = NluModel::load(&default_bundle(), BackendKind::Cpu).unwrap();
+    let int8_model = NluModel::load(&q, BackendKind::Cpu).unwrap();
+    assert_eq!(
+        (f32_model.backend_name(), int8_model.backend_name()),
+        ("cpu-f32", "cpu-int8")
+    );
+    let shared = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/intent");
+    let mut texts = Vec::new();
+    for f in ["zh/smp2019/val.jsonl", "en/banking77/val.jsonl"] {
+        let body = std::fs::read_to_string(shared.join(f)).unwrap();
+        texts.extend(body.lines().take(200).map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["text"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }));
+    }
+    let ids: Vec<Vec<u32>> = texts.iter().map(|t| f32_model.tokenize(t).unwrap().ids).collect();
+    let seqs: Vec<&[u32]> = ids.iter().map(|v| v.as_slice()).collect();
+    let (mut worst, mut sum, mut same) = (1f32, 0f32, 0usize);
+    for chunk in seqs.chunks(32) {
+        let a = f32_model.run(chunk).unwrap();
+        let b = int8_model.run(chunk).unwrap();
+        for (x, y) in a.iter().zip(&b) {
+            let cos: f32 = x.embedding.iter().zip(&y.embedding).map(|(p, q)| p * q).sum();
+            worst = worst.min(cos);
+            sum += cos;
+            let top = |v: &[f32]| v.iter().enumerate().max_by(|p, q| p.1.total_cmp(q.1)).map(|p| p.0);
+            same += usize::from(top(x.intent.as_ref().unwrap()) == top(y.intent.as_ref().unwrap()));
+        }
+    }
+    let n = texts.len() as f32;
+    eprintln!(
+        "int8 vs f32 on {} texts: mean cosine {:.5}, worst {:.5}, same top intent {same}",
+        texts.len(),
+        sum / n,
+        worst
+    );
+    assert!(sum / n > 0.9995 && worst > 0.999, "mean {} worst {worst}", sum / n);
+    assert!(same as f32 >= 0.97 * n, "{same} of {n}");
+}
+
+async fn answers_default_cases(bundle: PathBuf, backend: &str) {
+    let server = start_server(vec![bundle], |_| {}).await;
     let mut c = client(server.grpc_addr).await;
+    let models = c
+        .list_models(nudge_proto::v1::ListModelsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .models;
+    assert_eq!(models[0].backend, backend);
     let mut wrong = Vec::new();
     for (text, want) in CASES {
         let r = c

@@ -327,6 +327,7 @@ impl Nlu for NluService {
                     max_tokens: m.max_tokens() as u32,
                     max_text_bytes: self.limits.max_text_bytes as u32,
                     max_batch_texts: self.limits.max_batch_texts as u32,
+                    backend: m.backend_name().to_string(),
                 }
             })
             .collect();

@@ -5,13 +5,14 @@
 //! the numbers are computed (candle on the CPU today; our CUDA kernels behind the `cuda`
 //! feature later) is chosen once, by [`BackendKind`], when a model is loaded. Everything
 //! around a backend (tokenizing, batching, heads, the intent verdict) stays the same.
+use crate::bundle::Precision;
 use crate::encoder::{BertEncoder, EncoderConfig, Pooling};
 use crate::error::{BackendError, LoadError};
 use std::path::Path;
 
 /// An encoder that turns a batch of token sequences into pooled vectors.
 pub trait Backend: Send + Sync {
-    /// Short name for logs and `ListModels` (e.g. `candle-cpu`).
+    /// Short name for logs and `ListModels` (e.g. `cpu-int8`): hardware and arithmetic.
     fn name(&self) -> &'static str;
 
     /// Length of each pooled vector.
@@ -39,32 +40,53 @@ impl BackendKind {
         self,
         config: EncoderConfig,
         pooling: Pooling,
+        precision: Precision,
         weights: &Path,
         bytes: &[u8],
     ) -> Result<Box<dyn Backend>, LoadError> {
         match self {
-            BackendKind::Cpu => Ok(Box::new(CandleCpu::load(config, pooling, weights, bytes)?)),
+            BackendKind::Cpu => Ok(Box::new(CandleCpu::load(config, pooling, precision, weights, bytes)?)),
         }
     }
 }
 
-/// The candle CPU backend.
+/// The CPU backend: candle's tensors and f32 GEMM, or our integer kernels for `int8`.
 pub struct CandleCpu {
     encoder: BertEncoder,
     pooling: Pooling,
+    precision: Precision,
 }
 
 impl CandleCpu {
-    /// Reads and checks every weight (names, shapes, dtypes, finiteness) and fuses QKV.
-    pub fn load(config: EncoderConfig, pooling: Pooling, weights: &Path, bytes: &[u8]) -> Result<Self, LoadError> {
-        let encoder = BertEncoder::load_bytes(config, weights, bytes, &candle_core::Device::Cpu)?;
-        Ok(Self { encoder, pooling })
+    /// Reads and checks every weight (names, shapes, dtypes, finiteness), fuses QKV and, for
+    /// `int8`, quantizes the dense layers.
+    pub fn load(
+        config: EncoderConfig,
+        pooling: Pooling,
+        precision: Precision,
+        weights: &Path,
+        bytes: &[u8],
+    ) -> Result<Self, LoadError> {
+        let mut encoder = BertEncoder::load_bytes(config, weights, bytes, &candle_core::Device::Cpu)?;
+        if precision == Precision::Int8 {
+            encoder = encoder
+                .quantized()
+                .map_err(|e| LoadError::invalid(weights, format!("quantizing to int8: {e}")))?;
+        }
+        Ok(Self {
+            encoder,
+            pooling,
+            precision,
+        })
     }
 }
 
 impl Backend for CandleCpu {
     fn name(&self) -> &'static str {
-        "candle-cpu"
+        match self.precision {
+            Precision::F32 => "cpu-f32",
+            Precision::Int8 => "cpu-int8",
+        }
     }
 
     fn hidden_size(&self) -> usize {

@@ -53,6 +53,7 @@ impl NluModel {
         let backend = backend.load(
             files.config,
             manifest.encoder.pooling,
+            manifest.encoder.precision,
             &files.weights_path,
             &files.weights,
         )?;

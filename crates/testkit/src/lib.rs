@@ -362,6 +362,7 @@ pub fn write_bundle(dir: &Path, name: &str, variant: Variant, pooling: Pooling) 
             normalize: true,
             text_prefix: String::new(),
             max_tokens: None,
+            precision: Default::default(),
             source: None,
         },
         heads: HeadsSpec {

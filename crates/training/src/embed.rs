@@ -30,7 +30,13 @@ impl FrozenEncoder {
         let mut key = sha256_hex(&files.weights);
         key.push_str(&sha256_hex(&files.tokenizer_bytes));
         key.push_str(&format!("{:?}{}{}", spec.pooling, spec.normalize, spec.text_prefix));
-        let backend = BackendKind::Cpu.load(files.config, spec.pooling, &files.weights_path, &files.weights)?;
+        let backend = BackendKind::Cpu.load(
+            files.config,
+            spec.pooling,
+            spec.precision,
+            &files.weights_path,
+            &files.weights,
+        )?;
         Ok(Self {
             dir: dir.to_path_buf(),
             spec,

@@ -420,6 +420,7 @@ fn prepare(job: &TrainJob) -> Result<Prepared, TrainError> {
                     normalize: true,
                     text_prefix: String::new(),
                     max_tokens: hints.max_seq_length,
+                    precision: Default::default(),
                     source: job.base.file_name().map(|n| n.to_string_lossy().to_string()),
                 },
             )

@@ -2,6 +2,7 @@
 //! length-sorted batches. Q, K and V are fused into one matrix at load time so each layer
 //! streams its attention weights once.
 use super::config::{Activation, EncoderConfig};
+use super::int8::Int8Linear;
 use crate::error::LoadError;
 use candle_core::{DType, Device, Tensor};
 use safetensors::{Dtype as StDtype, SafeTensors};
@@ -17,16 +18,67 @@ pub enum Pooling {
     Cls,
 }
 
-struct Linear {
-    /// [out, in]
-    weight: Tensor,
-    bias: Tensor,
+/// A dense layer in the arithmetic the bundle asked for.
+enum Linear {
+    F32 {
+        /// [out, in]
+        weight: Tensor,
+        bias: Tensor,
+    },
+    Int8(Int8Linear),
 }
 
 impl Linear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        // x: [N, in] -> [N, out]
-        x.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)
+        match self {
+            // x: [N, in] -> [N, out]
+            Linear::F32 { weight, bias } => x.matmul(&weight.t()?)?.broadcast_add(bias),
+            Linear::Int8(q) => x.contiguous()?.apply_op1_no_bwd(q),
+        }
+    }
+
+    fn quantize(&self) -> candle_core::Result<Self> {
+        match self {
+            Linear::F32 { weight, bias } => {
+                let (out, inner) = weight.dims2()?;
+                let w = weight.flatten_all()?.to_vec1::<f32>()?;
+                let b = bias.to_vec1::<f32>()?;
+                Int8Linear::quantize(&w, &b, out, inner)
+                    .map(Linear::Int8)
+                    .map_err(candle_core::Error::wrap)
+            }
+            Linear::Int8(_) => candle_core::bail!("already quantized"),
+        }
+    }
+}
+
+impl candle_core::CustomOp1 for Int8Linear {
+    fn name(&self) -> &'static str {
+        "nudge-int8-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let candle_core::CpuStorage::F32(data) = storage else {
+            candle_core::bail!("int8 linear: f32 input only")
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("int8 linear: contiguous input only")
+        };
+        let dims = layout.dims();
+        if dims.last() != Some(&self.inner()) {
+            candle_core::bail!("int8 linear: input {dims:?}, expected last dimension {}", self.inner())
+        }
+        let rows = (end - start) / self.inner();
+        let y = self.forward(&data[start..end], rows);
+        let mut shape = dims.to_vec();
+        if let Some(last) = shape.last_mut() {
+            *last = self.out();
+        }
+        Ok((candle_core::CpuStorage::F32(y), shape.into()))
     }
 }
 
@@ -200,7 +252,7 @@ impl Weights for WeightReader<'_> {
 }
 
 fn linear(r: &dyn Weights, name: &str, out: usize, inp: usize) -> Result<Linear, LoadError> {
-    Ok(Linear {
+    Ok(Linear::F32 {
         weight: r.get(&format!("{name}.weight"), &[out, inp])?,
         bias: r.get(&format!("{name}.bias"), &[out])?,
     })
@@ -292,14 +344,16 @@ impl BertEncoder {
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for i in 0..config.num_hidden_layers {
             let p = format!("encoder.layer.{i}");
-            let q = linear(r, &format!("{p}.attention.self.query"), h, h)?;
-            let k = linear(r, &format!("{p}.attention.self.key"), h, h)?;
-            let v = linear(r, &format!("{p}.attention.self.value"), h, h)?;
+            let get = |n: &str| -> Result<(Tensor, Tensor), LoadError> {
+                let w = r.get(&format!("{p}.attention.self.{n}.weight"), &[h, h])?;
+                Ok((w, r.get(&format!("{p}.attention.self.{n}.bias"), &[h])?))
+            };
+            let ((qw, qb), (kw, kb), (vw, vb)) = (get("query")?, get("key")?, get("value")?);
             // Fold the 1/√d attention scale into the query projection: one pass less per layer.
             let scale = 1.0 / (config.head_dim() as f64).sqrt();
-            let qkv = Linear {
-                weight: Tensor::cat(&[&(q.weight * scale)?, &k.weight, &v.weight], 0)?,
-                bias: Tensor::cat(&[&(q.bias * scale)?, &k.bias, &v.bias], 0)?,
+            let qkv = Linear::F32 {
+                weight: Tensor::cat(&[&(qw * scale)?, &kw, &vw], 0)?,
+                bias: Tensor::cat(&[&(qb * scale)?, &kb, &vb], 0)?,
             };
             layers.push(Layer {
                 qkv,
@@ -323,6 +377,18 @@ impl BertEncoder {
             layers,
             device: device.clone(),
         })
+    }
+
+    /// The same encoder with every dense layer quantized to int8 (inference only: the integer
+    /// layers have no backward pass). Embeddings, layer norms and attention stay f32.
+    pub fn quantized(mut self) -> candle_core::Result<Self> {
+        for l in &mut self.layers {
+            l.qkv = l.qkv.quantize()?;
+            l.attn_out = l.attn_out.quantize()?;
+            l.ffn_in = l.ffn_in.quantize()?;
+            l.ffn_out = l.ffn_out.quantize()?;
+        }
+        Ok(self)
     }
 
     /// The `config.json` it was built from.

@@ -3,12 +3,14 @@
 mod bert;
 mod config;
 mod gelu;
+mod int8;
 mod ops;
 mod tokenize;
 
 pub use bert::{read_weights, weight_names, BertEncoder, NamedWeights, Pooling, Weights};
 pub use config::{Activation, EncoderConfig, SentenceTransformerHints};
 pub use gelu::gelu_erf;
+pub use int8::{Int8Linear, QuantizeError};
 pub use ops::{layer_norm, softmax_last_dim};
 pub use tokenize::{TextTokenizer, Tokenized};
 
