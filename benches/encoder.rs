@@ -141,8 +141,7 @@ fn main() {
     println!("|---|---|---|---|---|---|---|");
     let mut rows = Vec::new();
     for precision in &precisions {
-        let p: Precision = serde_json::from_value(serde_json::Value::String(precision.clone()))
-            .unwrap_or_else(|_| panic!("--precision: `{precision}` is not f32 or int8"));
+        let p: Precision = precision.parse().unwrap_or_else(|e| panic!("--precision: {e}"));
         let model = if p == base.manifest().encoder.precision {
             NluModel::load(&bundle, BackendKind::Cpu).expect("the bundle")
         } else {

@@ -213,20 +213,14 @@ fn main() {
     let mut results = Vec::new();
     let mut json = Vec::new();
     for precision in &precisions {
-        let dir = match precision.as_str() {
-            "f32" | "int8"
-                if nudge_model::Manifest::read(&bundle).is_ok_and(|m| m.encoder.precision.name() == precision) =>
-            {
-                bundle.clone()
-            }
-            "f32" | "int8" => {
-                let p = serde_json::from_value(serde_json::Value::String(precision.clone())).expect("a precision");
-                let dir = scratch.path().join(precision);
-                nudge_model::bundle::with_precision(&bundle, &dir, p, None)
-                    .expect("writing the bundle in that precision");
-                dir
-            }
-            other => panic!("--precision: `{other}` is not f32 or int8"),
+        let p: nudge_model::Precision = precision.parse().unwrap_or_else(|e| panic!("--precision: {e}"));
+        let manifest = nudge_model::Manifest::read(&bundle).expect("the bundle's manifest");
+        let dir = if manifest.encoder.precision == p {
+            bundle.clone()
+        } else {
+            let dir = scratch.path().join(precision);
+            nudge_model::bundle::with_precision(&bundle, &dir, p, None).expect("writing the bundle in that precision");
+            dir
         };
         for &c in &levels {
             for max_batch in [32, 1] {

@@ -117,7 +117,7 @@ enum ModelsCommand {
         out: PathBuf,
         /// `int8` or `f32`.
         #[arg(long, default_value = "int8")]
-        precision: String,
+        precision: nudge_model::Precision,
         /// Version of the new bundle (default: `<old>-<precision>`).
         #[arg(long)]
         version: Option<String>,
@@ -145,8 +145,6 @@ pub fn run() -> anyhow::Result<()> {
                 precision,
                 version,
             } => {
-                let precision: nudge_model::Precision = serde_json::from_value(serde_json::Value::String(precision))
-                    .map_err(|_| anyhow::anyhow!("--precision: expected `int8` or `f32`"))?;
                 let m = nudge_model::bundle::with_precision(&bundle, &out, precision, version)?;
                 let model = NluModel::load_probed(&out, BackendKind::Cpu)?;
                 println!(

@@ -74,6 +74,23 @@ pub enum Precision {
     Int8,
 }
 
+/// A name that is not one of [`Precision`]'s.
+#[derive(Debug, thiserror::Error)]
+#[error("`{0}` is not a precision (f32 or int8)")]
+pub struct UnknownPrecision(pub String);
+
+impl std::str::FromStr for Precision {
+    type Err = UnknownPrecision;
+
+    /// Parses the manifest's names (`f32`, `int8`), for flags and benchmark options.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [Precision::F32, Precision::Int8]
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| UnknownPrecision(s.to_string()))
+    }
+}
+
 impl Precision {
     /// The name manifests and answers use.
     pub fn name(self) -> &'static str {

@@ -23,7 +23,7 @@ mod model;
 mod verdict;
 
 pub use backend::{Backend, BackendKind, CandleCpu};
-pub use bundle::{ClassifierSpec, EncoderSpec, HeadsSpec, IntentSpec, Manifest, Precision};
+pub use bundle::{ClassifierSpec, EncoderSpec, HeadsSpec, IntentSpec, Manifest, Precision, UnknownPrecision};
 pub use encoder::{EncoderFiles, Pooling};
 pub use error::{BackendError, LoadError, TokenizeError};
 pub use heads::{l2_normalize, softmax, LinearHead};

@@ -106,7 +106,8 @@ impl Int8Linear {
         padded_bias[..out].copy_from_slice(bias);
         for (j, row) in weight.chunks_exact(inner).enumerate() {
             let max = row.iter().fold(0f32, |m, v| m.max(v.abs()));
-            if !max.is_finite() || row.iter().any(|v| !v.is_finite()) {
+            // `f32::max` skips NaN, so the maximum alone would not catch one.
+            if row.iter().any(|v| !v.is_finite()) {
                 return Err(QuantizeError::NotFinite(j));
             }
             let s = if max > 0.0 { max / W_MAX } else { 1.0 };
@@ -229,11 +230,11 @@ impl Int8Linear {
                 break;
             }
             let a = acts.scale[r];
-            let scale: &[f32; PANEL] = self.scale[col0..col0 + PANEL].try_into().expect("whole panels");
-            let bias: &[f32; PANEL] = self.bias[col0..col0 + PANEL].try_into().expect("whole panels");
+            // `scale` and `bias` are padded to whole panels, so these slices are PANEL long.
+            let (scale, bias) = (&self.scale[col0..col0 + PANEL], &self.bias[col0..col0 + PANEL]);
             let mut v = [0f32; PANEL];
-            for c in 0..PANEL {
-                v[c] = s[c] as f32 * a * scale[c] + bias[c];
+            for (((v, &s), &w), &b) in v.iter_mut().zip(s).zip(scale).zip(bias) {
+                *v = s as f32 * a * w + b;
             }
             let at = (r - y.row_start) * y.width + col0 - y.col_start;
             y.data[at..at + cols].copy_from_slice(&v[..cols]);
@@ -350,13 +351,13 @@ macro_rules! tile_loop {
     }};
 }
 
-/// The weight pairs of one panel and the activation pairs of `MR` rows from `r`.
+/// The weight pairs of one panel and the activation pairs of each of the `MR` rows from `r`.
 #[inline(always)]
-fn operands<'a>(layer: &'a Int8Linear, acts: &'a Activations, r: usize, p: usize) -> (&'a [i16], &'a [i32]) {
+fn operands<'a>(layer: &'a Int8Linear, acts: &'a Activations, r: usize, p: usize) -> (&'a [i16], [&'a [i32]; MR]) {
     let n = layer.pairs;
     (
         &layer.weight[p * n * PANEL * 2..(p + 1) * n * PANEL * 2],
-        &acts.pairs[r * n..(r + MR) * n],
+        std::array::from_fn(|i| &acts.pairs[(r + i) * n..(r + i + 1) * n]),
     )
 }
 
@@ -366,11 +367,9 @@ mod portable {
 
     pub(super) fn micro(layer: &Int8Linear, acts: &Activations, r: usize, p: usize) -> [[i32; PANEL]; MR] {
         let (w, a) = operands(layer, acts, r, p);
-        let n = layer.pairs;
         let mut out = [[0i32; PANEL]; MR];
-        for (i, o) in out.iter_mut().enumerate() {
-            for (t, wp) in w.chunks_exact(PANEL * 2).enumerate() {
-                let pair = a[i * n + t];
+        for (o, a) in out.iter_mut().zip(a) {
+            for (wp, &pair) in w.chunks_exact(PANEL * 2).zip(a) {
                 let (lo, hi) = (pair as i16 as i32, (pair >> 16) as i16 as i32);
                 for (c, v) in o.iter_mut().enumerate() {
                     *v += lo * wp[2 * c] as i32 + hi * wp[2 * c + 1] as i32;
@@ -409,13 +408,7 @@ mod avx2 {
     /// `MR` rows × 16 outputs: 12 accumulators of 8 sums, `vpmaddwd` + `vpaddd` per pair.
     #[target_feature(enable = "avx2")]
     pub(super) fn micro(layer: &Int8Linear, acts: &Activations, r: usize, p: usize) -> [[i32; PANEL]; MR] {
-        let (w, a) = operands(layer, acts, r, p);
-        let n = layer.pairs;
-        let (a0, rest) = a.split_at(n);
-        let (a1, rest) = rest.split_at(n);
-        let (a2, rest) = rest.split_at(n);
-        let (a3, rest) = rest.split_at(n);
-        let (a4, a5) = rest.split_at(n);
+        let (w, [a0, a1, a2, a3, a4, a5]) = operands(layer, acts, r, p);
         let mut acc = [[_mm256_setzero_si256(); 2]; MR];
         let pairs = a0.iter().zip(a1).zip(a2).zip(a3).zip(a4).zip(a5);
         for (wp, (((((x0, x1), x2), x3), x4), x5)) in w.chunks_exact(PANEL * 2).zip(pairs) {
@@ -450,13 +443,7 @@ mod avx512 {
     /// `MR` rows × 16 outputs with `vpdpwssd` (multiply pairs and add in one instruction).
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     pub(super) fn micro(layer: &Int8Linear, acts: &Activations, r: usize, p: usize) -> [[i32; PANEL]; MR] {
-        let (w, a) = operands(layer, acts, r, p);
-        let n = layer.pairs;
-        let (a0, rest) = a.split_at(n);
-        let (a1, rest) = rest.split_at(n);
-        let (a2, rest) = rest.split_at(n);
-        let (a3, rest) = rest.split_at(n);
-        let (a4, a5) = rest.split_at(n);
+        let (w, [a0, a1, a2, a3, a4, a5]) = operands(layer, acts, r, p);
         let mut acc = [_mm512_setzero_si512(); MR];
         let pairs = a0.iter().zip(a1).zip(a2).zip(a3).zip(a4).zip(a5);
         for (wp, (((((x0, x1), x2), x3), x4), x5)) in w.chunks_exact(PANEL * 2).zip(pairs) {
