@@ -1,13 +1,13 @@
-//! Dynamic batching. Handlers tokenize on the async runtime and submit token ids to a bounded
-//! queue; one batching thread per model forms batches bounded by size, padded tokens and a
-//! maximum wait, groups them by length to cut padding, runs the encoder off the async runtime
-//! and answers each caller on its own channel.
+//! Dynamic batching. Handlers tokenize and submit token ids to a bounded queue; one batching
+//! thread per model forms batches bounded by size, tokens and a maximum wait, runs the encoder
+//! off the async runtime and answers each caller on its own channel. The encoder packs a batch
+//! without padding, so texts of any lengths share a batch at no extra cost and the batch runs
+//! as one pass: the largest matrix products the traffic allows.
 //!
 //! The wait timer (Triton's `max_queue_delay`) only applies when the previous batch held more
 //! than one text: a lone client gains nothing from waiting, a busy server gains full batches.
 use crate::error::RequestError;
 use crate::metrics::Metrics;
-use nudge_model::batching::split_by_padding;
 use nudge_model::{NluModel, NluOutput};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
@@ -21,7 +21,7 @@ use tokio::sync::oneshot;
 pub struct BatcherConfig {
     /// Most texts in one encoder batch.
     pub max_batch_size: usize,
-    /// Most padded tokens (longest text × texts) in one encoder pass.
+    /// Most tokens (all texts' together) in one encoder pass.
     pub max_batch_tokens: usize,
     /// Longest a text waits for company once the server is busy, in microseconds.
     pub max_wait_us: u64,
@@ -176,7 +176,7 @@ impl Worker {
                 } else {
                     Duration::ZERO
                 };
-            let mut longest = first.ids.len();
+            let mut tokens = first.ids.len();
             let mut batch = vec![first];
             while batch.len() < self.config.max_batch_size {
                 let next = match self.rx.try_recv() {
@@ -194,12 +194,11 @@ impl Worker {
                     }
                 };
                 let Some(job) = self.take(next) else { continue };
-                let l = longest.max(job.ids.len());
-                if l * (batch.len() + 1) > self.config.max_batch_tokens {
+                if tokens + job.ids.len() > self.config.max_batch_tokens {
                     carry = Some(job);
                     break;
                 }
-                longest = l;
+                tokens += job.ids.len();
                 batch.push(job);
             }
             self.metrics
@@ -211,25 +210,16 @@ impl Worker {
         }
     }
 
-    fn execute(&self, mut batch: Vec<Job>) {
+    fn execute(&self, batch: Vec<Job>) {
         let name = self.model.name();
         let start = Instant::now();
-        batch.sort_by_key(|j| j.ids.len());
         let n = batch.len();
         let real_tokens: usize = batch.iter().map(|j| j.ids.len()).sum();
-        let mut outputs: Vec<NluOutput> = Vec::with_capacity(n);
-        let mut failure = None;
-        let lengths: Vec<usize> = batch.iter().map(|j| j.ids.len()).collect();
-        for group in split_by_padding(&lengths) {
-            let seqs: Vec<&[u32]> = batch[group].iter().map(|j| j.ids.as_slice()).collect();
-            match self.model.run(&seqs) {
-                Ok(o) => outputs.extend(o),
-                Err(e) => {
-                    failure = Some(e.to_string());
-                    break;
-                }
-            }
-        }
+        let seqs: Vec<&[u32]> = batch.iter().map(|j| j.ids.as_slice()).collect();
+        let (outputs, failure) = match self.model.run(&seqs) {
+            Ok(o) => (o, None),
+            Err(e) => (Vec::new(), Some(e.to_string())),
+        };
         let compute_time = start.elapsed();
         self.metrics.batch_size.with_label_values(&[name]).observe(n as f64);
         self.metrics

@@ -19,7 +19,7 @@ pub trait Backend: Send + Sync {
     fn hidden_size(&self) -> usize;
 
     /// One pooled (not yet normalised) vector per sequence, in input order. Sequences come
-    /// unpadded and, from the batcher, sorted by length; the backend pads them as it likes.
+    /// unpadded, in any mix of lengths; the CPU backend packs them end to end.
     fn embed(&self, seqs: &[&[u32]]) -> Result<Vec<Vec<f32>>, BackendError>;
 }
 

@@ -43,6 +43,42 @@ fn candle_encoder_matches_the_reference_for_bert_and_xlmr_with_both_poolings() {
 }
 
 #[test]
+fn packed_inference_equals_the_padded_training_graph_in_f32_and_int8() {
+    // `embed` packs sequences end to end; `forward` pads them and masks the padding. Both
+    // are the same function of each sequence, so they must agree to float rounding, for
+    // every length in one batch (1 to 40 words), and for the int8 layers too, where an input
+    // that differs in its last bit can round to the neighbouring 12-bit step (hence 1e-3).
+    for variant in [Variant::Bert, Variant::XlmR] {
+        let dir = tempfile::tempdir().unwrap();
+        Tiny::new(variant, 2).write_encoder(dir.path());
+        let (enc, tok) = encoder(dir.path());
+        let ids: Vec<Vec<u32>> = texts(40).iter().rev().map(|t| tok.tokenize(t).unwrap().ids).collect();
+        let seqs: Vec<&[u32]> = ids.iter().map(|v| v.as_slice()).collect();
+        let int8 = encoder(dir.path()).0.quantized().unwrap();
+        for (enc, tolerance) in [(&enc, 2e-6), (&int8, 1e-3)] {
+            for pooling in [Pooling::Mean, Pooling::Cls] {
+                let packed = enc.embed(&seqs, pooling).unwrap();
+                let padded = enc.forward(&seqs, pooling).unwrap().to_vec2::<f32>().unwrap();
+                assert_eq!(packed.len(), seqs.len());
+                for (i, (a, b)) in packed.iter().zip(&padded).enumerate() {
+                    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+                    let d = max_abs_diff(a, b) / scale;
+                    assert!(
+                        d < tolerance,
+                        "{variant:?} {pooling:?}, text {i} ({} tokens): {d} of {scale}",
+                        seqs[i].len()
+                    );
+                }
+            }
+        }
+        assert!(
+            enc.embed(&[&[1, 2][..], &[][..]], Pooling::Mean).is_err(),
+            "an empty sequence is refused"
+        );
+    }
+}
+
+#[test]
 fn batched_results_equal_one_by_one_for_mixed_lengths() {
     let dir = tempfile::tempdir().unwrap();
     let bundle = write_bundle(dir.path(), "tiny", Variant::Bert, Pooling::Mean);

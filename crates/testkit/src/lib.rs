@@ -17,7 +17,7 @@ pub const WORDS: &[&str] = &[
 ];
 pub const SPECIALS: &[&str] = &["[PAD]", "[UNK]", "[CLS]", "[SEP]"];
 
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Variant {
     Bert,
     XlmR,

@@ -1,8 +1,10 @@
-//! A BERT-family encoder (BERT, XLM-RoBERTa) on candle, written for inference on padded,
-//! length-sorted batches. Q, K and V are fused into one matrix at load time so each layer
-//! streams its attention weights once.
+//! A BERT-family encoder (BERT, XLM-RoBERTa) on candle. Inference runs on packed sequences
+//! (no padding, see `packed`); fine-tuning on padded batches, the graph candle differentiates.
+//! Q, K and V are fused into one matrix at load time so each layer streams its attention
+//! weights once.
 use super::config::{Activation, EncoderConfig};
 use super::int8::Int8Linear;
+use super::packed;
 use crate::error::LoadError;
 use candle_core::{DType, Device, Tensor};
 use safetensors::{Dtype as StDtype, SafeTensors};
@@ -34,6 +36,22 @@ impl Linear {
             // x: [N, in] -> [N, out]
             Linear::F32 { weight, bias } => x.matmul(&weight.t()?)?.broadcast_add(bias),
             Linear::Int8(q) => x.contiguous()?.apply_op1_no_bwd(q),
+        }
+    }
+
+    /// `x` as `[rows, in]` row-major → `[rows, out]`, for the packed serving forward.
+    fn forward_rows(&self, x: &[f32], rows: usize) -> candle_core::Result<Vec<f32>> {
+        match self {
+            Linear::F32 { weight, bias } => {
+                let x = Tensor::from_slice(x, (rows, x.len() / rows.max(1)), weight.device())?;
+                x.matmul(&weight.t()?)?.broadcast_add(bias)?.flatten_all()?.to_vec1()
+            }
+            Linear::Int8(q) => {
+                if x.len() != rows * q.inner() {
+                    candle_core::bail!("int8 linear: {} values are not {rows} rows of {}", x.len(), q.inner())
+                }
+                Ok(q.forward(x, rows))
+            }
         }
     }
 
@@ -91,6 +109,21 @@ struct LayerNorm {
 impl LayerNorm {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         super::ops::layer_norm(x, &self.weight, &self.bias, self.eps)
+    }
+
+    /// `x ← LayerNorm(x + residual)` on row-major buffers.
+    fn add_in_place(&self, x: &mut [f32], residual: &[f32]) -> candle_core::Result<()> {
+        let (w, b) = (self.weight.to_vec1::<f32>()?, self.bias.to_vec1::<f32>()?);
+        if x.len() != residual.len() || !x.len().is_multiple_of(w.len().max(1)) {
+            candle_core::bail!(
+                "layer norm: {} values with a residual of {}, rows of {}",
+                x.len(),
+                residual.len(),
+                w.len()
+            )
+        }
+        packed::add_layer_norm(x, residual, &w, &b, self.eps);
+        Ok(())
     }
 }
 
@@ -402,15 +435,93 @@ impl BertEncoder {
     }
 
     /// Encodes a batch of token-id sequences (any lengths, each ≤ `max_tokens`) and returns
-    /// one pooled vector per sequence, `[batch, hidden]`, row order kept.
+    /// one pooled vector per sequence, `[batch, hidden]`, row order kept. Inference only: the
+    /// sequences are packed end to end with no padding (see `packed`), so the cost follows
+    /// the real tokens, whatever the mix of lengths.
     pub fn embed(&self, seqs: &[&[u32]], pooling: Pooling) -> candle_core::Result<Vec<Vec<f32>>> {
         if seqs.is_empty() {
             return Ok(Vec::new());
         }
-        self.forward(seqs, pooling)?.to_vec2::<f32>()
+        if seqs.iter().any(|s| s.is_empty()) {
+            candle_core::bail!("an empty token sequence (the tokenizer adds at least the special tokens)");
+        }
+        let mut offsets = Vec::with_capacity(seqs.len() + 1);
+        offsets.push(0);
+        for s in seqs {
+            offsets.push(offsets[offsets.len() - 1] + s.len());
+        }
+        let tokens = offsets[seqs.len()];
+        let (heads, head_dim) = (self.config.num_attention_heads, self.config.head_dim());
+        let mut x = self.packed_embeddings(seqs)?.flatten_all()?.to_vec1::<f32>()?;
+        for layer in &self.layers {
+            let ctx = packed::attention(&layer.qkv.forward_rows(&x, tokens)?, &offsets, heads, head_dim);
+            let mut a = layer.attn_out.forward_rows(&ctx, tokens)?;
+            layer.attn_norm.add_in_place(&mut a, &x)?;
+            x = a;
+            let mut inner = layer.ffn_in.forward_rows(&x, tokens)?;
+            match self.activation {
+                Activation::GeluErf => packed::map_in_place(&mut inner, super::gelu::gelu),
+                Activation::GeluTanh => packed::map_in_place(&mut inner, super::gelu::gelu_tanh),
+                Activation::Relu => packed::map_in_place(&mut inner, |v| v.max(0.0)),
+            }
+            let mut out = layer.ffn_out.forward_rows(&inner, tokens)?;
+            layer.out_norm.add_in_place(&mut out, &x)?;
+            x = out;
+        }
+        let h = self.config.hidden_size;
+        let states = x;
+        Ok(offsets
+            .windows(2)
+            .map(|w| match pooling {
+                Pooling::Cls => states[w[0] * h..(w[0] + 1) * h].to_vec(),
+                Pooling::Mean => {
+                    let mut sum = vec![0f32; h];
+                    for row in states[w[0] * h..w[1] * h].chunks_exact(h) {
+                        sum.iter_mut().zip(row).for_each(|(s, v)| *s += v);
+                    }
+                    let n = (w[1] - w[0]) as f32;
+                    sum.iter_mut().for_each(|s| *s /= n);
+                    sum
+                }
+            })
+            .collect())
     }
 
-    /// The pooled vectors as a `[batch, hidden]` tensor (part of the graph when fine-tuning).
+    /// `[tokens, hidden]` states after the embedding layer for sequences laid end to end.
+    fn packed_embeddings(&self, seqs: &[&[u32]]) -> candle_core::Result<Tensor> {
+        let offset = self.config.position_offset();
+        let ids: Vec<u32> = seqs.iter().flat_map(|s| s.iter().copied()).collect();
+        let pos: Vec<u32> = seqs
+            .iter()
+            .flat_map(|s| (0..s.len()).map(|i| (offset + i) as u32))
+            .collect();
+        let n = ids.len();
+        let ids = Tensor::from_vec(ids, n, &self.device)?;
+        let pos = Tensor::from_vec(pos, n, &self.device)?;
+        let mut x = self.word.embedding(&ids)?.add(&self.position.embedding(&pos)?)?;
+        if let Some(tt) = &self.token_type {
+            x = x.broadcast_add(&tt.get(0)?)?;
+        }
+        self.emb_norm.forward(&x)
+    }
+
+    /// The rest of a layer once attention has produced `ctx` (`[N, H]`, as is `x`): output
+    /// projection, residual and norm, then the feed-forward block with its residual and norm.
+    fn feed_forward(&self, layer: &Layer, ctx: &Tensor, x: &Tensor) -> candle_core::Result<Tensor> {
+        let attn = layer.attn_out.forward(ctx)?;
+        let x = layer.attn_norm.forward(&(attn + x)?)?;
+        let inner = layer.ffn_in.forward(&x)?;
+        let inner = match self.activation {
+            Activation::GeluErf => super::gelu::gelu_erf(&inner)?,
+            Activation::GeluTanh => inner.gelu()?,
+            Activation::Relu => inner.relu()?,
+        };
+        let out = layer.ffn_out.forward(&inner)?;
+        layer.out_norm.forward(&(out + &x)?)
+    }
+
+    /// The pooled vectors as a `[batch, hidden]` tensor, from a padded batch: the graph
+    /// fine-tuning differentiates (and the reference the packed `embed` is checked against).
     pub fn forward(&self, seqs: &[&[u32]], pooling: Pooling) -> candle_core::Result<Tensor> {
         let (x, mask) = self.embeddings(seqs)?;
         let x = self.layers(x, &mask, 0..self.layers.len())?;
@@ -475,16 +586,7 @@ impl BertEncoder {
             let scores = q.matmul(&k.t()?)?.broadcast_add(&bias)?;
             let probs = super::ops::softmax_last_dim(&scores)?;
             let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b * l, h))?;
-            let attn = layer.attn_out.forward(&ctx)?;
-            x = layer.attn_norm.forward(&(attn + &x)?)?;
-            let inner = layer.ffn_in.forward(&x)?;
-            let inner = match self.activation {
-                Activation::GeluErf => super::gelu::gelu_erf(&inner)?,
-                Activation::GeluTanh => inner.gelu()?,
-                Activation::Relu => inner.relu()?,
-            };
-            let out = layer.ffn_out.forward(&inner)?;
-            x = layer.out_norm.forward(&(out + &x)?)?;
+            x = self.feed_forward(layer, &ctx, &x)?;
         }
         x.reshape((b, l, h))
     }

@@ -26,9 +26,17 @@ pub fn erf(x: f32) -> f32 {
     x * p / q
 }
 
+/// GELU in its exact (erf) form.
 #[inline(always)]
-fn gelu(x: f32) -> f32 {
+pub(super) fn gelu(x: f32) -> f32 {
     0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+/// GELU in its tanh approximation, as candle's `gelu` computes it.
+#[inline(always)]
+pub(super) fn gelu_tanh(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x)).tanh())
 }
 
 impl CustomOp1 for GeluErf {

@@ -5,6 +5,7 @@ mod config;
 mod gelu;
 mod int8;
 mod ops;
+mod packed;
 mod tokenize;
 
 pub use bert::{read_weights, weight_names, BertEncoder, NamedWeights, Pooling, Weights};

@@ -10,7 +10,7 @@ fn rows_per_task(dim: usize) -> usize {
     (16_384 / dim.max(1)).max(1)
 }
 
-fn contiguous_f32<'a>(op: &str, storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
+pub(super) fn contiguous_f32<'a>(op: &str, storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
     let CpuStorage::F32(data) = storage else {
         candle_core::bail!("{op}: f32 only")
     };
