@@ -269,6 +269,10 @@ struct TrainArgs {
     text_prefix: Option<String>,
     #[arg(long, value_parser = ["mean", "cls"])]
     pooling: Option<String>,
+    /// The encoder's arithmetic, `f32` or `int8` (default: the base bundle's, else f32); the
+    /// heads are fitted on embeddings computed in it.
+    #[arg(long)]
+    precision: Option<nudge_model::Precision>,
     #[arg(long)]
     limit_per_file: Option<usize>,
     #[arg(long)]
@@ -359,6 +363,7 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
                 nudge_model::Pooling::Mean
             }
         }),
+        precision: a.precision,
         limit_per_file: a.limit_per_file,
         val_limit_per_file: a.val_limit_per_file,
         min_examples_per_label: a.min_examples_per_label,

@@ -74,17 +74,18 @@ const REVIEWS: &[(&str, &str)] = &[
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn default_intents_and_sentiment_in_chinese_and_english() {
-    answers_default_cases(default_bundle(), "cpu-f32").await;
+    // The shipped default runs its encoder in int8 (heads fitted on int8 embeddings).
+    answers_default_cases(default_bundle(), "cpu-int8").await;
 }
 
-/// `nudge models quantize` writes the default bundle as an int8 version (a real process); the
-/// server serves it, says so, and answers the same cases right.
+/// `nudge models quantize --precision f32` writes the default bundle as an f32 version (a real
+/// process); the server serves it, says so, and answers the same cases right.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_int8_version_of_the_default_bundle_answers_the_same_cases() {
+async fn the_f32_version_of_the_default_bundle_answers_the_same_cases() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join("default-int8");
+    let out = tmp.path().join("default-f32");
     let run = std::process::Command::new(env!("CARGO_BIN_EXE_nudge"))
-        .args(["models", "quantize", "--bundle"])
+        .args(["models", "quantize", "--precision", "f32", "--bundle"])
         .arg(default_bundle())
         .arg("--out")
         .arg(&out)
@@ -92,19 +93,19 @@ async fn the_int8_version_of_the_default_bundle_answers_the_same_cases() {
         .unwrap();
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     let m = nudge_model::Manifest::read(&out).unwrap();
-    assert_eq!(m.encoder.precision, nudge_model::Precision::Int8);
-    assert!(m.version.ends_with("-int8"), "{}", m.version);
-    // Quantizing twice to the same precision is refused, naming the field.
+    assert_eq!(m.encoder.precision, nudge_model::Precision::F32);
+    assert!(m.version.ends_with("-f32"), "{}", m.version);
+    // Converting twice to the same precision is refused, naming the field.
     let again = std::process::Command::new(env!("CARGO_BIN_EXE_nudge"))
-        .args(["models", "quantize", "--bundle"])
+        .args(["models", "quantize", "--precision", "f32", "--bundle"])
         .arg(&out)
         .arg("--out")
         .arg(tmp.path().join("again"))
         .output()
         .unwrap();
     assert!(!again.status.success());
-    assert!(String::from_utf8_lossy(&again.stderr).contains("encoder.precision is int8 already"));
-    answers_default_cases(out, "cpu-int8").await;
+    assert!(String::from_utf8_lossy(&again.stderr).contains("encoder.precision is f32 already"));
+    answers_default_cases(out, "cpu-f32").await;
 }
 
 /// On real customer messages (SMP2019 and Banking77 val), the int8 encoder's sentence vectors
@@ -113,10 +114,10 @@ async fn the_int8_version_of_the_default_bundle_answers_the_same_cases() {
 fn int8_embeddings_stay_close_to_f32_on_real_messages() {
     use nudge_model::{BackendKind, NluModel};
     let tmp = tempfile::tempdir().unwrap();
-    let q = tmp.path().join("q");
-    nudge_model::bundle::with_precision(&default_bundle(), &q, nudge_model::Precision::Int8, None).unwrap();
-    let f32_model = NluModel::load(&default_bundle(), BackendKind::Cpu).unwrap();
-    let int8_model = NluModel::load(&q, BackendKind::Cpu).unwrap();
+    let f = tmp.path().join("f");
+    nudge_model::bundle::with_precision(&default_bundle(), &f, nudge_model::Precision::F32, None).unwrap();
+    let f32_model = NluModel::load(&f, BackendKind::Cpu).unwrap();
+    let int8_model = NluModel::load(&default_bundle(), BackendKind::Cpu).unwrap();
     assert_eq!(
         (f32_model.backend_name(), int8_model.backend_name()),
         ("cpu-f32", "cpu-int8")

@@ -29,7 +29,18 @@ impl FrozenEncoder {
         let files = EncoderFiles::open_dir(dir, &spec, None)?;
         let mut key = sha256_hex(&files.weights);
         key.push_str(&sha256_hex(&files.tokenizer_bytes));
-        key.push_str(&format!("{:?}{}{}", spec.pooling, spec.normalize, spec.text_prefix));
+        // Precision too: int8 embeddings differ from f32 ones in their last digits, and heads
+        // must be fitted on the arithmetic they will be served with.
+        key.push_str(&format!(
+            "{:?}{}{}{}",
+            spec.pooling,
+            spec.normalize,
+            spec.text_prefix,
+            match spec.precision {
+                nudge_model::Precision::F32 => "",
+                p => p.name(),
+            }
+        ));
         let backend = BackendKind::Cpu.load(
             files.config,
             spec.pooling,

@@ -283,6 +283,10 @@ pub struct TrainJob {
     pub text_prefix: Option<String>,
     /// Pooling; default: the base's, else the sentence-transformers hints, else mean.
     pub pooling: Option<nudge_model::Pooling>,
+    /// The encoder's arithmetic in the new bundle; default: the base bundle's, else f32. Heads
+    /// are fitted on embeddings computed in it, so they and the recorded figures match what
+    /// the server will run. Fine-tuning needs f32 (the int8 layers have no backward).
+    pub precision: Option<nudge_model::Precision>,
     /// Seeded sample of at most this many examples from each training file.
     pub limit_per_file: Option<usize>,
     /// Seeded sample of at most this many examples from each validation file.
@@ -447,6 +451,18 @@ fn prepare(job: &TrainJob) -> Result<Prepared, TrainError> {
     }
     if let Some(p) = job.pooling {
         spec.pooling = p;
+    }
+    if let Some(p) = job.precision {
+        spec.precision = p;
+    }
+    if job.fine_tune.is_some() && spec.precision != nudge_model::Precision::F32 {
+        return Err(TrainError::invalid(
+            &job.base,
+            format!(
+                "precision: fine-tuning needs f32, the encoder is {} (quantize the result instead)",
+                spec.precision.name()
+            ),
+        ));
     }
     let mut data_sha256 = BTreeMap::new();
     let mut train = Vec::new();
