@@ -50,6 +50,9 @@ impl BackendKind {
     }
 }
 
+/// Tokens up to which a pass is short enough that thread hand-offs dominate (see `embed`).
+const SHORT_PASS_TOKENS: usize = 128;
+
 /// The CPU backend: candle's tensors and f32 GEMM, or our integer kernels for `int8`.
 pub struct CandleCpu {
     encoder: BertEncoder,
@@ -95,8 +98,19 @@ impl Backend for CandleCpu {
 
     fn embed(&self, seqs: &[&[u32]]) -> Result<Vec<Vec<f32>>, BackendError> {
         // A panic inside the compute library must cost this batch, not the whole model.
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.encoder.embed(seqs, self.pooling)))
-            .map_err(|_| BackendError::Panicked)?
-            .map_err(BackendError::from)
+        // A short pass runs on a rayon worker (`rayon::scope` moves it there): its ~150
+        // parallel steps then fork from inside the pool, the small ones inline, instead of each
+        // being injected from this thread and waiting for a worker to wake; that was a fifth of
+        // a one-message pass. Long passes measured better left as they are.
+        let tokens: usize = seqs.iter().map(|s| s.len()).sum();
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            if tokens <= SHORT_PASS_TOKENS {
+                rayon::scope(|_| self.encoder.embed(seqs, self.pooling))
+            } else {
+                self.encoder.embed(seqs, self.pooling)
+            }
+        }))
+        .map_err(|_| BackendError::Panicked)?
+        .map_err(BackendError::from)
     }
 }
