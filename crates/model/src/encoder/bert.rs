@@ -42,9 +42,9 @@ impl Linear {
     /// `x` as `[rows, in]` row-major → `[rows, out]`, for the packed serving forward.
     fn forward_rows(&self, x: &[f32], rows: usize) -> candle_core::Result<Vec<f32>> {
         match self {
-            Linear::F32 { weight, bias } => {
+            Linear::F32 { weight, .. } => {
                 let x = Tensor::from_slice(x, (rows, x.len() / rows.max(1)), weight.device())?;
-                x.matmul(&weight.t()?)?.broadcast_add(bias)?.flatten_all()?.to_vec1()
+                self.forward(&x)?.flatten_all()?.to_vec1()
             }
             Linear::Int8(q) => {
                 if x.len() != rows * q.inner() {
@@ -469,14 +469,13 @@ impl BertEncoder {
             x = out;
         }
         let h = self.config.hidden_size;
-        let states = x;
         Ok(offsets
             .windows(2)
             .map(|w| match pooling {
-                Pooling::Cls => states[w[0] * h..(w[0] + 1) * h].to_vec(),
+                Pooling::Cls => x[w[0] * h..(w[0] + 1) * h].to_vec(),
                 Pooling::Mean => {
                     let mut sum = vec![0f32; h];
-                    for row in states[w[0] * h..w[1] * h].chunks_exact(h) {
+                    for row in x[w[0] * h..w[1] * h].chunks_exact(h) {
                         sum.iter_mut().zip(row).for_each(|(s, v)| *s += v);
                     }
                     let n = (w[1] - w[0]) as f32;

@@ -6,11 +6,11 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tenso
 use rayon::prelude::*;
 
 /// Rows handed to one rayon task: enough work to amortise the scheduling.
-fn rows_per_task(dim: usize) -> usize {
+pub(super) fn rows_per_task(dim: usize) -> usize {
     (16_384 / dim.max(1)).max(1)
 }
 
-pub(super) fn contiguous_f32<'a>(op: &str, storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
+fn contiguous_f32<'a>(op: &str, storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
     let CpuStorage::F32(data) = storage else {
         candle_core::bail!("{op}: f32 only")
     };

@@ -13,12 +13,8 @@
 //! tensor: fresh multi-megabyte buffers are fresh pages, and the kernel zeroing them cost
 //! more than the layer norms themselves. Training keeps the padded candle graph (it needs the
 //! backward); the two are checked against each other on mixed-length batches.
+use super::ops::rows_per_task;
 use rayon::prelude::*;
-
-/// Rows handed to one rayon task: enough work to amortise the scheduling.
-fn rows_per_task(width: usize) -> usize {
-    (16_384 / width.max(1)).max(1)
-}
 
 /// `a · b` for short vectors (a head's 32 or 64 values), in eight independent lanes so the
 /// compiler vectorises it (a plain fold would have to keep the sequential rounding order).
