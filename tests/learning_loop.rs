@@ -341,9 +341,16 @@ async fn learned_policy_approaches_the_oracle_and_survives_an_optimizer_crash() 
             .serving_version;
         for v in [&st.serving_version, &serving, &d.policy_version] {
             assert_ne!(*v, removed, "the optimizer serves or pushed the removed version again");
-            // Either the rolled-back version or a new one trained on top of it.
-            let ok = *v == back_to || registry.load(v).unwrap().manifest.parent.as_deref() == Some(back_to.as_str());
-            assert!(ok, "{v} is neither {back_to} nor trained from it (removed: {removed})");
+            // The rolled-back version or one trained on top of it, in as many rounds as ran
+            // meanwhile: its ancestry reaches `back_to` without passing the removed version.
+            let mut cur = v.clone();
+            while cur != back_to {
+                assert_ne!(cur, removed, "{v} descends from the removed version");
+                match registry.load(&cur).unwrap().manifest.parent {
+                    Some(p) => cur = p,
+                    None => panic!("{v} is neither {back_to} nor trained from it (removed: {removed})"),
+                }
+            }
         }
         tokio::time::sleep(std::time::Duration::from_millis(60)).await;
     }
