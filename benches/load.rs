@@ -1,13 +1,14 @@
 //! Load generator: starts the server on loopback with a bundle (default: the shipped default
 //! model) and drives `Nlu.Understand` with real customer messages (Banking77 and SMP2019 val
-//! texts from ../shared/data, English and Chinese) for a fixed time at each concurrency, in
+//! texts from ../shared/data, English and Chinese; `--lang en` for English only, as an English
+//! bundle is fed) for a fixed time at each concurrency, in
 //! each precision (the int8 version is written from the bundle into a temporary directory, so
 //! both run the same files in one process, one after the other).
 //!
 //! ```text
 //! cargo bench --bench load                      # default bundle, f32 and int8, 1/8/32/128, 10 s each
 //! cargo bench --bench load -- --bundle DIR --precision int8 --seconds 20 --concurrency 1,32 \
-//!     --unbatched --out target/load.json
+//!     --unbatched --lang en --out target/load.json
 //! ```
 //!
 //! Prints one markdown table (texts/s, p50/p95/p99, mean batch, errors) and writes everything,
@@ -183,8 +184,23 @@ fn main() {
     let unbatched = std::env::args().any(|a| a == "--unbatched");
     let out = PathBuf::from(arg("--out").unwrap_or_else(|| root.join("target/load-bench.json").display().to_string()));
     let shared = root.join("../shared/data/intent");
-    let mut texts = read_texts(&shared.join("en/banking77/val.jsonl").to_string_lossy(), 500);
-    texts.extend(read_texts(&shared.join("zh/smp2019/val.jsonl").to_string_lossy(), 250));
+    let lang = arg("--lang");
+    let (texts, sources) = match lang.as_deref() {
+        None => {
+            let mut t = read_texts(&shared.join("en/banking77/val.jsonl").to_string_lossy(), 500);
+            t.extend(read_texts(&shared.join("zh/smp2019/val.jsonl").to_string_lossy(), 250));
+            (t, "Banking77 + SMP2019 val")
+        }
+        Some("en") => (
+            read_texts(&shared.join("en/banking77/val.jsonl").to_string_lossy(), 750),
+            "Banking77 val",
+        ),
+        Some("zh") => (
+            read_texts(&shared.join("zh/smp2019/val.jsonl").to_string_lossy(), 750),
+            "SMP2019 val",
+        ),
+        Some(other) => panic!("--lang: `{other}` is not en or zh"),
+    };
     let texts = Arc::new(texts);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -205,7 +221,7 @@ fn main() {
             .unwrap_or_default()
     );
     println!(
-        "bundle {}, {} texts (Banking77 + SMP2019 val), {secs}s per run, {machine}",
+        "bundle {}, {} texts ({sources}), {secs}s per run, {machine}",
         bundle.display(),
         texts.len(),
     );
@@ -263,7 +279,7 @@ fn main() {
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir).expect("the output folder");
     }
-    let doc = serde_json::json!({"bundle": bundle, "machine": machine, "seconds_per_run": secs, "texts": texts.len(), "runs": json});
+    let doc = serde_json::json!({"bundle": bundle, "machine": machine, "seconds_per_run": secs, "texts": texts.len(), "sources": sources, "runs": json});
     std::fs::write(&out, serde_json::to_string_pretty(&doc).expect("json")).expect("writing the JSON");
     println!("\nall figures: {}", out.display());
 }

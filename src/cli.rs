@@ -298,6 +298,10 @@ struct TrainArgs {
     /// CSV/JSONL field holding the label.
     #[arg(long, default_value = "label")]
     label_column: String,
+    /// Take only rows whose `lang` field is this language, from every file that has the field
+    /// (train, out-of-scope and val); files without it are taken whole.
+    #[arg(long)]
+    lang: Option<String>,
     /// Fine-tune the whole encoder with the head (default: train the head on a frozen encoder).
     #[arg(long)]
     fine_tune: bool,
@@ -350,6 +354,7 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
         columns: Columns {
             text: a.text_column,
             label: a.label_column,
+            lang: a.lang,
         },
         base: a.base,
         out: a.out,

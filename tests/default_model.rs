@@ -1,19 +1,39 @@
-//! The shipped default bundle (multilingual-e5-small + the committed heads) over gRPC: Chinese
-//! and English messages of the default intents get the right intent, reviews the right
-//! sentiment. Needs the encoder: `cargo run --release -- models fetch` (CI runs it first).
+//! The shipped bundles over gRPC: the default (multilingual-e5-small + the committed heads) gives
+//! Chinese and English messages of the default intents the right intent and reviews the right
+//! sentiment; the fast English one (all-MiniLM-L6-v2) does the same for the English messages.
+//! Needs the encoders: `cargo run --release -- models fetch` (CI runs it first).
 #[path = "../inference/tests/common/mod.rs"]
 mod common;
 use common::*;
 use nudge_proto::v1::{UnderstandBatchRequest, UnderstandRequest};
 use std::path::PathBuf;
 
-fn default_bundle() -> PathBuf {
-    let b = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/bundles/default");
+fn shipped_bundle(name: &str) -> PathBuf {
+    let b = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("models/bundles")
+        .join(name);
     assert!(
         b.join("encoder/model.safetensors").exists(),
-        "the default bundle's encoder is missing: run `cargo run --release -- models fetch` first"
+        "the {name} bundle's encoder is missing: run `cargo run --release -- models fetch` first"
     );
     b
+}
+
+fn default_bundle() -> PathBuf {
+    shipped_bundle("default")
+}
+
+/// Which of the test messages a bundle is for.
+#[derive(Clone, Copy, PartialEq)]
+enum Languages {
+    ZhEn,
+    En,
+}
+
+impl Languages {
+    fn takes(self, text: &str) -> bool {
+        self == Languages::ZhEn || text.is_ascii()
+    }
 }
 
 /// Messages written for this test (not in the training or eval files).
@@ -72,10 +92,34 @@ const REVIEWS: &[(&str, &str)] = &[
     ("发票怎么开？", "neutral"),
 ];
 
+/// Questions for a general assistant, not a shop (written for this test).
+const OUT_OF_SCOPE: &[&str] = &[
+    "What's the capital of Peru?",
+    "Will it rain in Shanghai tomorrow?",
+    "Set an alarm for 7 am please",
+    "Who wrote Pride and Prejudice?",
+    "How many calories are in a banana?",
+    "Play some jazz music",
+    "Translate good night into French",
+    "How do I change a flat tire on my car?",
+    "秘鲁的首都是哪里？",
+    "明天上海会下雨吗？",
+    "帮我定一个早上七点的闹钟",
+    "放一首周杰伦的歌",
+    "地球到月球有多远？",
+    "怎么给汽车换轮胎？",
+];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn default_intents_and_sentiment_in_chinese_and_english() {
     // The shipped default runs its encoder in int8 (heads fitted on int8 embeddings).
-    answers_default_cases(default_bundle(), "cpu-int8").await;
+    answers_default_cases(default_bundle(), "cpu-int8", Languages::ZhEn).await;
+}
+
+/// The fast English bundle (all-MiniLM-L6-v2, int8) answers the English cases right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_english_bundle_answers_the_english_cases() {
+    answers_default_cases(shipped_bundle("minilm-en"), "cpu-int8", Languages::En).await;
 }
 
 /// `nudge models quantize --precision f32` writes the default bundle as an f32 version (a real
@@ -105,7 +149,7 @@ async fn the_f32_version_of_the_default_bundle_answers_the_same_cases() {
         .unwrap();
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("encoder.precision is f32 already"));
-    answers_default_cases(out, "cpu-f32").await;
+    answers_default_cases(out, "cpu-f32", Languages::ZhEn).await;
 }
 
 /// On real customer messages (SMP2019 and Banking77 val), the int8 encoder's sentence vectors
@@ -158,7 +202,8 @@ fn int8_embeddings_stay_close_to_f32_on_real_messages() {
     assert!(same as f32 >= 0.97 * n, "{same} of {n}");
 }
 
-async fn answers_default_cases(bundle: PathBuf, backend: &str) {
+async fn answers_default_cases(bundle: PathBuf, backend: &str, languages: Languages) {
+    let name = nudge_model::Manifest::read(&bundle).unwrap().name;
     let server = start_server(vec![bundle], |_| {}).await;
     let mut c = client(server.grpc_addr).await;
     let models = c
@@ -169,7 +214,8 @@ async fn answers_default_cases(bundle: PathBuf, backend: &str) {
         .models;
     assert_eq!(models[0].backend, backend);
     let mut wrong = Vec::new();
-    for (text, want) in CASES {
+    let cases: Vec<_> = CASES.iter().filter(|(t, _)| languages.takes(t)).collect();
+    for (text, want) in &cases {
         let r = c
             .understand(UnderstandRequest {
                 text: text.to_string(),
@@ -178,7 +224,7 @@ async fn answers_default_cases(bundle: PathBuf, backend: &str) {
             .await
             .unwrap()
             .into_inner();
-        assert_eq!(r.model, "default");
+        assert_eq!(r.model, name);
         let i = r.result.unwrap().intent.unwrap();
         if i.top_k.first().map(|t| t.label.as_str()) != Some(*want) {
             wrong.push(format!(
@@ -187,23 +233,24 @@ async fn answers_default_cases(bundle: PathBuf, backend: &str) {
             ));
         }
     }
-    // A frozen-encoder linear head is good, not perfect: at most 2 of 32 may miss (today 1:
-    // "noise cancelling headphones" reads as a product question).
+    // A frozen-encoder linear head is good, not perfect: at most 1 in 16 may miss (today the
+    // default misses 1 of 32: "noise cancelling headphones" reads as a product question).
     eprintln!(
-        "{} of {} default-intent cases wrong:\n{}",
+        "{name}: {} of {} default-intent cases wrong:\n{}",
         wrong.len(),
-        CASES.len(),
+        cases.len(),
         wrong.join("\n")
     );
     assert!(
-        wrong.len() <= 2,
+        wrong.len() * 16 <= cases.len(),
         "{} of {} wrong:\n{}",
         wrong.len(),
-        CASES.len(),
+        cases.len(),
         wrong.join("\n")
     );
 
-    let texts = REVIEWS.iter().map(|(t, _)| t.to_string()).collect();
+    let reviews: Vec<_> = REVIEWS.iter().filter(|(t, _)| languages.takes(t)).collect();
+    let texts = reviews.iter().map(|(t, _)| t.to_string()).collect();
     let r = c
         .understand_batch(UnderstandBatchRequest {
             texts,
@@ -213,7 +260,8 @@ async fn answers_default_cases(bundle: PathBuf, backend: &str) {
         .await
         .unwrap()
         .into_inner();
-    for ((text, want), u) in REVIEWS.iter().zip(&r.results) {
+    assert_eq!(r.results.len(), reviews.len());
+    for ((text, want), u) in reviews.iter().zip(&r.results) {
         let s = u.sentiment.as_ref().unwrap();
         assert_eq!(&s.label, want, "{text:?}: {:?}", s.scores);
         assert_eq!(u.embedding.len(), 384);
@@ -221,30 +269,51 @@ async fn answers_default_cases(bundle: PathBuf, backend: &str) {
         assert!((norm - 1.0).abs() < 1e-3);
     }
 
-    // A question no customer-service intent covers falls under the threshold.
-    let r = c
-        .understand(UnderstandRequest {
-            text: "What's the capital of Peru?".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let i = r.result.unwrap().intent.unwrap();
-    assert!(i.out_of_scope, "{i:?}");
-    assert_eq!(i.label, "oos");
+    // Questions no customer-service intent covers fall under the threshold (or win as `oos`):
+    // at least 3 in 4 of them (today the default misses 2 English ones of 14, MiniLM 1 of 8).
+    let mut kept = Vec::new();
+    let oos: Vec<_> = OUT_OF_SCOPE.iter().filter(|t| languages.takes(t)).collect();
+    for text in &oos {
+        let r = c
+            .understand(UnderstandRequest {
+                text: text.to_string(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let i = r.result.unwrap().intent.unwrap();
+        if i.out_of_scope {
+            assert_eq!(i.label, "oos", "{text:?}");
+        } else {
+            kept.push(format!("{text:?}: {} {:.3}", i.label, i.confidence));
+        }
+    }
+    eprintln!(
+        "{name}: {} of {} out-of-scope questions kept in scope:\n{}",
+        kept.len(),
+        oos.len(),
+        kept.join("\n")
+    );
+    assert!(kept.len() * 4 <= oos.len(), "{}", kept.join("\n"));
     server.shutdown().await.unwrap();
 }
 
 /// `nudge eval` on the independent intent eval files reproduces the figures `nudge train`
-/// recorded in the manifest (one rule for out of scope, in the server and in both tools).
+/// recorded in the manifest of each shipped bundle (one rule for out of scope, in the server and
+/// in both tools).
 #[test]
 fn eval_reproduces_the_figures_recorded_at_training() {
-    let bundle = default_bundle();
+    for (bundle, files) in [(default_bundle(), 2), (shipped_bundle("minilm-en"), 1)] {
+        eval_reproduces_recorded_figures(bundle, files);
+    }
+}
+
+fn eval_reproduces_recorded_figures(bundle: PathBuf, files: usize) {
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(bundle.join("manifest.json")).unwrap()).unwrap();
     let recorded = manifest["metrics"]["intent"]["val"].as_array().unwrap().clone();
-    assert_eq!(recorded.len(), 2);
+    assert_eq!(recorded.len(), files);
     for r in recorded {
         let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(r["file"].as_str().unwrap());
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_nudge"))

@@ -113,6 +113,62 @@ fn bad_training_files_are_refused_with_file_and_line() {
 }
 
 #[test]
+fn lang_takes_one_language_from_tagged_files_and_whole_untagged_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    Tiny::new(Variant::Bert, 5).write_encoder(&dir.path().join("enc"));
+    // A bilingual file tagging its rows (the zh rows carry a label of their own, so the trained
+    // labels show which rows were read) and an untagged one.
+    let tagged = dir.path().join("tagged.jsonl");
+    let rows = [
+        ("where is my order", "track", "en"),
+        ("my order where is it", "track", "en"),
+        ("refund please", "money", "en"),
+        ("refund my card", "money", "en"),
+        ("订单到哪了", "zh_track", "zh"),
+        ("我的订单呢", "zh_track", "zh"),
+    ];
+    let text: String = rows
+        .iter()
+        .map(|(t, l, g)| serde_json::json!({"text": t, "label": l, "lang": g}).to_string() + "\n")
+        .collect();
+    std::fs::write(&tagged, text).unwrap();
+    let untagged = dir.path().join("untagged.jsonl");
+    write_jsonl(&untagged, &[("hello", "hi"), ("hello hello", "hi")]);
+    let run = |lang: &str, out: &str| {
+        Command::new(BIN)
+            .args(["train", "--task", "intent", "--train"])
+            .arg(&tagged)
+            .arg("--train")
+            .arg(&untagged)
+            .arg("--base")
+            .arg(dir.path().join("enc"))
+            .arg("--out")
+            .arg(dir.path().join(out))
+            .args(["--oos-quantile", "0", "--lang", lang, "--cache-dir"])
+            .arg(dir.path().join("cache"))
+            .output()
+            .unwrap()
+    };
+    let out = run("en", "b");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("b/manifest.json")).unwrap()).unwrap();
+    assert_eq!(
+        m["heads"]["intent"]["labels"],
+        serde_json::json!(["hi", "money", "track"])
+    );
+    assert_eq!(m["metrics"]["intent"]["lang"], "en");
+    assert_eq!(m["metrics"]["intent"]["train_examples"], 6);
+
+    let out = run("fr", "c");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("tagged.jsonl") && err.contains("no examples with lang `fr`"),
+        "{err}"
+    );
+}
+
+#[test]
 fn eval_refuses_labels_the_bundle_does_not_know() {
     let dir = tempfile::tempdir().unwrap();
     let bundle = write_bundle(&dir.path().join("b"), "tiny", Variant::Bert, nudge_model::Pooling::Mean);

@@ -14,20 +14,39 @@ pub struct Example {
     pub label: String,
 }
 
-/// Which fields (JSONL) or header columns (CSV) hold the text and the label.
+/// Which fields (JSONL) or header columns (CSV) hold the text and the label, and which rows to
+/// take.
 #[derive(Debug, Clone)]
 pub struct Columns {
     /// Field or column of the text (default `text`).
     pub text: String,
     /// Field or column of the label (default `label`).
     pub label: String,
+    /// Keep only rows whose [`LANG_FIELD`] is this language. A file without that field is
+    /// taken whole: a file in one language need not say which, and a bilingual file that
+    /// tags its rows can feed a one-language bundle without being split by hand.
+    pub lang: Option<String>,
 }
+
+/// The field (JSONL) or column (CSV) that names a row's language.
+pub const LANG_FIELD: &str = "lang";
 
 impl Default for Columns {
     fn default() -> Self {
         Self {
             text: "text".into(),
             label: "label".into(),
+            lang: None,
+        }
+    }
+}
+
+impl Columns {
+    /// Whether a row whose language field holds `lang` (`None`: no such field) is taken.
+    fn takes(&self, lang: Option<&str>) -> bool {
+        match (&self.lang, lang) {
+            (Some(want), Some(got)) => want == got,
+            _ => true,
         }
     }
 }
@@ -49,7 +68,13 @@ pub fn read_examples(path: &Path, cols: &Columns) -> Result<Vec<Example>, TrainE
         read_json_lines(path, cols)?
     };
     if out.is_empty() {
-        return Err(TrainError::invalid(path, "no examples"));
+        return Err(TrainError::invalid(
+            path,
+            match &cols.lang {
+                Some(l) => format!("no examples with {LANG_FIELD} `{l}`"),
+                None => "no examples".into(),
+            },
+        ));
     }
     Ok(out)
 }
@@ -88,7 +113,9 @@ fn read_json_lines(path: &Path, cols: &Columns) -> Result<Vec<Example>, TrainErr
             .map_err(|e| TrainError::invalid(path, format!("line {}: malformed JSON: {e}", i + 1)))?;
         let text = v.get(&cols.text).and_then(|t| t.as_str());
         let label = v.get(&cols.label).and_then(|t| t.as_str());
-        out.push(example(path, i + 1, text, label, cols)?);
+        if cols.takes(v.get(LANG_FIELD).and_then(|l| l.as_str())) {
+            out.push(example(path, i + 1, text, label, cols)?);
+        }
     }
     Ok(out)
 }
@@ -114,6 +141,7 @@ fn read_csv(path: &Path, cols: &Columns) -> Result<Vec<Example>, TrainError> {
         })
     };
     let (ti, li) = (find(&cols.text)?, find(&cols.label)?);
+    let lang_col = headers.iter().position(|h| h.trim() == LANG_FIELD);
     let mut out = Vec::new();
     for rec in r.records() {
         let rec = rec.map_err(|e| {
@@ -124,7 +152,9 @@ fn read_csv(path: &Path, cols: &Columns) -> Result<Vec<Example>, TrainError> {
         if rec.iter().all(|f| f.trim().is_empty()) {
             continue;
         }
-        out.push(example(path, line, rec.get(ti), rec.get(li), cols)?);
+        if cols.takes(lang_col.and_then(|c| rec.get(c)).map(str::trim)) {
+            out.push(example(path, line, rec.get(ti), rec.get(li), cols)?);
+        }
     }
     Ok(out)
 }

@@ -757,6 +757,9 @@ pub fn run(job: &TrainJob, progress: &dyn Progress) -> Result<TrainReport, Train
             .map(|p| serde_json::Value::from(p.display().to_string()))
             .collect(),
     );
+    if let Some(l) = &job.columns.lang {
+        metrics.insert("lang".into(), l.as_str().into());
+    }
     metrics.insert(
         "data_sha256".into(),
         serde_json::to_value(&prep.data_sha256).unwrap_or_default(),
