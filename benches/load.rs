@@ -45,6 +45,12 @@ struct Run {
     lat: Vec<Duration>,
     batches: f64,
     texts: f64,
+    /// Server-side means per text, from its metrics: time queued, and the encoder pass of the
+    /// batch it ran in (the rest of a call's latency is gRPC, tokenizing and the client).
+    queue_ms: f64,
+    compute_ms: f64,
+    /// The server's handler time per call (tokenizing, queue, pass, answer), from its metrics.
+    handler_ms: f64,
     /// (upper bound, batches of at most that many texts), cumulative as Prometheus reports it.
     histogram: Vec<(String, f64)>,
 }
@@ -145,6 +151,11 @@ async fn drive(
         lat,
         batches: m("nudge_batch_size_count"),
         texts: m("nudge_batch_size_sum"),
+        queue_ms: 1e3 * m("nudge_queue_duration_seconds_sum") / m("nudge_queue_duration_seconds_count").max(1.0),
+        // Per batch: every text of a batch waits for the whole pass.
+        handler_ms: 1e3 * m("nudge_request_duration_seconds_sum{method=\"Understand\"")
+            / m("nudge_request_duration_seconds_count{method=\"Understand\"").max(1.0),
+        compute_ms: 1e3 * m("nudge_compute_duration_seconds_sum") / m("nudge_compute_duration_seconds_count").max(1.0),
         histogram: metrics
             .lines()
             .filter(|l| l.starts_with("nudge_batch_size_bucket"))
@@ -225,7 +236,7 @@ fn main() {
         bundle.display(),
         texts.len(),
     );
-    println!("\n| precision | mode | concurrency | texts/s | p50 ms | p95 ms | p99 ms | mean batch | errors |\n|---|---|---|---|---|---|---|---|---|");
+    println!("\n| precision | mode | concurrency | texts/s | p50 ms | p95 ms | p99 ms | mean batch | queued ms | pass ms | handler ms | errors |\n|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut results = Vec::new();
     let mut json = Vec::new();
     for precision in &precisions {
@@ -249,13 +260,25 @@ fn main() {
                 let (p50, p95, p99) = (pct(&r.lat, 0.5), pct(&r.lat, 0.95), pct(&r.lat, 0.99));
                 let mean_batch = r.texts / r.batches.max(1.0);
                 println!(
-                    "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {} |",
-                    r.precision, r.label, r.concurrency, tput, p50, p95, p99, mean_batch, r.errors
+                    "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} | {:.2} | {} |",
+                    r.precision,
+                    r.label,
+                    r.concurrency,
+                    tput,
+                    p50,
+                    p95,
+                    p99,
+                    mean_batch,
+                    r.queue_ms,
+                    r.compute_ms,
+                    r.handler_ms,
+                    r.errors
                 );
                 json.push(serde_json::json!({
                     "precision": r.precision, "max_batch": max_batch, "concurrency": c, "seconds": r.secs,
                     "calls": r.calls, "errors": r.errors, "texts_per_s": tput,
                     "p50_ms": p50, "p95_ms": p95, "p99_ms": p99, "mean_batch": mean_batch,
+                    "mean_queue_ms": r.queue_ms, "mean_pass_ms": r.compute_ms, "mean_handler_ms": r.handler_ms,
                     "batch_size_histogram": r.histogram.iter().map(|(le, n)| serde_json::json!({"le": le, "batches": n})).collect::<Vec<_>>(),
                 }));
                 results.push((precision.clone(), c, max_batch, tput));
