@@ -237,7 +237,7 @@ fn main() {
             out
         });
         let mut runs = vec![
-            ("nudge (ours)", "int8 × 12-bit", t_int8, v_int8),
+            ("nudge (ours)", "int8 × 7-bit", t_int8, v_int8),
             ("nudge (ours)", "f32", t_f32, reference.clone()),
             ("candle-transformers BertModel", "f32", t_candle, v_candle),
         ];

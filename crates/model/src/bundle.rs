@@ -69,8 +69,9 @@ pub enum Precision {
     /// f32 weights and activations: what the encoder was trained in.
     #[default]
     F32,
-    /// 8-bit weights (a scale per output), 12-bit activations (a scale per token), exact 32-bit
-    /// sums: about half the bytes and up to twice the arithmetic rate of f32 on AVX2 CPUs.
+    /// 8-bit weights (a scale per output), 7-bit activations (a scale and a zero point per
+    /// token, its few outliers in f32), exact 32-bit sums: a quarter of the weight bytes and two
+    /// to three times the speed of f32 (see `encoder::int8`).
     Int8,
 }
 

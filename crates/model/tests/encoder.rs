@@ -47,7 +47,7 @@ fn packed_inference_equals_the_padded_training_graph_in_f32_and_int8() {
     // `embed` packs sequences end to end; `forward` pads them and masks the padding. Both
     // are the same function of each sequence, so they must agree to float rounding, for
     // every length in one batch (1 to 40 words), and for the int8 layers too, where an input
-    // that differs in its last bit can round to the neighbouring 12-bit step (hence 1e-3).
+    // that differs in its last bit can round to the neighbouring 7-bit step (hence 1e-3).
     for variant in [Variant::Bert, Variant::XlmR] {
         let dir = tempfile::tempdir().unwrap();
         Tiny::new(variant, 2).write_encoder(dir.path());

@@ -30,7 +30,9 @@ impl FrozenEncoder {
         let mut key = sha256_hex(&files.weights);
         key.push_str(&sha256_hex(&files.tokenizer_bytes));
         // Precision too: int8 embeddings differ from f32 ones in their last digits, and heads
-        // must be fitted on the arithmetic they will be served with.
+        // must be fitted on the arithmetic they will be served with. `-a7` marks the int8
+        // arithmetic with 7-bit activations (12-bit before 2026.11.30-2), so vectors cached
+        // under the old one are not reused.
         key.push_str(&format!(
             "{:?}{}{}{}",
             spec.pooling,
@@ -38,7 +40,7 @@ impl FrozenEncoder {
             spec.text_prefix,
             match spec.precision {
                 nudge_model::Precision::F32 => "",
-                p => p.name(),
+                nudge_model::Precision::Int8 => "int8-a7",
             }
         ));
         let backend = BackendKind::Cpu.load(

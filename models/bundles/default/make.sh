@@ -8,13 +8,14 @@
 # The shipped version (2026.11.24-2) set its out-of-scope threshold from held-out train (5 %).
 # `nudge train` now calibrates it on val when val has `oos` rows, as the eval files here do, so a
 # rebuild gets a threshold chosen on them (and reports figures on the data that chose it).
-# Since 2026.11.30-1 the encoder runs in int8 (our integer kernels; ~1.5-2x the f32 speed, see
-# benches/README.md): the heads are fitted on int8 embeddings and the figures are int8 figures.
+# Since 2026.11.30-1 the encoder runs in int8 (our integer kernels, see benches/README.md): the
+# heads are fitted on int8 embeddings and the figures are int8 figures. 2026.11.30-2: the same
+# data and command, refitted for the int8 arithmetic with 7-bit activations.
 # The sentiment run inherits the precision from the intent run's bundle.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 nudge() { cargo run --release -q -- "$@"; }
-version=${VERSION:-2026.11.30-1}
+version=${VERSION:-2026.11.30-2}
 nudge train --task intent \
   --train models/data/cs_intent/train_en.jsonl --train models/data/cs_intent/train_zh.jsonl \
   --oos-train ../shared/data/intent/en/clinc150/train.jsonl --oos-train ../shared/data/intent/zh/cais/train.jsonl \
