@@ -48,13 +48,13 @@ run clinc150 intent $data/intent/en/clinc150/train.jsonl $data/intent/en/clinc15
 run cais intent $data/intent/zh/cais/train.jsonl $data/intent/zh/cais/val.jsonl --oos-quantile 0
 run sst2 sentiment $data/sentiment/en/sst2/train.jsonl $data/sentiment/en/sst2/val.jsonl
 run online_shopping sentiment $data/sentiment/zh/online_shopping/train.jsonl $data/sentiment/zh/online_shopping/val.jsonl --limit-per-file 8000
-# The shipped default bundle on its own eval files (no training): f32 against int8.
+# The shipped default bundle (int8) on its own eval files (no training), against its f32 version.
 shipped() { # name task data
   local name=$1 task=$2 data=$3 t0=$SECONDS
   if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then return; fi
-  [ -d "$out/default-int8" ] || $nudge models quantize --bundle models/bundles/default --out "$out/default-int8" > /dev/null
-  $nudge eval --task "$task" --bundle models/bundles/default --data "$data" --json > "$out/$name.eval.json" 2>/dev/null
-  $nudge eval --task "$task" --bundle "$out/default-int8" --data "$data" --json > "$out/$name-int8.eval.json" 2>/dev/null
+  [ -d "$out/default-f32" ] || $nudge models quantize --precision f32 --bundle models/bundles/default --out "$out/default-f32" > /dev/null
+  $nudge eval --task "$task" --bundle "$out/default-f32" --data "$data" --json > "$out/$name.eval.json" 2>/dev/null
+  $nudge eval --task "$task" --bundle models/bundles/default --data "$data" --json > "$out/$name-int8.eval.json" 2>/dev/null
   echo "| $name | $task | (shipped) | $(pct "$out/$name.eval.json" accuracy) | $(pct "$out/$name.eval.json" macro_f1) | $(pct "$out/$name.eval.json" oos.in_scope_accuracy) | $(pct "$out/$name.eval.json" oos.recall) | $(python3 -c "import json;print(round(json.load(open('$out/$name.eval.json'))['ece'],3))") | $(pct "$out/$name-int8.eval.json" accuracy) | $(python3 -c "import json;f=lambda p:json.load(open(p))['accuracy'];print(f'{100*(f(\"$out/$name-int8.eval.json\")-f(\"$out/$name.eval.json\")):+.2f}')") | $((SECONDS - t0)) |"
 }
 shipped default-en intent models/data/cs_intent/eval_en.jsonl
