@@ -202,6 +202,24 @@ fn int8_embeddings_stay_close_to_f32_on_real_messages() {
     assert!(same as f32 >= 0.97 * n, "{same} of {n}");
 }
 
+/// `Understand` on one text: its intent, after checking which model answered.
+async fn intent_of(
+    c: &mut nudge_proto::v1::nlu_client::NluClient<tonic::transport::Channel>,
+    text: &str,
+    model: &str,
+) -> nudge_proto::v1::Intent {
+    let r = c
+        .understand(UnderstandRequest {
+            text: text.to_string(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.model, model);
+    r.result.unwrap().intent.unwrap()
+}
+
 async fn answers_default_cases(bundle: PathBuf, backend: &str, languages: Languages) {
     let name = nudge_model::Manifest::read(&bundle).unwrap().name;
     let server = start_server(vec![bundle], |_| {}).await;
@@ -216,16 +234,7 @@ async fn answers_default_cases(bundle: PathBuf, backend: &str, languages: Langua
     let mut wrong = Vec::new();
     let cases: Vec<_> = CASES.iter().filter(|(t, _)| languages.takes(t)).collect();
     for (text, want) in &cases {
-        let r = c
-            .understand(UnderstandRequest {
-                text: text.to_string(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(r.model, name);
-        let i = r.result.unwrap().intent.unwrap();
+        let i = intent_of(&mut c, text, &name).await;
         if i.top_k.first().map(|t| t.label.as_str()) != Some(*want) {
             wrong.push(format!(
                 "{text:?}: want {want}, got {:?}",
@@ -274,15 +283,7 @@ async fn answers_default_cases(bundle: PathBuf, backend: &str, languages: Langua
     let mut kept = Vec::new();
     let oos: Vec<_> = OUT_OF_SCOPE.iter().filter(|t| languages.takes(t)).collect();
     for text in &oos {
-        let r = c
-            .understand(UnderstandRequest {
-                text: text.to_string(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        let i = r.result.unwrap().intent.unwrap();
+        let i = intent_of(&mut c, text, &name).await;
         if i.out_of_scope {
             assert_eq!(i.label, "oos", "{text:?}");
         } else {
