@@ -556,7 +556,7 @@ impl ConversationService {
                 .log
                 .append(rec)
                 .await
-                .map_err(|e| RequestError::Unavailable(format!("decision log: {e}")))?;
+                .map_err(RequestError::decision_log)?;
             self.metrics.decisions.with_label_values(&[rec.how.as_str()]).inc();
         }
         for (_, why) in &plan.skipped {

@@ -22,6 +22,9 @@ pub enum RequestError {
     /// The batch queue is full (`RESOURCE_EXHAUSTED`).
     #[error("the batch queue is full ({0} requests waiting); retry with backoff")]
     QueueFull(usize),
+    /// The decision log's writer queue is full (`RESOURCE_EXHAUSTED`): the disk is behind.
+    #[error("decision log: the writer queue is full ({0} decisions waiting); retry with backoff")]
+    LogFull(usize),
     /// The server is stopping (`UNAVAILABLE`).
     #[error("the server is shutting down")]
     ShuttingDown,
@@ -42,6 +45,17 @@ impl RequestError {
         RequestError::InvalidArgument {
             field: field.into(),
             reason: reason.into(),
+        }
+    }
+}
+
+impl RequestError {
+    /// A failed decision-log append: `RESOURCE_EXHAUSTED` when the writer is behind, else
+    /// `UNAVAILABLE` (nothing was answered; the caller retries).
+    pub(crate) fn decision_log(e: nudge_records::LogError) -> Self {
+        match e {
+            nudge_records::LogError::Full(n) => RequestError::LogFull(n),
+            e => RequestError::Unavailable(format!("decision log: {e}")),
         }
     }
 }

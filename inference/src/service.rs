@@ -218,7 +218,7 @@ pub fn to_status(e: RequestError) -> Status {
     match &e {
         RequestError::InvalidArgument { .. } => Status::invalid_argument(e.to_string()),
         RequestError::UnknownModel(_) | RequestError::NotFound(_) => Status::not_found(e.to_string()),
-        RequestError::QueueFull(_) => Status::resource_exhausted(e.to_string()),
+        RequestError::QueueFull(_) | RequestError::LogFull(_) => Status::resource_exhausted(e.to_string()),
         RequestError::ShuttingDown => Status::unavailable(e.to_string()),
         RequestError::FailedPrecondition(_) => Status::failed_precondition(e.to_string()),
         RequestError::Unavailable(_) => Status::unavailable(e.to_string()),

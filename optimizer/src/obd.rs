@@ -289,14 +289,7 @@ pub async fn import(campaign: &Campaign, out: &Path) -> Result<ImportSummary, Ob
             )));
         }
     }
-    let open = |dir: &PathBuf, prefix: &str| {
-        EventLog::open(LogConfig {
-            dir: dir.clone(),
-            prefix: prefix.into(),
-            segment_bytes: 64 << 20,
-            durability: Durability::Never,
-        })
-    };
+    let open = |dir: &PathBuf, prefix: &str| EventLog::open(LogConfig::new(dir, prefix, Durability::Never));
     let (decisions, outcomes) = (open(&decisions_dir, "decisions")?, open(&outcomes_dir, "outcomes")?);
     let schema = campaign.schema();
     let probabilities = vec![uniform; n];

@@ -68,6 +68,15 @@ impl Default for OptimizerConfig {
     }
 }
 
+/// A failed log append as a status: `RESOURCE_EXHAUSTED` when the writer is behind (retry with
+/// backoff), else `UNAVAILABLE`. Either way nothing was acknowledged.
+fn log_status(what: &str, e: &nudge_records::LogError) -> Status {
+    match e {
+        nudge_records::LogError::Full(_) => Status::resource_exhausted(format!("{what}: {e}")),
+        _ => Status::unavailable(format!("{what}: {e}")),
+    }
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -244,7 +253,7 @@ impl Optimizer {
         // Durable before acknowledged; a failed write frees the event id for a retry.
         if let Err(e) = self.outcomes.append(&record).await {
             self.lock()?.ledger.release_event(&r.event_id);
-            return Err(Status::unavailable(format!("outcome log: {e}")));
+            return Err(log_status("outcome log", &e));
         }
         let mut st = self.lock()?;
         st.ledger.add_outcome(&record);
@@ -508,14 +517,7 @@ pub async fn start(cfg: OptimizerConfig) -> Result<RunningOptimizer, OptimizerEr
         tracing::warn!(malformed, log = %cfg.outcome_log.display(), "outcome-log lines that are not outcome records");
     }
     outcomes.iter().for_each(|o| ledger.add_outcome(o));
-    let log = |dir: &PathBuf, prefix: &str| {
-        EventLog::open(LogConfig {
-            dir: dir.clone(),
-            prefix: prefix.into(),
-            segment_bytes: 64 << 20,
-            durability: cfg.durability,
-        })
-    };
+    let log = |dir: &PathBuf, prefix: &str| EventLog::open(LogConfig::new(dir, prefix, cfg.durability));
     let outcomes = log(&cfg.outcome_log, "outcomes")?;
     let audit = log(&cfg.audit_log, "audit")?;
     let registry = Registry::open(&cfg.registry)?;

@@ -58,6 +58,10 @@ pub struct LoggedOffer {
 impl Record for DecisionRecord {
     const PREFIX: &'static str = "decisions";
 
+    fn id(&self) -> &str {
+        &self.decision_id
+    }
+
     fn check(&self) -> Result<(), RecordError> {
         if self.schema != DECISION_SCHEMA {
             return Err(RecordError::Schema {

@@ -18,12 +18,17 @@ mod tail;
 pub use decision::{DecisionRecord, LoggedOffer, DECISION_SCHEMA};
 pub use log::{segments, Durability, EventLog, LogConfig, LogError};
 pub use outcome::{OutcomeKind, OutcomeRecord, OutcomeTotals, RewardField, OUTCOME_SCHEMA};
-pub use tail::{read_all, Malformed, Tailer};
+pub use tail::{read_all, Cursor, Malformed, Tailer};
 
 /// A record type that lives in its own log.
-pub trait Record: serde::de::DeserializeOwned {
+pub trait Record: serde::de::DeserializeOwned + serde::Serialize {
     /// Segment file prefix: `<PREFIX>-<ms>-<seq>.jsonl`.
     const PREFIX: &'static str;
+
+    /// The key that makes a record unique (a decision id, an outcome's event id): every copy
+    /// of a record delivered twice (a retry, a replay after a crash) carries the same one, and
+    /// readers that must count each record once deduplicate by it.
+    fn id(&self) -> &str;
 
     /// Checks what serde cannot: the schema version first, then the type's invariants.
     fn check(&self) -> Result<(), RecordError>;

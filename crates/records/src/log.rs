@@ -6,6 +6,11 @@
 //! record of the group, so `Durability::Always` costs one fsync per group, not per record.
 //! A segment is never reopened for appending: a crash can leave at most a torn last line in the
 //! newest segment, which readers skip. Segments roll over by size and sort by name.
+//!
+//! The queue to the writer is bounded (`queue_records`): when the disk cannot keep up, an append
+//! fails at once with [`LogError::Full`] (callers answer `RESOURCE_EXHAUSTED`) instead of
+//! queueing without limit until the process runs out of memory. Nothing is half-accepted: a
+//! refused record was never written and its caller was never told it was.
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -30,6 +35,9 @@ pub enum LogError {
     /// The record cannot be written as JSON.
     #[error("record is not serialisable: {0}")]
     Encode(#[from] serde_json::Error),
+    /// The writer's queue holds `queue_records` records already; retry with backoff.
+    #[error("log writer queue is full ({0} records waiting); retry with backoff")]
+    Full(usize),
     /// The writer failed to write or sync the group this record was in.
     #[error("{path}: writing the group failed: {kind}")]
     Append {
@@ -73,6 +81,22 @@ pub struct LogConfig {
     pub segment_bytes: u64,
     /// When an append counts as done.
     pub durability: Durability,
+    /// Most records queued for the writer; appends beyond fail with [`LogError::Full`].
+    pub queue_records: usize,
+}
+
+impl LogConfig {
+    /// A log of `prefix` segments in `dir`, 64 MiB segments, fsync before every ack, and a
+    /// writer queue of 65,536 records.
+    pub fn new(dir: impl Into<PathBuf>, prefix: &str, durability: Durability) -> Self {
+        Self {
+            dir: dir.into(),
+            prefix: prefix.into(),
+            segment_bytes: 64 << 20,
+            durability,
+            queue_records: 1 << 16,
+        }
+    }
 }
 
 /// What the writer tells each appender of its group: done, or the segment and error kind.
@@ -86,7 +110,8 @@ struct Pending {
 /// Appends records; cheap to clone.
 #[derive(Clone)]
 pub struct EventLog {
-    tx: mpsc::UnboundedSender<Pending>,
+    tx: mpsc::Sender<Pending>,
+    capacity: usize,
 }
 
 fn now_ms() -> u128 {
@@ -173,7 +198,8 @@ impl EventLog {
     /// Creates the directory if needed and starts a writer on a fresh segment.
     pub fn open(cfg: LogConfig) -> Result<Self, LogError> {
         std::fs::create_dir_all(&cfg.dir).map_err(io(&cfg.dir))?;
-        let (tx, mut rx) = mpsc::unbounded_channel::<Pending>();
+        let capacity = cfg.queue_records.max(1);
+        let (tx, mut rx) = mpsc::channel::<Pending>(capacity);
         let mut w = Writer {
             cfg,
             file: None,
@@ -209,7 +235,7 @@ impl EventLog {
                 path: PathBuf::from("log writer thread"),
                 source: e,
             })?;
-        Ok(Self { tx })
+        Ok(Self { tx, capacity })
     }
 
     /// Appends one record; returns once it is as durable as the log's `Durability` says.
@@ -217,7 +243,10 @@ impl EventLog {
         let mut line = serde_json::to_vec(record)?;
         line.push(b'\n');
         let (done, wait) = oneshot::channel();
-        self.tx.send(Pending { line, done }).map_err(|_| LogError::Closed)?;
+        self.tx.try_send(Pending { line, done }).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => LogError::Full(self.capacity),
+            mpsc::error::TrySendError::Closed(_) => LogError::Closed,
+        })?;
         match wait.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err((path, kind))) => Err(LogError::Append { path, kind }),
@@ -249,7 +278,7 @@ pub fn segments(dir: &Path, prefix: &str) -> Result<Vec<PathBuf>, LogError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Record, RecordError, Tailer};
+    use crate::{Cursor, Record, RecordError, Tailer};
 
     #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
     struct N {
@@ -258,6 +287,9 @@ mod tests {
 
     impl Record for N {
         const PREFIX: &'static str = "n";
+        fn id(&self) -> &str {
+            "n"
+        }
         fn check(&self) -> Result<(), RecordError> {
             if self.i < 0 {
                 return Err(RecordError::Invalid {
@@ -273,10 +305,8 @@ mod tests {
     async fn concurrent_appends_all_land_rolling_segments() {
         let dir = tempfile::tempdir().unwrap();
         let log = EventLog::open(LogConfig {
-            dir: dir.path().to_path_buf(),
-            prefix: "n".into(),
             segment_bytes: 1_000,
-            durability: Durability::Always,
+            ..LogConfig::new(dir.path(), "n", Durability::Always)
         })
         .unwrap();
         let mut tail = Tailer::<N>::new(dir.path());
@@ -298,6 +328,70 @@ mod tests {
         log.append(&N { i: 500 }).await.unwrap();
         assert_eq!(tail.poll().unwrap(), vec![N { i: 500 }]);
         assert_eq!(tail.malformed(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_writer_queue_refuses_at_once_and_keeps_everything_it_accepted() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EventLog::open(LogConfig {
+            queue_records: 4,
+            ..LogConfig::new(dir.path(), "n", Durability::Always)
+        })
+        .unwrap();
+        // 5,000 appends at once against a queue of 4 and an fsync per group.
+        let tasks: Vec<_> = (0..5_000)
+            .map(|i| {
+                let log = log.clone();
+                tokio::spawn(async move { (i, log.append(&N { i }).await) })
+            })
+            .collect();
+        let mut results = Vec::new();
+        for t in tasks {
+            results.push(t.await.unwrap());
+        }
+        let (ok, full): (Vec<_>, Vec<_>) = results.into_iter().partition(|(_, r)| r.is_ok());
+        assert!(!full.is_empty(), "the queue never filled");
+        for (_, r) in &full {
+            assert!(matches!(r, Err(LogError::Full(4))), "{r:?}");
+        }
+        let mut accepted: Vec<i64> = ok.iter().map(|(i, _)| *i).collect();
+        let (mut written, bad) = crate::read_all::<N>(dir.path()).unwrap();
+        accepted.sort();
+        written.sort_by_key(|n| n.i);
+        assert_eq!(bad, 0);
+        assert_eq!(
+            written.iter().map(|n| n.i).collect::<Vec<_>>(),
+            accepted,
+            "exactly the accepted records"
+        );
+    }
+
+    #[test]
+    fn a_reader_resumed_from_its_cursor_reads_only_what_came_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("n-0000000000001-000001.jsonl");
+        let b = dir.path().join("n-0000000000002-000002.jsonl");
+        std::fs::write(&a, "{\"i\":1}\n{\"i\":2}\n").unwrap();
+        std::fs::write(&b, "{\"i\":3}\n").unwrap();
+        let mut t = Tailer::<N>::new(dir.path());
+        assert_eq!(t.poll().unwrap().len(), 3);
+        let cursor = t.cursor();
+        assert_eq!(
+            (cursor.segment.as_str(), cursor.offset, cursor.line),
+            ("n-0000000000002-000002.jsonl", 8, 1)
+        );
+        let mut f = std::fs::OpenOptions::new().append(true).open(&b).unwrap();
+        f.write_all(b"{\"i\":4}\n").unwrap();
+        std::fs::write(dir.path().join("n-0000000000003-000003.jsonl"), "{\"i\":5}\n").unwrap();
+        let mut again = Tailer::<N>::resume(dir.path(), &cursor);
+        assert_eq!(again.poll().unwrap(), vec![N { i: 4 }, N { i: 5 }]);
+        assert_eq!(
+            Tailer::<N>::resume(dir.path(), &Cursor::default())
+                .poll()
+                .unwrap()
+                .len(),
+            5
+        );
     }
 
     #[test]

@@ -166,6 +166,10 @@ pub struct OutcomeRecord {
 impl Record for OutcomeRecord {
     const PREFIX: &'static str = "outcomes";
 
+    fn id(&self) -> &str {
+        &self.event_id
+    }
+
     fn check(&self) -> Result<(), RecordError> {
         if self.schema != OUTCOME_SCHEMA {
             return Err(RecordError::Schema {

@@ -22,6 +22,19 @@ pub struct Malformed {
     pub reason: String,
 }
 
+/// How far a reader has read: every segment that sorts before `segment`, and `segment` up to
+/// byte `offset` (line `line`). A follower that must survive restarts (the stream forwarder)
+/// saves it once what it read is safely elsewhere, and resumes from it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Cursor {
+    /// File name of the segment (not a path: the directory may move).
+    pub segment: String,
+    /// Byte offset of the first unread line.
+    pub offset: u64,
+    /// Lines of `segment` read.
+    pub line: u64,
+}
+
 /// Follows a log: each `poll` returns the complete records appended since the last one.
 /// A line without its newline (being written, or torn by a crash) is not read until it is
 /// complete.
@@ -29,6 +42,8 @@ pub struct Tailer<T> {
     dir: PathBuf,
     /// (segment, byte offset of the first unread line, lines read so far)
     pos: Vec<(PathBuf, u64, u64)>,
+    /// Segments sorting before this file name are not read (resumed from a cursor).
+    skip_before: String,
     malformed: u64,
     last_malformed: Option<Malformed>,
     _record: PhantomData<fn() -> T>,
@@ -40,10 +55,38 @@ impl<T: Record> Tailer<T> {
         Self {
             dir: dir.into(),
             pos: Vec::new(),
+            skip_before: String::new(),
             malformed: 0,
             last_malformed: None,
             _record: PhantomData,
         }
+    }
+
+    /// A reader that starts where `cursor` says (from the start for the default cursor).
+    pub fn resume(dir: impl Into<PathBuf>, cursor: &Cursor) -> Self {
+        let dir = dir.into();
+        let mut t = Self::new(dir.clone());
+        if !cursor.segment.is_empty() {
+            t.pos.push((dir.join(&cursor.segment), cursor.offset, cursor.line));
+            t.skip_before = cursor.segment.clone();
+        }
+        t
+    }
+
+    /// Where the next poll starts: the newest segment seen and how far into it.
+    pub fn cursor(&self) -> Cursor {
+        self.pos
+            .iter()
+            .max_by(|a, b| a.0.cmp(&b.0))
+            .map(|(p, offset, line)| Cursor {
+                segment: p
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                offset: *offset,
+                line: *line,
+            })
+            .unwrap_or_default()
     }
 
     /// Lines seen so far that were not valid records.
@@ -60,6 +103,13 @@ impl<T: Record> Tailer<T> {
     pub fn poll(&mut self) -> Result<Vec<T>, LogError> {
         let mut out = Vec::new();
         for seg in segments(&self.dir, T::PREFIX)? {
+            let name = seg
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if name < self.skip_before {
+                continue;
+            }
             let i = match self.pos.iter().position(|(p, _, _)| *p == seg) {
                 Some(i) => i,
                 None => {

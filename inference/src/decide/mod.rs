@@ -40,6 +40,9 @@ pub struct DecisionsConfig {
     pub durability: Durability,
     /// Decision-log segment size.
     pub segment_bytes: u64,
+    /// Most decisions waiting for the log writer; beyond, Decide and Turn answer
+    /// `RESOURCE_EXHAUSTED` at once rather than queueing without bound.
+    pub queue_records: usize,
     /// Key of the HMAC that pseudonymises customer ids in the log. Keep it secret and stable.
     pub customer_id_key: Secret,
     /// Most candidates per request.
@@ -53,6 +56,7 @@ impl Default for DecisionsConfig {
             decision_log: PathBuf::from("logs/decisions"),
             durability: Durability::Always,
             segment_bytes: 64 << 20,
+            queue_records: 1 << 16,
             customer_id_key: Secret::default(),
             max_candidates: 256,
         }
@@ -165,10 +169,9 @@ impl DecisionService {
             return Err(DecisionsError::WeakKey);
         }
         let log = EventLog::open(LogConfig {
-            dir: config.decision_log.clone(),
-            prefix: "decisions".into(),
             segment_bytes: config.segment_bytes,
-            durability: config.durability,
+            queue_records: config.queue_records,
+            ..LogConfig::new(&config.decision_log, "decisions", config.durability)
         })?;
         Ok(Self {
             nlu,
@@ -241,10 +244,7 @@ impl DecisionService {
         );
         let compute_us = t_policy.elapsed().as_micros() as u64;
         // Durable before answered: an answer always has its log line.
-        self.log
-            .append(&rec)
-            .await
-            .map_err(|e| RequestError::Unavailable(format!("decision log: {e}")))?;
+        self.log.append(&rec).await.map_err(RequestError::decision_log)?;
         self.metrics.decisions.with_label_values(&[choice.how]).inc();
         let nlu = nlu.map(|mut u| {
             if input.text.is_some() {
