@@ -89,6 +89,9 @@ pub struct ServeConfig {
     pub decisions: Option<DecisionsConfig>,
     /// Conversations: catalog, rules, guardrails (needs `decisions`).
     pub strategy: Option<StrategyConfig>,
+    /// Several servers and an optimizer on NATS JetStream (needs `decisions`); absent, one
+    /// machine with local logs.
+    pub cluster: Option<nudge_cluster::ClusterConfig>,
 }
 
 impl Default for ServeConfig {
@@ -107,6 +110,7 @@ impl Default for ServeConfig {
             tls: None,
             decisions: None,
             strategy: None,
+            cluster: None,
         }
     }
 }

@@ -8,10 +8,14 @@
 //!
 //! `server::start` wires it: the data listener (Nlu, Decisions), the admin listener (ModelAdmin,
 //! PolicyAdmin), `/metrics`, bearer-token auth and TLS per [`ServeConfig`].
+//!
+//! With `[cluster]` ([`ClusterConfig`]) the decision log is also forwarded to a NATS JetStream
+//! stream, and the policy served follows the cluster's SERVING pointer (`nudge_cluster`).
 #![warn(missing_docs)]
 
 mod auth;
 pub mod batcher;
+mod cluster;
 mod config;
 mod conversations;
 mod decide;
@@ -23,6 +27,7 @@ mod server;
 mod service;
 
 pub use auth::BearerAuth;
+pub use nudge_cluster::ClusterConfig;
 pub use config::{Secret, ServeConfig, TlsConfig};
 pub use conversations::{RiskConfig, StrategyConfig, StrategyLoadError};
 pub use decide::DecisionsConfig;

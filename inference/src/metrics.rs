@@ -32,6 +32,12 @@ pub struct Metrics {
     pub offers_skipped: IntCounterVec,
     /// `nudge_handoffs_total{reason}`: turns that asked for a person, by reason (Conversations).
     pub handoffs: IntCounterVec,
+    /// `nudge_cluster_events_total{event}` (`[cluster]` only): records `forwarded` to the stream
+    /// (of which `duplicate`), `forward_failed` batches (retried), policy versions `followed`
+    /// from the cluster's SERVING pointer and `refused` (the old one kept serving).
+    pub cluster_events: IntCounterVec,
+    /// `nudge_cluster_backlog`: decisions logged here and not yet acknowledged by the stream.
+    pub cluster_backlog: IntGaugeVec,
 }
 
 impl Metrics {
@@ -97,6 +103,20 @@ impl Metrics {
             ),
             &["model"],
         );
+        let cluster_events = IntCounterVec::new(
+            Opts::new(
+                "nudge_cluster_events_total",
+                "Cluster events: records forwarded to the stream, failed batches, policy versions followed or refused",
+            ),
+            &["event"],
+        );
+        let cluster_backlog = IntGaugeVec::new(
+            Opts::new(
+                "nudge_cluster_backlog",
+                "Decisions logged locally and not yet acknowledged by the stream",
+            ),
+            &["stream"],
+        );
         // The definitions are constants; prometheus rejects only malformed names or buckets.
         const OK: &str = "static metric definition";
         let m = Self {
@@ -112,6 +132,8 @@ impl Metrics {
             decisions: decisions.expect(OK),
             offers_skipped: offers_skipped.expect(OK),
             handoffs: handoffs.expect(OK),
+            cluster_events: cluster_events.expect(OK),
+            cluster_backlog: cluster_backlog.expect(OK),
         };
         for c in [
             Box::new(m.requests.clone()) as Box<dyn prometheus::core::Collector>,
@@ -125,6 +147,8 @@ impl Metrics {
             Box::new(m.decisions.clone()),
             Box::new(m.offers_skipped.clone()),
             Box::new(m.handoffs.clone()),
+            Box::new(m.cluster_events.clone()),
+            Box::new(m.cluster_backlog.clone()),
         ] {
             // Names are fixed and distinct, so registration cannot collide.
             let _ = m.registry.register(c);

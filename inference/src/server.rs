@@ -64,6 +64,12 @@ pub enum ServeError {
     /// The strategy (catalog, rules, guardrails) could not start.
     #[error(transparent)]
     Strategy(#[from] StrategyLoadError),
+    /// `[cluster]` is set without `[decisions]`: there is nothing to forward or follow.
+    #[error("cluster: needs [decisions] (decisions are what a cluster shares)")]
+    ClusterNeedsDecisions,
+    /// `[cluster]` is wrong.
+    #[error(transparent)]
+    Cluster(#[from] nudge_cluster::ClusterError),
     /// A listener could not bind.
     #[error("binding {addr}: {source}")]
     Bind {
@@ -101,6 +107,8 @@ pub struct RunningServer {
     http: JoinHandle<()>,
     /// Conversations, saved once more when the server stops.
     conversations: Option<(Arc<ConversationService>, JoinHandle<()>)>,
+    /// The cluster's forwarder and follower (`[cluster]`).
+    cluster_tasks: Vec<JoinHandle<()>>,
 }
 
 impl RunningServer {
@@ -115,6 +123,8 @@ impl RunningServer {
         self.http.abort();
         self.grpc.await??;
         self.admin.await??;
+        // Stopped after the listeners: what was logged is forwarded on the next start.
+        self.cluster_tasks.iter().for_each(JoinHandle::abort);
         save_conversations(self.conversations).await;
         Ok(())
     }
@@ -223,6 +233,12 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
         path: config.models_root.clone(),
         source,
     })?;
+    let cluster = match (&config.cluster, &config.decisions) {
+        (None, _) => None,
+        (Some(_), None) => return Err(ServeError::ClusterNeedsDecisions),
+        (Some(cc), Some(_)) => Some(nudge_cluster::Cluster::connect(cc.clone()).await?),
+    };
+    let mut cluster_tasks = Vec::new();
     let decisions = match &config.decisions {
         Some(dc) => {
             let registry = nudge_policy::Registry::open(&dc.policy_registry).map_err(DecisionsError::from)?;
@@ -233,9 +249,14 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
                 dc,
                 metrics.clone(),
             )?);
+            if let Some(c) = &cluster {
+                cluster_tasks =
+                    crate::cluster::start(c.clone(), dc.decision_log.clone(), store.clone(), metrics.clone());
+            }
             let admin = PolicyAdminService {
                 store,
                 metrics: metrics.clone(),
+                cluster: cluster.clone(),
             };
             Some((decide, admin))
         }
@@ -386,5 +407,6 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
         admin,
         http,
         conversations,
+        cluster_tasks,
     })
 }

@@ -65,6 +65,11 @@ impl Ledger {
         self.event_ids.insert(event_id.to_string())
     }
 
+    /// True if an outcome with this event id is recorded (or claimed).
+    pub fn has_event(&self, event_id: &str) -> bool {
+        self.event_ids.contains(event_id)
+    }
+
     /// Frees an event id whose outcome could not be made durable (the reporter retries).
     pub fn release_event(&mut self, event_id: &str) {
         self.event_ids.remove(event_id);

@@ -71,6 +71,9 @@ pub enum OptimizerError {
     /// A lock was poisoned by a panic.
     #[error("optimizer state lock poisoned")]
     Poisoned,
+    /// `[cluster]` is wrong, or the cluster refused a write.
+    #[error(transparent)]
+    Cluster(#[from] nudge_cluster::ClusterError),
     /// A background task failed.
     #[error("task: {0}")]
     Task(String),

@@ -1,6 +1,14 @@
 //! The optimizer service: `ReportOutcome` (validated, deduplicated, durable before the ack), a
 //! trainer on a cadence (every N outcomes or T milliseconds), the off-policy gate with an audit
 //! log, and pushes of new versions to every configured server.
+//!
+//! With `[cluster]` (NATS JetStream, `nudge_cluster`) the same jobs run on streams: decisions
+//! arrive from every server through a durable consumer and are written to `decision_ledger`
+//! before they are acknowledged; `ReportOutcome` is acknowledged once JetStream has stored the
+//! outcome, and a second durable consumer writes it to `outcome_log` and the ledger; versions
+//! are stored in the cluster and the SERVING pointer moved, instead of pushed server by server.
+//! The ledger counts each decision and outcome once whatever is redelivered: ids it holds are
+//! acknowledged without being written again.
 use crate::learn::{train_and_judge, LearnConfig, Verdict};
 use crate::ledger::Ledger;
 use crate::reward::Reward;
@@ -8,8 +16,10 @@ use crate::OptimizerError;
 use nudge_policy::version::{PolicyManifest, PolicyVersion, FORMAT};
 use nudge_policy::{FeatureSchema, Policy, Registry, RewardModel};
 use nudge_proto::v1 as pb;
+use nudge_cluster::{Cluster, Delivery, DECISIONS_STREAM, OUTCOMES_STREAM, POLICY};
 use nudge_records::{
-    read_all, DecisionRecord, Durability, EventLog, LogConfig, OutcomeKind, OutcomeRecord, Tailer, OUTCOME_SCHEMA,
+    read_all, DecisionRecord, Durability, EventLog, LogConfig, OutcomeKind, OutcomeRecord, Record, Tailer,
+    OUTCOME_SCHEMA,
 };
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -44,6 +54,11 @@ pub struct OptimizerConfig {
     /// Schema of the first version, written (with the prior) when the registry is empty.
     pub initial_schema: Option<FeatureSchema>,
     pub prior_var: f64,
+    /// NATS JetStream; absent, the single-machine mode (local logs, pushes to `servers`).
+    pub cluster: Option<nudge_cluster::ClusterConfig>,
+    /// Cluster mode: where decisions consumed from the stream are written before they are
+    /// acknowledged (read back at start, like `decision_logs`).
+    pub decision_ledger: PathBuf,
 }
 
 impl Default for OptimizerConfig {
@@ -64,6 +79,8 @@ impl Default for OptimizerConfig {
             learn: LearnConfig::default(),
             initial_schema: None,
             prior_var: 1.0,
+            cluster: None,
+            decision_ledger: PathBuf::from("logs/ledger"),
         }
     }
 }
@@ -90,6 +107,8 @@ struct State {
     trainings: u64,
     last_verdict: String,
     outcomes_since_training: u64,
+    /// Cluster mode: stream messages that were not valid records (terminated, counted).
+    malformed_streamed: u64,
 }
 
 impl State {
@@ -103,7 +122,7 @@ impl State {
     }
 
     fn malformed_decisions(&self) -> u64 {
-        self.tailers.iter().map(Tailer::malformed).sum()
+        self.tailers.iter().map(Tailer::malformed).sum::<u64>() + self.malformed_streamed
     }
 }
 
@@ -117,6 +136,9 @@ pub struct Optimizer {
     audit: EventLog,
     wake: Notify,
     admin: AdminClients,
+    cluster: Option<Cluster>,
+    /// Cluster mode: wakes `ReportOutcome` calls waiting for a decision to arrive.
+    decisions_arrived: Notify,
 }
 
 fn kind(k: i32) -> Option<OutcomeKind> {
@@ -223,6 +245,9 @@ impl Optimizer {
         } else {
             r.time_unix_ms as u64
         };
+        if let Some(cluster) = &self.cluster {
+            return self.report_to_stream(cluster, r, kind, time_ms, received_ms).await;
+        }
         let record = {
             let mut st = self.lock()?;
             if st.ledger.decision(&r.decision_id).is_none() {
@@ -267,11 +292,176 @@ impl Optimizer {
         })
     }
 
+    /// Cluster mode: the outcome is acknowledged once JetStream stores it (its event id as the
+    /// message id: a retry inside the duplicate window is reported as a duplicate); the outcome
+    /// consumer then writes it here. The decision may still be on its way from its server's
+    /// forwarder, so an unknown one is waited for (up to 3 s) before `NOT_FOUND`.
+    async fn report_to_stream(
+        &self,
+        cluster: &Cluster,
+        r: pb::ReportOutcomeRequest,
+        kind: OutcomeKind,
+        time_ms: u64,
+        received_ms: u64,
+    ) -> Result<pb::ReportOutcomeResponse, Status> {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let decision_time = loop {
+            let arrived = self.decisions_arrived.notified();
+            if let Some(d) = self.lock()?.ledger.decision(&r.decision_id) {
+                break d.time_ms;
+            }
+            if tokio::time::timeout_at(deadline.into(), arrived).await.is_err() {
+                return Err(Status::not_found(format!(
+                    "decision_id: no decision `{}` has reached the optimizer (retry if it was just made)",
+                    r.decision_id
+                )));
+            }
+        };
+        let late = time_ms > decision_time.saturating_add(self.reward.window_ms);
+        if self.lock()?.ledger.has_event(&r.event_id) {
+            return Ok(pb::ReportOutcomeResponse { duplicate: true, late });
+        }
+        let record = OutcomeRecord {
+            schema: OUTCOME_SCHEMA,
+            event_id: r.event_id,
+            decision_id: r.decision_id,
+            kind,
+            revenue: r.revenue,
+            margin: r.margin,
+            time_ms,
+            received_ms,
+            late,
+        };
+        let duplicate = cluster
+            .publish(OUTCOMES_STREAM, &record)
+            .await
+            .map_err(|e| Status::unavailable(format!("outcome stream: {e}")))?;
+        Ok(pb::ReportOutcomeResponse { duplicate, late })
+    }
+
+    /// Applies consumed records: ids the ledger holds are acknowledged at once; the rest are
+    /// written to `log` (one group commit for the batch), then added, then acknowledged. A failed
+    /// write acknowledges nothing: JetStream redelivers.
+    async fn ingest_batch<T: Record>(
+        &self,
+        batch: Vec<Delivery<T>>,
+        log: &EventLog,
+        known: impl Fn(&crate::ledger::Ledger, &T) -> bool,
+        add: impl Fn(&mut State, &T),
+    ) -> Result<usize, OptimizerError> {
+        let mut fresh = Vec::new();
+        for d in batch {
+            match &d.record {
+                Err(reason) => {
+                    tracing::warn!(%reason, stream = T::PREFIX, "a malformed record in the stream, terminated");
+                    self.state.lock().map_err(|_| OptimizerError::Poisoned)?.malformed_streamed += 1;
+                    d.term().await?;
+                }
+                Ok(rec) => {
+                    let seen = {
+                        let st = self.state.lock().map_err(|_| OptimizerError::Poisoned)?;
+                        known(&st.ledger, rec)
+                    };
+                    if seen {
+                        d.ack().await?;
+                    } else {
+                        fresh.push(d);
+                    }
+                }
+            }
+        }
+        // Two copies of one id inside a batch: the first is written, the second only acked.
+        let mut ids = std::collections::HashSet::new();
+        let writes: Vec<_> = fresh
+            .iter()
+            .filter_map(|d| d.record.as_ref().ok())
+            .filter(|r| ids.insert(r.id().to_string()))
+            .map(|r| log.append(r))
+            .collect();
+        let n = writes.len();
+        for w in futures::future::join_all(writes).await {
+            if let Err(e) = w {
+                // Nothing of the batch is acked; it comes back after the ack wait.
+                return Err(e.into());
+            }
+        }
+        {
+            let mut st = self.state.lock().map_err(|_| OptimizerError::Poisoned)?;
+            let mut added = std::collections::HashSet::new();
+            for r in fresh.iter().filter_map(|d| d.record.as_ref().ok()) {
+                if added.insert(r.id().to_string()) {
+                    add(&mut st, r);
+                }
+            }
+        }
+        for d in &fresh {
+            d.ack().await?;
+        }
+        Ok(n)
+    }
+
+    /// Follows one stream for as long as the optimizer runs, reconnecting after failures.
+    async fn consume<T: Record + Send + Sync + 'static>(
+        self: Arc<Self>,
+        stream: &'static str,
+        log: EventLog,
+        known: fn(&crate::ledger::Ledger, &T) -> bool,
+        add: fn(&mut State, &T),
+    ) {
+        let Some(cluster) = self.cluster.clone() else { return };
+        loop {
+            let opened = async {
+                cluster.ensure().await?;
+                cluster.ingest::<T>(stream).await
+            };
+            let ingest = match opened.await {
+                Ok(i) => i,
+                Err(e) => {
+                    tracing::warn!(%stream, error = %e, "cannot consume the stream yet");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            loop {
+                let batch = match ingest.next_batch(2_000, Duration::from_millis(250)).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::warn!(%stream, error = %e, "consuming");
+                        break;
+                    }
+                };
+                if batch.is_empty() {
+                    continue;
+                }
+                match self.ingest_batch(batch, &log, known, add).await {
+                    Ok(n) if n > 0 && stream == DECISIONS_STREAM => self.decisions_arrived.notify_waiters(),
+                    Ok(_) => {
+                        let due = self
+                            .state
+                            .lock()
+                            .is_ok_and(|st| st.outcomes_since_training >= self.cfg.train_every_outcomes);
+                        if due {
+                            self.wake.notify_one();
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(%stream, error = %e, "a batch was not kept; JetStream redelivers it");
+                        break;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// Asks every server what it serves. A server serving nothing gets the registry's serving
     /// version; a server serving another version of this registry (an operator rolled back)
     /// wins: the registry follows it, and it is what the next candidate is judged against.
     /// Nothing is ever pushed over an operator's rollback.
     async fn reconcile(&self) -> Result<(), OptimizerError> {
+        if let Some(cluster) = &self.cluster {
+            return self.reconcile_cluster(cluster).await;
+        }
         for server in &self.cfg.servers {
             let listed = async {
                 let mut c = self
@@ -314,6 +504,50 @@ impl Optimizer {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Cluster mode: the SERVING pointer is the truth. Unset, this optimizer's serving version is
+    /// stored in the cluster and pointed at; set to another version (an operator's load or
+    /// rollback on a server), the registry follows it.
+    async fn reconcile_cluster(&self, cluster: &Cluster) -> Result<(), OptimizerError> {
+        cluster.ensure().await?;
+        let ours = self
+            .lock()
+            .ok()
+            .and_then(|st| st.serving.as_ref().map(|s| s.manifest.version.clone()));
+        match cluster.serving(POLICY).await? {
+            None => {
+                if let Some(pv) = self.lock().ok().and_then(|st| st.serving.clone()) {
+                    self.store_in_cluster(cluster, &pv).await?;
+                    cluster.set_serving(POLICY, &pv.manifest.version).await?;
+                }
+            }
+            Some(v) if Some(&v) != ours.as_ref() => {
+                let pv = match self.registry.load(&v) {
+                    Ok(pv) => pv,
+                    Err(_) => {
+                        let mut files = cluster.get_artifact(POLICY, &v).await?;
+                        let manifest = files.remove(nudge_policy::version::MANIFEST).unwrap_or_default();
+                        self.registry.store_encoded(&manifest, &files.into_iter().collect())?
+                    }
+                };
+                self.registry.set_serving(&v)?;
+                tracing::info!(version = %v, previous = ?ours, "the cluster serves another version; the optimizer follows it");
+                if let Ok(mut st) = self.lock() {
+                    st.serving = Some(pv);
+                }
+            }
+            Some(_) => {}
+        }
+        Ok(())
+    }
+
+    async fn store_in_cluster(&self, cluster: &Cluster, pv: &PolicyVersion) -> Result<(), OptimizerError> {
+        let (manifest, files) = pv.encode()?;
+        let mut all: std::collections::BTreeMap<String, Vec<u8>> = files.into_iter().collect();
+        all.insert(nudge_policy::version::MANIFEST.to_string(), manifest);
+        cluster.put_artifact(POLICY, &pv.manifest.version, &all).await?;
         Ok(())
     }
 
@@ -389,8 +623,14 @@ impl Optimizer {
         let version = pv.manifest.version.clone();
         self.registry.publish(&pv)?;
         let t0 = Instant::now();
-        for server in &self.cfg.servers {
-            self.push_one(server, &pv).await;
+        if let Some(cluster) = &self.cluster {
+            // Every server follows the pointer, including those down right now.
+            self.store_in_cluster(cluster, &pv).await?;
+            cluster.set_serving(POLICY, &version).await?;
+        } else {
+            for server in &self.cfg.servers {
+                self.push_one(server, &pv).await;
+            }
         }
         let push_ms = t0.elapsed().as_secs_f64() * 1000.0;
         let _ = self
@@ -473,12 +713,15 @@ pub struct RunningOptimizer {
     shutdown: Option<oneshot::Sender<()>>,
     grpc: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     trainer: tokio::task::JoinHandle<()>,
+    /// Cluster mode: the stream consumers.
+    consumers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl RunningOptimizer {
     /// Stops training and the gRPC service.
     pub async fn shutdown(mut self) {
         self.trainer.abort();
+        self.consumers.iter().for_each(tokio::task::JoinHandle::abort);
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -521,14 +764,28 @@ pub async fn start(cfg: OptimizerConfig) -> Result<RunningOptimizer, OptimizerEr
     let outcomes = log(&cfg.outcome_log, "outcomes")?;
     let audit = log(&cfg.audit_log, "audit")?;
     let registry = Registry::open(&cfg.registry)?;
-    let serving = registry.serving()?;
+    let (cluster, decision_ledger) = match &cfg.cluster {
+        Some(cc) => {
+            let (decisions, malformed) = read_all::<DecisionRecord>(&cfg.decision_ledger)?;
+            if malformed > 0 {
+                tracing::warn!(malformed, log = %cfg.decision_ledger.display(), "decision-ledger lines that are not decision records");
+            }
+            decisions.into_iter().for_each(|d| ledger.add_decision(d));
+            (
+                Some(Cluster::connect(cc.clone()).await?),
+                Some(log(&cfg.decision_ledger, "decisions")?),
+            )
+        }
+        None => (None, None),
+    };
     let mut state = State {
         ledger,
         tailers: cfg.decision_logs.iter().map(Tailer::new).collect(),
-        serving: serving.clone(),
+        serving: registry.serving()?,
         trainings: 0,
         last_verdict: String::new(),
         outcomes_since_training: 0,
+        malformed_streamed: 0,
     };
     state.poll_decisions();
     let opt = Arc::new(Optimizer {
@@ -537,12 +794,40 @@ pub async fn start(cfg: OptimizerConfig) -> Result<RunningOptimizer, OptimizerEr
         reward,
         registry,
         state: Mutex::new(state),
-        outcomes,
+        outcomes: outcomes.clone(),
         audit,
         wake: Notify::new(),
+        cluster,
+        decisions_arrived: Notify::new(),
     });
+    let mut consumers = Vec::new();
+    if let Some(ledger_log) = decision_ledger {
+        consumers.push(tokio::spawn(opt.clone().consume::<DecisionRecord>(
+            DECISIONS_STREAM,
+            ledger_log,
+            |l, d| l.decision(&d.decision_id).is_some(),
+            |st, d| st.ledger.add_decision(d.clone()),
+        )));
+        consumers.push(tokio::spawn(opt.clone().consume::<OutcomeRecord>(
+            OUTCOMES_STREAM,
+            outcomes,
+            |l, o| l.has_event(&o.event_id),
+            |st, o| {
+                st.ledger.add_outcome(o);
+                st.outcomes_since_training += 1;
+            },
+        )));
+        // The pointer may name a version this registry has not seen (this optimizer is new, or
+        // an operator loaded one on a server): follow it before deciding there is none.
+        if let Err(e) = opt.reconcile().await {
+            tracing::warn!(error = %e, "reading the cluster's serving pointer at start (retried every round)");
+        }
+    }
+    let serving = opt.lock().ok().and_then(|st| st.serving.clone());
     match serving {
         // Servers that restarted empty get the serving version; rolled-back ones are followed.
+        // In cluster mode that was done above (and is retried every round if NATS was down).
+        Some(_) if opt.cluster.is_some() => {}
         Some(_) => opt.reconcile().await?,
         None => {
             let schema = cfg.initial_schema.clone().ok_or(OptimizerError::NoInitialSchema)?;
@@ -605,6 +890,7 @@ pub async fn start(cfg: OptimizerConfig) -> Result<RunningOptimizer, OptimizerEr
         shutdown: Some(tx),
         grpc,
         trainer,
+        consumers,
     })
 }
 

@@ -294,6 +294,21 @@ pub struct PolicyAdminService {
     pub store: Arc<PolicyStore>,
     /// Request metrics.
     pub metrics: Metrics,
+    /// In cluster mode loads and rollbacks move the cluster's SERVING pointer (`crate::cluster`).
+    pub cluster: Option<nudge_cluster::Cluster>,
+}
+
+impl PolicyAdminService {
+    fn answer(&self, previous_version: String) -> pb::LoadPolicyResponse {
+        pb::LoadPolicyResponse {
+            serving_version: self
+                .store
+                .current()
+                .map(|c| c.manifest.version.clone())
+                .unwrap_or_default(),
+            previous_version,
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -305,8 +320,13 @@ impl pb::policy_admin_server::PolicyAdmin for PolicyAdminService {
         let start = Instant::now();
         let req = request.into_inner();
         let files: HashMap<String, Vec<u8>> = req.files.into_iter().collect();
-        // Validation reads and checks every byte: off the async workers.
-        let r = admin_change(&self.store, move |s| s.load(&req.manifest, &files)).await;
+        let r = match &self.cluster {
+            Some(c) => crate::cluster::publish(c, &self.store, &self.metrics, req.manifest, files)
+                .await
+                .map(|prev| self.answer(prev)),
+            // Validation reads and checks every byte: off the async workers.
+            None => admin_change(&self.store, move |s| s.load(&req.manifest, &files)).await,
+        };
         if let Ok(r) = &r {
             tracing::info!(version = %r.serving_version, previous = %r.previous_version, "policy loaded");
         }
@@ -319,7 +339,12 @@ impl pb::policy_admin_server::PolicyAdmin for PolicyAdminService {
     ) -> Result<Response<pb::LoadPolicyResponse>, Status> {
         let start = Instant::now();
         let req = request.into_inner();
-        let r = admin_change(&self.store, move |s| s.rollback(&req.version)).await;
+        let r = match &self.cluster {
+            Some(c) => crate::cluster::point_at(c, &self.store, &self.metrics, &req.version)
+                .await
+                .map(|prev| self.answer(prev)),
+            None => admin_change(&self.store, move |s| s.rollback(&req.version)).await,
+        };
         if let Ok(r) = &r {
             tracing::info!(version = %r.serving_version, previous = %r.previous_version, "policy rolled back");
         }

@@ -1,0 +1,428 @@
+//! Nudge across machines, on NATS JetStream.
+//!
+//! One machine needs none of this: servers append decisions to their local event log and the
+//! optimizer reads that directory. Past one machine there is no shared directory, and a server
+//! that was down during a push would miss the version. So, with a `[cluster]` section:
+//!
+//! - **Decisions flow through a stream.** A server still appends each decision to its local log
+//!   before answering (durable as configured, as on one machine). A [`Forwarder`] follows that
+//!   log and publishes every record to the `NUDGE_DECISIONS` stream with the record's id as
+//!   `Nats-Msg-Id`; it saves how far it got ([`nudge_records::Cursor`]) only after JetStream has
+//!   acknowledged. The local log is the outbox: while NATS is unreachable decisions wait there and
+//!   go out when it returns; after a crash the forwarder resends from its last saved cursor, and
+//!   the stream's duplicate window and the optimizer's ledger (keyed by the same id) drop what
+//!   went out twice.
+//! - **Outcomes flow through a stream.** The optimizer that receives `ReportOutcome` publishes the
+//!   outcome to `NUDGE_OUTCOMES` (its event id as `Nats-Msg-Id`) and acknowledges the caller only
+//!   once JetStream has stored it.
+//! - **The optimizer consumes with durable consumers** ([`Ingest`]) and acknowledges a message
+//!   only after its own durable write: a crash anywhere means a redelivery, never a loss.
+//! - **Versions fan out through JetStream itself.** A version's files go to the `nudge-artifacts`
+//!   object store ([`Cluster::put_artifact`]) and the `nudge-serving` KV bucket names the version
+//!   in service per kind of artifact ([`Cluster::set_serving`]): the cluster's SERVING pointer.
+//!   Servers watch it from its current value ([`Cluster::watch_serving`]), so one that starts or
+//!   comes back serves the current version without anybody pushing to it.
+//!
+//! Stream, bucket and subject names are defined here once; every process uses these.
+#![warn(missing_docs)]
+
+mod forward;
+mod ingest;
+
+pub use forward::{Forwarder, ForwarderStats};
+pub use ingest::{Delivery, Ingest};
+
+use async_nats::jetstream::{self, object_store, stream};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+
+/// The stream of decision records (`nudge.decisions.<server>`).
+pub const DECISIONS_STREAM: &str = "NUDGE_DECISIONS";
+/// The stream of outcome records (`nudge.outcomes.<optimizer>`).
+pub const OUTCOMES_STREAM: &str = "NUDGE_OUTCOMES";
+/// Object store of versioned artifacts: `<kind>/<version>/<file>`.
+pub const ARTIFACTS_BUCKET: &str = "nudge-artifacts";
+/// KV bucket of SERVING pointers, one key per kind of artifact.
+pub const SERVING_BUCKET: &str = "nudge-serving";
+/// The kind of artifact a policy version is (its SERVING key).
+pub const POLICY: &str = "policy";
+
+/// `[cluster]`: where NATS is and who this process is.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// NATS server address(es), comma-separated, e.g. `nats://10.0.0.2:4222`.
+    pub url: String,
+    /// This process's name: unique per process, letters, digits, `-` and `_`. It names the
+    /// subject a server publishes on and the optimizer's durable consumers.
+    pub name: String,
+    /// How long JetStream remembers message ids to drop duplicates, in seconds.
+    pub duplicate_window_s: u64,
+    /// Copies of each stream (1 for one NATS server, 3 for a NATS cluster of three).
+    pub replicas: usize,
+    /// How long one JetStream request (publish ack, KV read) may take, in milliseconds.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            url: "nats://127.0.0.1:4222".into(),
+            name: String::new(),
+            duplicate_window_s: 600,
+            replicas: 1,
+            request_timeout_ms: 5_000,
+        }
+    }
+}
+
+/// Why a cluster operation failed. Every variant but `Config` and `Artifact` is transient:
+/// callers retry (forwarders and followers do so themselves with backoff).
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// `[cluster]` says something that cannot work.
+    #[error("cluster.{field}: {reason}")]
+    Config {
+        /// The key.
+        field: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// NATS or JetStream refused or did not answer.
+    #[error("NATS {what}: {reason}")]
+    Nats {
+        /// What was being done.
+        what: &'static str,
+        /// What the client said.
+        reason: String,
+    },
+    /// An artifact in the object store is incomplete or malformed.
+    #[error("artifact {name}: {reason}")]
+    Artifact {
+        /// `<kind>/<version>`.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// A local file (the forwarder's log or cursor) failed.
+    #[error(transparent)]
+    Log(#[from] nudge_records::LogError),
+}
+
+fn nats(what: &'static str) -> impl Fn(&dyn std::fmt::Display) -> ClusterError {
+    move |e| ClusterError::Nats {
+        what,
+        reason: e.to_string(),
+    }
+}
+
+/// True for names that are safe as one subject token and one consumer name.
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Lists an artifact's files (the object store has no directories).
+#[derive(Debug, Serialize, Deserialize)]
+struct ArtifactIndex {
+    format: u32,
+    files: Vec<String>,
+}
+
+/// A connection to the cluster's NATS server and the JetStream names Nudge uses.
+#[derive(Clone)]
+pub struct Cluster {
+    js: jetstream::Context,
+    cfg: ClusterConfig,
+}
+
+impl Cluster {
+    /// Connects in the background: this returns at once even when NATS is down (start-up must
+    /// not wait for it; the local log buffers meanwhile), and the client reconnects by itself.
+    pub async fn connect(cfg: ClusterConfig) -> Result<Self, ClusterError> {
+        if !is_token(&cfg.name) {
+            return Err(ClusterError::Config {
+                field: "name",
+                reason: format!(
+                    "`{}` must be 1–64 letters, digits, `-` or `_`, unique per process",
+                    cfg.name
+                ),
+            });
+        }
+        if cfg.replicas == 0 || cfg.duplicate_window_s == 0 || cfg.request_timeout_ms == 0 {
+            return Err(ClusterError::Config {
+                field: "replicas",
+                reason: "replicas, duplicate_window_s and request_timeout_ms must be positive".into(),
+            });
+        }
+        let client = async_nats::ConnectOptions::new()
+            .name(format!("nudge-{}", cfg.name))
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .connection_timeout(Duration::from_secs(2))
+            .connect(cfg.url.as_str())
+            .await
+            .map_err(|e| ClusterError::Config {
+                field: "url",
+                reason: e.to_string(),
+            })?;
+        let mut js = jetstream::new(client);
+        js.set_timeout(Duration::from_millis(cfg.request_timeout_ms));
+        Ok(Self { js, cfg })
+    }
+
+    /// This process's name.
+    pub fn name(&self) -> &str {
+        &self.cfg.name
+    }
+
+    /// The subject this process publishes records of `stream` on.
+    pub fn subject(&self, stream: &str) -> String {
+        let base = if stream == OUTCOMES_STREAM {
+            "nudge.outcomes"
+        } else {
+            "nudge.decisions"
+        };
+        format!("{base}.{}", self.cfg.name)
+    }
+
+    /// Creates what Nudge uses in JetStream if it is missing (idempotent; every process calls
+    /// it before its first use and after NATS comes back).
+    pub async fn ensure(&self) -> Result<(), ClusterError> {
+        let window = Duration::from_secs(self.cfg.duplicate_window_s);
+        for (name, subjects) in [
+            (DECISIONS_STREAM, "nudge.decisions.>"),
+            (OUTCOMES_STREAM, "nudge.outcomes.>"),
+        ] {
+            self.js
+                .get_or_create_stream(stream::Config {
+                    name: name.into(),
+                    subjects: vec![subjects.into()],
+                    storage: stream::StorageType::File,
+                    num_replicas: self.cfg.replicas,
+                    duplicate_window: window,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| nats("creating a stream")(&e))?;
+        }
+        // The KV bucket as JetStream defines it (`KV_<bucket>`, `$KV.<bucket>.>`), created by
+        // hand: the client's own `create_key_value` asks for account details that NATS 2.9
+        // answers in a form the client cannot read.
+        self.js
+            .get_or_create_stream(stream::Config {
+                name: format!("KV_{SERVING_BUCKET}"),
+                subjects: vec![format!("$KV.{SERVING_BUCKET}.>")],
+                max_messages_per_subject: 64,
+                allow_rollup: true,
+                deny_delete: true,
+                allow_direct: true,
+                discard: stream::DiscardPolicy::New,
+                storage: stream::StorageType::File,
+                num_replicas: self.cfg.replicas,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| nats("creating the serving bucket")(&e))?;
+        if self.js.get_object_store(ARTIFACTS_BUCKET).await.is_err() {
+            self.js
+                .create_object_store(object_store::Config {
+                    bucket: ARTIFACTS_BUCKET.into(),
+                    storage: stream::StorageType::File,
+                    num_replicas: self.cfg.replicas,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| nats("creating the artifact store")(&e))?;
+        }
+        Ok(())
+    }
+
+    /// Publishes one record with its id as `Nats-Msg-Id` and waits for JetStream to store it.
+    /// Returns true when JetStream had it already (a duplicate inside the window).
+    pub async fn publish<T: nudge_records::Record>(&self, stream: &str, record: &T) -> Result<bool, ClusterError> {
+        let ack = self.send(stream, record).await?;
+        let ack = ack.await.map_err(|e| nats("publish ack")(&e))?;
+        Ok(ack.duplicate)
+    }
+
+    /// Sends one record and returns the future of its acknowledgement, so that callers can
+    /// have many in flight.
+    async fn send<T: nudge_records::Record>(
+        &self,
+        stream: &str,
+        record: &T,
+    ) -> Result<jetstream::context::PublishAckFuture, ClusterError> {
+        let payload = serde_json::to_vec(record).map_err(nudge_records::LogError::from)?;
+        self.js
+            .send_publish(
+                self.subject(stream),
+                jetstream::message::PublishMessage::build()
+                    .payload(payload.into())
+                    .message_id(record.id()),
+            )
+            .await
+            .map_err(|e| nats("publish")(&e))
+    }
+
+    /// Stores a version's files as `<kind>/<version>/<file>` and its index; does not serve it.
+    pub async fn put_artifact(
+        &self,
+        kind: &str,
+        version: &str,
+        files: &BTreeMap<String, Vec<u8>>,
+    ) -> Result<(), ClusterError> {
+        let store = self.store().await?;
+        for (name, bytes) in files {
+            store
+                .put(format!("{kind}/{version}/{name}").as_str(), &mut bytes.as_slice())
+                .await
+                .map_err(|e| nats("storing an artifact file")(&e))?;
+        }
+        let index = serde_json::to_vec(&ArtifactIndex {
+            format: 1,
+            files: files.keys().cloned().collect(),
+        })
+        .map_err(nudge_records::LogError::from)?;
+        // The index goes last: a reader that finds it finds every file it lists.
+        store
+            .put(format!("{kind}/{version}").as_str(), &mut index.as_slice())
+            .await
+            .map_err(|e| nats("storing an artifact index")(&e))?;
+        Ok(())
+    }
+
+    /// A version's files, as `put_artifact` stored them.
+    pub async fn get_artifact(&self, kind: &str, version: &str) -> Result<BTreeMap<String, Vec<u8>>, ClusterError> {
+        let store = self.store().await?;
+        let name = format!("{kind}/{version}");
+        let read = |what: String| {
+            let store = store.clone();
+            async move {
+                let mut o = store.get(what.as_str()).await.map_err(|e| ClusterError::Artifact {
+                    name: what.clone(),
+                    reason: e.to_string(),
+                })?;
+                let mut buf = Vec::new();
+                o.read_to_end(&mut buf).await.map_err(|e| ClusterError::Artifact {
+                    name: what.clone(),
+                    reason: e.to_string(),
+                })?;
+                Ok::<_, ClusterError>(buf)
+            }
+        };
+        let index: ArtifactIndex =
+            serde_json::from_slice(&read(name.clone()).await?).map_err(|e| ClusterError::Artifact {
+                name: name.clone(),
+                reason: format!("index: {e}"),
+            })?;
+        if index.format != 1 {
+            return Err(ClusterError::Artifact {
+                name,
+                reason: format!("index format {} (this reader reads 1)", index.format),
+            });
+        }
+        let mut files = BTreeMap::new();
+        for f in index.files {
+            let bytes = read(format!("{name}/{f}")).await?;
+            files.insert(f, bytes);
+        }
+        Ok(files)
+    }
+
+    async fn store(&self) -> Result<object_store::ObjectStore, ClusterError> {
+        self.js
+            .get_object_store(ARTIFACTS_BUCKET)
+            .await
+            .map_err(|e| nats("opening the artifact store")(&e))
+    }
+
+    async fn kv(&self) -> Result<jetstream::kv::Store, ClusterError> {
+        self.js
+            .get_key_value(SERVING_BUCKET)
+            .await
+            .map_err(|e| nats("opening the serving bucket")(&e))
+    }
+
+    /// The version of `kind` the cluster serves, if one was ever set.
+    pub async fn serving(&self, kind: &str) -> Result<Option<String>, ClusterError> {
+        let v = self
+            .kv()
+            .await?
+            .get(kind)
+            .await
+            .map_err(|e| nats("reading the serving pointer")(&e))?;
+        Ok(v.map(|b| String::from_utf8_lossy(&b).into_owned()))
+    }
+
+    /// Points the cluster's SERVING for `kind` at `version` (stored with `put_artifact` first).
+    pub async fn set_serving(&self, kind: &str, version: &str) -> Result<(), ClusterError> {
+        self.kv()
+            .await?
+            .put(kind, version.to_string().into())
+            .await
+            .map_err(|e| nats("moving the serving pointer")(&e))?;
+        Ok(())
+    }
+
+    /// The SERVING pointer of `kind`: its current value first (if set), then every change.
+    /// The stream ends when the connection drops; followers watch again.
+    pub async fn watch_serving(
+        &self,
+        kind: &str,
+    ) -> Result<impl futures::Stream<Item = Result<String, ClusterError>> + Unpin, ClusterError> {
+        let w = self
+            .kv()
+            .await?
+            .watch_with_history(kind)
+            .await
+            .map_err(|e| nats("watching the serving pointer")(&e))?;
+        Ok(Box::pin(w.filter_map(|e| async move {
+            match e {
+                Ok(e) if e.operation == jetstream::kv::Operation::Put => {
+                    Some(Ok(String::from_utf8_lossy(&e.value).into_owned()))
+                }
+                Ok(_) => None,
+                Err(e) => Some(Err(nats("watching the serving pointer")(&e))),
+            }
+        })))
+    }
+
+    /// A durable consumer of `stream` named `<name>-<stream>`, delivering every record from the
+    /// stream's start that this name has not acknowledged.
+    pub async fn ingest<T: nudge_records::Record>(&self, stream: &str) -> Result<Ingest<T>, ClusterError> {
+        Ingest::open(&self.js, stream, &format!("{}-{}", self.cfg.name, stream.to_lowercase())).await
+    }
+
+    /// Messages and bytes `stream` holds (for tests and status pages).
+    pub async fn stream_messages(&self, stream: &str) -> Result<u64, ClusterError> {
+        let mut s = self
+            .js
+            .get_stream(stream)
+            .await
+            .map_err(|e| nats("reading stream info")(&e))?;
+        let info = s.info().await.map_err(|e| nats("reading stream info")(&e))?;
+        Ok(info.state.messages)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_name_that_cannot_be_a_subject_token_is_refused() {
+        for name in ["", "a.b", "a b", "*", &"x".repeat(65)] {
+            let cfg = ClusterConfig {
+                name: name.to_string(),
+                ..Default::default()
+            };
+            let err = Cluster::connect(cfg).await.err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(err.starts_with("cluster.name:"), "{name}: {err}");
+        }
+    }
+}

@@ -1,0 +1,490 @@
+//! Several machines' worth of Nudge on one NATS JetStream server, as real processes on loopback:
+//! three `nudge serve` processes, one `nudge optimizer serve` and one `nats-server`, under
+//! Decide and ReportOutcome load, while a server, the NATS server and the optimizer are killed
+//! (SIGKILL) at random moments and started again on the same files.
+//!
+//! Afterwards every acknowledged decision and every acknowledged outcome is in the optimizer's
+//! ledger exactly once (and nothing that was never sent is), and every server serves the version
+//! an operator loaded on one server while another was down — without anyone pushing to it.
+#[path = "../inference/tests/common/mod.rs"]
+mod common;
+use common::*;
+use nudge_policy::version::{PolicyManifest, PolicyVersion, FORMAT};
+use nudge_policy::{Exploration, FeatureSchema, Policy, RewardModel};
+use nudge_proto::v1 as pb;
+use nudge_records::{read_all, DecisionRecord, OutcomeRecord};
+use rand::{Rng, SeedableRng};
+use std::collections::{HashMap, HashSet};
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_nudge");
+const SERVERS: usize = 3;
+
+/// `nats-server` from Debian's package, installed here if missing (as `.ci/run` does).
+fn nats_server_binary() -> PathBuf {
+    let found = |p: &str| Command::new(p).arg("--version").output().is_ok_and(|o| o.status.success());
+    for p in ["nats-server", "/usr/sbin/nats-server", "/usr/bin/nats-server"] {
+        if found(p) {
+            return PathBuf::from(p);
+        }
+    }
+    let installed = Command::new("apt-get")
+        .args(["install", "-y", "-qq", "nats-server"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        installed && found("/usr/sbin/nats-server"),
+        "these tests need NATS: `apt-get install nats-server` (Debian's package; .ci/run installs it)"
+    );
+    PathBuf::from("/usr/sbin/nats-server")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A NATS server with JetStream on `port`, its store in `dir` (kept across restarts).
+fn start_nats(bin: &Path, dir: &Path, port: u16) -> KillOnDrop {
+    let child = KillOnDrop(
+        Command::new(bin)
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let t0 = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "nats-server did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+/// Starts `nudge <args>` and reads its `listening ...` line: `key=addr` pairs.
+fn start_nudge(args: &[&str], config: &Path) -> (KillOnDrop, HashMap<String, String>) {
+    let mut child = KillOnDrop(
+        Command::new(BIN)
+            .args(args)
+            .arg("--config")
+            .arg(config)
+            .env("NUDGE_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addrs = line
+        .trim()
+        .strip_prefix("listening ")
+        .unwrap_or_else(|| panic!("{args:?}: {line}"))
+        .split(' ')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), format!("http://{v}")))
+        .collect();
+    (child, addrs)
+}
+
+const SCHEMA: &str = r#"context = ["seg=a", "seg=b", "seg=c"]
+offer = ["offer=o1", "offer=o2", "offer=o3", "offer=o4"]
+allow_none = false"#;
+
+fn server_config(dir: &Path, i: usize, bundle: &Path, nats: &str) -> PathBuf {
+    let d = dir.join(format!("s{i}"));
+    std::fs::create_dir_all(&d).unwrap();
+    let cfg = format!(
+        r#"grpc_addr = "127.0.0.1:0"
+admin_addr = "127.0.0.1:0"
+metrics_addr = "127.0.0.1:0"
+bundles = ["{bundle}"]
+
+[decisions]
+policy_registry = "{d}/registry"
+decision_log = "{d}/decisions"
+customer_id_key = "cluster test key, 16+ bytes"
+
+[decisions.durability]
+mode = "always"
+
+[cluster]
+url = "{nats}"
+name = "s{i}"
+request_timeout_ms = 2000
+"#,
+        bundle = bundle.display(),
+        d = d.display()
+    );
+    let p = d.join("nudge.toml");
+    std::fs::write(&p, cfg).unwrap();
+    p
+}
+
+fn optimizer_config(dir: &Path, nats: &str) -> PathBuf {
+    let d = dir.join("opt");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join("reward.toml"), "reward = \"conversion\"\nwindow_seconds = 3600\n").unwrap();
+    let cfg = format!(
+        r#"grpc_addr = "127.0.0.1:0"
+decision_logs = []
+decision_ledger = "{d}/ledger"
+outcome_log = "{d}/outcomes"
+audit_log = "{d}/audit"
+registry = "{d}/registry"
+servers = []
+reward_file = "{d}/reward.toml"
+train_every_outcomes = 1000000000
+train_every_ms = 3600000
+
+[durability]
+mode = "always"
+
+[initial_schema]
+{SCHEMA}
+
+[cluster]
+url = "{nats}"
+name = "optimizer"
+request_timeout_ms = 2000
+"#,
+        d = d.display()
+    );
+    let p = d.join("optimizer.toml");
+    std::fs::write(&p, cfg).unwrap();
+    p
+}
+
+/// A policy version an operator loads by hand.
+fn operator_version(name: &str) -> pb::LoadPolicyRequest {
+    let schema: FeatureSchema = toml::from_str(SCHEMA).unwrap();
+    let exploration = Exploration::EpsilonGreedy { epsilon: 0.2 };
+    let pv = PolicyVersion {
+        manifest: PolicyManifest {
+            format: FORMAT,
+            version: name.into(),
+            parent: None,
+            created_unix_ms: 1,
+            schema: schema.clone(),
+            exploration: exploration.clone(),
+            reward_sha256: None,
+            training_window: None,
+            ope: None,
+            files: Default::default(),
+        },
+        policy: Policy {
+            model: RewardModel::prior(schema.dim(), 2.0),
+            schema,
+            exploration,
+            projection: None,
+        },
+    };
+    let (manifest, files) = pv.encode().unwrap();
+    pb::LoadPolicyRequest {
+        manifest,
+        files: files.into_iter().collect(),
+    }
+}
+
+fn decide_request(n: u64) -> pb::DecideRequest {
+    pb::DecideRequest {
+        conversation_id: format!("c{n}"),
+        customer_id: format!("cust{n}"),
+        channel: "web".into(),
+        context: [(format!("seg={}", ["a", "b", "c"][(n % 3) as usize]), 1.0)].into(),
+        candidates: (1..=4)
+            .map(|o| pb::Offer {
+                id: format!("o{o}"),
+                features: [(format!("offer=o{o}"), 1.0)].into(),
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// What the clients were told.
+#[derive(Default)]
+struct Acked {
+    decisions: HashSet<String>,
+    /// Event ids whose ReportOutcome answered OK, not duplicate.
+    outcomes: HashSet<String>,
+    /// Event ids ever sent (answered or not).
+    outcomes_sent: HashSet<String>,
+    decide_failures: u64,
+    outcome_failures: u64,
+}
+
+/// Addresses of the processes as they are now (they change when one restarts).
+#[derive(Default)]
+struct Addrs {
+    grpc: Vec<String>,
+    admin: Vec<String>,
+    optimizer: String,
+}
+
+async fn with_timeout<T>(f: impl std::future::Future<Output = Result<T, tonic::Status>>) -> Option<T> {
+    match tokio::time::timeout(Duration::from_secs(5), f).await {
+        Ok(Ok(x)) => Some(x),
+        _ => None,
+    }
+}
+
+/// One client: Decide on a server picked at random, then ReportOutcome for most decisions.
+async fn client_loop(id: u64, addrs: Arc<Mutex<Addrs>>, acked: Arc<Mutex<Acked>>, stop: Arc<std::sync::atomic::AtomicBool>) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(id);
+    let mut n = id * 1_000_000;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        n += 1;
+        let (grpc, opt) = {
+            let a = addrs.lock().unwrap();
+            (a.grpc[rng.random_range(0..SERVERS)].clone(), a.optimizer.clone())
+        };
+        let decided = async {
+            let mut c = pb::decisions_client::DecisionsClient::connect(grpc)
+                .await
+                .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+            c.decide(decide_request(n)).await
+        };
+        let Some(d) = with_timeout(decided).await.map(|r| r.into_inner()) else {
+            acked.lock().unwrap().decide_failures += 1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        acked.lock().unwrap().decisions.insert(d.decision_id.clone());
+        if rng.random::<f64>() < 0.3 {
+            continue;
+        }
+        let event_id = format!("e{n}");
+        acked.lock().unwrap().outcomes_sent.insert(event_id.clone());
+        let reported = async {
+            let mut c = pb::optimizer_client::OptimizerClient::connect(opt)
+                .await
+                .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+            c.report_outcome(pb::ReportOutcomeRequest {
+                event_id: event_id.clone(),
+                decision_id: d.decision_id.clone(),
+                kind: pb::OutcomeKind::Convert as i32,
+                revenue: 10.0,
+                margin: 2.0,
+                ..Default::default()
+            })
+            .await
+        };
+        match with_timeout(reported).await.map(|r| r.into_inner()) {
+            Some(r) if !r.duplicate => {
+                acked.lock().unwrap().outcomes.insert(event_id);
+            }
+            Some(_) => panic!("{event_id} was sent once and reported as a duplicate"),
+            None => acked.lock().unwrap().outcome_failures += 1,
+        }
+    }
+}
+
+async fn serving_version(admin: &str) -> Option<String> {
+    let listed = async {
+        let mut c = pb::policy_admin_client::PolicyAdminClient::connect(admin.to_string())
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        c.list_policies(pb::ListPoliciesRequest {}).await
+    };
+    with_timeout(listed).await.map(|r| r.into_inner().serving_version)
+}
+
+/// Counts of each id in a directory's records.
+fn counts<T: nudge_records::Record>(dir: &Path) -> HashMap<String, usize> {
+    let (records, malformed) = read_all::<T>(dir).unwrap();
+    assert_eq!(malformed, 0, "{}", dir.display());
+    let mut c = HashMap::new();
+    for r in &records {
+        *c.entry(r.id().to_string()).or_insert(0) += 1;
+    }
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_acknowledged_is_lost_or_doubled_when_servers_nats_and_the_optimizer_are_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats_bin = nats_server_binary();
+    let port = free_port();
+    let nats_url = format!("nats://127.0.0.1:{port}");
+    let nats_dir = dir.path().join("nats");
+    let mut nats = Some(start_nats(&nats_bin, &nats_dir, port));
+
+    let bundle = write_bundle(&dir.path().join("bundle"), "tiny", Variant::Bert, nudge_model::Pooling::Mean);
+    let opt_cfg = optimizer_config(dir.path(), &nats_url);
+    let (mut optimizer, a) = start_nudge(&["optimizer", "serve"], &opt_cfg);
+    let addrs = Arc::new(Mutex::new(Addrs {
+        optimizer: a["grpc"].clone(),
+        ..Default::default()
+    }));
+    let cfgs: Vec<PathBuf> = (0..SERVERS)
+        .map(|i| server_config(dir.path(), i, &bundle, &nats_url))
+        .collect();
+    let mut servers = Vec::new();
+    for c in &cfgs {
+        let (child, a) = start_nudge(&["serve"], c);
+        servers.push(child);
+        let mut ad = addrs.lock().unwrap();
+        ad.grpc.push(a["grpc"].clone());
+        ad.admin.push(a["admin"].clone());
+    }
+    // The optimizer wrote v1 to the cluster; every server follows the pointer, unpushed.
+    let t0 = Instant::now();
+    loop {
+        let admins = addrs.lock().unwrap().admin.clone();
+        let mut all = true;
+        for a in &admins {
+            all &= serving_version(a).await.as_deref() == Some("v1");
+        }
+        if all {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "servers never served the cluster's v1");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let acked = Arc::new(Mutex::new(Acked::default()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (1..=6)
+        .map(|id| tokio::spawn(client_loop(id, addrs.clone(), acked.clone(), stop.clone())))
+        .collect();
+
+    // Chaos: 12 kills at random moments, each process started again on the same files.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(2026);
+    let mut loaded_while_down = false;
+    for round in 0..12 {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(300..1200))).await;
+        match round % 4 {
+            // A server: killed; while it is down an operator loads v900 on another one.
+            0 | 2 => {
+                let i = rng.random_range(0..SERVERS);
+                servers[i].kill().unwrap();
+                servers[i].wait().unwrap();
+                if !loaded_while_down && nats.is_some() {
+                    let other = addrs.lock().unwrap().admin[(i + 1) % SERVERS].clone();
+                    let mut c = pb::policy_admin_client::PolicyAdminClient::connect(other).await.unwrap();
+                    let r = c.load_policy(operator_version("v900")).await.unwrap().into_inner();
+                    assert_eq!(r.serving_version, "v900");
+                    loaded_while_down = true;
+                }
+                tokio::time::sleep(Duration::from_millis(rng.random_range(100..800))).await;
+                let cfg = cfgs[i].clone();
+                let (child, a) = tokio::task::spawn_blocking(move || start_nudge(&["serve"], &cfg))
+                    .await
+                    .unwrap();
+                servers[i] = child;
+                let mut ad = addrs.lock().unwrap();
+                ad.grpc[i] = a["grpc"].clone();
+                ad.admin[i] = a["admin"].clone();
+            }
+            // The NATS server: servers keep answering from their local logs meanwhile.
+            1 => {
+                drop(nats.take());
+                tokio::time::sleep(Duration::from_millis(rng.random_range(300..1500))).await;
+                nats = Some(start_nats(&nats_bin, &nats_dir, port));
+            }
+            // The optimizer, whatever it was doing.
+            _ => {
+                optimizer.kill().unwrap();
+                optimizer.wait().unwrap();
+                tokio::time::sleep(Duration::from_millis(rng.random_range(100..600))).await;
+                let cfg = opt_cfg.clone();
+                let (child, a) = tokio::task::spawn_blocking(move || start_nudge(&["optimizer", "serve"], &cfg))
+                    .await
+                    .unwrap();
+                optimizer = child;
+                addrs.lock().unwrap().optimizer = a["grpc"].clone();
+            }
+        }
+    }
+    assert!(loaded_while_down);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
+    let (decisions, outcomes) = {
+        let a = acked.lock().unwrap();
+        eprintln!(
+            "acknowledged: {} decisions, {} outcomes; failed calls: {} Decide, {} ReportOutcome",
+            a.decisions.len(),
+            a.outcomes.len(),
+            a.decide_failures,
+            a.outcome_failures
+        );
+        (a.decisions.clone(), a.outcomes.clone())
+    };
+    assert!(decisions.len() > 300 && outcomes.len() > 100, "too little load to mean anything");
+
+    // Every acknowledged decision reaches the optimizer's ledger (forwarders catch up).
+    let opt_dir = dir.path().join("opt");
+    let t0 = Instant::now();
+    loop {
+        let have = counts::<DecisionRecord>(&opt_dir.join("ledger"));
+        let have_out = counts::<OutcomeRecord>(&opt_dir.join("outcomes"));
+        let missing = decisions.iter().filter(|d| !have.contains_key(*d)).count();
+        let missing_out = outcomes.iter().filter(|e| !have_out.contains_key(*e)).count();
+        if missing == 0 && missing_out == 0 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "{missing} acknowledged decisions and {missing_out} acknowledged outcomes never reached the ledger"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A last crash, then the files as a restarted optimizer would read them.
+    optimizer.kill().unwrap();
+    optimizer.wait().unwrap();
+    let ledger = counts::<DecisionRecord>(&opt_dir.join("ledger"));
+    let outcome_ledger = counts::<OutcomeRecord>(&opt_dir.join("outcomes"));
+    let doubled: Vec<_> = ledger.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(doubled.is_empty(), "decisions in the ledger twice: {doubled:?}");
+    let doubled: Vec<_> = outcome_ledger.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(doubled.is_empty(), "outcomes in the ledger twice: {doubled:?}");
+    // Nothing in the ledger that no server logged, and no outcome nobody sent.
+    let mut logged = HashSet::new();
+    for i in 0..SERVERS {
+        logged.extend(counts::<DecisionRecord>(&dir.path().join(format!("s{i}/decisions"))).into_keys());
+    }
+    assert!(ledger.keys().all(|d| logged.contains(d)));
+    let sent = acked.lock().unwrap().outcomes_sent.clone();
+    assert!(outcome_ledger.keys().all(|e| sent.contains(e)));
+    eprintln!(
+        "ledger: {} decisions ({} acknowledged + {} logged but unanswered), {} outcomes",
+        ledger.len(),
+        decisions.len(),
+        ledger.len() - decisions.len(),
+        outcome_ledger.len()
+    );
+
+    // Every server serves what the operator loaded, the one that was down included.
+    let admins = addrs.lock().unwrap().admin.clone();
+    let t0 = Instant::now();
+    for a in &admins {
+        loop {
+            if serving_version(a).await.as_deref() == Some("v900") {
+                break;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(20), "{a} does not serve v900");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // And the restarted optimizer follows it too (its next candidate is judged against v900).
+    let (_optimizer, a) = start_nudge(&["optimizer", "serve"], &opt_cfg);
+    let mut c = pb::optimizer_client::OptimizerClient::connect(a["grpc"].clone()).await.unwrap();
+    let st = c.status(pb::StatusRequest {}).await.unwrap().into_inner();
+    assert_eq!(st.serving_version, "v900");
+    assert_eq!(st.decisions_seen as usize, ledger.len());
+    assert_eq!(st.outcomes_recorded as usize, outcome_ledger.len());
+}
