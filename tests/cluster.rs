@@ -26,7 +26,12 @@ const SERVERS: usize = 3;
 
 /// `nats-server` from Debian's package, installed here if missing (as `.ci/run` does).
 fn nats_server_binary() -> PathBuf {
-    let found = |p: &str| Command::new(p).arg("--version").output().is_ok_and(|o| o.status.success());
+    let found = |p: &str| {
+        Command::new(p)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
     for p in ["nats-server", "/usr/sbin/nats-server", "/usr/bin/nats-server"] {
         if found(p) {
             return PathBuf::from(p);
@@ -135,7 +140,11 @@ request_timeout_ms = 2000
 fn optimizer_config(dir: &Path, nats: &str) -> PathBuf {
     let d = dir.join("opt");
     std::fs::create_dir_all(&d).unwrap();
-    std::fs::write(d.join("reward.toml"), "reward = \"conversion\"\nwindow_seconds = 3600\n").unwrap();
+    std::fs::write(
+        d.join("reward.toml"),
+        "reward = \"conversion\"\nwindow_seconds = 3600\n",
+    )
+    .unwrap();
     let cfg = format!(
         r#"grpc_addr = "127.0.0.1:0"
 decision_logs = []
@@ -241,7 +250,12 @@ async fn with_timeout<T>(f: impl std::future::Future<Output = Result<T, tonic::S
 }
 
 /// One client: Decide on a server picked at random, then ReportOutcome for most decisions.
-async fn client_loop(id: u64, addrs: Arc<Mutex<Addrs>>, acked: Arc<Mutex<Acked>>, stop: Arc<std::sync::atomic::AtomicBool>) {
+async fn client_loop(
+    id: u64,
+    addrs: Arc<Mutex<Addrs>>,
+    acked: Arc<Mutex<Acked>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(id);
     let mut n = id * 1_000_000;
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -286,7 +300,10 @@ async fn client_loop(id: u64, addrs: Arc<Mutex<Addrs>>, acked: Arc<Mutex<Acked>>
                 acked.lock().unwrap().outcomes.insert(event_id);
             }
             Some(_) => panic!("{event_id} was sent once and reported as a duplicate"),
-            None => acked.lock().unwrap().outcome_failures += 1,
+            None => {
+                acked.lock().unwrap().outcome_failures += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
     }
 }
@@ -321,7 +338,12 @@ async fn nothing_acknowledged_is_lost_or_doubled_when_servers_nats_and_the_optim
     let nats_dir = dir.path().join("nats");
     let mut nats = Some(start_nats(&nats_bin, &nats_dir, port));
 
-    let bundle = write_bundle(&dir.path().join("bundle"), "tiny", Variant::Bert, nudge_model::Pooling::Mean);
+    let bundle = write_bundle(
+        &dir.path().join("bundle"),
+        "tiny",
+        Variant::Bert,
+        nudge_model::Pooling::Mean,
+    );
     let opt_cfg = optimizer_config(dir.path(), &nats_url);
     let (mut optimizer, a) = start_nudge(&["optimizer", "serve"], &opt_cfg);
     let addrs = Arc::new(Mutex::new(Addrs {
@@ -350,7 +372,10 @@ async fn nothing_acknowledged_is_lost_or_doubled_when_servers_nats_and_the_optim
         if all {
             break;
         }
-        assert!(t0.elapsed() < Duration::from_secs(20), "servers never served the cluster's v1");
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "servers never served the cluster's v1"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
@@ -373,7 +398,9 @@ async fn nothing_acknowledged_is_lost_or_doubled_when_servers_nats_and_the_optim
                 servers[i].wait().unwrap();
                 if !loaded_while_down && nats.is_some() {
                     let other = addrs.lock().unwrap().admin[(i + 1) % SERVERS].clone();
-                    let mut c = pb::policy_admin_client::PolicyAdminClient::connect(other).await.unwrap();
+                    let mut c = pb::policy_admin_client::PolicyAdminClient::connect(other)
+                        .await
+                        .unwrap();
                     let r = c.load_policy(operator_version("v900")).await.unwrap().into_inner();
                     assert_eq!(r.serving_version, "v900");
                     loaded_while_down = true;
@@ -424,7 +451,10 @@ async fn nothing_acknowledged_is_lost_or_doubled_when_servers_nats_and_the_optim
         );
         (a.decisions.clone(), a.outcomes.clone())
     };
-    assert!(decisions.len() > 300 && outcomes.len() > 100, "too little load to mean anything");
+    assert!(
+        decisions.len() > 300 && outcomes.len() > 100,
+        "too little load to mean anything"
+    );
 
     // Every acknowledged decision reaches the optimizer's ledger (forwarders catch up).
     let opt_dir = dir.path().join("opt");
@@ -482,7 +512,9 @@ async fn nothing_acknowledged_is_lost_or_doubled_when_servers_nats_and_the_optim
     }
     // And the restarted optimizer follows it too (its next candidate is judged against v900).
     let (_optimizer, a) = start_nudge(&["optimizer", "serve"], &opt_cfg);
-    let mut c = pb::optimizer_client::OptimizerClient::connect(a["grpc"].clone()).await.unwrap();
+    let mut c = pb::optimizer_client::OptimizerClient::connect(a["grpc"].clone())
+        .await
+        .unwrap();
     let st = c.status(pb::StatusRequest {}).await.unwrap().into_inner();
     assert_eq!(st.serving_version, "v900");
     assert_eq!(st.decisions_seen as usize, ledger.len());

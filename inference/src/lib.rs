@@ -27,10 +27,10 @@ mod server;
 mod service;
 
 pub use auth::BearerAuth;
-pub use nudge_cluster::ClusterConfig;
 pub use config::{Secret, ServeConfig, TlsConfig};
 pub use conversations::{RiskConfig, StrategyConfig, StrategyLoadError};
 pub use decide::DecisionsConfig;
 pub use error::RequestError;
+pub use nudge_cluster::ClusterConfig;
 pub use server::{start, RunningServer, ServeError};
 pub use service::Limits;

@@ -13,10 +13,10 @@ use crate::learn::{train_and_judge, LearnConfig, Verdict};
 use crate::ledger::Ledger;
 use crate::reward::Reward;
 use crate::OptimizerError;
+use nudge_cluster::{Cluster, Delivery, DECISIONS_STREAM, OUTCOMES_STREAM, POLICY};
 use nudge_policy::version::{PolicyManifest, PolicyVersion, FORMAT};
 use nudge_policy::{FeatureSchema, Policy, Registry, RewardModel};
 use nudge_proto::v1 as pb;
-use nudge_cluster::{Cluster, Delivery, DECISIONS_STREAM, OUTCOMES_STREAM, POLICY};
 use nudge_records::{
     read_all, DecisionRecord, Durability, EventLog, LogConfig, OutcomeKind, OutcomeRecord, Record, Tailer,
     OUTCOME_SCHEMA,
@@ -354,7 +354,10 @@ impl Optimizer {
             match &d.record {
                 Err(reason) => {
                     tracing::warn!(%reason, stream = T::PREFIX, "a malformed record in the stream, terminated");
-                    self.state.lock().map_err(|_| OptimizerError::Poisoned)?.malformed_streamed += 1;
+                    self.state
+                        .lock()
+                        .map_err(|_| OptimizerError::Poisoned)?
+                        .malformed_streamed += 1;
                     d.term().await?;
                 }
                 Ok(rec) => {
@@ -414,7 +417,7 @@ impl Optimizer {
                 cluster.ensure().await?;
                 cluster.ingest::<T>(stream).await
             };
-            let ingest = match opened.await {
+            let mut ingest = match opened.await {
                 Ok(i) => i,
                 Err(e) => {
                     tracing::warn!(%stream, error = %e, "cannot consume the stream yet");
@@ -423,7 +426,7 @@ impl Optimizer {
                 }
             };
             loop {
-                let batch = match ingest.next_batch(2_000, Duration::from_millis(250)).await {
+                let batch = match ingest.next_batch(2_000, Duration::from_millis(500)).await {
                     Ok(b) => b,
                     Err(e) => {
                         tracing::warn!(%stream, error = %e, "consuming");

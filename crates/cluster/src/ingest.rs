@@ -40,10 +40,23 @@ impl<T> Delivery<T> {
     }
 }
 
-/// A durable pull consumer of one stream.
+/// A durable pull consumer of one stream, pulling continuously (so a record arrives within
+/// milliseconds of its publication) and handing out what has arrived as batches (so the
+/// consumer's writes group-commit).
 pub struct Ingest<T> {
-    consumer: jetstream::consumer::Consumer<pull::Config>,
+    messages: pull::Stream,
     _record: PhantomData<fn() -> T>,
+}
+
+fn delivery<T: Record>(
+    m: Result<jetstream::Message, async_nats::error::Error<jetstream::consumer::pull::MessagesErrorKind>>,
+) -> Result<Delivery<T>, ClusterError> {
+    let msg = m.map_err(|e| nats("pulling")(&e))?;
+    let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
+    let record = serde_json::from_slice::<T>(&msg.payload)
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.check().map(|()| r).map_err(|e| e.to_string()));
+    Ok(Delivery { record, delivered, msg })
 }
 
 impl<T: Record> Ingest<T> {
@@ -55,38 +68,43 @@ impl<T: Record> Ingest<T> {
                 pull::Config {
                     durable_name: Some(durable.to_string()),
                     ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                    // Long enough for a batch's group-committed fsync on a slow disk.
-                    ack_wait: Duration::from_secs(30),
+                    // Long enough for a batch's group-committed fsync; what a crashed consumer
+                    // held comes back this soon.
+                    ack_wait: Duration::from_secs(5),
                     max_ack_pending: 20_000,
                     ..Default::default()
                 },
             )
             .await
             .map_err(|e| nats("opening a durable consumer")(&e))?;
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(1_000)
+            .heartbeat(Duration::from_secs(5))
+            .messages()
+            .await
+            .map_err(|e| nats("pulling")(&e))?;
         Ok(Self {
-            consumer,
+            messages,
             _record: PhantomData,
         })
     }
 
-    /// Up to `max` messages, waiting at most `wait` for the first ones.
-    pub async fn next_batch(&self, max: usize, wait: Duration) -> Result<Vec<Delivery<T>>, ClusterError> {
-        let mut batch = self
-            .consumer
-            .batch()
-            .max_messages(max)
-            .expires(wait)
-            .messages()
-            .await
-            .map_err(|e| nats("fetching a batch")(&e))?;
+    /// What has arrived, up to `max` messages; waits at most `wait` for the first one (an
+    /// empty batch means nothing came). An error means the pull broke: open a new `Ingest`.
+    pub async fn next_batch(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery<T>>, ClusterError> {
         let mut out = Vec::new();
-        while let Some(m) = batch.next().await {
-            let msg = m.map_err(|e| nats("fetching a batch")(&e))?;
-            let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
-            let record = serde_json::from_slice::<T>(&msg.payload)
-                .map_err(|e| e.to_string())
-                .and_then(|r| r.check().map(|()| r).map_err(|e| e.to_string()));
-            out.push(Delivery { record, delivered, msg });
+        let first = match tokio::time::timeout(wait, self.messages.next()).await {
+            Err(_) => return Ok(out),
+            Ok(None) => return Err(nats("pulling")(&"the consumer's stream ended")),
+            Ok(Some(m)) => m,
+        };
+        out.push(delivery(first)?);
+        while out.len() < max {
+            match futures::FutureExt::now_or_never(self.messages.next()) {
+                Some(Some(m)) => out.push(delivery(m)?),
+                Some(None) | None => break,
+            }
         }
         Ok(out)
     }

@@ -121,9 +121,7 @@ fn nats(what: &'static str) -> impl Fn(&dyn std::fmt::Display) -> ClusterError {
 
 /// True for names that are safe as one subject token and one consumer name.
 fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// Lists an artifact's files (the object store has no directories).
@@ -395,7 +393,12 @@ impl Cluster {
     /// A durable consumer of `stream` named `<name>-<stream>`, delivering every record from the
     /// stream's start that this name has not acknowledged.
     pub async fn ingest<T: nudge_records::Record>(&self, stream: &str) -> Result<Ingest<T>, ClusterError> {
-        Ingest::open(&self.js, stream, &format!("{}-{}", self.cfg.name, stream.to_lowercase())).await
+        Ingest::open(
+            &self.js,
+            stream,
+            &format!("{}-{}", self.cfg.name, stream.to_lowercase()),
+        )
+        .await
     }
 
     /// Messages and bytes `stream` holds (for tests and status pages).
@@ -421,7 +424,11 @@ mod tests {
                 name: name.to_string(),
                 ..Default::default()
             };
-            let err = Cluster::connect(cfg).await.err().map(|e| e.to_string()).unwrap_or_default();
+            let err = Cluster::connect(cfg)
+                .await
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
             assert!(err.starts_with("cluster.name:"), "{name}: {err}");
         }
     }
