@@ -34,7 +34,7 @@ pub fn replay(
 ) -> Result<ReplayReport, OptimizerError> {
     let registry = Registry::existing(registry)?;
     let serving = registry.serving()?.ok_or(OptimizerError::NoServingPolicy)?;
-    let (ledger, malformed_records) = Ledger::read(logs)?;
+    let (mut ledger, malformed_records) = Ledger::read(logs)?;
     let examples = ledger.examples(reward, now_ms);
     let (_, verdict) = train_and_judge(&serving.policy, &examples, learn)?;
     Ok(ReplayReport {

@@ -10,7 +10,7 @@
 //! The ledger counts each decision and outcome once whatever is redelivered: ids it holds are
 //! acknowledged without being written again.
 use crate::learn::{train_and_judge, LearnConfig, Verdict};
-use crate::ledger::Ledger;
+use crate::ledger::{Checkpoint, Ledger};
 use crate::reward::Reward;
 use crate::OptimizerError;
 use nudge_cluster::{Cluster, Delivery, DECISIONS_STREAM, OUTCOMES_STREAM, POLICY};
@@ -18,8 +18,7 @@ use nudge_policy::version::{PolicyManifest, PolicyVersion, FORMAT};
 use nudge_policy::{FeatureSchema, Policy, Registry, RewardModel};
 use nudge_proto::v1 as pb;
 use nudge_records::{
-    read_all, DecisionRecord, Durability, EventLog, LogConfig, OutcomeKind, OutcomeRecord, Record, Tailer,
-    OUTCOME_SCHEMA,
+    DecisionRecord, Durability, EventLog, LogConfig, OutcomeKind, OutcomeRecord, Record, Tailer, OUTCOME_SCHEMA,
 };
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -59,6 +58,12 @@ pub struct OptimizerConfig {
     /// Cluster mode: where decisions consumed from the stream are written before they are
     /// acknowledged (read back at start, like `decision_logs`).
     pub decision_ledger: PathBuf,
+    /// Closed decisions kept as training examples (the newest); older ones leave the ledger,
+    /// so memory stays bounded however long the optimizer runs.
+    pub max_examples: usize,
+    /// The ledger's checkpoint, written after every training round and read at start (then only
+    /// the logs' tails are read). Default: `ledger.checkpoint.json` in `outcome_log`.
+    pub checkpoint: Option<PathBuf>,
 }
 
 impl Default for OptimizerConfig {
@@ -81,6 +86,8 @@ impl Default for OptimizerConfig {
             prior_var: 1.0,
             cluster: None,
             decision_ledger: PathBuf::from("logs/ledger"),
+            max_examples: 200_000,
+            checkpoint: None,
         }
     }
 }
@@ -102,7 +109,11 @@ fn now_ms() -> u64 {
 
 struct State {
     ledger: Ledger,
-    tailers: Vec<Tailer<DecisionRecord>>,
+    /// Decision logs (the servers' on one machine, the stream's copy in cluster mode).
+    tailers: Vec<(PathBuf, Tailer<DecisionRecord>)>,
+    /// The outcome log: outcomes enter the ledger only from it, once durable, so the ledger
+    /// and the log cursors a checkpoint saves always agree.
+    outcome_tail: (PathBuf, Tailer<OutcomeRecord>),
     serving: Option<PolicyVersion>,
     trainings: u64,
     last_verdict: String,
@@ -111,18 +122,65 @@ struct State {
     malformed_streamed: u64,
 }
 
+/// Records read per log per step when catching up at start (then the ledger is compacted).
+const CATCH_UP_CHUNK: usize = 50_000;
+
 impl State {
-    fn poll_decisions(&mut self) {
-        for t in &mut self.tailers {
-            match t.poll() {
-                Ok(records) => records.into_iter().for_each(|d| self.ledger.add_decision(d)),
+    fn poll_decisions(&mut self) -> usize {
+        self.poll_decisions_at_most(usize::MAX)
+    }
+
+    fn poll_decisions_at_most(&mut self, max: usize) -> usize {
+        let mut n = 0;
+        for (_, t) in &mut self.tailers {
+            match t.poll_at_most(max) {
+                Ok(records) => {
+                    n += records.len();
+                    records.into_iter().for_each(|d| self.ledger.add_decision(d));
+                }
                 Err(e) => tracing::warn!(error = %e, "reading a decision log"),
+            }
+        }
+        n
+    }
+
+    fn poll_outcomes_at_most(&mut self, max: usize) -> usize {
+        match self.outcome_tail.1.poll_at_most(max) {
+            Ok(records) => {
+                records.iter().for_each(|o| self.ledger.add_outcome(o));
+                records.len()
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the outcome log");
+                0
             }
         }
     }
 
+    /// Reads every log to its end in pieces, compacting as it goes (start-up).
+    fn catch_up(&mut self, window_ms: u64) {
+        loop {
+            let n = self.poll_outcomes_at_most(CATCH_UP_CHUNK) + self.poll_decisions_at_most(CATCH_UP_CHUNK);
+            self.ledger.compact(window_ms, now_ms());
+            if n == 0 {
+                break;
+            }
+        }
+        let orphans = self.ledger.drop_orphans();
+        if orphans > 0 {
+            tracing::info!(orphans, "outcomes of decisions no longer in the ledger were let go");
+        }
+    }
+
+    fn cursors(&self) -> std::collections::BTreeMap<PathBuf, nudge_records::Cursor> {
+        let mut c: std::collections::BTreeMap<_, _> =
+            self.tailers.iter().map(|(d, t)| (d.clone(), t.cursor())).collect();
+        c.insert(self.outcome_tail.0.clone(), self.outcome_tail.1.cursor());
+        c
+    }
+
     fn malformed_decisions(&self) -> u64 {
-        self.tailers.iter().map(Tailer::malformed).sum::<u64>() + self.malformed_streamed
+        self.tailers.iter().map(|(_, t)| t.malformed()).sum::<u64>() + self.malformed_streamed
     }
 }
 
@@ -281,8 +339,9 @@ impl Optimizer {
             return Err(log_status("outcome log", &e));
         }
         let mut st = self.lock()?;
-        st.ledger.add_outcome(&record);
-        st.outcomes_since_training += 1;
+        // This outcome and any other that became durable meanwhile.
+        let n = st.poll_outcomes_at_most(usize::MAX) as u64;
+        st.outcomes_since_training += n;
         if st.outcomes_since_training >= self.cfg.train_every_outcomes {
             self.wake.notify_one();
         }
@@ -340,14 +399,15 @@ impl Optimizer {
     }
 
     /// Applies consumed records: ids the ledger holds are acknowledged at once; the rest are
-    /// written to `log` (one group commit for the batch), then added, then acknowledged. A failed
+    /// written to `log` (one group commit for the batch), read into the ledger from there
+    /// (`after`), then acknowledged. A failed
     /// write acknowledges nothing: JetStream redelivers.
     async fn ingest_batch<T: Record>(
         &self,
         batch: Vec<Delivery<T>>,
         log: &EventLog,
         known: impl Fn(&crate::ledger::Ledger, &T) -> bool,
-        add: impl Fn(&mut State, &T),
+        after: impl Fn(&mut State),
     ) -> Result<usize, OptimizerError> {
         let mut fresh = Vec::new();
         for d in batch {
@@ -388,15 +448,8 @@ impl Optimizer {
                 return Err(e.into());
             }
         }
-        {
-            let mut st = self.state.lock().map_err(|_| OptimizerError::Poisoned)?;
-            let mut added = std::collections::HashSet::new();
-            for r in fresh.iter().filter_map(|d| d.record.as_ref().ok()) {
-                if added.insert(r.id().to_string()) {
-                    add(&mut st, r);
-                }
-            }
-        }
+        // Into the ledger from the log just written (as every record gets there).
+        after(&mut *self.state.lock().map_err(|_| OptimizerError::Poisoned)?);
         for d in &fresh {
             d.ack().await?;
         }
@@ -409,7 +462,7 @@ impl Optimizer {
         stream: &'static str,
         log: EventLog,
         known: fn(&crate::ledger::Ledger, &T) -> bool,
-        add: fn(&mut State, &T),
+        after: fn(&mut State),
     ) {
         let Some(cluster) = self.cluster.clone() else { return };
         loop {
@@ -436,7 +489,7 @@ impl Optimizer {
                 if batch.is_empty() {
                     continue;
                 }
-                match self.ingest_batch(batch, &log, known, add).await {
+                match self.ingest_batch(batch, &log, known, after).await {
                     Ok(n) if n > 0 && stream == DECISIONS_STREAM => self.decisions_arrived.notify_waiters(),
                     Ok(_) => {
                         let due = self
@@ -510,6 +563,13 @@ impl Optimizer {
         Ok(())
     }
 
+    fn checkpoint_path(&self) -> PathBuf {
+        self.cfg
+            .checkpoint
+            .clone()
+            .unwrap_or_else(|| self.cfg.outcome_log.join("ledger.checkpoint.json"))
+    }
+
     /// Cluster mode: the SERVING pointer is the truth. Unset, this optimizer's serving version is
     /// stored in the cluster and pointed at; set to another version (an operator's load or
     /// rollback on a server), the registry follows it.
@@ -557,15 +617,24 @@ impl Optimizer {
     /// One training round: join, train, judge, and push if the gate passes.
     async fn train_round(self: &Arc<Self>) -> Result<Option<String>, OptimizerError> {
         self.reconcile().await?;
-        let (serving, examples) = {
+        let (serving, examples, checkpoint) = {
             let mut st = self.state.lock().map_err(|_| OptimizerError::Poisoned)?;
             st.poll_decisions();
             st.outcomes_since_training = 0;
             let Some(serving) = st.serving.clone() else {
                 return Err(OptimizerError::NoServingPolicy);
             };
-            (serving, st.ledger.examples(&self.reward, now_ms()))
+            let examples = st.ledger.examples(&self.reward, now_ms());
+            (serving, examples, st.ledger.checkpoint(st.cursors()))
         };
+        let path = self.checkpoint_path();
+        match tokio::task::spawn_blocking(move || checkpoint.save(&path)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "saving the ledger checkpoint (start-up will read more of the logs)")
+            }
+            Err(e) => tracing::warn!(error = %e, "saving the ledger checkpoint"),
+        }
         let cfg = self.cfg.learn.clone();
         let n = examples.len();
         let judged = tokio::task::spawn_blocking(move || {
@@ -757,40 +826,58 @@ impl RunningOptimizer {
 pub async fn start(cfg: OptimizerConfig) -> Result<RunningOptimizer, OptimizerError> {
     let reward = Reward::load(&cfg.reward_file)?;
     cfg.learn.validate()?;
-    let mut ledger = Ledger::default();
-    let (outcomes, malformed) = read_all::<OutcomeRecord>(&cfg.outcome_log)?;
-    if malformed > 0 {
-        tracing::warn!(malformed, log = %cfg.outcome_log.display(), "outcome-log lines that are not outcome records");
-    }
-    outcomes.iter().for_each(|o| ledger.add_outcome(o));
+    let checkpoint_path = cfg
+        .checkpoint
+        .clone()
+        .unwrap_or_else(|| cfg.outcome_log.join("ledger.checkpoint.json"));
+    let (ledger, cursors) = match Checkpoint::load(&checkpoint_path)? {
+        Some(c) => Ledger::from_checkpoint(c, cfg.max_examples),
+        None => (Ledger::keeping(cfg.max_examples), Default::default()),
+    };
     let log = |dir: &PathBuf, prefix: &str| EventLog::open(LogConfig::new(dir, prefix, cfg.durability));
     let outcomes = log(&cfg.outcome_log, "outcomes")?;
     let audit = log(&cfg.audit_log, "audit")?;
     let registry = Registry::open(&cfg.registry)?;
     let (cluster, decision_ledger) = match &cfg.cluster {
-        Some(cc) => {
-            let (decisions, malformed) = read_all::<DecisionRecord>(&cfg.decision_ledger)?;
-            if malformed > 0 {
-                tracing::warn!(malformed, log = %cfg.decision_ledger.display(), "decision-ledger lines that are not decision records");
-            }
-            decisions.into_iter().for_each(|d| ledger.add_decision(d));
-            (
-                Some(Cluster::connect(cc.clone()).await?),
-                Some(log(&cfg.decision_ledger, "decisions")?),
-            )
-        }
+        Some(cc) => (
+            Some(Cluster::connect(cc.clone()).await?),
+            Some(log(&cfg.decision_ledger, "decisions")?),
+        ),
         None => (None, None),
     };
+    let mut dirs = cfg.decision_logs.clone();
+    if cluster.is_some() {
+        dirs.push(cfg.decision_ledger.clone());
+    }
+    let resume = |d: &PathBuf| cursors.get(d).cloned().unwrap_or_default();
     let mut state = State {
+        tailers: dirs
+            .iter()
+            .map(|d| (d.clone(), Tailer::resume(d, &resume(d))))
+            .collect(),
+        outcome_tail: (
+            cfg.outcome_log.clone(),
+            Tailer::resume(&cfg.outcome_log, &resume(&cfg.outcome_log)),
+        ),
         ledger,
-        tailers: cfg.decision_logs.iter().map(Tailer::new).collect(),
         serving: registry.serving()?,
         trainings: 0,
         last_verdict: String::new(),
         outcomes_since_training: 0,
         malformed_streamed: 0,
     };
-    state.poll_decisions();
+    let t0 = Instant::now();
+    state.catch_up(reward.window_ms);
+    tracing::info!(
+        decisions = state.ledger.decisions(),
+        outcomes = state.ledger.outcomes_recorded,
+        secs = t0.elapsed().as_secs_f32(),
+        "ledger read"
+    );
+    let malformed = state.outcome_tail.1.malformed();
+    if malformed > 0 {
+        tracing::warn!(malformed, log = %cfg.outcome_log.display(), "outcome-log lines that are not outcome records");
+    }
     let opt = Arc::new(Optimizer {
         admin: AdminClients::new(&cfg)?,
         cfg: cfg.clone(),
@@ -809,15 +896,17 @@ pub async fn start(cfg: OptimizerConfig) -> Result<RunningOptimizer, OptimizerEr
             DECISIONS_STREAM,
             ledger_log,
             |l, d| l.decision(&d.decision_id).is_some(),
-            |st, d| st.ledger.add_decision(d.clone()),
+            |st| {
+                st.poll_decisions();
+            },
         )));
         consumers.push(tokio::spawn(opt.clone().consume::<OutcomeRecord>(
             OUTCOMES_STREAM,
             outcomes,
             |l, o| l.has_event(&o.event_id),
-            |st, o| {
-                st.ledger.add_outcome(o);
-                st.outcomes_since_training += 1;
+            |st| {
+                let n = st.poll_outcomes_at_most(usize::MAX) as u64;
+                st.outcomes_since_training += n;
             },
         )));
         // The pointer may name a version this registry has not seen (this optimizer is new, or

@@ -116,7 +116,7 @@ impl RewardField {
 }
 
 /// What happened after one decision, summed over its events.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct OutcomeTotals([f64; 9]);
 
 impl OutcomeTotals {

@@ -101,6 +101,12 @@ impl<T: Record> Tailer<T> {
 
     /// The records completed since the last poll, oldest first.
     pub fn poll(&mut self) -> Result<Vec<T>, LogError> {
+        self.poll_at_most(usize::MAX)
+    }
+
+    /// Like [`Tailer::poll`], but stops after `max` records (the next poll goes on from there):
+    /// a long history is read in pieces a reader can fold away, never all at once.
+    pub fn poll_at_most(&mut self, max: usize) -> Result<Vec<T>, LogError> {
         let mut out = Vec::new();
         for seg in segments(&self.dir, T::PREFIX)? {
             let name = seg
@@ -127,7 +133,7 @@ impl<T: Record> Tailer<T> {
             let mut r = BufReader::new(f);
             let mut consumed = offset;
             let mut line = Vec::new();
-            loop {
+            while out.len() < max {
                 line.clear();
                 let n = r.read_until(b'\n', &mut line).map_err(io)?;
                 if n == 0 || line.last() != Some(&b'\n') {
@@ -153,6 +159,9 @@ impl<T: Record> Tailer<T> {
             }
             self.pos[i].1 = consumed;
             self.pos[i].2 = line_no;
+            if out.len() >= max {
+                break;
+            }
         }
         Ok(out)
     }
