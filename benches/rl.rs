@@ -142,7 +142,7 @@ async fn run_arm(arm: &Arm, a: &Args, seed: u64, value: &dyn Fn(&ConversationRes
 
 /// The logs of a lab's folder as conversations of the schema.
 fn logged_episodes(dir: &Path, reward: &Reward, rl: &nudge_optimizer::rl::RlConfig) -> Vec<Episode> {
-    let (ledger, _) = Ledger::read(&[dir.join("decisions"), dir.join("outcomes")]).expect("the lab's logs");
+    let (mut ledger, _) = Ledger::read(&[dir.join("decisions"), dir.join("outcomes")]).expect("the lab's logs");
     episodes(&lab::schema(), &ledger.examples(reward, u64::MAX), rl.credit).episodes
 }
 

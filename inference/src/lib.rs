@@ -29,7 +29,7 @@ mod service;
 pub use auth::BearerAuth;
 pub use config::{Secret, ServeConfig, TlsConfig};
 pub use conversations::{RiskConfig, StrategyConfig, StrategyLoadError};
-pub use decide::DecisionsConfig;
+pub use decide::{validate_decide_request, DecisionsConfig};
 pub use error::RequestError;
 pub use nudge_cluster::ClusterConfig;
 pub use server::{start, RunningServer, ServeError};

@@ -63,6 +63,12 @@ impl Default for DecisionsConfig {
     }
 }
 
+/// Validates a `Decide` request exactly as the service does before it reads any policy (ids,
+/// candidates, features, numbers), for clients' own checks and the fuzzers.
+pub fn validate_decide_request(req: pb::DecideRequest, max_candidates: usize) -> Result<(), RequestError> {
+    validate(req, max_candidates).map(|_| ())
+}
+
 /// Why the decision service could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum DecisionsError {

@@ -1,0 +1,567 @@
+//! Nudge on NATS JetStream, measured (`cargo bench --bench cluster -- [--minutes 10]
+//! [--skip-throughput] [--skip-soak]`; needs Debian's `nats-server`, installed if missing):
+//!
+//! 1. **Decisions/s into durable storage**, in one process, 64 writers: the local event log with
+//!    an fsync before every acknowledgement (group commit), JetStream publishes each awaiting its
+//!    acknowledgement, and the forwarder draining a local log into the stream.
+//! 2. **A soak**: three `nudge serve` processes on the default model and the example shop, an
+//!    optimizer and a NATS server; mixed Understand / Turn / Decide / ReportOutcome load for
+//!    `--minutes`, a new policy version loaded every 10 s, one process killed (SIGKILL) each
+//!    minute and started again. Per minute: calls, failed calls that reached a healthy process
+//!    and failed calls during a fault, p99 latency per method, each process's resident memory.
+//!    At the end: acknowledged decisions and outcomes missing from the optimizer's ledger, and
+//!    ids in it twice (both must be 0).
+#[path = "../inference/tests/common/mod.rs"]
+mod common;
+#[path = "../tests/support/cluster.rs"]
+mod support;
+
+use nudge_cluster::{Cluster, ClusterConfig, Forwarder, ForwarderStats, DECISIONS_STREAM};
+use nudge_proto::v1 as pb;
+use nudge_records::{DecisionRecord, Durability, EventLog, LogConfig, LoggedOffer, DECISION_SCHEMA};
+use rand::{Rng, SeedableRng};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use support::*;
+
+fn arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+fn flag(name: &str) -> bool {
+    std::env::args().any(|a| a == name)
+}
+
+/// A decision record of the size the servers write (three candidates, a dozen features).
+fn record(i: u64) -> DecisionRecord {
+    let features: BTreeMap<String, f64> = (0..12).map(|k| (format!("intent=i{k}"), 0.1 * k as f64)).collect();
+    DecisionRecord {
+        schema: DECISION_SCHEMA,
+        decision_id: format!("{i:032x}"),
+        time_ms: 1_790_000_000_000 + i,
+        conversation_id: format!("conv-{i}"),
+        customer: "3f1c9a0b5d7e2f4a6c8b0d1e3f5a7c9b".into(),
+        channel: "web".into(),
+        policy_version: "v7".into(),
+        model_version: "2026.11.30-2".into(),
+        context: features,
+        candidates: (0..3)
+            .map(|o| LoggedOffer {
+                id: format!("offer-{o}"),
+                features: [(format!("offer=offer-{o}"), 1.0)].into(),
+            })
+            .collect(),
+        offer_id: "offer-1".into(),
+        option: 1,
+        propensity: 0.8,
+        probabilities: vec![0.1, 0.8, 0.1],
+        scores: vec![0.2, 0.5, 0.1],
+        how: "sampled".into(),
+    }
+}
+
+async fn throughput(dir: &Path) {
+    const N: u64 = 40_000;
+    const WRITERS: u64 = 64;
+    let per = N / WRITERS;
+    let rate = |t: Instant| N as f64 / t.elapsed().as_secs_f64();
+
+    let log = EventLog::open(LogConfig::new(dir.join("local"), "decisions", Durability::Always)).expect("log");
+    let t = Instant::now();
+    let tasks: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let log = log.clone();
+            tokio::spawn(async move {
+                for i in 0..per {
+                    log.append(&record(w * per + i)).await.expect("append");
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("writer");
+    }
+    let local = rate(t);
+
+    let nats_bin = nats_server_binary();
+    let port = free_port();
+    let _nats = start_nats(&nats_bin, &dir.join("nats"), port);
+    let cluster = Cluster::connect(ClusterConfig {
+        url: format!("nats://127.0.0.1:{port}"),
+        name: "bench".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("connect");
+    cluster.ensure().await.expect("streams");
+    let t = Instant::now();
+    let tasks: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let c = cluster.clone();
+            tokio::spawn(async move {
+                for i in 0..per {
+                    c.publish(DECISIONS_STREAM, &record(N + w * per + i))
+                        .await
+                        .expect("publish");
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("publisher");
+    }
+    let published = rate(t);
+
+    // The forwarder drains the local log written above (N records) into the stream.
+    let stats = Arc::new(ForwarderStats::default());
+    let t = Instant::now();
+    let task = Forwarder::spawn::<DecisionRecord>(cluster.clone(), dir.join("local"), DECISIONS_STREAM, stats.clone());
+    while stats.forwarded.load(Ordering::Relaxed) < N {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let forwarded = rate(t);
+    task.abort();
+    let in_stream = cluster.stream_messages(DECISIONS_STREAM).await.expect("stream info");
+    println!("## Decisions/s into durable storage ({N} records, {WRITERS} writers, one process)\n");
+    println!("| path | decisions/s |\n|---|---|");
+    println!("| local event log, fsync before each ack (group commit) | {local:.0} |");
+    println!("| JetStream publish, each awaiting its ack | {published:.0} |");
+    println!("| forwarder: local log → JetStream (batches of 512 in flight) | {forwarded:.0} |");
+    println!(
+        "\nstream holds {in_stream} messages (expected {}: ids are unique)\n",
+        2 * N
+    );
+}
+
+/// What the load saw in one minute.
+#[derive(Default, Clone)]
+struct Minute {
+    latencies: HashMap<&'static str, Vec<u32>>,
+    calls: u64,
+    failed_healthy: u64,
+    failed_fault: u64,
+    killed: String,
+    rss_mb: Vec<(String, f64)>,
+}
+
+struct Soak {
+    minutes: Mutex<Vec<Minute>>,
+    start: Instant,
+    /// Processes down now (or restarting): servers 0..3, "nats", "optimizer".
+    down: Mutex<HashSet<String>>,
+    grpc: Mutex<Vec<String>>,
+    admin: Mutex<Vec<String>>,
+    optimizer: Mutex<String>,
+    decisions: Mutex<HashSet<String>>,
+    outcomes: Mutex<HashSet<String>>,
+    outcomes_sent: Mutex<HashSet<String>>,
+}
+
+impl Soak {
+    fn minute(&self) -> usize {
+        (self.start.elapsed().as_secs() / 60) as usize
+    }
+
+    fn healthy(&self, needs: &[String]) -> bool {
+        let d = self.down.lock().expect("lock");
+        needs.iter().all(|n| !d.contains(n))
+    }
+
+    fn note(&self, method: &'static str, t: Instant, ok: bool, healthy: bool) {
+        let m = self.minute();
+        let mut mins = self.minutes.lock().expect("lock");
+        while mins.len() <= m {
+            mins.push(Minute::default());
+        }
+        let x = &mut mins[m];
+        x.calls += 1;
+        if ok {
+            x.latencies
+                .entry(method)
+                .or_default()
+                .push(t.elapsed().as_micros() as u32);
+        } else if healthy {
+            x.failed_healthy += 1;
+        } else {
+            x.failed_fault += 1;
+        }
+    }
+}
+
+const TEXTS: [&str; 6] = [
+    "How long does the X1 phone battery last?",
+    "X1手机的电池能用多久？",
+    "Where is my parcel? It has been three days",
+    "我的快递到哪了？三天了还没到",
+    "Do you have a coupon for new customers?",
+    "I want to talk to a person",
+];
+
+async fn client(id: u64, soak: Arc<Soak>, stop: Arc<AtomicBool>) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(id);
+    let mut n = id * 10_000_000;
+    while !stop.load(Ordering::Relaxed) {
+        n += 1;
+        let i = rng.random_range(0..3usize);
+        let server = format!("s{i}");
+        let grpc = soak.grpc.lock().expect("lock")[i].clone();
+        let needs = [server.clone()];
+        let was = soak.healthy(&needs);
+        let t = Instant::now();
+        let pick: f64 = rng.random();
+        let text = TEXTS[rng.random_range(0..TEXTS.len())].to_string();
+        let ok = if pick < 0.4 {
+            let call = async {
+                let mut c = pb::nlu_client::NluClient::connect(grpc)
+                    .await
+                    .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+                c.understand(pb::UnderstandRequest {
+                    text,
+                    top_k: 3,
+                    ..Default::default()
+                })
+                .await
+            };
+            let ok = with_timeout(call).await.is_some();
+            soak.note("Understand", t, ok, was && soak.healthy(&needs));
+            continue;
+        } else if pick < 0.7 {
+            let call = async {
+                let mut c = pb::conversations_client::ConversationsClient::connect(grpc)
+                    .await
+                    .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+                c.turn(pb::TurnRequest {
+                    conversation_id: format!("c{id}-{}", n % 50),
+                    customer_id: format!("cust{id}-{}", n % 50),
+                    channel: "web".into(),
+                    text,
+                    customer: Some(pb::Customer {
+                        tier: "gold".into(),
+                        lifetime_value_cents: 1_200_000,
+                        marketing_consent: true,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .await
+            };
+            let r = with_timeout(call).await;
+            soak.note("Turn", t, r.is_some(), was && soak.healthy(&needs));
+            r.and_then(|r| r.into_inner().offer)
+                .map(|o| o.decision_id)
+                .filter(|d| !d.is_empty())
+        } else {
+            let call = async {
+                let mut c = pb::decisions_client::DecisionsClient::connect(grpc)
+                    .await
+                    .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+                c.decide(decide_request(n)).await
+            };
+            let r = with_timeout(call).await;
+            soak.note("Decide", t, r.is_some(), was && soak.healthy(&needs));
+            r.map(|r| r.into_inner().decision_id)
+        };
+        let Some(decision_id) = ok else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        soak.decisions.lock().expect("lock").insert(decision_id.clone());
+        if rng.random::<f64>() < 0.3 {
+            continue;
+        }
+        let needs = ["optimizer".to_string(), "nats".to_string()];
+        let was = soak.healthy(&needs);
+        let event_id = format!("e{n}");
+        soak.outcomes_sent.lock().expect("lock").insert(event_id.clone());
+        let opt = soak.optimizer.lock().expect("lock").clone();
+        let t = Instant::now();
+        let call = async {
+            let mut c = pb::optimizer_client::OptimizerClient::connect(opt)
+                .await
+                .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+            c.report_outcome(pb::ReportOutcomeRequest {
+                event_id: event_id.clone(),
+                decision_id,
+                kind: if rng.random::<f64>() < 0.2 {
+                    pb::OutcomeKind::Convert
+                } else {
+                    pb::OutcomeKind::Shown
+                } as i32,
+                revenue: 10.0,
+                margin: 2.0,
+                ..Default::default()
+            })
+            .await
+        };
+        let r = with_timeout(call).await;
+        soak.note("ReportOutcome", t, r.is_some(), was && soak.healthy(&needs));
+        if r.is_some_and(|r| !r.into_inner().duplicate) {
+            soak.outcomes.lock().expect("lock").insert(event_id);
+        }
+    }
+}
+
+fn rss_mb(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn pct(v: &mut [u32], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_unstable();
+    v[((v.len() - 1) as f64 * p).round() as usize] as f64 / 1000.0
+}
+
+async fn soak(dir: &Path, minutes: u64) {
+    let nats_bin = nats_server_binary();
+    let port = free_port();
+    let nats_url = format!("nats://127.0.0.1:{port}");
+    let mut nats = Some(start_nats(&nats_bin, &dir.join("nats"), port));
+    let opt_cfg = optimizer_config(dir, &nats_url);
+    // Rounds every 15 s on decisions whose 5 s window closed: checkpoints and gates run too.
+    let text = std::fs::read_to_string(&opt_cfg).expect("config");
+    std::fs::write(
+        &opt_cfg,
+        text.replace("train_every_ms = 3600000", "train_every_ms = 15000"),
+    )
+    .expect("config");
+    std::fs::write(
+        dir.join("opt/reward.toml"),
+        "reward = \"conversion\"\nwindow_seconds = 5\n",
+    )
+    .expect("reward");
+    let root = std::env::current_dir().expect("cwd");
+    let shop = format!(
+        "\n[strategy]\ncatalog = \"{c}\"\nrules = \"{r}\"\nutc_offset_hours = 8\n",
+        c = root.join("examples/shop/catalog.toml").display(),
+        r = root.join("examples/shop/rules.toml").display()
+    );
+    let bundle = root.join("models/bundles/default");
+    let cfgs: Vec<_> = (0..3)
+        .map(|i| server_config(dir, i, &bundle, &nats_url, &shop))
+        .collect();
+    let (mut optimizer, a) = start_nudge(&["optimizer", "serve"], &opt_cfg);
+    let soak = Arc::new(Soak {
+        minutes: Mutex::new(Vec::new()),
+        start: Instant::now(),
+        down: Mutex::new(HashSet::new()),
+        grpc: Mutex::new(Vec::new()),
+        admin: Mutex::new(Vec::new()),
+        optimizer: Mutex::new(a["grpc"].clone()),
+        decisions: Mutex::new(HashSet::new()),
+        outcomes: Mutex::new(HashSet::new()),
+        outcomes_sent: Mutex::new(HashSet::new()),
+    });
+    let mut servers = Vec::new();
+    for c in &cfgs {
+        let (child, a) = start_nudge(&["serve"], c);
+        servers.push(child);
+        soak.grpc.lock().expect("lock").push(a["grpc"].clone());
+        soak.admin.lock().expect("lock").push(a["admin"].clone());
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (1..=8)
+        .map(|id| tokio::spawn(client(id, soak.clone(), stop.clone())))
+        .collect();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut version = 1000;
+    let total = Duration::from_secs(minutes * 60);
+    let mut next_kill = Duration::from_secs(30);
+    let mut kills = 0;
+    let mut rss_seen = 0;
+    while soak.start.elapsed() < total {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        // A new policy version, loaded on a server that is up.
+        let up: Vec<usize> = (0..3).filter(|i| soak.healthy(&[format!("s{i}")])).collect();
+        if soak.healthy(&["nats".into()]) && !up.is_empty() {
+            let admin = soak.admin.lock().expect("lock")[up[rng.random_range(0..up.len())]].clone();
+            version += 1;
+            let loaded = async {
+                let mut c = pb::policy_admin_client::PolicyAdminClient::connect(admin)
+                    .await
+                    .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+                c.load_policy(operator_version(&format!("v{version}"))).await
+            };
+            if with_timeout(loaded).await.is_none() {
+                eprintln!("loading v{version} failed");
+            }
+        }
+        // Memory once a minute.
+        let m = soak.minute();
+        if m >= rss_seen {
+            rss_seen = m + 1;
+            let mut rss = vec![("optimizer".to_string(), rss_mb(optimizer.id()))];
+            rss.extend(
+                servers
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| (format!("s{i}"), rss_mb(s.id()))),
+            );
+            if let Some(n) = &nats {
+                rss.push(("nats".into(), rss_mb(n.id())));
+            }
+            let mut mins = soak.minutes.lock().expect("lock");
+            while mins.len() <= m {
+                mins.push(Minute::default());
+            }
+            mins[m].rss_mb = rss;
+        }
+        if soak.start.elapsed() >= next_kill {
+            next_kill += Duration::from_secs(60);
+            let victim = ["s0", "nats", "optimizer", "s1", "s2"][kills % 5];
+            kills += 1;
+            soak.down.lock().expect("lock").insert(victim.to_string());
+            {
+                let m = soak.minute();
+                let mut mins = soak.minutes.lock().expect("lock");
+                while mins.len() <= m {
+                    mins.push(Minute::default());
+                }
+                mins[m].killed = victim.to_string();
+            }
+            match victim {
+                "nats" => {
+                    drop(nats.take());
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    nats = Some(start_nats(&nats_bin, &dir.join("nats"), port));
+                }
+                "optimizer" => {
+                    optimizer.kill().expect("kill");
+                    optimizer.wait().expect("wait");
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    let c = opt_cfg.clone();
+                    let (child, a) = tokio::task::spawn_blocking(move || start_nudge(&["optimizer", "serve"], &c))
+                        .await
+                        .expect("start");
+                    optimizer = child;
+                    *soak.optimizer.lock().expect("lock") = a["grpc"].clone();
+                }
+                s => {
+                    let i: usize = s[1..].parse().expect("server index");
+                    servers[i].kill().expect("kill");
+                    servers[i].wait().expect("wait");
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    let c = cfgs[i].clone();
+                    let (child, a) = tokio::task::spawn_blocking(move || start_nudge(&["serve"], &c))
+                        .await
+                        .expect("start");
+                    servers[i] = child;
+                    soak.grpc.lock().expect("lock")[i] = a["grpc"].clone();
+                    soak.admin.lock().expect("lock")[i] = a["admin"].clone();
+                }
+            }
+            // Counted as a fault until its clients have had a second to reconnect.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            soak.down.lock().expect("lock").remove(victim);
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.expect("client");
+    }
+
+    println!("## Soak: {minutes} minutes, 3 servers (default model, example shop), optimizer, NATS\n");
+    println!("| minute | killed | calls | failed (healthy) | failed (fault) | p99 Understand | p99 Turn | p99 Decide | p99 ReportOutcome | RSS MB (opt, s0, s1, s2, nats) |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    let mins = soak.minutes.lock().expect("lock").clone();
+    let mut all: HashMap<&'static str, Vec<u32>> = HashMap::new();
+    let (mut failed_healthy, mut calls) = (0, 0);
+    for (i, m) in mins.iter().enumerate() {
+        let mut lat = m.latencies.clone();
+        let p = |k: &'static str, lat: &mut HashMap<&'static str, Vec<u32>>| pct(lat.entry(k).or_default(), 0.99);
+        let rss: Vec<String> = m.rss_mb.iter().map(|(_, v)| format!("{v:.0}")).collect();
+        println!(
+            "| {i} | {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {} |",
+            m.killed,
+            m.calls,
+            m.failed_healthy,
+            m.failed_fault,
+            p("Understand", &mut lat),
+            p("Turn", &mut lat),
+            p("Decide", &mut lat),
+            p("ReportOutcome", &mut lat),
+            rss.join(", ")
+        );
+        for (k, v) in &m.latencies {
+            all.entry(k).or_default().extend(v);
+        }
+        failed_healthy += m.failed_healthy;
+        calls += m.calls;
+    }
+    for (k, v) in all.iter_mut() {
+        println!(
+            "\n{k}: {} calls ok, p50 {:.1} ms, p99 {:.1} ms",
+            v.len(),
+            pct(v, 0.5),
+            pct(v, 0.99)
+        );
+    }
+    println!("\nfailed calls that reached a healthy process: {failed_healthy} of {calls}");
+
+    // Lost and doubled records.
+    let (decisions, outcomes) = (
+        soak.decisions.lock().expect("lock").clone(),
+        soak.outcomes.lock().expect("lock").clone(),
+    );
+    let t0 = Instant::now();
+    let (ledger, outcome_ledger) = loop {
+        let l = counts::<DecisionRecord>(&dir.join("opt/ledger"));
+        let o = counts::<nudge_records::OutcomeRecord>(&dir.join("opt/outcomes"));
+        let missing = decisions.iter().filter(|d| !l.contains_key(*d)).count()
+            + outcomes.iter().filter(|e| !o.contains_key(*e)).count();
+        if missing == 0 || t0.elapsed() > Duration::from_secs(60) {
+            break (l, o);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let lost_d = decisions.iter().filter(|d| !ledger.contains_key(*d)).count();
+    let lost_o = outcomes.iter().filter(|e| !outcome_ledger.contains_key(*e)).count();
+    let dup_d = ledger.values().filter(|n| **n > 1).count();
+    let dup_o = outcome_ledger.values().filter(|n| **n > 1).count();
+    println!(
+        "acknowledged: {} decisions, {} outcomes; lost: {lost_d} decisions, {lost_o} outcomes; duplicated in the ledger: {dup_d} decisions, {dup_o} outcomes",
+        decisions.len(),
+        outcomes.len()
+    );
+    let serving: Vec<Option<String>> = {
+        let admins = soak.admin.lock().expect("lock").clone();
+        let mut v = Vec::new();
+        for a in &admins {
+            v.push(serving_version(a).await);
+        }
+        v
+    };
+    println!("last version loaded v{version}; servers serve {serving:?}");
+}
+
+fn main() {
+    let minutes: u64 = arg("--minutes").and_then(|m| m.parse().ok()).unwrap_or(10);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    rt.block_on(async {
+        if !flag("--skip-throughput") {
+            throughput(&dir.path().join("throughput")).await;
+        }
+        if !flag("--skip-soak") {
+            soak(&dir.path().join("soak"), minutes).await;
+        }
+    });
+}

@@ -1,0 +1,244 @@
+//! Processes for the cluster test and the soak bench: a NATS JetStream server, `nudge serve`
+//! and `nudge optimizer serve` started from config files written here, and the checks both make
+//! (what a server serves, how often each id is in a ledger).
+#![allow(dead_code)]
+use crate::common::KillOnDrop;
+use nudge_policy::version::{PolicyManifest, PolicyVersion, FORMAT};
+use nudge_policy::{Exploration, FeatureSchema, Policy, RewardModel};
+use nudge_proto::v1 as pb;
+use nudge_records::read_all;
+use std::collections::HashMap;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_nudge");
+
+/// `nats-server` from Debian's package, installed here if missing (as `.ci/run` does).
+pub fn nats_server_binary() -> PathBuf {
+    let found = |p: &str| {
+        Command::new(p)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    for p in ["nats-server", "/usr/sbin/nats-server", "/usr/bin/nats-server"] {
+        if found(p) {
+            return PathBuf::from(p);
+        }
+    }
+    let installed = Command::new("apt-get")
+        .args(["install", "-y", "-qq", "nats-server"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        installed && found("/usr/sbin/nats-server"),
+        "these tests need NATS: `apt-get install nats-server` (Debian's package; .ci/run installs it)"
+    );
+    PathBuf::from("/usr/sbin/nats-server")
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A NATS server with JetStream on `port`, its store in `dir` (kept across restarts).
+pub fn start_nats(bin: &Path, dir: &Path, port: u16) -> KillOnDrop {
+    let child = KillOnDrop(
+        Command::new(bin)
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let t0 = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "nats-server did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+/// Starts `nudge <args>` and reads its `listening ...` line: `key=addr` pairs.
+pub fn start_nudge(args: &[&str], config: &Path) -> (KillOnDrop, HashMap<String, String>) {
+    let mut child = KillOnDrop(
+        Command::new(BIN)
+            .args(args)
+            .arg("--config")
+            .arg(config)
+            .env("NUDGE_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addrs = line
+        .trim()
+        .strip_prefix("listening ")
+        .unwrap_or_else(|| panic!("{args:?}: {line}"))
+        .split(' ')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), format!("http://{v}")))
+        .collect();
+    (child, addrs)
+}
+
+pub const SCHEMA: &str = r#"context = ["seg=a", "seg=b", "seg=c"]
+offer = ["offer=o1", "offer=o2", "offer=o3", "offer=o4"]
+allow_none = false"#;
+
+/// `extra`: more TOML at the end (a `[strategy]` section, say).
+pub fn server_config(dir: &Path, i: usize, bundle: &Path, nats: &str, extra: &str) -> PathBuf {
+    let d = dir.join(format!("s{i}"));
+    std::fs::create_dir_all(&d).unwrap();
+    let cfg = format!(
+        r#"grpc_addr = "127.0.0.1:0"
+admin_addr = "127.0.0.1:0"
+metrics_addr = "127.0.0.1:0"
+bundles = ["{bundle}"]
+
+[decisions]
+policy_registry = "{d}/registry"
+decision_log = "{d}/decisions"
+customer_id_key = "cluster test key, 16+ bytes"
+
+[decisions.durability]
+mode = "always"
+
+[cluster]
+url = "{nats}"
+name = "s{i}"
+request_timeout_ms = 2000
+{extra}
+"#,
+        bundle = bundle.display(),
+        d = d.display()
+    );
+    let p = d.join("nudge.toml");
+    std::fs::write(&p, cfg).unwrap();
+    p
+}
+
+pub fn optimizer_config(dir: &Path, nats: &str) -> PathBuf {
+    let d = dir.join("opt");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(
+        d.join("reward.toml"),
+        "reward = \"conversion\"\nwindow_seconds = 3600\n",
+    )
+    .unwrap();
+    let cfg = format!(
+        r#"grpc_addr = "127.0.0.1:0"
+decision_logs = []
+decision_ledger = "{d}/ledger"
+outcome_log = "{d}/outcomes"
+audit_log = "{d}/audit"
+registry = "{d}/registry"
+servers = []
+reward_file = "{d}/reward.toml"
+train_every_outcomes = 1000000000
+train_every_ms = 3600000
+
+[durability]
+mode = "always"
+
+[initial_schema]
+{SCHEMA}
+
+[cluster]
+url = "{nats}"
+name = "optimizer"
+request_timeout_ms = 2000
+"#,
+        d = d.display()
+    );
+    let p = d.join("optimizer.toml");
+    std::fs::write(&p, cfg).unwrap();
+    p
+}
+
+/// A policy version an operator loads by hand.
+pub fn operator_version(name: &str) -> pb::LoadPolicyRequest {
+    let schema: FeatureSchema = toml::from_str(SCHEMA).unwrap();
+    let exploration = Exploration::EpsilonGreedy { epsilon: 0.2 };
+    let pv = PolicyVersion {
+        manifest: PolicyManifest {
+            format: FORMAT,
+            version: name.into(),
+            parent: None,
+            created_unix_ms: 1,
+            schema: schema.clone(),
+            exploration: exploration.clone(),
+            reward_sha256: None,
+            training_window: None,
+            ope: None,
+            files: Default::default(),
+        },
+        policy: Policy {
+            model: RewardModel::prior(schema.dim(), 2.0),
+            schema,
+            exploration,
+            projection: None,
+        },
+    };
+    let (manifest, files) = pv.encode().unwrap();
+    pb::LoadPolicyRequest {
+        manifest,
+        files: files.into_iter().collect(),
+    }
+}
+
+pub fn decide_request(n: u64) -> pb::DecideRequest {
+    pb::DecideRequest {
+        conversation_id: format!("c{n}"),
+        customer_id: format!("cust{n}"),
+        channel: "web".into(),
+        context: [(format!("seg={}", ["a", "b", "c"][(n % 3) as usize]), 1.0)].into(),
+        candidates: (1..=4)
+            .map(|o| pb::Offer {
+                id: format!("o{o}"),
+                features: [(format!("offer=o{o}"), 1.0)].into(),
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+pub async fn with_timeout<T>(f: impl std::future::Future<Output = Result<T, tonic::Status>>) -> Option<T> {
+    match tokio::time::timeout(Duration::from_secs(5), f).await {
+        Ok(Ok(x)) => Some(x),
+        _ => None,
+    }
+}
+
+pub async fn serving_version(admin: &str) -> Option<String> {
+    let listed = async {
+        let mut c = pb::policy_admin_client::PolicyAdminClient::connect(admin.to_string())
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        c.list_policies(pb::ListPoliciesRequest {}).await
+    };
+    with_timeout(listed).await.map(|r| r.into_inner().serving_version)
+}
+
+/// Counts of each id in a directory's records.
+pub fn counts<T: nudge_records::Record>(dir: &Path) -> HashMap<String, usize> {
+    let (records, malformed) = read_all::<T>(dir).unwrap();
+    assert_eq!(malformed, 0, "{}", dir.display());
+    let mut c = HashMap::new();
+    for r in &records {
+        *c.entry(r.id().to_string()).or_insert(0) += 1;
+    }
+    c
+}
