@@ -1,10 +1,15 @@
 //! Nudge on NATS JetStream, measured (`cargo bench --bench cluster -- [--minutes 10]
-//! [--skip-throughput] [--skip-soak]`; needs Debian's `nats-server`, installed if missing):
+//! [--decisions 1000000] [--skip-throughput] [--skip-ledger] [--skip-soak]`; needs Debian's
+//! `nats-server`, installed if missing):
 //!
 //! 1. **Decisions/s into durable storage**, in one process, 64 writers: the local event log with
 //!    an fsync before every acknowledgement (group commit), JetStream publishes each awaiting its
 //!    acknowledgement, and the forwarder draining a local log into the stream.
-//! 2. **A soak**: three `nudge serve` processes on the default model and the example shop, an
+//! 2. **The optimizer's memory after 1M decisions** (`--decisions N`): N decisions (30 % with an
+//!    outcome) written as logs, then `nudge optimizer serve` started on them with the default
+//!    bound (`max_examples` 200,000) and without one (what the ledger did before it had one):
+//!    start-up time and resident memory, then again from the checkpoint its first round wrote.
+//! 3. **A soak**: three `nudge serve` processes on the default model and the example shop, an
 //!    optimizer and a NATS server; mixed Understand / Turn / Decide / ReportOutcome load for
 //!    `--minutes`, a new policy version loaded every 10 s, one process killed (SIGKILL) each
 //!    minute and started again. Per minute: calls, failed calls that reached a healthy process
@@ -139,6 +144,131 @@ async fn throughput(dir: &Path) {
     );
 }
 
+fn proc_kb(pid: u32, key: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
+        })
+        .unwrap_or(0.0)
+}
+
+async fn ledger_memory(dir: &Path, n: u64) {
+    std::fs::create_dir_all(dir).expect("dir");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    // Decisions one a millisecond, ending two hours ago: every reward window (1 h) has closed.
+    let start = now - 7_200_000 - n;
+    let decisions = EventLog::open(LogConfig::new(dir.join("decisions"), "decisions", Durability::Never)).expect("log");
+    let outcomes = EventLog::open(LogConfig::new(dir.join("outcomes"), "outcomes", Durability::Never)).expect("log");
+    let t = Instant::now();
+    for i in 0..n {
+        let mut d = record(i);
+        d.time_ms = start + i;
+        decisions.append(&d).await.expect("append");
+        if i % 10 < 3 {
+            let o = nudge_records::OutcomeRecord {
+                schema: nudge_records::OUTCOME_SCHEMA,
+                event_id: format!("e{i}"),
+                decision_id: d.decision_id.clone(),
+                kind: nudge_records::OutcomeKind::Convert,
+                revenue: 10.0,
+                margin: 2.0,
+                time_ms: d.time_ms + 1_000,
+                received_ms: d.time_ms + 1_000,
+                late: false,
+            };
+            outcomes.append(&o).await.expect("append");
+        }
+    }
+    drop((decisions, outcomes));
+    let bytes: u64 = std::fs::read_dir(dir.join("decisions"))
+        .expect("dir")
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .map(|m| m.len())
+        .sum();
+    println!(
+        "## The optimizer after {n} decisions ({:.0} MB of decision log, written in {:.0} s)\n",
+        bytes as f64 / 1e6,
+        t.elapsed().as_secs_f64()
+    );
+    println!("| max_examples | start | start s | RSS after start MB | peak RSS MB | decisions kept |");
+    println!("|---|---|---|---|---|---|");
+    std::fs::write(
+        dir.join("reward.toml"),
+        "reward = \"conversion\"\nwindow_seconds = 3600\n",
+    )
+    .expect("reward");
+    let context: Vec<String> = (0..12).map(|k| format!("\"intent=i{k}\"")).collect();
+    for (label, keep) in [("200000 (default)", 200_000u64), ("unbounded", u64::MAX / 2)] {
+        let run = dir.join(format!("run-{keep}"));
+        let cfg = format!(
+            r#"grpc_addr = "127.0.0.1:0"
+decision_logs = ["{d}/decisions"]
+outcome_log = "{r}/outcomes"
+audit_log = "{r}/audit"
+registry = "{r}/registry"
+servers = []
+reward_file = "{d}/reward.toml"
+train_every_outcomes = 1000000000
+train_every_ms = 1000
+max_examples = {keep}
+
+[initial_schema]
+context = [{ctx}]
+offer = ["offer=offer-0", "offer=offer-1", "offer=offer-2"]
+allow_none = false
+"#,
+            d = dir.display(),
+            r = run.display(),
+            ctx = context.join(", ")
+        );
+        // The outcomes were reported to this optimizer: they are in its own outcome log.
+        std::fs::create_dir_all(run.join("outcomes")).expect("dir");
+        for e in std::fs::read_dir(dir.join("outcomes")).expect("dir").flatten() {
+            std::fs::copy(e.path(), run.join("outcomes").join(e.file_name())).expect("copy");
+        }
+        let p = run.join("optimizer.toml");
+        std::fs::write(&p, cfg).expect("config");
+        // Unbounded is only started from the logs: it is what start-up did before checkpoints.
+        let starts: &[&str] = if keep == 200_000 {
+            &["logs only", "checkpoint + tail"]
+        } else {
+            &["logs only"]
+        };
+        for start in starts {
+            let t = Instant::now();
+            let (mut child, a) = start_nudge(&["optimizer", "serve"], &p);
+            let secs = t.elapsed().as_secs_f64();
+            let (rss, peak) = (
+                proc_kb(child.id(), "VmRSS:") / 1024.0,
+                proc_kb(child.id(), "VmHWM:") / 1024.0,
+            );
+            let mut c = pb::optimizer_client::OptimizerClient::connect(a["grpc"].clone())
+                .await
+                .expect("connect");
+            let st = c.status(pb::StatusRequest {}).await.expect("status").into_inner();
+            println!(
+                "| {label} | {start} | {secs:.1} | {rss:.0} | {peak:.0} | {} |",
+                st.decisions_seen
+            );
+            // Let one training round write the checkpoint the second start reads.
+            let ckpt = run.join("outcomes/ledger.checkpoint.json");
+            let t0 = Instant::now();
+            while starts.len() > 1 && !ckpt.exists() && t0.elapsed() < Duration::from_secs(300) {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            child.kill().expect("kill");
+            child.wait().expect("wait");
+        }
+    }
+    println!();
+}
+
 /// What the load saw in one minute.
 #[derive(Default, Clone)]
 struct Minute {
@@ -146,6 +276,8 @@ struct Minute {
     calls: u64,
     failed_healthy: u64,
     failed_fault: u64,
+    /// What the failed calls to healthy processes were told (the first few).
+    why: Vec<String>,
     killed: String,
     rss_mb: Vec<(String, f64)>,
 }
@@ -173,7 +305,8 @@ impl Soak {
         needs.iter().all(|n| !d.contains(n))
     }
 
-    fn note(&self, method: &'static str, t: Instant, ok: bool, healthy: bool) {
+    fn note(&self, method: &'static str, t: Instant, r: Result<(), String>, healthy: bool) {
+        let ok = r.is_ok();
         let m = self.minute();
         let mut mins = self.minutes.lock().expect("lock");
         while mins.len() <= m {
@@ -188,6 +321,9 @@ impl Soak {
                 .push(t.elapsed().as_micros() as u32);
         } else if healthy {
             x.failed_healthy += 1;
+            if x.why.len() < 3 {
+                x.why.push(format!("{method}: {}", r.err().unwrap_or_default()));
+            }
         } else {
             x.failed_fault += 1;
         }
@@ -228,8 +364,8 @@ async fn client(id: u64, soak: Arc<Soak>, stop: Arc<AtomicBool>) {
                 })
                 .await
             };
-            let ok = with_timeout(call).await.is_some();
-            soak.note("Understand", t, ok, was && soak.healthy(&needs));
+            let r = timed(call).await.map(|_| ());
+            soak.note("Understand", t, r, was && soak.healthy(&needs));
             continue;
         } else if pick < 0.7 {
             let call = async {
@@ -251,8 +387,14 @@ async fn client(id: u64, soak: Arc<Soak>, stop: Arc<AtomicBool>) {
                 })
                 .await
             };
-            let r = with_timeout(call).await;
-            soak.note("Turn", t, r.is_some(), was && soak.healthy(&needs));
+            let r = timed(call).await;
+            soak.note(
+                "Turn",
+                t,
+                r.as_ref().map(|_| ()).map_err(Clone::clone),
+                was && soak.healthy(&needs),
+            );
+            let r = r.ok();
             r.and_then(|r| r.into_inner().offer)
                 .map(|o| o.decision_id)
                 .filter(|d| !d.is_empty())
@@ -263,8 +405,14 @@ async fn client(id: u64, soak: Arc<Soak>, stop: Arc<AtomicBool>) {
                     .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
                 c.decide(decide_request(n)).await
             };
-            let r = with_timeout(call).await;
-            soak.note("Decide", t, r.is_some(), was && soak.healthy(&needs));
+            let r = timed(call).await;
+            soak.note(
+                "Decide",
+                t,
+                r.as_ref().map(|_| ()).map_err(Clone::clone),
+                was && soak.healthy(&needs),
+            );
+            let r = r.ok();
             r.map(|r| r.into_inner().decision_id)
         };
         let Some(decision_id) = ok else {
@@ -275,7 +423,8 @@ async fn client(id: u64, soak: Arc<Soak>, stop: Arc<AtomicBool>) {
         if rng.random::<f64>() < 0.3 {
             continue;
         }
-        let needs = ["optimizer".to_string(), "nats".to_string()];
+        // The outcome also needs its decision to have left its server for the stream.
+        let needs = ["optimizer".to_string(), "nats".to_string(), server];
         let was = soak.healthy(&needs);
         let event_id = format!("e{n}");
         soak.outcomes_sent.lock().expect("lock").insert(event_id.clone());
@@ -299,8 +448,14 @@ async fn client(id: u64, soak: Arc<Soak>, stop: Arc<AtomicBool>) {
             })
             .await
         };
-        let r = with_timeout(call).await;
-        soak.note("ReportOutcome", t, r.is_some(), was && soak.healthy(&needs));
+        let r = timed(call).await;
+        soak.note(
+            "ReportOutcome",
+            t,
+            r.as_ref().map(|_| ()).map_err(Clone::clone),
+            was && soak.healthy(&needs),
+        );
+        let r = r.ok();
         if r.is_some_and(|r| !r.into_inner().duplicate) {
             soak.outcomes.lock().expect("lock").insert(event_id);
         }
@@ -332,11 +487,15 @@ async fn soak(dir: &Path, minutes: u64) {
     let nats_url = format!("nats://127.0.0.1:{port}");
     let mut nats = Some(start_nats(&nats_bin, &dir.join("nats"), port));
     let opt_cfg = optimizer_config(dir, &nats_url);
-    // Rounds every 15 s on decisions whose 5 s window closed: checkpoints and gates run too.
+    // Rounds every 15 s on decisions whose 5 s window closed: checkpoints and gates run too. At
+    // most 20,000 closed decisions are kept, so the optimizer's memory must level off.
     let text = std::fs::read_to_string(&opt_cfg).expect("config");
     std::fs::write(
         &opt_cfg,
-        text.replace("train_every_ms = 3600000", "train_every_ms = 15000"),
+        text.replace(
+            "train_every_ms = 3600000",
+            "train_every_ms = 15000\nmax_examples = 20000",
+        ),
     )
     .expect("config");
     std::fs::write(
@@ -511,6 +670,11 @@ async fn soak(dir: &Path, minutes: u64) {
         );
     }
     println!("\nfailed calls that reached a healthy process: {failed_healthy} of {calls}");
+    for m in &mins {
+        for why in &m.why {
+            println!("- {why}");
+        }
+    }
 
     // Lost and doubled records.
     let (decisions, outcomes) = (
@@ -559,6 +723,10 @@ fn main() {
     rt.block_on(async {
         if !flag("--skip-throughput") {
             throughput(&dir.path().join("throughput")).await;
+        }
+        if !flag("--skip-ledger") {
+            let n = arg("--decisions").and_then(|m| m.parse().ok()).unwrap_or(1_000_000);
+            ledger_memory(&dir.path().join("ledger"), n).await;
         }
         if !flag("--skip-soak") {
             soak(&dir.path().join("soak"), minutes).await;

@@ -1,8 +1,10 @@
 //! The optimizer: outcomes in, better policies out.
 //!
 //! - [`service`]: `ReportOutcome` (validated, idempotent, durable before the ack), a trainer on
-//!   a cadence, the off-policy gate with its audit log, pushes to the servers' admin listeners;
-//! - [`ledger`]: decision records (`nudge_records`) joined with their outcomes;
+//!   a cadence, the off-policy gate with its audit log, pushes to the servers' admin listeners —
+//!   or, with `[cluster]`, the same on NATS JetStream streams and the cluster's SERVING pointer;
+//! - [`ledger`]: decision records (`nudge_records`) joined with their outcomes, bounded, with a
+//!   checkpoint so a restart reads only the logs' tails;
 //! - [`reward`]: the reward file data scientists write;
 //! - [`learn`] and [`neural`]: linear and neural-linear candidates, judged by [`ope`];
 //! - [`episodes`], [`rl`] and [`seq_ope`]: conversations as episodes, the RL learners (CQL and

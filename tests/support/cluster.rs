@@ -215,11 +215,17 @@ pub fn decide_request(n: u64) -> pb::DecideRequest {
     }
 }
 
-pub async fn with_timeout<T>(f: impl std::future::Future<Output = Result<T, tonic::Status>>) -> Option<T> {
+/// A call with a 5 s limit; the error says what the server answered (or that it did not).
+pub async fn timed<T>(f: impl std::future::Future<Output = Result<T, tonic::Status>>) -> Result<T, String> {
     match tokio::time::timeout(Duration::from_secs(5), f).await {
-        Ok(Ok(x)) => Some(x),
-        _ => None,
+        Ok(Ok(x)) => Ok(x),
+        Ok(Err(s)) => Err(format!("{:?}: {}", s.code(), s.message())),
+        Err(_) => Err("no answer in 5 s".into()),
     }
+}
+
+pub async fn with_timeout<T>(f: impl std::future::Future<Output = Result<T, tonic::Status>>) -> Option<T> {
+    timed(f).await.ok()
 }
 
 pub async fn serving_version(admin: &str) -> Option<String> {

@@ -65,6 +65,9 @@ pub struct ClusterConfig {
     pub replicas: usize,
     /// How long one JetStream request (publish ack, KV read) may take, in milliseconds.
     pub request_timeout_ms: u64,
+    /// How long the decision and outcome streams keep a record, in hours (the optimizer must
+    /// have consumed it by then; its own ledger keeps what training needs).
+    pub retention_hours: u64,
 }
 
 impl Default for ClusterConfig {
@@ -75,6 +78,7 @@ impl Default for ClusterConfig {
             duplicate_window_s: 600,
             replicas: 1,
             request_timeout_ms: 5_000,
+            retention_hours: 24 * 7,
         }
     }
 }
@@ -151,10 +155,23 @@ impl Cluster {
                 ),
             });
         }
-        if cfg.replicas == 0 || cfg.duplicate_window_s == 0 || cfg.request_timeout_ms == 0 {
+        for (field, v) in [
+            ("replicas", cfg.replicas as u64),
+            ("duplicate_window_s", cfg.duplicate_window_s),
+            ("request_timeout_ms", cfg.request_timeout_ms),
+            ("retention_hours", cfg.retention_hours),
+        ] {
+            if v == 0 {
+                return Err(ClusterError::Config {
+                    field,
+                    reason: "must be positive".into(),
+                });
+            }
+        }
+        if cfg.duplicate_window_s > cfg.retention_hours.saturating_mul(3600) {
             return Err(ClusterError::Config {
-                field: "replicas",
-                reason: "replicas, duplicate_window_s and request_timeout_ms must be positive".into(),
+                field: "duplicate_window_s",
+                reason: "must not exceed retention_hours".into(),
             });
         }
         let client = async_nats::ConnectOptions::new()
@@ -203,6 +220,7 @@ impl Cluster {
                     storage: stream::StorageType::File,
                     num_replicas: self.cfg.replicas,
                     duplicate_window: window,
+                    max_age: Duration::from_secs(self.cfg.retention_hours.saturating_mul(3600)),
                     ..Default::default()
                 })
                 .await
