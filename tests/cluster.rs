@@ -292,3 +292,74 @@ async fn nothing_acknowledged_is_lost_or_doubled_when_servers_nats_and_the_optim
     assert_eq!(st.decisions_seen as usize, ledger.len());
     assert_eq!(st.outcomes_recorded as usize, outcome_ledger.len());
 }
+
+/// A version in the cluster that fails validation is refused by every server, which keeps
+/// serving the old one and counts the refusal; the next good version is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_version_in_the_cluster_is_refused_and_the_old_one_keeps_serving() {
+    use nudge_cluster::{Cluster, ClusterConfig, POLICY};
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let nats_url = format!("nats://127.0.0.1:{port}");
+    let _nats = start_nats(&nats_server_binary(), &dir.path().join("nats"), port);
+    let bundle = write_bundle(
+        &dir.path().join("bundle"),
+        "tiny",
+        Variant::Bert,
+        nudge_model::Pooling::Mean,
+    );
+    let cfg = server_config(dir.path(), 0, &bundle, &nats_url, "");
+    let (_server, a) = start_nudge(&["serve"], &cfg);
+    let mut admin = pb::policy_admin_client::PolicyAdminClient::connect(a["admin"].clone())
+        .await
+        .unwrap();
+    let r = admin.load_policy(operator_version("v1")).await.unwrap().into_inner();
+    assert_eq!(r.serving_version, "v1");
+
+    // Someone writes a corrupt version straight into the cluster and points SERVING at it.
+    let cluster = Cluster::connect(ClusterConfig {
+        url: nats_url.clone(),
+        name: "intruder".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut corrupt = operator_version("v2");
+    corrupt
+        .files
+        .insert(nudge_policy::version::MANIFEST.into(), corrupt.manifest.clone());
+    let weights = corrupt.files.get_mut(nudge_policy::version::WEIGHTS).unwrap();
+    let last = weights.len() - 1;
+    weights[last] ^= 0xff; // its checksum no longer matches
+    cluster
+        .put_artifact(POLICY, "v2", &corrupt.files.into_iter().collect())
+        .await
+        .unwrap();
+    cluster.set_serving(POLICY, "v2").await.unwrap();
+
+    let metrics: std::net::SocketAddr = a["metrics"].trim_start_matches("http://").parse().unwrap();
+    let t0 = Instant::now();
+    loop {
+        let refused = metric(&scrape(metrics).await, "nudge_cluster_events_total{event=\"refused\"}").unwrap_or(0.0);
+        if refused >= 1.0 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the bad version was never refused"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(serving_version(&a["admin"]).await.as_deref(), Some("v1"));
+    // Through the admin door the same bad bytes are refused with the field named.
+    let mut bad = operator_version("v3");
+    let n = bad.files.get(nudge_policy::version::WEIGHTS).unwrap().len();
+    bad.files.get_mut(nudge_policy::version::WEIGHTS).unwrap()[n - 1] ^= 0xff;
+    let err = admin.load_policy(bad).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().starts_with("manifest"), "{}", err.message());
+    // The next good version moves every server on.
+    let r = admin.load_policy(operator_version("v4")).await.unwrap().into_inner();
+    assert_eq!(r.serving_version, "v4");
+    assert_eq!(cluster.serving(POLICY).await.unwrap().as_deref(), Some("v4"));
+}

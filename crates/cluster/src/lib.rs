@@ -286,12 +286,14 @@ impl Cluster {
     }
 
     /// Stores a version's files as `<kind>/<version>/<file>` and its index; does not serve it.
+    /// (Creates the store on a new cluster: a version may be published before anything else.)
     pub async fn put_artifact(
         &self,
         kind: &str,
         version: &str,
         files: &BTreeMap<String, Vec<u8>>,
     ) -> Result<(), ClusterError> {
+        self.ensure().await?;
         let store = self.store().await?;
         for (name, bytes) in files {
             store
@@ -377,6 +379,7 @@ impl Cluster {
 
     /// Points the cluster's SERVING for `kind` at `version` (stored with `put_artifact` first).
     pub async fn set_serving(&self, kind: &str, version: &str) -> Result<(), ClusterError> {
+        self.ensure().await?;
         self.kv()
             .await?
             .put(kind, version.to_string().into())
