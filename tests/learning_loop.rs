@@ -7,12 +7,13 @@
 //! second world has an interaction only a neural-linear policy can learn.
 #[path = "../inference/tests/common/mod.rs"]
 mod common;
+#[path = "support/cluster.rs"]
+mod support;
 use common::*;
 use nudge_proto::v1 as pb;
 use rand::{Rng, SeedableRng};
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_nudge");
 /// Conversion probability of offer o1..o4 for segments a, b, c.
@@ -23,27 +24,10 @@ const TRUTH: [[f64; 4]; 3] = [
 ];
 const SEGMENTS: [&str; 3] = ["a", "b", "c"];
 
+/// `nudge optimizer serve --config FILE` as its own process, and its gRPC address.
 fn start_optimizer(config: &Path) -> (KillOnDrop, String) {
-    let mut child = KillOnDrop(
-        Command::new(BIN)
-            .args(["optimizer", "serve", "--config"])
-            .arg(config)
-            .env("NUDGE_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
-    );
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening grpc=")
-        .unwrap_or_else(|| panic!("{line}"))
-        .to_string();
-    (child, format!("http://{addr}"))
+    let (child, addrs) = support::start_nudge(&["optimizer", "serve"], config);
+    (child, addrs["grpc"].clone())
 }
 
 /// The simulator's world: offers o1..o4 one-hot, segments one-hot.

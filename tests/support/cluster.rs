@@ -1,4 +1,4 @@
-//! Processes for the cluster test and the soak bench: a NATS JetStream server, `nudge serve`
+//! Processes for the end-to-end tests and the cluster bench: a NATS JetStream server, `nudge serve`
 //! and `nudge optimizer serve` started from config files written here, and the checks both make
 //! (what a server serves, how often each id is in a ledger).
 #![allow(dead_code)]
