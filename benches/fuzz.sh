@@ -28,4 +28,6 @@ for target in reward_expr catalog rules policy bundle_manifest decide_request re
   echo "== $target: ${secs}s"
   cargo fuzz run --fuzz-dir fuzz "$target" -- -max_total_time="$secs" -rss_limit_mb=4096 2>&1 | grep -E "^#[0-9]+.*(DONE|pulse)|ERROR|panicked|SUMMARY|Done" | tail -3
 done
-ls fuzz/artifacts/*/ 2>/dev/null && echo "crashes above" || echo "no crashes"
+crashes=$(find fuzz/artifacts -type f 2>/dev/null | wc -l)
+if [ "$crashes" -gt 0 ]; then find fuzz/artifacts -type f; echo "$crashes crashing inputs"; exit 1; fi
+echo "no crashes"
