@@ -11,7 +11,7 @@ use crate::error::RequestError;
 use crate::metrics::Metrics;
 use futures::StreamExt;
 use nudge_cluster::{Cluster, Forwarder, ForwarderStats, DECISIONS_STREAM, POLICY};
-use nudge_policy::version::MANIFEST;
+use nudge_policy::version::{from_file_set, to_file_set};
 use nudge_policy::{PolicyFiles, PolicyVersion};
 use nudge_records::DecisionRecord;
 use std::path::PathBuf;
@@ -67,7 +67,13 @@ async fn follow(cluster: Cluster, store: Arc<PolicyStore>, metrics: Metrics) {
                 while let Some(v) = pointer.next().await {
                     match v {
                         Ok(version) => {
-                            let _ = serve_version(&cluster, &store, &metrics, &version).await;
+                            // Not fetched (NATS hiccup): watch again, which delivers the
+                            // current value again. Refused: wait for the next version.
+                            if let Err(RequestError::Unavailable(_)) =
+                                serve_version(&cluster, &store, &metrics, &version).await
+                            {
+                                break;
+                            }
                         }
                         Err(e) => {
                             tracing::warn!(error = %e, "the serving pointer's watch ended");
@@ -100,13 +106,24 @@ pub(crate) async fn serve_version(
     } else {
         match cluster.get_artifact(POLICY, version).await {
             Ok(files) => {
-                let (manifest, files) = split(files);
-                let s = store.clone();
-                blocking(move || s.load(&manifest, &files)).await
+                let (manifest, files) = from_file_set(files);
+                load_here(store, manifest, files).await
             }
-            Err(e) => Err(RequestError::Unavailable(format!("version: {version}: {e}"))),
+            Err(e) => {
+                tracing::warn!(%version, error = %e, "fetching the cluster's policy version (retried)");
+                return Err(RequestError::Unavailable(format!("version: {version}: {e}")));
+            }
         }
     };
+    count(metrics, version, result)
+}
+
+async fn load_here(store: &Arc<PolicyStore>, manifest: Vec<u8>, files: PolicyFiles) -> Result<String, RequestError> {
+    let s = store.clone();
+    blocking(move || s.load(&manifest, &files)).await
+}
+
+fn count(metrics: &Metrics, version: &str, result: Result<String, RequestError>) -> Result<String, RequestError> {
     match &result {
         Ok(prev) => {
             metrics.cluster_events.with_label_values(&["followed"]).inc();
@@ -135,13 +152,14 @@ pub(crate) async fn publish(
     })
     .await?;
     let version = pv.manifest.version.clone();
-    let mut all: std::collections::BTreeMap<String, Vec<u8>> = files.into_iter().collect();
-    all.insert(MANIFEST.to_string(), manifest);
+    let unavailable = |e: nudge_cluster::ClusterError| RequestError::Unavailable(format!("cluster: {e}"));
     cluster
-        .put_artifact(POLICY, &version, &all)
+        .put_artifact(POLICY, &version, &to_file_set(manifest.clone(), files.clone()))
         .await
-        .map_err(|e| RequestError::Unavailable(format!("cluster: {e}")))?;
-    point_at(cluster, store, metrics, &version).await
+        .map_err(unavailable)?;
+    cluster.set_serving(POLICY, &version).await.map_err(unavailable)?;
+    // Served here from the bytes in hand; the other servers fetch them.
+    count(metrics, &version, load_here(store, manifest, files).await)
 }
 
 /// Moves the cluster's SERVING pointer to a version it stores, and serves it here.
@@ -151,7 +169,11 @@ pub(crate) async fn point_at(
     metrics: &Metrics,
     version: &str,
 ) -> Result<String, RequestError> {
-    if cluster.get_artifact(POLICY, version).await.is_err() {
+    let stored = cluster
+        .has_artifact(POLICY, version)
+        .await
+        .map_err(|e| RequestError::Unavailable(format!("cluster: {e}")))?;
+    if !stored {
         return Err(RequestError::invalid(
             "version",
             format!("{version} is not in the cluster's artifact store"),
@@ -162,11 +184,6 @@ pub(crate) async fn point_at(
         .await
         .map_err(|e| RequestError::Unavailable(format!("cluster: {e}")))?;
     serve_version(cluster, store, metrics, version).await
-}
-
-fn split(mut files: std::collections::BTreeMap<String, Vec<u8>>) -> (Vec<u8>, PolicyFiles) {
-    let manifest = files.remove(MANIFEST).unwrap_or_default();
-    (manifest, files.into_iter().collect())
 }
 
 async fn blocking<T: Send + 'static>(

@@ -239,15 +239,14 @@ impl Ledger {
     /// Closes the decisions whose window ended by `now_ms` and lets the oldest closed ones go
     /// beyond `keep_closed`, with their event ids.
     pub fn compact(&mut self, window_ms: u64, now_ms: u64) {
-        let mut closing: Vec<Entry> = Vec::new();
-        self.open.retain(|_, e| {
-            if e.decision.time_ms.saturating_add(window_ms) <= now_ms {
-                closing.push(e.clone());
-                false
-            } else {
-                true
-            }
-        });
+        let ids: Vec<String> = self
+            .open
+            .iter()
+            .filter(|(_, e)| e.decision.time_ms.saturating_add(window_ms) <= now_ms)
+            .map(|(id, _)| id.clone())
+            .collect();
+        // Moved, not copied: these are the bulk of the ledger.
+        let mut closing: Vec<Entry> = ids.iter().filter_map(|id| self.open.remove(id)).collect();
         closing.sort_by(|a, b| {
             (a.decision.time_ms, &a.decision.decision_id).cmp(&(b.decision.time_ms, &b.decision.decision_id))
         });

@@ -14,7 +14,7 @@ use crate::ledger::{Checkpoint, Ledger};
 use crate::reward::Reward;
 use crate::OptimizerError;
 use nudge_cluster::{Cluster, Delivery, DECISIONS_STREAM, OUTCOMES_STREAM, POLICY};
-use nudge_policy::version::{PolicyManifest, PolicyVersion, FORMAT};
+use nudge_policy::version::{from_file_set, to_file_set, PolicyManifest, PolicyVersion, FORMAT};
 use nudge_policy::{FeatureSchema, Policy, Registry, RewardModel};
 use nudge_proto::v1 as pb;
 use nudge_records::{
@@ -98,6 +98,27 @@ fn log_status(what: &str, e: &nudge_records::LogError) -> Status {
     match e {
         nudge_records::LogError::Full(_) => Status::resource_exhausted(format!("{what}: {e}")),
         _ => Status::unavailable(format!("{what}: {e}")),
+    }
+}
+
+/// The record of a validated `ReportOutcome`.
+fn outcome_record(
+    r: &pb::ReportOutcomeRequest,
+    kind: OutcomeKind,
+    time_ms: u64,
+    received_ms: u64,
+    late: bool,
+) -> OutcomeRecord {
+    OutcomeRecord {
+        schema: OUTCOME_SCHEMA,
+        event_id: r.event_id.clone(),
+        decision_id: r.decision_id.clone(),
+        kind,
+        revenue: r.revenue,
+        margin: r.margin,
+        time_ms,
+        received_ms,
+        late,
     }
 }
 
@@ -321,17 +342,7 @@ impl Optimizer {
             if !st.ledger.claim_event(&r.event_id) {
                 return Ok(pb::ReportOutcomeResponse { duplicate: true, late });
             }
-            OutcomeRecord {
-                schema: OUTCOME_SCHEMA,
-                event_id: r.event_id.clone(),
-                decision_id: r.decision_id.clone(),
-                kind,
-                revenue: r.revenue,
-                margin: r.margin,
-                time_ms,
-                received_ms,
-                late,
-            }
+            outcome_record(&r, kind, time_ms, received_ms, late)
         };
         // Durable before acknowledged; a failed write frees the event id for a retry.
         if let Err(e) = self.outcomes.append(&record).await {
@@ -380,17 +391,7 @@ impl Optimizer {
         if self.lock()?.ledger.has_event(&r.event_id) {
             return Ok(pb::ReportOutcomeResponse { duplicate: true, late });
         }
-        let record = OutcomeRecord {
-            schema: OUTCOME_SCHEMA,
-            event_id: r.event_id,
-            decision_id: r.decision_id,
-            kind,
-            revenue: r.revenue,
-            margin: r.margin,
-            time_ms,
-            received_ms,
-            late,
-        };
+        let record = outcome_record(&r, kind, time_ms, received_ms, late);
         let duplicate = cluster
             .publish(OUTCOMES_STREAM, &record)
             .await
@@ -590,9 +591,8 @@ impl Optimizer {
                 let pv = match self.registry.load(&v) {
                     Ok(pv) => pv,
                     Err(_) => {
-                        let mut files = cluster.get_artifact(POLICY, &v).await?;
-                        let manifest = files.remove(nudge_policy::version::MANIFEST).unwrap_or_default();
-                        self.registry.store_encoded(&manifest, &files.into_iter().collect())?
+                        let (manifest, files) = from_file_set(cluster.get_artifact(POLICY, &v).await?);
+                        self.registry.store_encoded(&manifest, &files)?
                     }
                 };
                 self.registry.set_serving(&v)?;
@@ -608,9 +608,9 @@ impl Optimizer {
 
     async fn store_in_cluster(&self, cluster: &Cluster, pv: &PolicyVersion) -> Result<(), OptimizerError> {
         let (manifest, files) = pv.encode()?;
-        let mut all: std::collections::BTreeMap<String, Vec<u8>> = files.into_iter().collect();
-        all.insert(nudge_policy::version::MANIFEST.to_string(), manifest);
-        cluster.put_artifact(POLICY, &pv.manifest.version, &all).await?;
+        cluster
+            .put_artifact(POLICY, &pv.manifest.version, &to_file_set(manifest, files))
+            .await?;
         Ok(())
     }
 

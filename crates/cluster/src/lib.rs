@@ -352,6 +352,15 @@ impl Cluster {
         Ok(files)
     }
 
+    /// Whether the store holds `<kind>/<version>` (its index, written last), without reading it.
+    pub async fn has_artifact(&self, kind: &str, version: &str) -> Result<bool, ClusterError> {
+        match self.store().await?.info(format!("{kind}/{version}")).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == object_store::InfoErrorKind::NotFound => Ok(false),
+            Err(e) => Err(nats("reading an artifact's index")(&e)),
+        }
+    }
+
     async fn store(&self) -> Result<object_store::ObjectStore, ClusterError> {
         self.js
             .get_object_store(ARTIFACTS_BUCKET)

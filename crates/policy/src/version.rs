@@ -54,6 +54,21 @@ pub struct PolicyManifest {
 /// written beside the manifest.
 pub type PolicyFiles = HashMap<String, Vec<u8>>;
 
+/// A version as one set of named files — `manifest.json` beside its other files, as in a
+/// registry directory — for stores that hold files by name (the cluster's artifact store).
+pub fn to_file_set(manifest: Vec<u8>, files: PolicyFiles) -> BTreeMap<String, Vec<u8>> {
+    let mut all: BTreeMap<String, Vec<u8>> = files.into_iter().collect();
+    all.insert(MANIFEST.to_string(), manifest);
+    all
+}
+
+/// The manifest and files of a set written by [`to_file_set`] (an empty manifest if it has
+/// none, which validation then refuses).
+pub fn from_file_set(mut all: BTreeMap<String, Vec<u8>>) -> (Vec<u8>, PolicyFiles) {
+    let manifest = all.remove(MANIFEST).unwrap_or_default();
+    (manifest, all.into_iter().collect())
+}
+
 /// A validated policy version: its manifest and the policy built from its files.
 #[derive(Debug, Clone)]
 pub struct PolicyVersion {
