@@ -69,7 +69,7 @@ async fn drive(
         metrics_addr: "127.0.0.1:0".parse().unwrap(),
         bundles: vec![bundle],
         batcher: nudge_inference::batcher::BatcherConfig {
-            max_batch_size: max_batch,
+            max_batch_size: Some(max_batch),
             ..Default::default()
         },
         ..Default::default()

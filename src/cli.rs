@@ -478,6 +478,9 @@ struct ServeArgs {
     /// Bundle directory to serve; repeat for several (the first is the default model).
     #[arg(long = "bundle", env = "NUDGE_BUNDLES", value_delimiter = ',')]
     bundles: Vec<PathBuf>,
+    /// Where encoders run: cpu, cuda:N (f16 products) or cuda:N:bf16.
+    #[arg(long, env = "NUDGE_DEVICE")]
+    device: Option<nudge_model::BackendKind>,
     #[arg(long, env = "NUDGE_MAX_BATCH_SIZE")]
     max_batch_size: Option<usize>,
     #[arg(long, env = "NUDGE_MAX_BATCH_TOKENS")]
@@ -524,17 +527,20 @@ fn serve_config(a: &ServeArgs) -> anyhow::Result<nudge_inference::ServeConfig> {
     if !a.bundles.is_empty() {
         c.bundles = a.bundles.clone();
     }
+    if let Some(d) = a.device {
+        c.device = d;
+    }
     if let Some(v) = a.max_batch_size {
-        c.batcher.max_batch_size = v;
+        c.batcher.max_batch_size = Some(v);
     }
     if let Some(v) = a.max_batch_tokens {
-        c.batcher.max_batch_tokens = v;
+        c.batcher.max_batch_tokens = Some(v);
     }
     if let Some(v) = a.max_wait_us {
         c.batcher.max_wait_us = v;
     }
     if let Some(v) = a.queue_capacity {
-        c.batcher.queue_capacity = v;
+        c.batcher.queue_capacity = Some(v);
     }
     if let Some(v) = a.max_text_bytes {
         c.limits.max_text_bytes = v;

@@ -6,12 +6,17 @@
 //!
 //! The wait timer (Triton's `max_queue_delay`) only applies when the previous batch held more
 //! than one text: a lone client gains nothing from waiting, a busy server gains full batches.
+//!
+//! Limits follow the device: a GPU pass of a thousand short texts costs little more than one
+//! of thirty, so GPU batches are larger, by count and by tokens. A backend with several lanes
+//! (the CUDA backend has two streams) gets as many batching threads, taking turns at the queue:
+//! while one batch computes, the next one is formed and its copies overlap that compute.
 use crate::error::RequestError;
 use crate::metrics::Metrics;
 use nudge_model::{NluModel, NluOutput};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
@@ -19,23 +24,51 @@ use tokio::sync::oneshot;
 #[derive(Debug, Clone, Copy, serde::Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BatcherConfig {
-    /// Most texts in one encoder batch.
-    pub max_batch_size: usize,
-    /// Most tokens (all texts' together) in one encoder pass.
-    pub max_batch_tokens: usize,
+    /// Most texts in one encoder batch (unset: 32 on a CPU, 1,024 on a GPU).
+    pub max_batch_size: Option<usize>,
+    /// Most tokens (all texts' together) in one encoder pass (unset: 8,192 on a CPU, 32,768
+    /// on a GPU).
+    pub max_batch_tokens: Option<usize>,
     /// Longest a text waits for company once the server is busy, in microseconds.
     pub max_wait_us: u64,
-    /// Texts that may wait in the queue; beyond it calls get RESOURCE_EXHAUSTED.
-    pub queue_capacity: usize,
+    /// Texts that may wait in the queue; beyond it calls get RESOURCE_EXHAUSTED (unset: 1,024
+    /// on a CPU, 8,192 on a GPU).
+    pub queue_capacity: Option<usize>,
 }
 
 impl Default for BatcherConfig {
     fn default() -> Self {
         Self {
-            max_batch_size: 32,
-            max_batch_tokens: 8192,
+            max_batch_size: None,
+            max_batch_tokens: None,
             max_wait_us: 2000,
-            queue_capacity: 1024,
+            queue_capacity: None,
+        }
+    }
+}
+
+/// A [`BatcherConfig`] with the device's defaults filled in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchLimits {
+    /// Most texts per batch.
+    pub max_batch_size: usize,
+    /// Most tokens per batch.
+    pub max_batch_tokens: usize,
+    /// Longest wait for company, microseconds.
+    pub max_wait_us: u64,
+    /// Queue capacity, texts.
+    pub queue_capacity: usize,
+}
+
+impl BatcherConfig {
+    /// The limits on a GPU (`gpu`) or a CPU.
+    pub fn limits(&self, gpu: bool) -> BatchLimits {
+        let (size, tokens, queue) = if gpu { (1024, 32_768, 8192) } else { (32, 8192, 1024) };
+        BatchLimits {
+            max_batch_size: self.max_batch_size.unwrap_or(size),
+            max_batch_tokens: self.max_batch_tokens.unwrap_or(tokens),
+            max_wait_us: self.max_wait_us,
+            queue_capacity: self.queue_capacity.unwrap_or(queue),
         }
     }
 }
@@ -51,6 +84,8 @@ pub struct Answer {
     pub compute_time: Duration,
     /// Texts in that batch.
     pub batch_size: usize,
+    /// The device that ran it (`cpu`, `cuda:0`).
+    pub device: Arc<str>,
 }
 
 struct Job {
@@ -69,24 +104,30 @@ pub struct Batcher {
 }
 
 impl Batcher {
-    /// Starts the batching thread for `model`.
+    /// Starts the batching threads for `model`: one per lane of its backend.
     pub fn spawn(model: Arc<NluModel>, config: BatcherConfig, metrics: Metrics) -> std::io::Result<Self> {
-        let (tx, rx) = sync_channel(config.queue_capacity.max(1));
+        let device: Arc<str> = model.device().into();
+        let limits = config.limits(device.as_ref() != "cpu");
+        let (tx, rx) = sync_channel(limits.queue_capacity.max(1));
+        let rx = Arc::new(Mutex::new(rx));
         let depth = Arc::new(AtomicUsize::new(0));
-        let worker = Worker {
-            rx,
-            model: model.clone(),
-            config,
-            depth: depth.clone(),
-            metrics: metrics.clone(),
-        };
-        std::thread::Builder::new()
-            .name(format!("batcher-{}", model.name()))
-            .spawn(move || worker.run())?;
+        for lane in 0..model.lanes().max(1) {
+            let worker = Worker {
+                rx: rx.clone(),
+                model: model.clone(),
+                limits,
+                device: device.clone(),
+                depth: depth.clone(),
+                metrics: metrics.clone(),
+            };
+            std::thread::Builder::new()
+                .name(format!("batcher-{}-{lane}", model.name()))
+                .spawn(move || worker.run())?;
+        }
         Ok(Self {
             tx,
             depth,
-            capacity: config.queue_capacity.max(1),
+            capacity: limits.queue_capacity.max(1),
             model,
             metrics,
         })
@@ -139,9 +180,11 @@ impl Batcher {
 }
 
 struct Worker {
-    rx: Receiver<Job>,
+    /// Shared by the model's workers; held while forming a batch, released to compute it.
+    rx: Arc<Mutex<Receiver<Job>>>,
     model: Arc<NluModel>,
-    config: BatcherConfig,
+    limits: BatchLimits,
+    device: Arc<str>,
     depth: Arc<AtomicUsize>,
     metrics: Metrics,
 }
@@ -160,9 +203,12 @@ impl Worker {
         let mut carry: Option<Job> = None;
         let mut last_batch = 1usize;
         loop {
+            // A poisoned lock means another worker panicked while forming a batch; the
+            // receiver itself is intact, so keep serving with it.
+            let rx = self.rx.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let first = match carry.take() {
                 Some(j) => j,
-                None => match self.rx.recv() {
+                None => match rx.recv() {
                     Ok(j) => match self.take(j) {
                         Some(j) => j,
                         None => continue,
@@ -172,14 +218,14 @@ impl Worker {
             };
             let deadline = first.enqueued
                 + if last_batch > 1 {
-                    Duration::from_micros(self.config.max_wait_us)
+                    Duration::from_micros(self.limits.max_wait_us)
                 } else {
                     Duration::ZERO
                 };
             let mut tokens = first.ids.len();
             let mut batch = vec![first];
-            while batch.len() < self.config.max_batch_size {
-                let next = match self.rx.try_recv() {
+            while batch.len() < self.limits.max_batch_size {
+                let next = match rx.try_recv() {
                     Ok(j) => j,
                     Err(TryRecvError::Disconnected) => break,
                     Err(TryRecvError::Empty) => {
@@ -187,14 +233,14 @@ impl Worker {
                         if now >= deadline {
                             break;
                         }
-                        match self.rx.recv_timeout(deadline - now) {
+                        match rx.recv_timeout(deadline - now) {
                             Ok(j) => j,
                             Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
                         }
                     }
                 };
                 let Some(job) = self.take(next) else { continue };
-                if tokens + job.ids.len() > self.config.max_batch_tokens {
+                if tokens + job.ids.len() > self.limits.max_batch_tokens {
                     carry = Some(job);
                     break;
                 }
@@ -206,6 +252,7 @@ impl Worker {
                 .with_label_values(&[self.model.name()])
                 .set(self.depth.load(Ordering::Relaxed) as i64);
             last_batch = batch.len();
+            drop(rx);
             self.execute(batch);
         }
     }
@@ -222,6 +269,10 @@ impl Worker {
         };
         let compute_time = start.elapsed();
         self.metrics.batch_size.with_label_values(&[name]).observe(n as f64);
+        self.metrics
+            .encoder_batches
+            .with_label_values(&[name, &self.device])
+            .inc();
         self.metrics
             .batch_tokens
             .with_label_values(&[name])
@@ -248,6 +299,7 @@ impl Worker {
                 queue_time,
                 compute_time,
                 batch_size: n,
+                device: self.device.clone(),
             }));
         }
     }

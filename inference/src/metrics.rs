@@ -21,6 +21,8 @@ pub struct Metrics {
     pub batch_size: HistogramVec,
     /// `nudge_batch_tokens{model}`: real tokens per encoder batch.
     pub batch_tokens: HistogramVec,
+    /// `nudge_encoder_batches_total{model, device}`: encoder passes, by the device that ran them.
+    pub encoder_batches: IntCounterVec,
     /// `nudge_queue_depth{model}`: texts waiting.
     pub queue_depth: IntGaugeVec,
     /// `nudge_dropped_total{model}`: texts dropped because their call was cancelled.
@@ -96,6 +98,13 @@ impl Metrics {
             ),
             &["reason"],
         );
+        let encoder_batches = IntCounterVec::new(
+            Opts::new(
+                "nudge_encoder_batches_total",
+                "Encoder passes, by model and the device that ran them (cpu, cuda:N)",
+            ),
+            &["model", "device"],
+        );
         let dropped = IntCounterVec::new(
             Opts::new(
                 "nudge_dropped_total",
@@ -127,6 +136,7 @@ impl Metrics {
             compute_seconds: compute_seconds.expect(OK),
             batch_size: batch_size.expect(OK),
             batch_tokens: batch_tokens.expect(OK),
+            encoder_batches: encoder_batches.expect(OK),
             queue_depth: queue_depth.expect(OK),
             dropped: dropped.expect(OK),
             decisions: decisions.expect(OK),
@@ -142,6 +152,7 @@ impl Metrics {
             Box::new(m.compute_seconds.clone()),
             Box::new(m.batch_size.clone()),
             Box::new(m.batch_tokens.clone()),
+            Box::new(m.encoder_batches.clone()),
             Box::new(m.queue_depth.clone()),
             Box::new(m.dropped.clone()),
             Box::new(m.decisions.clone()),

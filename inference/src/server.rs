@@ -158,7 +158,7 @@ pub fn load_models(config: &ServeConfig, metrics: &Metrics) -> Result<ServedMode
             path: path.clone(),
             source,
         })?;
-        tracing::info!(bundle = %path.display(), name = model.name(), version = model.version(), backend = model.backend_name(), secs = t.elapsed().as_secs_f32(), "model loaded");
+        tracing::info!(bundle = %path.display(), name = model.name(), version = model.version(), backend = model.backend_name(), device = %model.device(), secs = t.elapsed().as_secs_f32(), "model loaded");
         let batcher = Batcher::spawn(Arc::new(model), config.batcher, metrics.clone()).map_err(ServeError::Thread)?;
         batchers.push((path.clone(), batcher));
     }
@@ -199,7 +199,7 @@ async fn bind(addr: SocketAddr) -> Result<(tonic::transport::server::TcpIncoming
 
 /// Loads the models, binds every port and starts serving in the background.
 pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
-    if config.batcher.max_batch_size == 0 {
+    if config.batcher.max_batch_size == Some(0) {
         return Err(ServeError::Limit("batcher.max_batch_size"));
     }
     if config.limits.max_batch_texts == 0 {

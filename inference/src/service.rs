@@ -328,6 +328,7 @@ impl Nlu for NluService {
                     max_text_bytes: self.limits.max_text_bytes as u32,
                     max_batch_texts: self.limits.max_batch_texts as u32,
                     backend: m.backend_name().to_string(),
+                    device: m.device(),
                 }
             })
             .collect();
@@ -341,5 +342,6 @@ fn timing(a: &Answer) -> pb::Timing {
         queue_us: a.queue_time.as_micros() as u64,
         compute_us: a.compute_time.as_micros() as u64,
         batch_size: a.batch_size as u32,
+        device: a.device.to_string(),
     }
 }

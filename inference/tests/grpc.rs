@@ -157,7 +157,7 @@ async fn bad_input_gets_a_clear_status_naming_the_field() {
 async fn overload_answers_resource_exhausted_and_long_text_is_flagged_truncated() {
     let dir = tempfile::tempdir().unwrap();
     let bundle = write_bundle(dir.path(), "tiny", Variant::Bert, Pooling::Mean);
-    let server = start_server(vec![bundle], |c| c.batcher.queue_capacity = 4).await;
+    let server = start_server(vec![bundle], |c| c.batcher.queue_capacity = Some(4)).await;
     let mut c = client(server.grpc_addr).await;
     let s = c
         .understand_batch(UnderstandBatchRequest {
@@ -285,7 +285,7 @@ fn texts_whose_caller_gave_up_are_dropped_before_compute() {
     let batcher = Batcher::spawn(
         model.clone(),
         BatcherConfig {
-            max_batch_size: 4,
+            max_batch_size: Some(4),
             ..Default::default()
         },
         metrics.clone(),

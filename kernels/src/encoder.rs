@@ -285,19 +285,6 @@ impl GpuEncoder {
                 out_norm: norm(&format!("layer {i} output norm"), &l.out_norm)?,
             });
         }
-        let mut gpu_heads = Vec::with_capacity(heads.len());
-        for (i, hd) in heads.iter().enumerate() {
-            let labels = hd.bias.len();
-            if labels == 0 {
-                return Err(GpuError::invalid(format!("head {i} has no labels")));
-            }
-            check_len(&format!("head {i}"), &hd.weight, labels * h)?;
-            gpu_heads.push(HeadGpu {
-                weight: gpu.upload(&hd.weight)?,
-                bias: gpu.upload(&hd.bias)?,
-                labels,
-            });
-        }
         let variant = Variant {
             arch: gpu.arch(),
             half,
@@ -309,19 +296,51 @@ impl GpuEncoder {
             },
         };
         let functions = Functions::load(&gpu, variant)?;
-        Ok(Self {
+        let mut encoder = Self {
             word: gpu.upload(&weights.word)?,
             position: gpu.upload(&weights.position)?,
             emb_norm: norm("embedding norm", &weights.emb_norm)?,
             layers,
-            heads: gpu_heads,
+            heads: Vec::new(),
             normalize,
             functions,
             lanes: (0..LANES).map(|_| Mutex::new(None)).collect(),
             gpu,
             shape,
             half,
-        })
+        };
+        encoder.set_heads(heads, normalize)?;
+        Ok(encoder)
+    }
+
+    /// Replaces the attached heads (the pooled vector is L2-normalised before them when
+    /// `normalize`). Lanes are rebuilt on their next pass, sized for the new heads.
+    pub fn set_heads(&mut self, heads: &[HeadWeights], normalize: bool) -> Result<(), GpuError> {
+        let h = self.shape.hidden;
+        let mut gpu_heads = Vec::with_capacity(heads.len());
+        for (i, hd) in heads.iter().enumerate() {
+            let labels = hd.bias.len();
+            if labels == 0 {
+                return Err(GpuError::invalid(format!("head {i} has no labels")));
+            }
+            check_len(&format!("head {i}"), &hd.weight, labels * h)?;
+            gpu_heads.push(HeadGpu {
+                weight: self.gpu.upload(&hd.weight)?,
+                bias: self.gpu.upload(&hd.bias)?,
+                labels,
+            });
+        }
+        self.heads = gpu_heads;
+        self.normalize = normalize;
+        for lane in &mut self.lanes {
+            *lane.get_mut().map_err(|_| GpuError::invalid("a GPU lane was poisoned by a panic"))? = None;
+        }
+        Ok(())
+    }
+
+    /// Passes that can run at once, each on its own stream.
+    pub fn lanes(&self) -> usize {
+        self.lanes.len()
     }
 
     /// The device.
@@ -382,6 +401,7 @@ impl GpuEncoder {
                 .map_err(|_| GpuError::invalid("a GPU lane was poisoned by a panic"))?,
         };
         let tokens: usize = seqs.iter().map(|s| s.len()).sum();
+        self.gpu.context().bind_to_thread()?;
         let lane = self.lane(&mut guard, tokens, seqs.len())?;
         let out = self.pass(lane, seqs, tokens);
         if out.is_err() {

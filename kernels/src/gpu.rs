@@ -254,6 +254,8 @@ where
     if rows == 0 {
         return Ok(());
     }
+    // cuBLAS runs in the calling thread's current context; batcher threads differ.
+    stream.context().bind_to_thread()?;
     let to_int = |v: usize| i32::try_from(v).map_err(|_| GpuError::invalid(format!("matmul dimension {v} too large")));
     let (m_, n_, k_) = (to_int(n)?, to_int(rows)?, to_int(k)?);
     let in_type = input.map_or(blas_sys::cudaDataType::CUDA_R_32F, Half::cuda_type);
@@ -287,4 +289,32 @@ where
         )?;
     }
     Ok(())
+}
+
+/// Measured rate of the encoder's product (`half` inputs, f32 accumulation and output) on an
+/// `n × n × n` problem of random values, in FLOP/s: the ceiling the encoder is judged
+/// against. Random, not zero, inputs: zeros run faster and would flatter every ratio.
+pub fn matmul_rate(gpu: &Gpu, half: Half, n: usize, reps: usize) -> Result<f64, GpuError> {
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        half.encode(((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0)
+    };
+    let x: Vec<u16> = (0..n * n).map(|_| next()).collect();
+    let (stream, blas) = gpu.stream()?;
+    let xd = stream.clone_htod(&x)?;
+    let wd = stream.clone_htod(&x)?;
+    let mut y = stream.alloc_zeros::<f32>(n * n)?;
+    for _ in 0..3 {
+        matmul(&blas, &stream, Some(half), &xd, &wd, &mut y, n, n, n)?;
+    }
+    stream.synchronize()?;
+    let t = std::time::Instant::now();
+    for _ in 0..reps.max(1) {
+        matmul(&blas, &stream, Some(half), &xd, &wd, &mut y, n, n, n)?;
+    }
+    stream.synchronize()?;
+    Ok(2.0 * (n as f64).powi(3) * reps.max(1) as f64 / t.elapsed().as_secs_f64())
 }

@@ -96,4 +96,7 @@ pub enum BackendError {
     /// The backend panicked inside its kernels; caught so one batch cannot take the model down.
     #[error("the encoder panicked on this batch")]
     Panicked,
+    /// The GPU refused the batch or failed on it (the message names the device and why).
+    #[error("{0}")]
+    Device(String),
 }

@@ -3,7 +3,8 @@
 //! - [`encoder`]: a Hugging Face encoder directory (config, tokenizer, BERT / XLM-R weights) and
 //!   the candle forward pass, with [`EncoderFiles`] as the one loader;
 //! - [`Backend`]: the seam between batching and hardware — token sequences in, pooled vectors
-//!   out; [`BackendKind`] picks the implementation (candle CPU today, CUDA later);
+//!   out; [`BackendKind`] picks the implementation (candle on the CPU, or our CUDA kernels with the
+//!   `cuda` feature);
 //! - [`bundle`]: a servable bundle (encoder + heads + manifest with the sha256 of every file),
 //!   read and verified before anything is built from it, and written atomically;
 //! - [`NluModel`]: a loaded bundle — tokenize, one encoder pass for a batch, every head on it;
@@ -14,6 +15,8 @@
 #![warn(missing_docs)]
 
 mod backend;
+#[cfg(feature = "cuda")]
+mod cuda;
 pub mod batching;
 pub mod bundle;
 pub mod encoder;
@@ -22,7 +25,9 @@ mod heads;
 mod model;
 mod verdict;
 
-pub use backend::{Backend, BackendKind, CandleCpu};
+pub use backend::{Backend, BackendKind, CandleCpu, Classified, UnknownDevice};
+#[cfg(feature = "cuda")]
+pub use cuda::CudaBackend;
 pub use bundle::{ClassifierSpec, EncoderSpec, HeadsSpec, IntentSpec, Manifest, Precision, UnknownPrecision};
 pub use encoder::{EncoderFiles, Pooling};
 pub use error::{BackendError, LoadError, TokenizeError};

@@ -14,6 +14,8 @@ pub struct NluModel {
     dir: PathBuf,
     tokenizer: TextTokenizer,
     backend: Box<dyn Backend>,
+    /// The backend runs the heads in its own pass (a GPU); otherwise they run here.
+    heads_on_backend: bool,
     normalize: bool,
     intent: Option<(IntentSpec, LinearHead)>,
     sentiment: Option<(Vec<String>, LinearHead)>,
@@ -50,7 +52,7 @@ impl NluModel {
         let files = EncoderFiles::read(&manifest.encoder, None, |name| {
             read_verified(dir, &manifest, &format!("{enc_dir}/{name}"))
         })?;
-        let backend = backend.load(
+        let mut backend = backend.load(
             files.config,
             manifest.encoder.pooling,
             manifest.encoder.precision,
@@ -73,7 +75,10 @@ impl NluModel {
                 sentiment = Some((spec.labels.clone(), head));
             }
         }
+        let attach: Vec<&LinearHead> = intent.iter().map(|(_, h)| h).chain(sentiment.iter().map(|(_, h)| h)).collect();
+        let heads_on_backend = backend.attach_heads(&attach, manifest.encoder.normalize)?;
         Ok(Self {
+            heads_on_backend,
             normalize: manifest.encoder.normalize,
             manifest,
             dir: dir.to_path_buf(),
@@ -120,6 +125,14 @@ impl NluModel {
     pub fn backend_name(&self) -> &'static str {
         self.backend.name()
     }
+    /// Batches the backend can run at once.
+    pub fn lanes(&self) -> usize {
+        self.backend.lanes()
+    }
+    /// The device that serves: `cpu`, `cuda:0`.
+    pub fn device(&self) -> String {
+        self.backend.device()
+    }
     /// Most tokens per text (longer texts are truncated and flagged).
     pub fn max_tokens(&self) -> usize {
         self.tokenizer.max_tokens()
@@ -151,14 +164,33 @@ impl NluModel {
         Ok(out)
     }
 
-    /// One encoder pass for the batch, then every head on each row.
+    /// One encoder pass for the batch, then every head on each row (in the same pass when
+    /// the backend runs them).
     pub fn run(&self, seqs: &[&[u32]]) -> Result<Vec<NluOutput>, BackendError> {
-        Ok(self
-            .embed(seqs)?
+        let out = self.backend.classify(seqs)?;
+        let mut pooled = out.pooled;
+        if self.normalize {
+            pooled.iter_mut().for_each(|v| l2_normalize(v));
+        }
+        let (mut intent, mut sentiment) = (None, None);
+        if let (true, Some(heads)) = (self.heads_on_backend, out.heads) {
+            let mut heads = heads.into_iter();
+            intent = self.intent.as_ref().and_then(|_| heads.next());
+            sentiment = self.sentiment.as_ref().and_then(|_| heads.next());
+        }
+        let mut intent = intent.map(Vec::into_iter);
+        let mut sentiment = sentiment.map(Vec::into_iter);
+        Ok(pooled
             .into_iter()
             .map(|embedding| NluOutput {
-                intent: self.intent.as_ref().map(|(_, h)| h.probabilities(&embedding)),
-                sentiment: self.sentiment.as_ref().map(|(_, h)| h.probabilities(&embedding)),
+                intent: match &mut intent {
+                    Some(rows) => rows.next(),
+                    None => self.intent.as_ref().map(|(_, h)| h.probabilities(&embedding)),
+                },
+                sentiment: match &mut sentiment {
+                    Some(rows) => rows.next(),
+                    None => self.sentiment.as_ref().map(|(_, h)| h.probabilities(&embedding)),
+                },
                 embedding,
             })
             .collect())

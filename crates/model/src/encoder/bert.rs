@@ -424,6 +424,74 @@ impl BertEncoder {
         Ok(self)
     }
 
+    /// The weights in the GPU encoder's layout (f32; the GPU rounds them to its half type):
+    /// fused QKV with the scale folded in, as here, and token type 0 folded into the
+    /// position table. Fails for an int8 encoder: the GPU starts from the f32 weights.
+    #[cfg(feature = "cuda")]
+    pub fn gpu_weights(&self, pooling: Pooling) -> candle_core::Result<(nudge_kernels::EncoderShape, nudge_kernels::EncoderWeights)> {
+        use nudge_kernels as k;
+        let vec = |t: &Tensor| t.flatten_all()?.to_vec1::<f32>();
+        let dense = |l: &Linear| -> candle_core::Result<k::Dense> {
+            match l {
+                Linear::F32 { weight, bias } => Ok(k::Dense {
+                    weight: vec(weight)?,
+                    bias: vec(bias)?,
+                }),
+                Linear::Int8(_) => candle_core::bail!("the GPU encoder is built from f32 weights, not int8"),
+            }
+        };
+        let norm = |n: &LayerNorm| -> candle_core::Result<k::Norm> {
+            Ok(k::Norm {
+                weight: vec(&n.weight)?,
+                bias: vec(&n.bias)?,
+            })
+        };
+        let position = match &self.token_type {
+            Some(tt) => self.position.broadcast_add(&tt.get(0)?)?,
+            None => self.position.clone(),
+        };
+        let c = &self.config;
+        let shape = k::EncoderShape {
+            hidden: c.hidden_size,
+            heads: c.num_attention_heads,
+            layers: c.num_hidden_layers,
+            intermediate: c.intermediate_size,
+            vocab: c.vocab_size,
+            max_positions: c.max_position_embeddings,
+            position_offset: c.position_offset(),
+            eps: c.layer_norm_eps as f32,
+            activation: match self.activation {
+                Activation::GeluErf => k::Activation::GeluErf,
+                Activation::GeluTanh => k::Activation::GeluTanh,
+                Activation::Relu => k::Activation::Relu,
+            },
+            pool: match pooling {
+                Pooling::Mean => k::Pool::Mean,
+                Pooling::Cls => k::Pool::Cls,
+            },
+        };
+        let weights = k::EncoderWeights {
+            word: vec(&self.word)?,
+            position: vec(&position)?,
+            emb_norm: norm(&self.emb_norm)?,
+            layers: self
+                .layers
+                .iter()
+                .map(|l| -> candle_core::Result<k::LayerWeights> {
+                    Ok(k::LayerWeights {
+                        qkv: dense(&l.qkv)?,
+                        attn_out: dense(&l.attn_out)?,
+                        attn_norm: norm(&l.attn_norm)?,
+                        ffn_in: dense(&l.ffn_in)?,
+                        ffn_out: dense(&l.ffn_out)?,
+                        out_norm: norm(&l.out_norm)?,
+                    })
+                })
+                .collect::<candle_core::Result<_>>()?,
+        };
+        Ok((shape, weights))
+    }
+
     /// The `config.json` it was built from.
     pub fn config(&self) -> &EncoderConfig {
         &self.config

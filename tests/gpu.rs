@@ -1,0 +1,231 @@
+//! The CUDA backend through its real interfaces: the GPU encoder against the CPU encoder on
+//! real customer messages (the default bundle, e5-small, Chinese and English), and
+//! `nudge serve --device cuda:0` as a process answering over gRPC and saying which device
+//! served. On a machine without a GPU the GPU tests say they were skipped (set
+//! `NUDGE_REQUIRE_GPU=1` to make that a failure), and the last test checks that asking for a
+//! GPU there is refused at start-up with an error naming the device.
+//!
+//! `NUDGE_GPU_BUNDLE` picks another bundle, `NUDGE_BIN` another `nudge` binary (the GPU
+//! machine runs binaries built here, from another directory).
+#[path = "../inference/tests/common/mod.rs"]
+mod common;
+use common::KillOnDrop;
+use nudge_model::{BackendKind, NluModel, Precision};
+use nudge_proto::v1::{nlu_client::NluClient, ListModelsRequest, UnderstandBatchRequest, UnderstandRequest};
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+fn repo_path(rel: &str) -> PathBuf {
+    let here = PathBuf::from(rel);
+    if here.exists() {
+        here
+    } else {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel)
+    }
+}
+
+fn bin() -> String {
+    std::env::var("NUDGE_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_nudge").to_string())
+}
+
+fn bundle() -> PathBuf {
+    std::env::var("NUDGE_GPU_BUNDLE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo_path("models/bundles/default"))
+}
+
+/// The GPU, or a message saying why the test is skipped.
+fn have_gpu() -> bool {
+    match nudge_kernels::Gpu::open(0) {
+        Ok(_) => true,
+        Err(e) => {
+            assert!(
+                std::env::var("NUDGE_REQUIRE_GPU").as_deref() != Ok("1"),
+                "NUDGE_REQUIRE_GPU=1 but: {e}"
+            );
+            eprintln!("skipped: no usable GPU here ({e})");
+            false
+        }
+    }
+}
+
+/// The evaluation messages of the default intents, Chinese and English (340).
+fn texts() -> Vec<String> {
+    let mut out = Vec::new();
+    for f in ["models/data/cs_intent/eval_zh.jsonl", "models/data/cs_intent/eval_en.jsonl"] {
+        let body = std::fs::read_to_string(repo_path(f)).unwrap();
+        for line in body.lines().filter(|l| !l.trim().is_empty()) {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            out.push(v["text"].as_str().unwrap().to_string());
+        }
+    }
+    out
+}
+
+fn argmax(p: &[f32]) -> usize {
+    p.iter().enumerate().fold(0, |b, (i, v)| if *v > p[b] { i } else { b })
+}
+
+#[test]
+fn the_gpu_encoder_matches_the_cpu_encoder_on_real_messages() {
+    if !have_gpu() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let f32_bundle = dir.path().join("f32");
+    nudge_model::bundle::with_precision(&bundle(), &f32_bundle, Precision::F32, None).unwrap();
+    let cpu = NluModel::load(&f32_bundle, BackendKind::Cpu).unwrap();
+    let texts = texts();
+    let ids: Vec<Vec<u32>> = texts.iter().map(|t| cpu.tokenize(t).unwrap().ids).collect();
+    let seqs: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
+    let want = cpu.run(&seqs).unwrap();
+    for (bf16, tol) in [(false, 5e-3f32), (true, 3e-2)] {
+        let gpu = NluModel::load(&bundle(), BackendKind::Cuda { ordinal: 0, bf16 }).unwrap();
+        assert_eq!(gpu.device(), "cuda:0");
+        // One batch of all messages, and again in batches of 7: the same numbers either way.
+        let got = gpu.run(&seqs).unwrap();
+        let small: Vec<_> = seqs.chunks(7).flat_map(|c| gpu.run(c).unwrap()).collect();
+        let (mut max_diff, mut min_cos, mut same, mut near_ties) = (0f32, 1f32, 0, 0);
+        for ((g, s), c) in got.iter().zip(&small).zip(&want) {
+            for (a, b) in g.embedding.iter().zip(&s.embedding) {
+                assert!((a - b).abs() < 1e-3, "batch composition changed an embedding: {a} vs {b}");
+            }
+            let d = g.embedding.iter().zip(&c.embedding).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            max_diff = max_diff.max(d);
+            min_cos = min_cos.min(g.embedding.iter().zip(&c.embedding).map(|(a, b)| a * b).sum());
+            let (gi, ci) = (g.intent.as_ref().unwrap(), c.intent.as_ref().unwrap());
+            if argmax(gi) == argmax(ci) {
+                same += 1;
+            } else {
+                // Only where the CPU itself barely separates its two best labels.
+                let mut sorted = ci.clone();
+                sorted.sort_by(|a, b| b.total_cmp(a));
+                assert!(sorted[0] - sorted[1] < 0.02, "label differs with a clear CPU margin: {ci:?} vs {gi:?}");
+                near_ties += 1;
+            }
+        }
+        println!(
+            "GPU ({}) vs CPU f32 on {} messages: max |Δ| of normalised embeddings {max_diff:.2e}, min cosine {min_cos:.6}, same intent {same}/{} ({near_ties} near-ties differ)",
+            gpu.backend_name(),
+            texts.len(),
+            texts.len()
+        );
+        assert!(max_diff < tol, "max |Δ| {max_diff} over {tol}");
+        assert!(min_cos > 0.999, "min cosine {min_cos}");
+    }
+}
+
+fn start(args: &[&str]) -> (KillOnDrop, String, String) {
+    let mut child = KillOnDrop(
+        Command::new(bin())
+            .arg("serve")
+            .args(args)
+            .args(["--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0"])
+            .env("NUDGE_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let addr = |key: &str| {
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+            .to_string()
+    };
+    let (grpc, metrics) = (addr("grpc"), addr("metrics"));
+    (child, grpc, metrics)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_device_cuda_answers_and_says_which_device_served() {
+    if !have_gpu() {
+        return;
+    }
+    let b = bundle();
+    let (_server, grpc, metrics) = start(&["--device", "cuda:0", "--bundle", b.to_str().unwrap()]);
+    let mut c = NluClient::connect(format!("http://{grpc}")).await.unwrap();
+    let models = c.list_models(ListModelsRequest::default()).await.unwrap().into_inner().models;
+    assert_eq!((models[0].device.as_str(), models[0].backend.as_str()), ("cuda:0", "cuda-f16"));
+
+    let cpu = NluModel::load(&b, BackendKind::Cpu).unwrap();
+    let labels = cpu.intent_spec().unwrap().labels.clone();
+    for text in ["这单有没有能用的优惠券？", "My parcel still hasn't arrived, where is it?"] {
+        let r = c
+            .understand(UnderstandRequest {
+                text: text.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.timing.as_ref().unwrap().device, "cuda:0");
+        let ids = cpu.tokenize(text).unwrap().ids;
+        let want = &labels[argmax(cpu.run(&[&ids]).unwrap()[0].intent.as_ref().unwrap())];
+        let result = r.result.unwrap();
+        let intent = result.intent.unwrap();
+        assert!(intent.label == *want || intent.out_of_scope, "{text}: GPU {} vs CPU {want}", intent.label);
+    }
+    // Many concurrent batches: everything answered, on the GPU.
+    let texts = texts();
+    let mut calls = Vec::new();
+    for chunk in texts.chunks(20) {
+        let mut c = c.clone();
+        let req = UnderstandBatchRequest {
+            texts: chunk.to_vec(),
+            ..Default::default()
+        };
+        calls.push(tokio::spawn(async move { c.understand_batch(req).await }));
+    }
+    let mut answered = 0;
+    for call in calls {
+        let r = call.await.unwrap().unwrap().into_inner();
+        answered += r.results.len();
+    }
+    assert_eq!(answered, texts.len());
+    let body = reqwest_get(&format!("http://{metrics}/metrics")).await;
+    let line = body
+        .lines()
+        .find(|l| l.starts_with("nudge_encoder_batches_total") && l.contains("device=\"cuda:0\""))
+        .unwrap_or_else(|| panic!("no GPU batches in /metrics:\n{body}"));
+    let n: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(n >= 2.0, "{line}");
+}
+
+/// A plain HTTP GET over a TCP stream (the metrics listener speaks HTTP/1.1).
+async fn reqwest_get(url: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_once('/').unwrap();
+    let mut s = tokio::net::TcpStream::connect(host).await.unwrap();
+    s.write_all(format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+#[test]
+fn asking_for_a_gpu_the_machine_lacks_is_refused_with_a_clear_error() {
+    // A device name that is not one is refused by the flag parser.
+    let out = Command::new(bin()).args(["serve", "--device", "gpu0"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("unknown device `gpu0`"), "{err}");
+    if nudge_kernels::driver_available() {
+        eprintln!("skipped the no-GPU half: this machine has a CUDA driver");
+        return;
+    }
+    let out = Command::new(bin())
+        .args(["serve", "--device", "cuda:0", "--bundle"])
+        .arg(bundle())
+        .args(["--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "serve started without a GPU: {err}");
+    assert!(err.contains("cuda:0") && err.contains("no CUDA driver"), "{err}");
+}
