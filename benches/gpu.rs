@@ -24,7 +24,9 @@ use std::time::Instant;
 
 fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
 }
 
 /// The messages: the default intents' training and evaluation sets, Chinese and English.
@@ -75,7 +77,10 @@ fn pack(out: &Path) {
         .find(|(k, _)| k.ends_with("word_embeddings.weight"))
         .expect("word embeddings");
     assert_eq!(info["dtype"], "F32", "{name}");
-    let (rows, width) = (info["shape"][0].as_u64().expect("rows") as usize, info["shape"][1].as_u64().expect("width") as usize);
+    let (rows, width) = (
+        info["shape"][0].as_u64().expect("rows") as usize,
+        info["shape"][1].as_u64().expect("width") as usize,
+    );
     let start = 8 + header_len + info["data_offsets"][0].as_u64().expect("offset") as usize;
     for r in (0..rows).filter(|r| !keep.contains(&(*r as u32))) {
         let at = start + r * width * 4;
@@ -84,7 +89,15 @@ fn pack(out: &Path) {
     std::fs::write(e5.join("encoder/model.safetensors"), &bytes).expect("write weights");
     manifest.version = format!("{}-travel", manifest.version);
     manifest
-        .write_with_checksums(&e5, &["encoder/config.json", "encoder/tokenizer.json", "encoder/model.safetensors", "heads.safetensors"])
+        .write_with_checksums(
+            &e5,
+            &[
+                "encoder/config.json",
+                "encoder/tokenizer.json",
+                "encoder/model.safetensors",
+                "heads.safetensors",
+            ],
+        )
         .expect("manifest");
     let minilm = out.join("minilm");
     std::fs::create_dir_all(&minilm).expect("mkdir");
@@ -102,7 +115,11 @@ fn random_minilm(gpu: &std::sync::Arc<Gpu>, dir: &Path, half: Half) -> (GpuEncod
     for (name, shape) in weight_names(&config) {
         let scale = if name.ends_with("LayerNorm.weight") { 0.0 } else { 0.05 };
         let t = (Tensor::randn(0f32, 1.0, shape.as_slice(), &Device::Cpu).expect("randn") * scale).expect("scale");
-        let t = if name.ends_with("LayerNorm.weight") { (t + 1.0).expect("ones") } else { t };
+        let t = if name.ends_with("LayerNorm.weight") {
+            (t + 1.0).expect("ones")
+        } else {
+            t
+        };
         tensors.insert(name, t.to_dtype(DType::F32).expect("f32"));
     }
     let weights = NamedWeights {
@@ -112,8 +129,17 @@ fn random_minilm(gpu: &std::sync::Arc<Gpu>, dir: &Path, half: Half) -> (GpuEncod
     let enc = BertEncoder::from_weights(config.clone(), &weights, &cfg_path, &Device::Cpu).expect("random MiniLM");
     let (shape, w) = enc.gpu_weights(Pooling::Mean).expect("gpu weights");
     let tok_path = dir.join("tokenizer.json");
-    let tok = TextTokenizer::from_bytes(&tok_path, &std::fs::read(&tok_path).expect("tokenizer"), String::new(), 128).expect("tokenizer");
-    (GpuEncoder::new(gpu.clone(), shape, &w, half, &[], false).expect("GPU MiniLM"), tok)
+    let tok = TextTokenizer::from_bytes(
+        &tok_path,
+        &std::fs::read(&tok_path).expect("tokenizer"),
+        String::new(),
+        128,
+    )
+    .expect("tokenizer");
+    (
+        GpuEncoder::new(gpu.clone(), shape, &w, half, &[], false).expect("GPU MiniLM"),
+        tok,
+    )
 }
 
 struct Row {
@@ -126,7 +152,12 @@ struct Row {
 }
 
 /// Texts/s and FLOP/s of `run` over batches of `batch` texts cycling through `ids`.
-fn measure(ids: &[Vec<u32>], batch: usize, flops_per: impl Fn(usize) -> f64, mut run: impl FnMut(&[&[u32]])) -> (f64, f64, f64) {
+fn measure(
+    ids: &[Vec<u32>],
+    batch: usize,
+    flops_per: impl Fn(usize) -> f64,
+    mut run: impl FnMut(&[&[u32]]),
+) -> (f64, f64, f64) {
     let seqs: Vec<&[u32]> = ids.iter().cycle().take(batch).map(Vec::as_slice).collect();
     let flops: f64 = seqs.iter().map(|s| s.len() as f64 * flops_per(s.len())).sum();
     let tokens: usize = seqs.iter().map(|s| s.len()).sum();
@@ -163,23 +194,50 @@ fn main() {
     for half in [Half::F16, Half::Bf16] {
         let r = matmul_rate(&gpu, half, 8192, 20).expect("matmul rate");
         peak.insert(half, r);
-        report += &format!("{} product, 8192³, random inputs, f32 accumulate and output: {:.0} TFLOP/s\n", half.name(), r / 1e12);
+        report += &format!(
+            "{} product, 8192³, random inputs, f32 accumulate and output: {:.0} TFLOP/s\n",
+            half.name(),
+            r / 1e12
+        );
     }
     report += "\n";
     let texts = texts(&root);
     let e5_dir = from.join("e5");
+    if std::env::args().any(|a| a == "--profile") {
+        profile(&e5_dir, &texts);
+        return;
+    }
     let mut rows = Vec::new();
     let mut latency = String::new();
     for half in [Half::F16, Half::Bf16] {
-        let model = NluModel::load(&e5_dir, BackendKind::Cuda { ordinal: 0, bf16: half == Half::Bf16 }).expect("e5 on the GPU");
+        let model = NluModel::load(
+            &e5_dir,
+            BackendKind::Cuda {
+                ordinal: 0,
+                bf16: half == Half::Bf16,
+            },
+        )
+        .expect("e5 on the GPU");
         let ids: Vec<Vec<u32>> = texts.iter().map(|t| model.tokenize(t).expect("tokenize").ids).collect();
         let cfg = EncoderConfig::from_file(&e5_dir.join("encoder/config.json")).expect("config");
         let shape = flops_shape(&cfg);
         for batch in [1, 32, 256, 1024] {
-            let (tps, fl, tpt) = measure(&ids, batch, |l| shape.flops_per_token(l), |s| {
-                model.run(s).expect("GPU pass");
+            let (tps, fl, tpt) = measure(
+                &ids,
+                batch,
+                |l| shape.flops_per_token(l),
+                |s| {
+                    model.run(s).expect("GPU pass");
+                },
+            );
+            rows.push(Row {
+                model: "e5-small",
+                half,
+                batch,
+                texts_per_s: tps,
+                tflops: fl / 1e12,
+                tokens_per_text: tpt,
             });
-            rows.push(Row { model: "e5-small", half, batch, texts_per_s: tps, tflops: fl / 1e12, tokens_per_text: tpt });
         }
         // One request at a time: the encoder pass and heads for one message, 2,000 times.
         let mut lat: Vec<f64> = Vec::with_capacity(2000);
@@ -200,10 +258,22 @@ fn main() {
         let ids: Vec<Vec<u32>> = texts.iter().map(|t| tok.tokenize(t).expect("tokenize").ids).collect();
         let shape = *enc.shape();
         for batch in [1, 32, 256, 1024] {
-            let (tps, fl, tpt) = measure(&ids, batch, |l| shape.flops_per_token(l), |s| {
-                enc.run(s).expect("GPU pass");
+            let (tps, fl, tpt) = measure(
+                &ids,
+                batch,
+                |l| shape.flops_per_token(l),
+                |s| {
+                    enc.run(s).expect("GPU pass");
+                },
+            );
+            rows.push(Row {
+                model: "MiniLM-L6",
+                half,
+                batch,
+                texts_per_s: tps,
+                tflops: fl / 1e12,
+                tokens_per_text: tpt,
             });
-            rows.push(Row { model: "MiniLM-L6", half, batch, texts_per_s: tps, tflops: fl / 1e12, tokens_per_text: tpt });
         }
     }
     report += "| model | products | batch | tokens/text | texts/s | TFLOP/s | of the product's 8192³ rate |\n|---|---|---|---|---|---|---|\n";
@@ -224,9 +294,14 @@ fn main() {
     // The same texts on this machine's CPU, as served there (int8), batch 32.
     let cpu = NluModel::load(&e5_dir, BackendKind::Cpu).expect("e5 on the CPU");
     let ids: Vec<Vec<u32>> = texts.iter().map(|t| cpu.tokenize(t).expect("tokenize").ids).collect();
-    let (cpu_tps, _, _) = measure(&ids, 32, |_| 0.0, |s| {
-        cpu.run(s).expect("CPU pass");
-    });
+    let (cpu_tps, _, _) = measure(
+        &ids,
+        32,
+        |_| 0.0,
+        |s| {
+            cpu.run(s).expect("CPU pass");
+        },
+    );
     report += &format!(
         "e5-small on this machine's CPU ({} threads, int8 as shipped), batch 32: {cpu_tps:.0} texts/s\n\n",
         std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -238,12 +313,18 @@ fn main() {
     let mut chol = vec![0f32; d * d];
     for i in 0..d {
         for j in 0..=i {
-            chol[i * d + j] = if i == j { 0.3 } else { 0.01 * (((i * 7 + j * 3) % 5) as f32 - 2.0) };
+            chol[i * d + j] = if i == j {
+                0.3
+            } else {
+                0.01 * (((i * 7 + j * 3) % 5) as f32 - 2.0)
+            };
         }
     }
     let scorer = GpuScorer::new(&gpu, &theta, &chol).expect("scorer");
     let k = 100_000;
-    let feats: Vec<f32> = (0..k * d).map(|i| ((i * 2654435761usize % 1000) as f32 / 500.0) - 1.0).collect();
+    let feats: Vec<f32> = (0..k * d)
+        .map(|i| ((i * 2654435761usize % 1000) as f32 / 500.0) - 1.0)
+        .collect();
     scorer.ucb(&feats, 1.0).expect("ucb");
     let t = Instant::now();
     for _ in 0..10 {
@@ -265,6 +346,40 @@ fn main() {
     print!("{report}");
     if let Some(out) = arg("--out") {
         std::fs::write(&out, &report).expect("write report");
+    }
+}
+
+/// Where a pass of e5 (f16) spends its GPU time at batch 1, 256 and 1,024: each stage's
+/// share from events between the launches, next to the wall time of a plain pass.
+fn profile(e5_dir: &Path, texts: &[String]) {
+    let gpu = Gpu::open(0).expect("GPU");
+    let cfg_path = e5_dir.join("encoder/config.json");
+    let config = EncoderConfig::from_file(&cfg_path).expect("config");
+    let weights = e5_dir.join("encoder/model.safetensors");
+    let bytes = std::fs::read(&weights).expect("weights");
+    let cpu = BertEncoder::load_bytes(config, &weights, &bytes, &Device::Cpu).expect("e5");
+    let (shape, w) = cpu.gpu_weights(Pooling::Mean).expect("gpu weights");
+    let enc = GpuEncoder::new(gpu, shape, &w, Half::F16, &[], false).expect("e5 on the GPU");
+    let model = NluModel::load(e5_dir, BackendKind::Cpu).expect("tokenizer");
+    let ids: Vec<Vec<u32>> = texts.iter().map(|t| model.tokenize(t).expect("tokenize").ids).collect();
+    for batch in [1usize, 256, 1024] {
+        let seqs: Vec<&[u32]> = ids.iter().cycle().take(batch).map(Vec::as_slice).collect();
+        for _ in 0..5 {
+            enc.run(&seqs).expect("GPU pass");
+        }
+        let t = Instant::now();
+        for _ in 0..20 {
+            enc.run(&seqs).expect("GPU pass");
+        }
+        let wall = t.elapsed().as_secs_f64() * 1e6 / 20.0;
+        let stages = enc.stage_times(&seqs, 20).expect("stage times");
+        let total: f64 = stages.iter().map(|s| s.1).sum();
+        println!("batch {batch}: wall {wall:.0} us per pass; GPU stages {total:.0} us (events between launches)");
+        let mut sorted = stages.clone();
+        sorted.sort_by(|a, b| b.1.total_cmp(&a.1));
+        for (name, us) in sorted {
+            println!("  {us:8.1} us  {:5.1} %  {name}", 100.0 * us / total);
+        }
     }
 }
 

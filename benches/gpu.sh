@@ -9,6 +9,7 @@
 #                            tests, the GPU-vs-CPU and `serve --device cuda:0` tests, the
 #                            figures (benches/gpu.rs), and compute-sanitizer's memcheck over the
 #                            kernel tests; logs and the figures go to $OUT (or .gpu/out)
+#   benches/gpu.sh profile   there: where a pass spends its GPU time, stage by stage
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,12 +17,14 @@ pack() {
     mkdir -p .gpu/bin
     grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >> .git/info/exclude
     cargo build --release --bin nudge
-    exe() { # the executable cargo builds for a test or bench target
+    exe() { # the executable cargo builds for test or bench target $3 (not the binaries it needs)
         cargo "$@" --no-run --message-format=json 2>/dev/null |
             python3 -c 'import json,sys
 for l in sys.stdin:
     m = json.loads(l)
-    if m.get("reason") == "compiler-artifact" and m.get("executable"): print(m["executable"])' | tail -1
+    t = m.get("target", {})
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and t.get("name") == sys.argv[1] and t.get("kind") != ["bin"]:
+        print(m["executable"])' "${@: -1}" | tail -1
     }
     cp target/release/nudge .gpu/bin/nudge
     cp "$(exe test --release -p nudge-kernels --test kernels)" .gpu/bin/kernels-test
@@ -35,8 +38,7 @@ for l in sys.stdin:
     du -sh .gpu/*
 }
 
-run() {
-    out=${OUT:-.gpu/out}
+setup() {
     mkdir -p "$out" /tmp/g
     xz -dc .gpu/bin.tar.xz | tar -C /tmp/g -xf -
     xz -dc .gpu/pack.tar.xz | tar -C /tmp/g -xf -
@@ -52,6 +54,11 @@ run() {
     done
     echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1 | tee "$out/gpu.txt" || true
+}
+
+run() {
+    out=${OUT:-.gpu/out}
+    setup
     export NUDGE_REQUIRE_GPU=1 NUDGE_REQUIRE_NVRTC=1 NUDGE_BIN=/tmp/g/bin/nudge NUDGE_GPU_BUNDLE=/tmp/g/e5
     status=0
     /tmp/g/bin/kernels-test --test-threads 1 2>&1 | tee "$out/kernels-test.txt" || status=1
@@ -65,8 +72,19 @@ run() {
     return $status
 }
 
+# Where a pass spends its time: each stage's GPU time from events recorded between the
+# launches, next to the wall time of a plain pass. (Nsight Compute was tried first: with the
+# clocks left alone, as they must be there, it showed every small kernel at ~10 us, far over
+# what the same passes take unprofiled.)
+profile() {
+    out=${OUT:-.gpu/out}
+    setup
+    /tmp/g/bin/gpu-bench --from /tmp/g --profile 2>&1 | tee "$out/profile.txt"
+}
+
 case "${1:-}" in
     pack) pack ;;
     run) run ;;
-    *) echo "usage: $0 pack|run" >&2; exit 2 ;;
+    profile) profile ;;
+    *) echo "usage: $0 pack|run|profile" >&2; exit 2 ;;
 esac

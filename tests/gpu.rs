@@ -11,7 +11,10 @@
 mod common;
 use common::KillOnDrop;
 use nudge_model::{BackendKind, NluModel, Precision};
-use nudge_proto::v1::{nlu_client::NluClient, ListModelsRequest, UnderstandBatchRequest, UnderstandRequest};
+use nudge_proto::v1::model_admin_client::ModelAdminClient;
+use nudge_proto::v1::{
+    nlu_client::NluClient, ListModelsRequest, ReloadModelRequest, UnderstandBatchRequest, UnderstandRequest,
+};
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -53,7 +56,10 @@ fn have_gpu() -> bool {
 /// The evaluation messages of the default intents, Chinese and English (340).
 fn texts() -> Vec<String> {
     let mut out = Vec::new();
-    for f in ["models/data/cs_intent/eval_zh.jsonl", "models/data/cs_intent/eval_en.jsonl"] {
+    for f in [
+        "models/data/cs_intent/eval_zh.jsonl",
+        "models/data/cs_intent/eval_en.jsonl",
+    ] {
         let body = std::fs::read_to_string(repo_path(f)).unwrap();
         for line in body.lines().filter(|l| !l.trim().is_empty()) {
             let v: serde_json::Value = serde_json::from_str(line).unwrap();
@@ -89,9 +95,17 @@ fn the_gpu_encoder_matches_the_cpu_encoder_on_real_messages() {
         let (mut max_diff, mut min_cos, mut same, mut near_ties) = (0f32, 1f32, 0, 0);
         for ((g, s), c) in got.iter().zip(&small).zip(&want) {
             for (a, b) in g.embedding.iter().zip(&s.embedding) {
-                assert!((a - b).abs() < 1e-3, "batch composition changed an embedding: {a} vs {b}");
+                assert!(
+                    (a - b).abs() < 1e-3,
+                    "batch composition changed an embedding: {a} vs {b}"
+                );
             }
-            let d = g.embedding.iter().zip(&c.embedding).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            let d = g
+                .embedding
+                .iter()
+                .zip(&c.embedding)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
             max_diff = max_diff.max(d);
             min_cos = min_cos.min(g.embedding.iter().zip(&c.embedding).map(|(a, b)| a * b).sum());
             let (gi, ci) = (g.intent.as_ref().unwrap(), c.intent.as_ref().unwrap());
@@ -101,7 +115,10 @@ fn the_gpu_encoder_matches_the_cpu_encoder_on_real_messages() {
                 // Only where the CPU itself barely separates its two best labels.
                 let mut sorted = ci.clone();
                 sorted.sort_by(|a, b| b.total_cmp(a));
-                assert!(sorted[0] - sorted[1] < 0.02, "label differs with a clear CPU margin: {ci:?} vs {gi:?}");
+                assert!(
+                    sorted[0] - sorted[1] < 0.02,
+                    "label differs with a clear CPU margin: {ci:?} vs {gi:?}"
+                );
                 near_ties += 1;
             }
         }
@@ -116,12 +133,19 @@ fn the_gpu_encoder_matches_the_cpu_encoder_on_real_messages() {
     }
 }
 
-fn start(args: &[&str]) -> (KillOnDrop, String, String) {
+fn start(args: &[&str]) -> (KillOnDrop, String, String, String) {
     let mut child = KillOnDrop(
         Command::new(bin())
             .arg("serve")
             .args(args)
-            .args(["--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0"])
+            .args([
+                "--grpc-addr",
+                "127.0.0.1:0",
+                "--admin-addr",
+                "127.0.0.1:0",
+                "--metrics-addr",
+                "127.0.0.1:0",
+            ])
             .env("NUDGE_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -129,15 +153,17 @@ fn start(args: &[&str]) -> (KillOnDrop, String, String) {
             .unwrap(),
     );
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     let addr = |key: &str| {
         line.split_whitespace()
             .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
             .unwrap_or_else(|| panic!("no {key} in {line:?}"))
             .to_string()
     };
-    let (grpc, metrics) = (addr("grpc"), addr("metrics"));
-    (child, grpc, metrics)
+    let (grpc, admin, metrics) = (addr("grpc"), addr("admin"), addr("metrics"));
+    (child, grpc, admin, metrics)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -145,15 +171,41 @@ async fn serve_device_cuda_answers_and_says_which_device_served() {
     if !have_gpu() {
         return;
     }
-    let b = bundle();
-    let (_server, grpc, metrics) = start(&["--device", "cuda:0", "--bundle", b.to_str().unwrap()]);
+    let b = bundle().canonicalize().unwrap();
+    // The admin door reloads only bundles under the models root.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("nudge.toml");
+    std::fs::write(
+        &config,
+        format!("models_root = {:?}\n", b.parent().unwrap().display().to_string()),
+    )
+    .unwrap();
+    let (_server, grpc, admin, metrics) = start(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--device",
+        "cuda:0",
+        "--bundle",
+        b.to_str().unwrap(),
+    ]);
     let mut c = NluClient::connect(format!("http://{grpc}")).await.unwrap();
-    let models = c.list_models(ListModelsRequest::default()).await.unwrap().into_inner().models;
-    assert_eq!((models[0].device.as_str(), models[0].backend.as_str()), ("cuda:0", "cuda-f16"));
+    let models = c
+        .list_models(ListModelsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .models;
+    assert_eq!(
+        (models[0].device.as_str(), models[0].backend.as_str()),
+        ("cuda:0", "cuda-f16")
+    );
 
     let cpu = NluModel::load(&b, BackendKind::Cpu).unwrap();
     let labels = cpu.intent_spec().unwrap().labels.clone();
-    for text in ["这单有没有能用的优惠券？", "My parcel still hasn't arrived, where is it?"] {
+    for text in [
+        "这单有没有能用的优惠券？",
+        "My parcel still hasn't arrived, where is it?",
+    ] {
         let r = c
             .understand(UnderstandRequest {
                 text: text.into(),
@@ -167,11 +219,31 @@ async fn serve_device_cuda_answers_and_says_which_device_served() {
         let want = &labels[argmax(cpu.run(&[&ids]).unwrap()[0].intent.as_ref().unwrap())];
         let result = r.result.unwrap();
         let intent = result.intent.unwrap();
-        assert!(intent.label == *want || intent.out_of_scope, "{text}: GPU {} vs CPU {want}", intent.label);
+        assert!(
+            intent.label == *want || intent.out_of_scope,
+            "{text}: GPU {} vs CPU {want}",
+            intent.label
+        );
     }
-    // Many concurrent batches: everything answered, on the GPU.
+    // Many concurrent batches, with a hot reload of the model on the GPU in the middle:
+    // everything answered, on the GPU.
     let texts = texts();
     let mut calls = Vec::new();
+    for chunk in texts.chunks(20) {
+        let mut c = c.clone();
+        let req = UnderstandBatchRequest {
+            texts: chunk.to_vec(),
+            ..Default::default()
+        };
+        calls.push(tokio::spawn(async move { c.understand_batch(req).await }));
+    }
+    let mut admin = ModelAdminClient::connect(format!("http://{admin}")).await.unwrap();
+    let reloaded = admin
+        .reload_model(ReloadModelRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reloaded.version, reloaded.previous_version);
     for chunk in texts.chunks(20) {
         let mut c = c.clone();
         let req = UnderstandBatchRequest {
@@ -185,7 +257,7 @@ async fn serve_device_cuda_answers_and_says_which_device_served() {
         let r = call.await.unwrap().unwrap().into_inner();
         answered += r.results.len();
     }
-    assert_eq!(answered, texts.len());
+    assert_eq!(answered, 2 * texts.len());
     let body = reqwest_get(&format!("http://{metrics}/metrics")).await;
     let line = body
         .lines()
@@ -212,7 +284,10 @@ async fn reqwest_get(url: &str) -> String {
 #[test]
 fn asking_for_a_gpu_the_machine_lacks_is_refused_with_a_clear_error() {
     // A device name that is not one is refused by the flag parser.
-    let out = Command::new(bin()).args(["serve", "--device", "gpu0"]).output().unwrap();
+    let out = Command::new(bin())
+        .args(["serve", "--device", "gpu0"])
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("unknown device `gpu0`"), "{err}");
     if nudge_kernels::driver_available() {
@@ -222,7 +297,14 @@ fn asking_for_a_gpu_the_machine_lacks_is_refused_with_a_clear_error() {
     let out = Command::new(bin())
         .args(["serve", "--device", "cuda:0", "--bundle"])
         .arg(bundle())
-        .args(["--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0"])
+        .args([
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--admin-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);

@@ -21,7 +21,7 @@ use crate::gpu::{matmul, Gpu, Half};
 use crate::ops::{self, Functions, Tables};
 use crate::source::Variant;
 use cudarc::cublas::CudaBlas;
-use cudarc::driver::{CudaSlice, CudaStream, PinnedHostSlice};
+use cudarc::driver::{CudaEvent, CudaSlice, CudaStream, PinnedHostSlice};
 use std::sync::{Arc, Mutex, TryLockError};
 
 /// The feed-forward activation.
@@ -180,7 +180,6 @@ struct HeadGpu {
     labels: usize,
 }
 
-
 /// A stream and everything one pass writes.
 struct Lane {
     stream: Arc<CudaStream>,
@@ -190,13 +189,26 @@ struct Lane {
     meta: CudaSlice<u32>,
     resid: CudaSlice<f32>,
     xh: CudaSlice<u16>,
-    acc: CudaSlice<f32>,
+    acc: CudaSlice<u16>,
     inner: CudaSlice<u16>,
     ctx: CudaSlice<u16>,
     pooled: CudaSlice<f32>,
     probs: Vec<CudaSlice<f32>>,
     host_meta: PinnedHostSlice<u32>,
     host_out: PinnedHostSlice<f32>,
+}
+
+/// Events recorded between launches when timing stages (`stage_times`), else `None`.
+type Marks = Option<Vec<(&'static str, CudaEvent)>>;
+
+fn mark(stream: &Arc<CudaStream>, marks: &mut Marks, stage: &'static str) -> Result<(), GpuError> {
+    if let Some(m) = marks {
+        m.push((
+            stage,
+            stream.record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))?,
+        ));
+    }
+    Ok(())
 }
 
 /// Lanes per encoder: two let one batch's copies overlap another's kernels.
@@ -219,7 +231,10 @@ pub struct GpuEncoder {
 
 fn check_len(what: &str, v: &[f32], want: usize) -> Result<(), GpuError> {
     if v.len() != want {
-        return Err(GpuError::invalid(format!("{what}: {} values, expected {want}", v.len())));
+        return Err(GpuError::invalid(format!(
+            "{what}: {} values, expected {want}",
+            v.len()
+        )));
     }
     Ok(())
 }
@@ -289,6 +304,7 @@ impl GpuEncoder {
             arch: gpu.arch(),
             half,
             head_dim,
+            hidden: h,
             activation: match shape.activation {
                 Activation::GeluErf => 0,
                 Activation::GeluTanh => 1,
@@ -333,7 +349,9 @@ impl GpuEncoder {
         self.heads = gpu_heads;
         self.normalize = normalize;
         for lane in &mut self.lanes {
-            *lane.get_mut().map_err(|_| GpuError::invalid("a GPU lane was poisoned by a panic"))? = None;
+            *lane
+                .get_mut()
+                .map_err(|_| GpuError::invalid("a GPU lane was poisoned by a panic"))? = None;
         }
         Ok(())
     }
@@ -403,12 +421,38 @@ impl GpuEncoder {
         let tokens: usize = seqs.iter().map(|s| s.len()).sum();
         self.gpu.context().bind_to_thread()?;
         let lane = self.lane(&mut guard, tokens, seqs.len())?;
-        let out = self.pass(lane, seqs, tokens);
+        let out = self.pass(lane, seqs, tokens, &mut None);
         if out.is_err() {
             // A failed pass may leave the stream in an error state: build the lane afresh.
             *guard = None;
         }
         out
+    }
+
+    /// Where a pass over `seqs` spends its GPU time: microseconds per stage (all layers
+    /// together), the mean of `reps` passes, from events recorded between the launches. For
+    /// the benchmark: events per launch cost a little, so `run` records none.
+    pub fn stage_times(&self, seqs: &[&[u32]], reps: usize) -> Result<Vec<(&'static str, f64)>, GpuError> {
+        let mut guard = self.lanes[0]
+            .lock()
+            .map_err(|_| GpuError::invalid("a GPU lane was poisoned by a panic"))?;
+        let tokens: usize = seqs.iter().map(|s| s.len()).sum();
+        self.gpu.context().bind_to_thread()?;
+        let lane = self.lane(&mut guard, tokens, seqs.len())?;
+        let mut totals: Vec<(&'static str, f64)> = Vec::new();
+        for _ in 0..reps.max(1) {
+            let mut marks = Some(Vec::new());
+            self.pass(lane, seqs, tokens, &mut marks)?;
+            let marks = marks.unwrap_or_default();
+            for pair in marks.windows(2) {
+                let us = f64::from(pair[0].1.elapsed_ms(&pair[1].1)?) * 1e3 / reps.max(1) as f64;
+                match totals.iter_mut().find(|(n, _)| *n == pair[1].0) {
+                    Some(t) => t.1 += us,
+                    None => totals.push((pair[1].0, us)),
+                }
+            }
+        }
+        Ok(totals)
     }
 
     /// The lane in `slot`, (re)allocated to hold `tokens` tokens in `seqs` sequences.
@@ -432,7 +476,7 @@ impl GpuEncoder {
                     meta: stream.alloc::<u32>(2 * t + b + 1)?,
                     resid: stream.alloc::<f32>(t * h)?,
                     xh: stream.alloc::<u16>(t * h)?,
-                    acc: stream.alloc::<f32>(t * (3 * h).max(f))?,
+                    acc: stream.alloc::<u16>(t * (3 * h).max(f))?,
                     inner: stream.alloc::<u16>(t * f)?,
                     ctx: stream.alloc::<u16>(t * h)?,
                     pooled: stream.alloc::<f32>(b * h)?,
@@ -454,10 +498,17 @@ impl GpuEncoder {
         slot.as_mut().ok_or_else(|| GpuError::invalid("GPU lane missing"))
     }
 
-    fn pass(&self, lane: &mut Lane, seqs: &[&[u32]], tokens: usize) -> Result<EncoderOutput, GpuError> {
+    fn pass(
+        &self,
+        lane: &mut Lane,
+        seqs: &[&[u32]],
+        tokens: usize,
+        marks: &mut Marks,
+    ) -> Result<EncoderOutput, GpuError> {
         let s = &self.shape;
         let (h, f, b) = (s.hidden, s.intermediate, seqs.len());
-                let stream = lane.stream.clone();
+        let stream = lane.stream.clone();
+        mark(&stream, marks, "start")?;
 
         // Token ids, positions and sequence offsets in one pinned buffer, one copy.
         let n_meta = 2 * tokens + b + 1;
@@ -477,6 +528,7 @@ impl GpuEncoder {
             }
             stream.memcpy_htod(&host[..n_meta], &mut lane.meta.slice_mut(..n_meta))?;
         }
+        mark(&stream, marks, "copy in")?;
         let ids = lane.meta.slice(..tokens);
         let pos = lane.meta.slice(tokens..2 * tokens);
         let offsets = lane.meta.slice(2 * tokens..n_meta);
@@ -500,23 +552,45 @@ impl GpuEncoder {
             &mut lane.resid.as_view_mut(),
             &mut lane.xh.as_view_mut(),
         )?;
-        let longest = seqs.iter().map(|q| q.len()).max().unwrap_or(1);
-        let half = Some(self.half);
+        mark(&stream, marks, "embedding + LayerNorm")?;
+        let half = self.half;
         for layer in &self.layers {
-            matmul(&lane.blas, &stream, half, &lane.xh, &layer.qkv.weight, &mut lane.acc, tokens, 3 * h, h)?;
+            matmul(
+                &lane.blas,
+                &stream,
+                half,
+                &lane.xh,
+                &layer.qkv.weight,
+                &mut lane.acc,
+                tokens,
+                3 * h,
+                h,
+            )?;
+            mark(&stream, marks, "QKV product")?;
             ops::attention(
                 fns,
                 &stream,
                 tokens,
                 h,
                 s.heads,
-                longest,
                 &lane.acc.as_view(),
                 &layer.qkv.bias.as_view(),
                 &offsets,
                 &mut lane.ctx.as_view_mut(),
             )?;
-            matmul(&lane.blas, &stream, half, &lane.ctx, &layer.attn_out.weight, &mut lane.acc, tokens, h, h)?;
+            mark(&stream, marks, "attention")?;
+            matmul(
+                &lane.blas,
+                &stream,
+                half,
+                &lane.ctx,
+                &layer.attn_out.weight,
+                &mut lane.acc,
+                tokens,
+                h,
+                h,
+            )?;
+            mark(&stream, marks, "attention-out product")?;
             ops::bias_residual_layer_norm(
                 fns,
                 &stream,
@@ -530,7 +604,19 @@ impl GpuEncoder {
                 &mut lane.resid.as_view_mut(),
                 &mut lane.xh.as_view_mut(),
             )?;
-            matmul(&lane.blas, &stream, half, &lane.xh, &layer.ffn_in.weight, &mut lane.acc, tokens, f, h)?;
+            mark(&stream, marks, "bias + residual + LayerNorm")?;
+            matmul(
+                &lane.blas,
+                &stream,
+                half,
+                &lane.xh,
+                &layer.ffn_in.weight,
+                &mut lane.acc,
+                tokens,
+                f,
+                h,
+            )?;
+            mark(&stream, marks, "FFN-in product")?;
             ops::bias_activation(
                 fns,
                 &stream,
@@ -540,7 +626,19 @@ impl GpuEncoder {
                 &layer.ffn_in.bias.as_view(),
                 &mut lane.inner.as_view_mut(),
             )?;
-            matmul(&lane.blas, &stream, half, &lane.inner, &layer.ffn_out.weight, &mut lane.acc, tokens, h, f)?;
+            mark(&stream, marks, "bias + GELU")?;
+            matmul(
+                &lane.blas,
+                &stream,
+                half,
+                &lane.inner,
+                &layer.ffn_out.weight,
+                &mut lane.acc,
+                tokens,
+                h,
+                f,
+            )?;
+            mark(&stream, marks, "FFN-out product")?;
             ops::bias_residual_layer_norm(
                 fns,
                 &stream,
@@ -554,6 +652,7 @@ impl GpuEncoder {
                 &mut lane.resid.as_view_mut(),
                 &mut lane.xh.as_view_mut(),
             )?;
+            mark(&stream, marks, "bias + residual + LayerNorm")?;
         }
         ops::pool(
             fns,
@@ -564,6 +663,7 @@ impl GpuEncoder {
             &offsets,
             &mut lane.pooled.as_view_mut(),
         )?;
+        mark(&stream, marks, "pooling")?;
         for (head, probs) in self.heads.iter().zip(lane.probs.iter_mut()) {
             ops::linear_softmax(
                 fns,
@@ -577,6 +677,7 @@ impl GpuEncoder {
                 &mut probs.as_view_mut(),
             )?;
         }
+        mark(&stream, marks, "heads")?;
         // Pooled vectors and probabilities back in one pinned buffer, then one wait.
         let host = lane.host_out.as_mut_slice()?;
         let (pooled_host, mut rest) = host.split_at_mut(b * h);
@@ -589,6 +690,7 @@ impl GpuEncoder {
             spans.push(head.labels);
             rest = tail;
         }
+        mark(&stream, marks, "copy out")?;
         stream.synchronize()?;
         let host = lane.host_out.as_slice()?;
         let pooled = host[..b * h].chunks_exact(h).map(<[f32]>::to_vec).collect();
@@ -596,7 +698,10 @@ impl GpuEncoder {
         let heads = spans
             .into_iter()
             .map(|labels| {
-                let rows = host[at..at + b * labels].chunks_exact(labels).map(<[f32]>::to_vec).collect();
+                let rows = host[at..at + b * labels]
+                    .chunks_exact(labels)
+                    .map(<[f32]>::to_vec)
+                    .collect();
                 at += b * labels;
                 rows
             })

@@ -158,7 +158,10 @@ impl Gpu {
         variant.arch = self.arch;
         let src = source::source(source).ok_or_else(|| GpuError::invalid(format!("no kernel source {source}")))?;
         let module = {
-            let mut modules = self.modules.lock().map_err(|_| GpuError::invalid("module cache poisoned"))?;
+            let mut modules = self
+                .modules
+                .lock()
+                .map_err(|_| GpuError::invalid("module cache poisoned"))?;
             match modules.get(&(source, variant)) {
                 Some(m) => m.clone(),
                 None => {
@@ -183,14 +186,14 @@ impl Gpu {
     }
 }
 
-/// `y[rows, n] = x[rows, k] · w[n, k]ᵀ` in row-major terms (every dense layer and every
-/// scoring product), `x` and `w` of type `input`, `y` f32, accumulation f32. cuBLAS is
-/// column-major, so it computes `yᵀ = w · xᵀ`: the same bytes.
+/// `y[rows, n] = x[rows, k] · w[n, k]ᵀ` in row-major terms (every dense layer), inputs and
+/// output in `half`, accumulation in f32. cuBLAS is column-major, so it computes
+/// `yᵀ = w · xᵀ`: the same bytes.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn matmul<X, W, Y>(
     blas: &CudaBlas,
     stream: &CudaStream,
-    input: Option<Half>,
+    half: Half,
     x: &X,
     w: &W,
     y: &mut Y,
@@ -201,12 +204,13 @@ pub(crate) fn matmul<X, W, Y>(
 where
     X: DevicePtr<u16> + ?Sized,
     W: DevicePtr<u16> + ?Sized,
-    Y: DevicePtrMut<f32> + ?Sized,
+    Y: DevicePtrMut<u16> + ?Sized,
 {
-    matmul_raw(blas, stream, input, x, w, y, rows, n, k)
+    let t = half.cuda_type();
+    matmul_raw(blas, stream, (t, t), x, w, y, rows, n, k)
 }
 
-/// [`matmul`] with f32 inputs (decision scoring: f32 in, f32 out, full f32 arithmetic).
+/// [`matmul`] in f32 throughout (decision scoring).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn matmul_f32<X, W, Y>(
     blas: &CudaBlas,
@@ -223,14 +227,15 @@ where
     W: DevicePtr<f32> + ?Sized,
     Y: DevicePtrMut<f32> + ?Sized,
 {
-    matmul_raw(blas, stream, None, x, w, y, rows, n, k)
+    let t = blas_sys::cudaDataType::CUDA_R_32F;
+    matmul_raw(blas, stream, (t, t), x, w, y, rows, n, k)
 }
 
 #[allow(clippy::too_many_arguments)]
-fn matmul_raw<T, X, W, Y>(
+fn matmul_raw<T, U, X, W, Y>(
     blas: &CudaBlas,
     stream: &CudaStream,
-    input: Option<Half>,
+    (in_type, out_type): (blas_sys::cudaDataType, blas_sys::cudaDataType),
     x: &X,
     w: &W,
     y: &mut Y,
@@ -241,7 +246,7 @@ fn matmul_raw<T, X, W, Y>(
 where
     X: DevicePtr<T> + ?Sized,
     W: DevicePtr<T> + ?Sized,
-    Y: DevicePtrMut<f32> + ?Sized,
+    Y: DevicePtrMut<U> + ?Sized,
 {
     if x.len() < rows * k || w.len() < n * k || y.len() < rows * n {
         return Err(GpuError::invalid(format!(
@@ -258,7 +263,6 @@ where
     stream.context().bind_to_thread()?;
     let to_int = |v: usize| i32::try_from(v).map_err(|_| GpuError::invalid(format!("matmul dimension {v} too large")));
     let (m_, n_, k_) = (to_int(n)?, to_int(rows)?, to_int(k)?);
-    let in_type = input.map_or(blas_sys::cudaDataType::CUDA_R_32F, Half::cuda_type);
     let (alpha, beta) = (1f32, 0f32);
     let (xp, _gx) = x.device_ptr(stream);
     let (wp, _gw) = w.device_ptr(stream);
@@ -282,7 +286,7 @@ where
             k_,
             (&beta) as *const f32 as *const _,
             yp as *mut _,
-            blas_sys::cudaDataType::CUDA_R_32F,
+            out_type,
             m_,
             blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
             blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
@@ -291,7 +295,7 @@ where
     Ok(())
 }
 
-/// Measured rate of the encoder's product (`half` inputs, f32 accumulation and output) on an
+/// Measured rate of the encoder's product (`half` in and out, f32 accumulation) on an
 /// `n × n × n` problem of random values, in FLOP/s: the ceiling the encoder is judged
 /// against. Random, not zero, inputs: zeros run faster and would flatter every ratio.
 pub fn matmul_rate(gpu: &Gpu, half: Half, n: usize, reps: usize) -> Result<f64, GpuError> {
@@ -306,14 +310,14 @@ pub fn matmul_rate(gpu: &Gpu, half: Half, n: usize, reps: usize) -> Result<f64, 
     let (stream, blas) = gpu.stream()?;
     let xd = stream.clone_htod(&x)?;
     let wd = stream.clone_htod(&x)?;
-    let mut y = stream.alloc_zeros::<f32>(n * n)?;
+    let mut y = stream.alloc_zeros::<u16>(n * n)?;
     for _ in 0..3 {
-        matmul(&blas, &stream, Some(half), &xd, &wd, &mut y, n, n, n)?;
+        matmul(&blas, &stream, half, &xd, &wd, &mut y, n, n, n)?;
     }
     stream.synchronize()?;
     let t = std::time::Instant::now();
     for _ in 0..reps.max(1) {
-        matmul(&blas, &stream, Some(half), &xd, &wd, &mut y, n, n, n)?;
+        matmul(&blas, &stream, half, &xd, &wd, &mut y, n, n, n)?;
     }
     stream.synchronize()?;
     Ok(2.0 * (n as f64).powi(3) * reps.max(1) as f64 / t.elapsed().as_secs_f64())

@@ -86,7 +86,13 @@ pub(crate) fn embed_layer_norm(
     // SAFETY: sizes checked above; ids and positions are clamped to the tables in the kernel.
     unsafe {
         let mut l = stream.launch_builder(&fns.embed);
-        l.arg(ids).arg(pos).arg(word).arg(position).arg(gamma).arg(beta).arg(&t.eps);
+        l.arg(ids)
+            .arg(pos)
+            .arg(word)
+            .arg(position)
+            .arg(gamma)
+            .arg(beta)
+            .arg(&t.eps);
         l.arg(&n).arg(&h).arg(&v).arg(&p).arg(resid).arg(xh);
         l.launch(rows_config(tokens))?;
     }
@@ -100,7 +106,7 @@ pub(crate) fn bias_residual_layer_norm(
     rows: usize,
     hidden: usize,
     eps: f32,
-    acc: &CudaView<'_, f32>,
+    acc: &CudaView<'_, u16>,
     bias: &CudaView<'_, f32>,
     gamma: &CudaView<'_, f32>,
     beta: &CudaView<'_, f32>,
@@ -115,7 +121,15 @@ pub(crate) fn bias_residual_layer_norm(
     // SAFETY: sizes checked above.
     unsafe {
         let mut l = stream.launch_builder(&fns.residual_norm);
-        l.arg(acc).arg(bias).arg(resid).arg(gamma).arg(beta).arg(&eps).arg(&n).arg(&h).arg(xh);
+        l.arg(acc)
+            .arg(bias)
+            .arg(resid)
+            .arg(gamma)
+            .arg(beta)
+            .arg(&eps)
+            .arg(&n)
+            .arg(&h)
+            .arg(xh);
         l.launch(rows_config(rows))?;
     }
     Ok(())
@@ -126,12 +140,14 @@ pub(crate) fn bias_activation(
     stream: &Arc<CudaStream>,
     rows: usize,
     cols: usize,
-    acc: &CudaView<'_, f32>,
+    acc: &CudaView<'_, u16>,
     bias: &CudaView<'_, f32>,
     out: &mut CudaViewMut<'_, u16>,
 ) -> Result<(), GpuError> {
     if cols % 4 != 0 {
-        return Err(GpuError::invalid(format!("activation: {cols} columns is not a multiple of 4")));
+        return Err(GpuError::invalid(format!(
+            "activation: {cols} columns is not a multiple of 4"
+        )));
     }
     need("input", acc.len(), rows * cols)?;
     need("bias", bias.len(), cols)?;
@@ -151,8 +167,8 @@ pub(crate) fn bias_activation(
     Ok(())
 }
 
-/// `offsets` are the `seqs + 1` row boundaries of the packed sequences; `longest` the longest
-/// sequence (threads per block follow it: short texts do not idle 128 threads).
+/// `offsets` are the `seqs + 1` row boundaries of the packed sequences. A warp per
+/// (sequence, head), four warps per block.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn attention(
     fns: &Functions,
@@ -160,8 +176,7 @@ pub(crate) fn attention(
     tokens: usize,
     hidden: usize,
     heads: usize,
-    longest: usize,
-    qkv: &CudaView<'_, f32>,
+    qkv: &CudaView<'_, u16>,
     bias: &CudaView<'_, f32>,
     offsets: &CudaView<'_, u32>,
     ctx: &mut CudaViewMut<'_, u16>,
@@ -170,16 +185,22 @@ pub(crate) fn attention(
     need("qkv", qkv.len(), tokens * 3 * hidden)?;
     need("qkv bias", bias.len(), 3 * hidden)?;
     need("context", ctx.len(), tokens * hidden)?;
-    let h = int(hidden)?;
+    let (h, s_i, n_heads) = (int(hidden)?, int(seqs)?, int(heads)?);
     let cfg = LaunchConfig {
-        grid_dim: (seqs as u32, heads as u32, 1),
-        block_dim: (longest.next_multiple_of(32).clamp(32, 128) as u32, 1, 1),
+        grid_dim: ((seqs * heads).div_ceil(4) as u32, 1, 1),
+        block_dim: (128, 1, 1),
         shared_mem_bytes: 0,
     };
     // SAFETY: sizes checked above; offsets come from the host and end at `tokens`.
     unsafe {
         let mut l = stream.launch_builder(&fns.attention);
-        l.arg(qkv).arg(bias).arg(offsets).arg(&h).arg(ctx);
+        l.arg(qkv)
+            .arg(bias)
+            .arg(offsets)
+            .arg(&s_i)
+            .arg(&n_heads)
+            .arg(&h)
+            .arg(ctx);
         l.launch(cfg)?;
     }
     Ok(())
@@ -250,13 +271,14 @@ pub struct Single {
 }
 
 impl Single {
-    /// The kernels for `half`, heads of `head_dim`, activation `activation` (0 erf GELU,
-    /// 1 tanh GELU, 2 ReLU) on `gpu`.
-    pub fn new(gpu: Arc<Gpu>, half: Half, head_dim: usize, activation: u32) -> Result<Self, GpuError> {
+    /// The kernels for `half`, heads of `head_dim`, rows of `hidden`, activation
+    /// `activation` (0 erf GELU, 1 tanh GELU, 2 ReLU) on `gpu`.
+    pub fn new(gpu: Arc<Gpu>, half: Half, head_dim: usize, hidden: usize, activation: u32) -> Result<Self, GpuError> {
         let variant = Variant {
             arch: gpu.arch(),
             half,
             head_dim,
+            hidden,
             activation,
         };
         let fns = Functions::load(&gpu, variant)?;
@@ -289,7 +311,12 @@ impl Single {
             max_positions: position.len() / hidden.max(1),
             eps,
         };
-        let (ids, pos, word, position) = (s.clone_htod(ids)?, s.clone_htod(pos)?, s.clone_htod(word)?, s.clone_htod(position)?);
+        let (ids, pos, word, position) = (
+            s.clone_htod(ids)?,
+            s.clone_htod(pos)?,
+            s.clone_htod(word)?,
+            s.clone_htod(position)?,
+        );
         let (g, b) = (s.clone_htod(gamma)?, s.clone_htod(beta)?);
         let mut resid = s.alloc_zeros::<f32>(ids.len() * hidden)?;
         let mut xh = s.alloc_zeros::<u16>(ids.len() * hidden)?;
@@ -314,7 +341,7 @@ impl Single {
     /// See [`crate::reference::bias_residual_layer_norm`]; returns (residual, half states).
     pub fn bias_residual_layer_norm(
         &self,
-        acc: &[f32],
+        acc: &[u16],
         bias: &[f32],
         resid: &[f32],
         gamma: &[f32],
@@ -324,7 +351,12 @@ impl Single {
         let s = &self.stream;
         let hidden = bias.len();
         let rows = acc.len() / hidden.max(1);
-        let (acc, bias, g, b) = (s.clone_htod(acc)?, s.clone_htod(bias)?, s.clone_htod(gamma)?, s.clone_htod(beta)?);
+        let (acc, bias, g, b) = (
+            s.clone_htod(acc)?,
+            s.clone_htod(bias)?,
+            s.clone_htod(gamma)?,
+            s.clone_htod(beta)?,
+        );
         let mut resid = s.clone_htod(resid)?;
         let mut xh = s.alloc_zeros::<u16>(rows * hidden)?;
         bias_residual_layer_norm(
@@ -346,27 +378,44 @@ impl Single {
     }
 
     /// See [`crate::reference::bias_activation`].
-    pub fn bias_activation(&self, acc: &[f32], bias: &[f32]) -> Result<Vec<u16>, GpuError> {
+    pub fn bias_activation(&self, acc: &[u16], bias: &[f32]) -> Result<Vec<u16>, GpuError> {
         let s = &self.stream;
         let cols = bias.len();
         let rows = acc.len() / cols.max(1);
         let (a, b) = (s.clone_htod(acc)?, s.clone_htod(bias)?);
         let mut out = s.alloc_zeros::<u16>(rows * cols)?;
-        bias_activation(&self.fns, s, rows, cols, &a.as_view(), &b.as_view(), &mut out.as_view_mut())?;
+        bias_activation(
+            &self.fns,
+            s,
+            rows,
+            cols,
+            &a.as_view(),
+            &b.as_view(),
+            &mut out.as_view_mut(),
+        )?;
         let out = s.clone_dtoh(&out)?;
         s.synchronize()?;
         Ok(out)
     }
 
     /// See [`crate::reference::attention`].
-    pub fn attention(&self, qkv: &[f32], bias: &[f32], offsets: &[u32], heads: usize) -> Result<Vec<u16>, GpuError> {
+    pub fn attention(&self, qkv: &[u16], bias: &[f32], offsets: &[u32], heads: usize) -> Result<Vec<u16>, GpuError> {
         let s = &self.stream;
         let hidden = bias.len() / 3;
         let tokens = qkv.len() / (3 * hidden).max(1);
-        let longest = offsets.windows(2).map(|w| (w[1] - w[0]) as usize).max().unwrap_or(1);
         let (q, b, o) = (s.clone_htod(qkv)?, s.clone_htod(bias)?, s.clone_htod(offsets)?);
         let mut ctx = s.alloc_zeros::<u16>(tokens * hidden)?;
-        attention(&self.fns, s, tokens, hidden, heads, longest, &q.as_view(), &b.as_view(), &o.as_view(), &mut ctx.as_view_mut())?;
+        attention(
+            &self.fns,
+            s,
+            tokens,
+            hidden,
+            heads,
+            &q.as_view(),
+            &b.as_view(),
+            &o.as_view(),
+            &mut ctx.as_view_mut(),
+        )?;
         let out = s.clone_dtoh(&ctx)?;
         s.synchronize()?;
         Ok(out)
@@ -378,30 +427,55 @@ impl Single {
         let seqs = offsets.len().saturating_sub(1);
         let (xd, o) = (s.clone_htod(x)?, s.clone_htod(offsets)?);
         let mut out = s.alloc_zeros::<f32>(seqs * hidden)?;
-        pool(&self.fns, s, hidden, cls, &xd.as_view(), &o.as_view(), &mut out.as_view_mut())?;
+        pool(
+            &self.fns,
+            s,
+            hidden,
+            cls,
+            &xd.as_view(),
+            &o.as_view(),
+            &mut out.as_view_mut(),
+        )?;
         let out = s.clone_dtoh(&out)?;
         s.synchronize()?;
         Ok(out)
     }
 
     /// See [`crate::reference::linear_softmax`].
-    pub fn linear_softmax(&self, x: &[f32], hidden: usize, normalize: bool, w: &[f32], bias: &[f32]) -> Result<Vec<f32>, GpuError> {
+    pub fn linear_softmax(
+        &self,
+        x: &[f32],
+        hidden: usize,
+        normalize: bool,
+        w: &[f32],
+        bias: &[f32],
+    ) -> Result<Vec<f32>, GpuError> {
         let s = &self.stream;
         let rows = x.len() / hidden.max(1);
         let (xd, wd, bd) = (s.clone_htod(x)?, s.clone_htod(w)?, s.clone_htod(bias)?);
         let mut out = s.alloc_zeros::<f32>(rows * bias.len())?;
-        linear_softmax(&self.fns, s, rows, hidden, normalize, &xd.as_view(), &wd.as_view(), &bd.as_view(), &mut out.as_view_mut())?;
+        linear_softmax(
+            &self.fns,
+            s,
+            rows,
+            hidden,
+            normalize,
+            &xd.as_view(),
+            &wd.as_view(),
+            &bd.as_view(),
+            &mut out.as_view_mut(),
+        )?;
         let out = s.clone_dtoh(&out)?;
         s.synchronize()?;
         Ok(out)
     }
 
-    /// `x[rows, k] · w[n, k]ᵀ` through the encoder's cuBLAS path (half inputs, f32 out).
-    pub fn matmul(&self, x: &[u16], w: &[u16], rows: usize, n: usize, k: usize) -> Result<Vec<f32>, GpuError> {
+    /// `x[rows, k] · w[n, k]ᵀ` through the encoder's cuBLAS path (half in and out).
+    pub fn matmul(&self, x: &[u16], w: &[u16], rows: usize, n: usize, k: usize) -> Result<Vec<u16>, GpuError> {
         let (stream, blas) = self.gpu.stream()?;
         let (xd, wd) = (stream.clone_htod(x)?, stream.clone_htod(w)?);
-        let mut y = stream.alloc_zeros::<f32>(rows * n)?;
-        crate::gpu::matmul(&blas, &stream, Some(self.half), &xd, &wd, &mut y, rows, n, k)?;
+        let mut y = stream.alloc_zeros::<u16>(rows * n)?;
+        crate::gpu::matmul(&blas, &stream, self.half, &xd, &wd, &mut y, rows, n, k)?;
         let out = stream.clone_dtoh(&y)?;
         stream.synchronize()?;
         Ok(out)

@@ -36,9 +36,10 @@ pub fn embed_layer_norm(
     (out, xh)
 }
 
-/// `resid ← LayerNorm(acc + bias + resid)`: (f32 rows, half rows).
+/// `resid ← LayerNorm(acc + bias + resid)` for the product's half output `acc`: (f32 rows,
+/// half rows).
 pub fn bias_residual_layer_norm(
-    acc: &[f32],
+    acc: &[u16],
     bias: &[f32],
     resid: &[f32],
     gamma: &[f32],
@@ -50,7 +51,7 @@ pub fn bias_residual_layer_norm(
     let mut out = resid.to_vec();
     for (row, a) in out.chunks_exact_mut(h).zip(acc.chunks_exact(h)) {
         for c in 0..h {
-            row[c] += a[c] + bias[c];
+            row[c] = half.decode(a[c]) + bias[c] + row[c];
         }
         normalize_row(row, gamma, beta, eps);
     }
@@ -93,29 +94,36 @@ fn erf(x: f64) -> f64 {
     r.copysign(x)
 }
 
-/// Bias + activation, rounded to half.
-pub fn bias_activation(acc: &[f32], bias: &[f32], activation: u32, half: Half) -> Vec<u16> {
+/// Bias + activation on the product's half output, rounded to half.
+pub fn bias_activation(acc: &[u16], bias: &[f32], activation: u32, half: Half) -> Vec<u16> {
     let cols = bias.len();
     acc.iter()
         .enumerate()
-        .map(|(i, &v)| half.encode(activate(v + bias[i % cols], activation)))
+        .map(|(i, &v)| half.encode(activate(half.decode(v) + bias[i % cols], activation)))
         .collect()
 }
 
 /// Softmax attention of each packed sequence over its own rows: `qkv` `[tokens, 3·hidden]`
-/// without bias, `bias` `[3·hidden]`; returns the context `[tokens, hidden]` in half.
-pub fn attention(qkv: &[f32], bias: &[f32], offsets: &[u32], heads: usize, half: Half) -> Vec<u16> {
+/// (the product's half output, without bias), `bias` `[3·hidden]`; returns the context
+/// `[tokens, hidden]` in half.
+pub fn attention(qkv: &[u16], bias: &[f32], offsets: &[u32], heads: usize, half: Half) -> Vec<u16> {
     let hidden = bias.len() / 3;
     let d = hidden / heads;
     let tokens = qkv.len() / (3 * hidden);
-    let at = |t: usize, part: usize, c: usize| qkv[t * 3 * hidden + part * hidden + c] + bias[part * hidden + c];
+    let at = |t: usize, part: usize, c: usize| {
+        half.decode(qkv[t * 3 * hidden + part * hidden + c]) + bias[part * hidden + c]
+    };
     let mut out = vec![0u16; tokens * hidden];
     for w in offsets.windows(2) {
         let (start, end) = (w[0] as usize, w[1] as usize);
         for h in 0..heads {
             for i in start..end {
                 let scores: Vec<f64> = (start..end)
-                    .map(|j| (0..d).map(|c| at(i, 0, h * d + c) as f64 * at(j, 1, h * d + c) as f64).sum())
+                    .map(|j| {
+                        (0..d)
+                            .map(|c| at(i, 0, h * d + c) as f64 * at(j, 1, h * d + c) as f64)
+                            .sum()
+                    })
                     .collect();
                 let m = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
                 let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
@@ -151,7 +159,12 @@ pub fn linear_softmax(x: &[f32], hidden: usize, normalize: bool, w: &[f32], bias
     let mut out = Vec::new();
     for row in x.chunks_exact(hidden) {
         let scale = if normalize {
-            1.0 / row.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>().sqrt().max(1e-12)
+            1.0 / row
+                .iter()
+                .map(|v| (*v as f64) * (*v as f64))
+                .sum::<f64>()
+                .sqrt()
+                .max(1e-12)
         } else {
             1.0
         };
@@ -168,7 +181,8 @@ pub fn linear_softmax(x: &[f32], hidden: usize, normalize: bool, w: &[f32], bias
     out
 }
 
-/// `x[rows, k] · w[n, k]ᵀ` with half inputs, exact (f64) accumulation.
+/// `x[rows, k] · w[n, k]ᵀ` with half inputs, exact (f64) accumulation, not yet rounded to
+/// the half output.
 pub fn matmul(x: &[u16], w: &[u16], rows: usize, n: usize, k: usize, half: Half) -> Vec<f32> {
     let xf: Vec<f64> = x.iter().map(|&v| half.decode(v) as f64).collect();
     let wf: Vec<f64> = w.iter().map(|&v| half.decode(v) as f64).collect();
@@ -280,9 +294,15 @@ mod tests {
 
     #[test]
     fn philox_matches_the_random123_known_answers() {
-        assert_eq!(philox_block([0; 4], [0; 2]), [0x6627_e8d5, 0xe169_c58d, 0xbc57_ac4c, 0x9b00_dbd8]);
         assert_eq!(
-            philox_block([0x243f_6a88, 0x85a3_08d3, 0x1319_8a2e, 0x0370_7344], [0xa409_3822, 0x299f_31d0]),
+            philox_block([0; 4], [0; 2]),
+            [0x6627_e8d5, 0xe169_c58d, 0xbc57_ac4c, 0x9b00_dbd8]
+        );
+        assert_eq!(
+            philox_block(
+                [0x243f_6a88, 0x85a3_08d3, 0x1319_8a2e, 0x0370_7344],
+                [0xa409_3822, 0x299f_31d0]
+            ),
             [0xd16c_fe09, 0x94fd_cceb, 0x5001_e420, 0x2412_6ea1]
         );
     }
@@ -292,14 +312,21 @@ mod tests {
         let z = normal_draws(7, 200_000);
         let mean = z.iter().map(|&v| v as f64).sum::<f64>() / z.len() as f64;
         let var = z.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / z.len() as f64;
-        assert!(mean.abs() < 0.01 && (var - 1.0).abs() < 0.01, "mean {mean}, variance {var}");
+        assert!(
+            mean.abs() < 0.01 && (var - 1.0).abs() < 0.01,
+            "mean {mean}, variance {var}"
+        );
         assert_ne!(normal_draws(8, 4), normal_draws(7, 4), "the seed must matter");
     }
 
     #[test]
     fn erf_is_accurate_on_both_branches() {
         // erf(0.5), erf(1), erf(3) to 1e-15.
-        for (x, want) in [(0.5, 0.520_499_877_813_046_5), (1.0, 0.842_700_792_949_714_9), (3.0, 0.999_977_909_503_001_4)] {
+        for (x, want) in [
+            (0.5, 0.520_499_877_813_046_5),
+            (1.0, 0.842_700_792_949_714_9),
+            (3.0, 0.999_977_909_503_001_4),
+        ] {
             assert!((erf(x) - want).abs() < 1e-14, "erf({x}) = {}", erf(x));
             assert!((erf(-x) + want).abs() < 1e-14);
         }

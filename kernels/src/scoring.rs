@@ -54,6 +54,7 @@ impl GpuScorer {
             arch: gpu.arch(),
             half: Half::F16,
             head_dim: 32,
+            hidden: 0,
             activation: 0,
         };
         Ok(Self {
@@ -84,7 +85,13 @@ impl GpuScorer {
     }
 
     /// G = F·L, `[k, d]`, on the lane's stream.
-    fn g(&self, stream: &Arc<CudaStream>, blas: &CudaBlas, f: &CudaSlice<f32>, k: usize) -> Result<CudaSlice<f32>, GpuError> {
+    fn g(
+        &self,
+        stream: &Arc<CudaStream>,
+        blas: &CudaBlas,
+        f: &CudaSlice<f32>,
+        k: usize,
+    ) -> Result<CudaSlice<f32>, GpuError> {
         let mut g = stream.alloc_zeros::<f32>(k * self.d)?;
         matmul_f32(blas, stream, f, &self.chol_t, &mut g, k, self.d, self.d)?;
         Ok(g)
@@ -93,7 +100,10 @@ impl GpuScorer {
     /// Means and UCB scores (α the exploration width) for `feats`, row-major `[k, d]`.
     pub fn ucb(&self, feats: &[f32], alpha: f32) -> Result<UcbScores, GpuError> {
         let k = self.check(feats)?;
-        let lane = self.lane.lock().map_err(|_| GpuError::invalid("scorer lane poisoned"))?;
+        let lane = self
+            .lane
+            .lock()
+            .map_err(|_| GpuError::invalid("scorer lane poisoned"))?;
         let (stream, blas) = (&lane.0, &lane.1);
         let f = stream.clone_htod(feats)?;
         let g = self.g(stream, blas, &f, k)?;
@@ -103,7 +113,14 @@ impl GpuScorer {
         // SAFETY: f and g are [k, d], theta [d], means and ucb [k].
         unsafe {
             let mut l = stream.launch_builder(&self.ucb_fn);
-            l.arg(&f).arg(&self.theta).arg(&g).arg(&k_i).arg(&d_i).arg(&alpha).arg(&mut means).arg(&mut ucb);
+            l.arg(&f)
+                .arg(&self.theta)
+                .arg(&g)
+                .arg(&k_i)
+                .arg(&d_i)
+                .arg(&alpha)
+                .arg(&mut means)
+                .arg(&mut ucb);
             l.launch(LaunchConfig {
                 grid_dim: (k.div_ceil(8) as u32, 1, 1),
                 block_dim: (256, 1, 1),
@@ -123,9 +140,14 @@ impl GpuScorer {
     pub fn thompson(&self, feats: &[f32], scale: f32, samples: usize, seed: u64) -> Result<Vec<f32>, GpuError> {
         let k = self.check(feats)?;
         if samples == 0 || samples > i32::MAX as usize / self.d.max(k) {
-            return Err(GpuError::invalid(format!("samples: {samples} is not a usable number of draws")));
+            return Err(GpuError::invalid(format!(
+                "samples: {samples} is not a usable number of draws"
+            )));
         }
-        let lane = self.lane.lock().map_err(|_| GpuError::invalid("scorer lane poisoned"))?;
+        let lane = self
+            .lane
+            .lock()
+            .map_err(|_| GpuError::invalid("scorer lane poisoned"))?;
         let (stream, blas) = (&lane.0, &lane.1);
         let f = stream.clone_htod(feats)?;
         let g = self.g(stream, blas, &f, k)?;
@@ -147,7 +169,14 @@ impl GpuScorer {
                 shared_mem_bytes: 0,
             })?;
             let mut l = stream.launch_builder(&self.ucb_fn);
-            l.arg(&f).arg(&self.theta).arg(&g).arg(&k_i).arg(&d_i).arg(&zero).arg(&mut means).arg(&mut ucb);
+            l.arg(&f)
+                .arg(&self.theta)
+                .arg(&g)
+                .arg(&k_i)
+                .arg(&d_i)
+                .arg(&zero)
+                .arg(&mut means)
+                .arg(&mut ucb);
             l.launch(LaunchConfig {
                 grid_dim: (k.div_ceil(8) as u32, 1, 1),
                 block_dim: (256, 1, 1),

@@ -70,6 +70,8 @@ pub struct Variant {
     pub half: Half,
     /// Attention head width (`HEAD_DIM`).
     pub head_dim: usize,
+    /// Width of token states (`HIDDEN`; 0 for kernels that do not use it).
+    pub hidden: usize,
     /// 0 erf GELU, 1 tanh GELU, 2 ReLU (`ACT`).
     pub activation: u32,
 }
@@ -94,6 +96,7 @@ pub fn compile(source: &Source, variant: Variant) -> Result<Ptx, GpuError> {
             format!("--gpu-architecture=compute_{major}{minor}"),
             format!("-DNUDGE_BF16={}", u8::from(variant.half == Half::Bf16)),
             format!("-DHEAD_DIM={}", variant.head_dim),
+            format!("-DHIDDEN={}", variant.hidden),
             format!("-DACT={}", variant.activation),
             "--std=c++17".into(),
         ],
@@ -111,13 +114,14 @@ pub fn compile(source: &Source, variant: Variant) -> Result<Ptx, GpuError> {
     })
 }
 
-/// Compiles every source for every variant the encoder can ask for on `arch`: both half
-/// types, head widths 32 and 64, all three activations. Returns how many modules compiled.
+/// Compiles every source in the variants the encoder asks for on `arch`: both half types;
+/// e5-small / MiniLM (heads of 32, width 384), BERT-base (64, 768) and a width past the
+/// layer norms' register path (64, 1280); all three activations. Returns how many modules compiled.
 pub fn compile_all(arch: (i32, i32)) -> Result<usize, GpuError> {
     let mut n = 0;
     for source in &SOURCES {
         for half in [Half::F16, Half::Bf16] {
-            for head_dim in [32, 64] {
+            for (head_dim, hidden) in [(32, 384), (64, 768), (64, 1280)] {
                 for activation in 0..3 {
                     compile(
                         source,
@@ -125,6 +129,7 @@ pub fn compile_all(arch: (i32, i32)) -> Result<usize, GpuError> {
                             arch,
                             half,
                             head_dim,
+                            hidden,
                             activation,
                         },
                     )?;

@@ -2,7 +2,10 @@
 //! chained. Without a GPU these tests say so and pass; `NUDGE_REQUIRE_GPU=1` makes a missing
 //! GPU a failure (the GPU machine's script sets it), and `NUDGE_REQUIRE_NVRTC=1` does the
 //! same for NVRTC (CI sets it: every kernel must compile there).
-use nudge_kernels::{reference, Activation, Dense, EncoderShape, EncoderWeights, Gpu, GpuEncoder, GpuScorer, Half, HeadWeights, LayerWeights, Norm, Pool, Single};
+use nudge_kernels::{
+    reference, Activation, Dense, EncoderShape, EncoderWeights, Gpu, GpuEncoder, GpuScorer, Half, HeadWeights,
+    LayerWeights, Norm, Pool, Single,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::sync::Arc;
@@ -36,6 +39,10 @@ fn max_diff(a: &[f32], b: &[f32]) -> (f32, usize) {
         .fold((0.0, 0), |m, v| if v.0 > m.0 { v } else { m })
 }
 
+fn halves(half: Half, v: &[f32]) -> Vec<u16> {
+    v.iter().map(|&x| half.encode(x)).collect()
+}
+
 fn decode(half: Half, v: &[u16]) -> Vec<f32> {
     v.iter().map(|&b| half.decode(b)).collect()
 }
@@ -59,7 +66,12 @@ fn assert_half_close(what: &str, half: Half, gpu: &[u16], cpu: &[u16]) {
 
 fn assert_close(what: &str, gpu: &[f32], cpu: &[f32], tol: f32) {
     let (d, i) = max_diff(gpu, cpu);
-    assert!(d <= tol, "{what}: max |GPU − CPU| = {d} at {i} (GPU {}, CPU {}), allowed {tol}", gpu[i], cpu[i]);
+    assert!(
+        d <= tol,
+        "{what}: max |GPU − CPU| = {d} at {i} (GPU {}, CPU {}), allowed {tol}",
+        gpu[i],
+        cpu[i]
+    );
 }
 
 #[test]
@@ -74,7 +86,7 @@ fn nvrtc_compiles_every_kernel() {
     }
     for arch in [(8, 0), (9, 0)] {
         let n = nudge_kernels::compile_all(arch).unwrap_or_else(|e| panic!("compute_{}{}: {e}", arch.0, arch.1));
-        assert_eq!(n, nudge_kernels::SOURCES.len() * 2 * 2 * 3);
+        assert_eq!(n, nudge_kernels::SOURCES.len() * 2 * 3 * 3);
     }
     // A broken source is reported with NVRTC's log, naming the file.
     let bad = nudge_kernels::Source {
@@ -88,6 +100,7 @@ fn nvrtc_compiles_every_kernel() {
             arch: (9, 0),
             half: Half::F16,
             head_dim: 32,
+            hidden: 384,
             activation: 0,
         },
     )
@@ -100,25 +113,32 @@ fn nvrtc_compiles_every_kernel() {
 fn embedding_and_layer_norms_match_the_reference() {
     let Some(gpu) = gpu() else { return };
     let mut rng = StdRng::seed_from_u64(1);
-    let (h, vocab, max_pos, eps) = (384, 1000, 64, 1e-12);
-    let word = randn(&mut rng, vocab * h, 1.0);
-    let position = randn(&mut rng, max_pos * h, 0.5);
-    let (gamma, beta) = (randn(&mut rng, h, 1.5), randn(&mut rng, h, 0.2));
-    let ids: Vec<u32> = (0..300).map(|_| rng.random_range(0..vocab as u32)).collect();
-    let pos: Vec<u32> = (0..300).map(|i| (i % max_pos) as u32).collect();
-    for half in [Half::F16, Half::Bf16] {
-        let k = Single::new(gpu.clone(), half, 32, 0).unwrap();
-        let (g_res, g_h) = k.embed_layer_norm(&ids, &pos, &word, &position, &gamma, &beta, eps).unwrap();
-        let (c_res, c_h) = reference::embed_layer_norm(&ids, &pos, &word, &position, &gamma, &beta, eps, half);
-        assert_close("embedding LayerNorm", &g_res, &c_res, 2e-5 * 8.0);
-        assert_half_close("embedding LayerNorm", half, &g_h, &c_h);
+    // 384: each lane keeps its values in registers; 1280: the generic loop.
+    for h in [384, 1280] {
+        let (vocab, max_pos, eps) = (1000, 64, 1e-12);
+        let word = randn(&mut rng, vocab * h, 1.0);
+        let position = randn(&mut rng, max_pos * h, 0.5);
+        let (gamma, beta) = (randn(&mut rng, h, 1.5), randn(&mut rng, h, 0.2));
+        let ids: Vec<u32> = (0..300).map(|_| rng.random_range(0..vocab as u32)).collect();
+        let pos: Vec<u32> = (0..300).map(|i| (i % max_pos) as u32).collect();
+        for half in [Half::F16, Half::Bf16] {
+            let k = Single::new(gpu.clone(), half, 32, h, 0).unwrap();
+            let (g_res, g_h) = k
+                .embed_layer_norm(&ids, &pos, &word, &position, &gamma, &beta, eps)
+                .unwrap();
+            let (c_res, c_h) = reference::embed_layer_norm(&ids, &pos, &word, &position, &gamma, &beta, eps, half);
+            assert_close(&format!("embedding LayerNorm, width {h}"), &g_res, &c_res, 2e-4);
+            assert_half_close("embedding LayerNorm", half, &g_h, &c_h);
 
-        let acc = randn(&mut rng, 300 * h, 3.0);
-        let bias = randn(&mut rng, h, 0.5);
-        let (g_res, g_h) = k.bias_residual_layer_norm(&acc, &bias, &c_res, &gamma, &beta, 1e-5).unwrap();
-        let (c_res2, c_h2) = reference::bias_residual_layer_norm(&acc, &bias, &c_res, &gamma, &beta, 1e-5, half);
-        assert_close("residual LayerNorm", &g_res, &c_res2, 2e-4);
-        assert_half_close("residual LayerNorm", half, &g_h, &c_h2);
+            let acc = halves(half, &randn(&mut rng, 300 * h, 3.0));
+            let bias = randn(&mut rng, h, 0.5);
+            let (g_res, g_h) = k
+                .bias_residual_layer_norm(&acc, &bias, &c_res, &gamma, &beta, 1e-5)
+                .unwrap();
+            let (c_res2, c_h2) = reference::bias_residual_layer_norm(&acc, &bias, &c_res, &gamma, &beta, 1e-5, half);
+            assert_close(&format!("residual LayerNorm, width {h}"), &g_res, &c_res2, 2e-4);
+            assert_half_close("residual LayerNorm", half, &g_h, &c_h2);
+        }
     }
 }
 
@@ -127,11 +147,12 @@ fn bias_and_activation_match_the_reference() {
     let Some(gpu) = gpu() else { return };
     let mut rng = StdRng::seed_from_u64(2);
     let (rows, cols) = (77, 1536);
-    let acc = randn(&mut rng, rows * cols, 6.0);
+    let raw = randn(&mut rng, rows * cols, 6.0);
     let bias = randn(&mut rng, cols, 1.0);
     for half in [Half::F16, Half::Bf16] {
+        let acc = halves(half, &raw);
         for act in 0..3 {
-            let k = Single::new(gpu.clone(), half, 32, act).unwrap();
+            let k = Single::new(gpu.clone(), half, 32, 384, act).unwrap();
             let g = k.bias_activation(&acc, &bias).unwrap();
             let c = reference::bias_activation(&acc, &bias, act, half);
             assert_half_close(&format!("activation {act}"), half, &g, &c);
@@ -151,11 +172,12 @@ fn packed_attention_matches_the_reference() {
         offsets.push(offsets[offsets.len() - 1] + l as u32);
     }
     let tokens = *offsets.last().unwrap() as usize;
-    for (hidden, heads) in [(384, 12), (256, 4)] {
-        let qkv = randn(&mut rng, tokens * 3 * hidden, 1.0);
+    for (hidden, heads) in [(384, 12), (256, 4), (320, 5)] {
+        let raw = randn(&mut rng, tokens * 3 * hidden, 1.0);
         let bias = randn(&mut rng, 3 * hidden, 0.3);
         for half in [Half::F16, Half::Bf16] {
-            let k = Single::new(gpu.clone(), half, hidden / heads, 0).unwrap();
+            let qkv = halves(half, &raw);
+            let k = Single::new(gpu.clone(), half, hidden / heads, hidden, 0).unwrap();
             let g = k.attention(&qkv, &bias, &offsets, heads).unwrap();
             let c = reference::attention(&qkv, &bias, &offsets, heads, half);
             assert_half_close(&format!("attention, head dim {}", hidden / heads), half, &g, &c);
@@ -170,7 +192,7 @@ fn pooling_heads_and_products_match_the_reference() {
     let h = 384;
     let offsets = [0u32, 1, 9, 40, 41];
     let x = randn(&mut rng, 41 * h, 2.0);
-    let k = Single::new(gpu.clone(), Half::F16, 32, 0).unwrap();
+    let k = Single::new(gpu.clone(), Half::F16, 32, 384, 0).unwrap();
     for cls in [false, true] {
         let g = k.pool(&x, &offsets, h, cls).unwrap();
         assert_close("pooling", &g, &reference::pool(&x, &offsets, h, cls), 1e-5);
@@ -185,13 +207,20 @@ fn pooling_heads_and_products_match_the_reference() {
         assert_close("head softmax", &g, &c, 1e-5);
     }
     for half in [Half::F16, Half::Bf16] {
-        let k = Single::new(gpu.clone(), half, 32, 0).unwrap();
+        let k = Single::new(gpu.clone(), half, 32, 384, 0).unwrap();
         let (r, n, kk) = (33, 1152, 384);
-        let xs: Vec<u16> = randn(&mut rng, r * kk, 1.0).into_iter().map(|v| half.encode(v)).collect();
-        let ws: Vec<u16> = randn(&mut rng, n * kk, 0.1).into_iter().map(|v| half.encode(v)).collect();
+        let xs: Vec<u16> = randn(&mut rng, r * kk, 1.0)
+            .into_iter()
+            .map(|v| half.encode(v))
+            .collect();
+        let ws: Vec<u16> = randn(&mut rng, n * kk, 0.1)
+            .into_iter()
+            .map(|v| half.encode(v))
+            .collect();
         let g = k.matmul(&xs, &ws, r, n, kk).unwrap();
-        // Exact products of the halves, f32 accumulation: error ≪ one f32 ulp per term.
-        assert_close("matmul", &g, &reference::matmul(&xs, &ws, r, n, kk, half), 1e-3);
+        // Exact products of the halves, f32 accumulation, one rounding to half at the end.
+        let want = halves(half, &reference::matmul(&xs, &ws, r, n, kk, half));
+        assert_half_close("matmul", half, &g, &want);
     }
 }
 
@@ -205,7 +234,11 @@ fn decision_scoring_matches_the_reference() {
     let mut chol = vec![0f32; d * d];
     for i in 0..d {
         for j in 0..=i {
-            chol[i * d + j] = if i == j { 0.5 + rng.random::<f32>() } else { 0.2 * (rng.random::<f32>() - 0.5) };
+            chol[i * d + j] = if i == j {
+                0.5 + rng.random::<f32>()
+            } else {
+                0.2 * (rng.random::<f32>() - 0.5)
+            };
         }
     }
     let feats = randn(&mut rng, k * d, 1.0);
@@ -222,7 +255,10 @@ fn decision_scoring_matches_the_reference() {
     let cw = reference::thompson(few, &theta, &chol, 1.0, 20_000, 42);
     assert_close("Thompson win shares", &gw, &cw, 2e-3);
     assert!((gw.iter().sum::<f32>() - 1.0).abs() < 1e-4, "shares sum to 1: {gw:?}");
-    assert!(gw.iter().filter(|&&p| p > 0.01).count() >= 2, "draws should spread: {gw:?}");
+    assert!(
+        gw.iter().filter(|&&p| p > 0.01).count() >= 2,
+        "draws should spread: {gw:?}"
+    );
 
     // Bad input is an error naming what is wrong, not a panic.
     let e = scorer.ucb(&feats[..d + 1], 1.0).unwrap_err().to_string();
@@ -257,7 +293,13 @@ fn random_encoder(rng: &mut StdRng, shape: &EncoderShape) -> EncoderWeights {
 }
 
 /// The references chained in the encoder's order: what `GpuEncoder::run` must equal.
-fn reference_encoder(shape: &EncoderShape, w: &EncoderWeights, head: &HeadWeights, seqs: &[&[u32]], half: Half) -> (Vec<f32>, Vec<f32>) {
+fn reference_encoder(
+    shape: &EncoderShape,
+    w: &EncoderWeights,
+    head: &HeadWeights,
+    seqs: &[&[u32]],
+    half: Half,
+) -> (Vec<f32>, Vec<f32>) {
     let (h, f) = (shape.hidden, shape.intermediate);
     let mut offsets = vec![0u32];
     let (mut ids, mut pos) = (Vec::new(), Vec::new());
@@ -268,16 +310,41 @@ fn reference_encoder(shape: &EncoderShape, w: &EncoderWeights, head: &HeadWeight
     }
     let t = ids.len();
     let enc = |v: &[f32]| -> Vec<u16> { v.iter().map(|&x| half.encode(x)).collect() };
-    let (mut resid, mut xh) = reference::embed_layer_norm(&ids, &pos, &w.word, &w.position, &w.emb_norm.weight, &w.emb_norm.bias, shape.eps, half);
+    let (mut resid, mut xh) = reference::embed_layer_norm(
+        &ids,
+        &pos,
+        &w.word,
+        &w.position,
+        &w.emb_norm.weight,
+        &w.emb_norm.bias,
+        shape.eps,
+        half,
+    );
     for l in &w.layers {
-        let qkv = reference::matmul(&xh, &enc(&l.qkv.weight), t, 3 * h, h, half);
+        let qkv = enc(&reference::matmul(&xh, &enc(&l.qkv.weight), t, 3 * h, h, half));
         let ctx = reference::attention(&qkv, &l.qkv.bias, &offsets, shape.heads, half);
-        let a = reference::matmul(&ctx, &enc(&l.attn_out.weight), t, h, h, half);
-        (resid, xh) = reference::bias_residual_layer_norm(&a, &l.attn_out.bias, &resid, &l.attn_norm.weight, &l.attn_norm.bias, shape.eps, half);
-        let inner = reference::matmul(&xh, &enc(&l.ffn_in.weight), t, f, h, half);
+        let a = enc(&reference::matmul(&ctx, &enc(&l.attn_out.weight), t, h, h, half));
+        (resid, xh) = reference::bias_residual_layer_norm(
+            &a,
+            &l.attn_out.bias,
+            &resid,
+            &l.attn_norm.weight,
+            &l.attn_norm.bias,
+            shape.eps,
+            half,
+        );
+        let inner = enc(&reference::matmul(&xh, &enc(&l.ffn_in.weight), t, f, h, half));
         let inner = reference::bias_activation(&inner, &l.ffn_in.bias, 0, half);
-        let o = reference::matmul(&inner, &enc(&l.ffn_out.weight), t, h, f, half);
-        (resid, xh) = reference::bias_residual_layer_norm(&o, &l.ffn_out.bias, &resid, &l.out_norm.weight, &l.out_norm.bias, shape.eps, half);
+        let o = enc(&reference::matmul(&inner, &enc(&l.ffn_out.weight), t, h, f, half));
+        (resid, xh) = reference::bias_residual_layer_norm(
+            &o,
+            &l.ffn_out.bias,
+            &resid,
+            &l.out_norm.weight,
+            &l.out_norm.bias,
+            shape.eps,
+            half,
+        );
     }
     let pooled = reference::pool(&resid, &offsets, h, shape.pool == Pool::Cls);
     let probs = reference::linear_softmax(&pooled, h, true, &head.weight, &head.bias);
@@ -320,7 +387,12 @@ fn the_gpu_encoder_equals_its_kernels_chained() {
             Half::Bf16 => 1e-1,
         };
         assert_close(&format!("pooled ({})", half.name()), &flat, &pooled, tol);
-        assert_close(&format!("head ({})", half.name()), &out.heads[0].concat(), &probs, tol / 4.0);
+        assert_close(
+            &format!("head ({})", half.name()),
+            &out.heads[0].concat(),
+            &probs,
+            tol / 4.0,
+        );
         // A second, smaller batch on the same lanes gives the same rows.
         let again = enc.run(&refs[1..3]).unwrap();
         assert_close("rerun", &again.pooled.concat(), &out.pooled[1..3].concat(), 1e-6);

@@ -15,10 +15,10 @@
 #![warn(missing_docs)]
 
 mod backend;
-#[cfg(feature = "cuda")]
-mod cuda;
 pub mod batching;
 pub mod bundle;
+#[cfg(feature = "cuda")]
+mod cuda;
 pub mod encoder;
 mod error;
 mod heads;
@@ -26,9 +26,9 @@ mod model;
 mod verdict;
 
 pub use backend::{Backend, BackendKind, CandleCpu, Classified, UnknownDevice};
+pub use bundle::{ClassifierSpec, EncoderSpec, HeadsSpec, IntentSpec, Manifest, Precision, UnknownPrecision};
 #[cfg(feature = "cuda")]
 pub use cuda::CudaBackend;
-pub use bundle::{ClassifierSpec, EncoderSpec, HeadsSpec, IntentSpec, Manifest, Precision, UnknownPrecision};
 pub use encoder::{EncoderFiles, Pooling};
 pub use error::{BackendError, LoadError, TokenizeError};
 pub use heads::{l2_normalize, softmax, LinearHead};

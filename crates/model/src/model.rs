@@ -75,7 +75,11 @@ impl NluModel {
                 sentiment = Some((spec.labels.clone(), head));
             }
         }
-        let attach: Vec<&LinearHead> = intent.iter().map(|(_, h)| h).chain(sentiment.iter().map(|(_, h)| h)).collect();
+        let attach: Vec<&LinearHead> = intent
+            .iter()
+            .map(|(_, h)| h)
+            .chain(sentiment.iter().map(|(_, h)| h))
+            .collect();
         let heads_on_backend = backend.attach_heads(&attach, manifest.encoder.normalize)?;
         Ok(Self {
             heads_on_backend,

@@ -428,7 +428,10 @@ impl BertEncoder {
     /// fused QKV with the scale folded in, as here, and token type 0 folded into the
     /// position table. Fails for an int8 encoder: the GPU starts from the f32 weights.
     #[cfg(feature = "cuda")]
-    pub fn gpu_weights(&self, pooling: Pooling) -> candle_core::Result<(nudge_kernels::EncoderShape, nudge_kernels::EncoderWeights)> {
+    pub fn gpu_weights(
+        &self,
+        pooling: Pooling,
+    ) -> candle_core::Result<(nudge_kernels::EncoderShape, nudge_kernels::EncoderWeights)> {
         use nudge_kernels as k;
         let vec = |t: &Tensor| t.flatten_all()?.to_vec1::<f32>();
         let dense = |l: &Linear| -> candle_core::Result<k::Dense> {
