@@ -11,7 +11,7 @@
 //!   `nudge-model` puts it behind its `Backend` trait; this crate knows nothing of bundles.
 //! - [`GpuScorer`]: posterior means, LinUCB widths and Thompson-sampling win shares for
 //!   thousands of candidates at once.
-//! - [`reference`]: the CPU reference of every kernel, and [`Single`] to run each kernel
+//! - [`reference`](mod@reference): the CPU reference of every kernel, and [`Single`] to run each kernel
 //!   alone: the tests hold one against the other.
 #![warn(missing_docs)]
 

@@ -144,7 +144,7 @@ pub(crate) fn bias_activation(
     bias: &CudaView<'_, f32>,
     out: &mut CudaViewMut<'_, u16>,
 ) -> Result<(), GpuError> {
-    if cols % 4 != 0 {
+    if !cols.is_multiple_of(4) {
         return Err(GpuError::invalid(format!(
             "activation: {cols} columns is not a multiple of 4"
         )));

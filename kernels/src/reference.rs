@@ -14,6 +14,7 @@ fn normalize_row(row: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32) {
 }
 
 /// Word row + position row, then LayerNorm: (f32 rows, half rows).
+#[allow(clippy::too_many_arguments)]
 pub fn embed_layer_norm(
     ids: &[u32],
     pos: &[u32],
@@ -51,7 +52,7 @@ pub fn bias_residual_layer_norm(
     let mut out = resid.to_vec();
     for (row, a) in out.chunks_exact_mut(h).zip(acc.chunks_exact(h)) {
         for c in 0..h {
-            row[c] = half.decode(a[c]) + bias[c] + row[c];
+            row[c] += half.decode(a[c]) + bias[c];
         }
         normalize_row(row, gamma, beta, eps);
     }

@@ -74,7 +74,7 @@ impl GpuScorer {
     }
 
     fn check(&self, feats: &[f32]) -> Result<usize, GpuError> {
-        if feats.is_empty() || feats.len() % self.d != 0 || feats.iter().any(|v| !v.is_finite()) {
+        if feats.is_empty() || !feats.len().is_multiple_of(self.d) || feats.iter().any(|v| !v.is_finite()) {
             return Err(GpuError::invalid(format!(
                 "candidate features: {} values are not whole finite rows of {}",
                 feats.len(),
