@@ -53,7 +53,9 @@ async fn two_hundred_concurrent_calls_are_all_answered_in_batches() {
         assert_eq!(u.intent.unwrap().top_k.len(), 2);
         assert_eq!(r.model, "tiny");
         assert_eq!(r.model_version, "t1");
-        assert!(r.timing.unwrap().batch_size >= 1);
+        let timing = r.timing.unwrap();
+        assert!(timing.batch_size >= 1);
+        assert_eq!(timing.device, "cpu");
         answered += 1;
     }
     assert_eq!(answered, 200);
@@ -62,6 +64,10 @@ async fn two_hundred_concurrent_calls_are_all_answered_in_batches() {
     let texts_in_batches = metric(&m, "nudge_batch_size_sum").unwrap();
     assert_eq!(texts_in_batches, 200.0);
     assert!(batches < 200.0, "no batch held more than one text ({batches} batches)");
+    assert_eq!(
+        metric(&m, "nudge_encoder_batches_total{device=\"cpu\",model=\"tiny\"}"),
+        Some(batches)
+    );
     assert_eq!(
         metric(&m, "nudge_requests_total{code=\"OK\",method=\"Understand\"}"),
         Some(200.0)

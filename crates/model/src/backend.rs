@@ -225,3 +225,50 @@ impl Backend for CandleCpu {
         .map_err(BackendError::from)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::BackendKind;
+
+    #[test]
+    fn device_names_parse_and_print_back() {
+        for (text, kind) in [
+            ("cpu", BackendKind::Cpu),
+            (
+                "cuda",
+                BackendKind::Cuda {
+                    ordinal: 0,
+                    bf16: false,
+                },
+            ),
+            (
+                "cuda:1",
+                BackendKind::Cuda {
+                    ordinal: 1,
+                    bf16: false,
+                },
+            ),
+            (
+                "cuda:0:f16",
+                BackendKind::Cuda {
+                    ordinal: 0,
+                    bf16: false,
+                },
+            ),
+            ("cuda:2:bf16", BackendKind::Cuda { ordinal: 2, bf16: true }),
+        ] {
+            let parsed: BackendKind = text.parse().unwrap();
+            assert_eq!(parsed, kind, "{text}");
+            assert_eq!(parsed.to_string().parse::<BackendKind>().unwrap(), kind);
+        }
+        for bad in ["gpu", "cuda:x", "cuda:0:fp8", "cpu:0", "cuda:0:bf16:1", ""] {
+            let e = bad.parse::<BackendKind>().unwrap_err().to_string();
+            assert!(e.contains(&format!("`{bad}`")), "{e}");
+        }
+        // Through serde, as configuration files read it, and refused there with the same words.
+        let kind: BackendKind = serde_json::from_str("\"cuda:3:bf16\"").unwrap();
+        assert_eq!(kind, BackendKind::Cuda { ordinal: 3, bf16: true });
+        let e = serde_json::from_str::<BackendKind>("\"tpu\"").unwrap_err().to_string();
+        assert!(e.contains("unknown device `tpu`"), "{e}");
+    }
+}
