@@ -9,15 +9,16 @@
 //! machine runs binaries built here, from another directory).
 #[path = "../inference/tests/common/mod.rs"]
 mod common;
-use common::KillOnDrop;
+#[path = "support/cluster.rs"]
+mod support;
 use nudge_model::{BackendKind, NluModel, Precision};
 use nudge_proto::v1::model_admin_client::ModelAdminClient;
 use nudge_proto::v1::{
     nlu_client::NluClient, ListModelsRequest, ReloadModelRequest, UnderstandBatchRequest, UnderstandRequest,
 };
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
+use support::{nudge_bin, start_nudge};
 
 fn repo_path(rel: &str) -> PathBuf {
     let here = PathBuf::from(rel);
@@ -26,10 +27,6 @@ fn repo_path(rel: &str) -> PathBuf {
     } else {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel)
     }
-}
-
-fn bin() -> String {
-    std::env::var("NUDGE_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_nudge").to_string())
 }
 
 fn bundle() -> PathBuf {
@@ -133,62 +130,25 @@ fn the_gpu_encoder_matches_the_cpu_encoder_on_real_messages() {
     }
 }
 
-fn start(args: &[&str]) -> (KillOnDrop, String, String, String) {
-    let mut child = KillOnDrop(
-        Command::new(bin())
-            .arg("serve")
-            .args(args)
-            .args([
-                "--grpc-addr",
-                "127.0.0.1:0",
-                "--admin-addr",
-                "127.0.0.1:0",
-                "--metrics-addr",
-                "127.0.0.1:0",
-            ])
-            .env("NUDGE_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
-    );
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = |key: &str| {
-        line.split_whitespace()
-            .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
-            .unwrap_or_else(|| panic!("no {key} in {line:?}"))
-            .to_string()
-    };
-    let (grpc, admin, metrics) = (addr("grpc"), addr("admin"), addr("metrics"));
-    (child, grpc, admin, metrics)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn serve_device_cuda_answers_and_says_which_device_served() {
     if !have_gpu() {
         return;
     }
     let b = bundle().canonicalize().unwrap();
-    // The admin door reloads only bundles under the models root.
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("nudge.toml");
-    std::fs::write(
+    // Ports of the system's choosing; the admin door reloads only bundles under the models root.
+    let toml = format!(
+        "grpc_addr = \"127.0.0.1:0\"\nadmin_addr = \"127.0.0.1:0\"\nmetrics_addr = \"127.0.0.1:0\"\nmodels_root = {:?}\n",
+        b.parent().unwrap().display().to_string()
+    );
+    std::fs::write(&config, toml).unwrap();
+    let (_server, addrs) = start_nudge(
+        &["serve", "--device", "cuda:0", "--bundle", b.to_str().unwrap()],
         &config,
-        format!("models_root = {:?}\n", b.parent().unwrap().display().to_string()),
-    )
-    .unwrap();
-    let (_server, grpc, admin, metrics) = start(&[
-        "--config",
-        config.to_str().unwrap(),
-        "--device",
-        "cuda:0",
-        "--bundle",
-        b.to_str().unwrap(),
-    ]);
-    let mut c = NluClient::connect(format!("http://{grpc}")).await.unwrap();
+    );
+    let mut c = NluClient::connect(addrs["grpc"].clone()).await.unwrap();
     let models = c
         .list_models(ListModelsRequest::default())
         .await
@@ -237,7 +197,7 @@ async fn serve_device_cuda_answers_and_says_which_device_served() {
         };
         calls.push(tokio::spawn(async move { c.understand_batch(req).await }));
     }
-    let mut admin = ModelAdminClient::connect(format!("http://{admin}")).await.unwrap();
+    let mut admin = ModelAdminClient::connect(addrs["admin"].clone()).await.unwrap();
     let reloaded = admin
         .reload_model(ReloadModelRequest::default())
         .await
@@ -258,33 +218,22 @@ async fn serve_device_cuda_answers_and_says_which_device_served() {
         answered += r.results.len();
     }
     assert_eq!(answered, 2 * texts.len());
-    let body = reqwest_get(&format!("http://{metrics}/metrics")).await;
-    let line = body
-        .lines()
-        .find(|l| l.starts_with("nudge_encoder_batches_total") && l.contains("device=\"cuda:0\""))
-        .unwrap_or_else(|| panic!("no GPU batches in /metrics:\n{body}"));
-    let n: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
-    assert!(n >= 2.0, "{line}");
-}
-
-/// A plain HTTP GET over a TCP stream (the metrics listener speaks HTTP/1.1).
-async fn reqwest_get(url: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rest = url.strip_prefix("http://").unwrap();
-    let (host, path) = rest.split_once('/').unwrap();
-    let mut s = tokio::net::TcpStream::connect(host).await.unwrap();
-    s.write_all(format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
+    let metrics = addrs["metrics"].trim_start_matches("http://").parse().unwrap();
+    let body = nudge_testkit::scrape(metrics).await;
+    let gpu_batches = nudge_testkit::metric(
+        &body,
+        "nudge_encoder_batches_total{device=\"cuda:0\",model=\"default\"}",
+    );
+    assert!(
+        gpu_batches.is_some_and(|n| n >= 2.0),
+        "GPU batches in /metrics: {gpu_batches:?}"
+    );
 }
 
 #[test]
 fn asking_for_a_gpu_the_machine_lacks_is_refused_with_a_clear_error() {
     // A device name that is not one is refused by the flag parser.
-    let out = Command::new(bin())
+    let out = Command::new(nudge_bin())
         .args(["serve", "--device", "gpu0"])
         .output()
         .unwrap();
@@ -294,7 +243,7 @@ fn asking_for_a_gpu_the_machine_lacks_is_refused_with_a_clear_error() {
         eprintln!("skipped the no-GPU half: this machine has a CUDA driver");
         return;
     }
-    let out = Command::new(bin())
+    let out = Command::new(nudge_bin())
         .args(["serve", "--device", "cuda:0", "--bundle"])
         .arg(bundle())
         .args([

@@ -24,6 +24,13 @@ pub struct GpuScorer {
     lane: Mutex<(Arc<CudaStream>, CudaBlas)>,
 }
 
+/// What `score` leaves on the device: G = F·L `[k, d]`, means and UCB scores `[k]`.
+struct Scored {
+    g: CudaSlice<f32>,
+    means: CudaSlice<f32>,
+    ucb: CudaSlice<f32>,
+}
+
 /// Means and LinUCB scores, one per candidate.
 #[derive(Debug, Clone)]
 pub struct UcbScores {
@@ -84,29 +91,19 @@ impl GpuScorer {
         Ok(feats.len() / self.d)
     }
 
-    /// G = F·L, `[k, d]`, on the lane's stream.
-    fn g(
+    /// Uploads `feats` (`[k, d]`) and computes G = F·L, the means and the UCB scores on the
+    /// lane's stream.
+    fn score(
         &self,
         stream: &Arc<CudaStream>,
         blas: &CudaBlas,
-        f: &CudaSlice<f32>,
+        feats: &[f32],
         k: usize,
-    ) -> Result<CudaSlice<f32>, GpuError> {
-        let mut g = stream.alloc_zeros::<f32>(k * self.d)?;
-        matmul_f32(blas, stream, f, &self.chol_t, &mut g, k, self.d, self.d)?;
-        Ok(g)
-    }
-
-    /// Means and UCB scores (α the exploration width) for `feats`, row-major `[k, d]`.
-    pub fn ucb(&self, feats: &[f32], alpha: f32) -> Result<UcbScores, GpuError> {
-        let k = self.check(feats)?;
-        let lane = self
-            .lane
-            .lock()
-            .map_err(|_| GpuError::invalid("scorer lane poisoned"))?;
-        let (stream, blas) = (&lane.0, &lane.1);
+        alpha: f32,
+    ) -> Result<Scored, GpuError> {
         let f = stream.clone_htod(feats)?;
-        let g = self.g(stream, blas, &f, k)?;
+        let mut g = stream.alloc_zeros::<f32>(k * self.d)?;
+        matmul_f32(blas, stream, &f, &self.chol_t, &mut g, k, self.d, self.d)?;
         let mut means = stream.alloc_zeros::<f32>(k)?;
         let mut ucb = stream.alloc_zeros::<f32>(k)?;
         let (k_i, d_i) = (k as i32, self.d as i32);
@@ -127,6 +124,18 @@ impl GpuScorer {
                 shared_mem_bytes: 0,
             })?;
         }
+        Ok(Scored { g, means, ucb })
+    }
+
+    /// Means and UCB scores (α the exploration width) for `feats`, row-major `[k, d]`.
+    pub fn ucb(&self, feats: &[f32], alpha: f32) -> Result<UcbScores, GpuError> {
+        let k = self.check(feats)?;
+        let lane = self
+            .lane
+            .lock()
+            .map_err(|_| GpuError::invalid("scorer lane poisoned"))?;
+        let (stream, blas) = (&lane.0, &lane.1);
+        let Scored { means, ucb, .. } = self.score(stream, blas, feats, k, alpha)?;
         let out = UcbScores {
             means: stream.clone_dtoh(&means)?,
             ucb: stream.clone_dtoh(&ucb)?,
@@ -149,36 +158,18 @@ impl GpuScorer {
             .lock()
             .map_err(|_| GpuError::invalid("scorer lane poisoned"))?;
         let (stream, blas) = (&lane.0, &lane.1);
-        let f = stream.clone_htod(feats)?;
-        let g = self.g(stream, blas, &f, k)?;
-        let mut means = stream.alloc_zeros::<f32>(k)?;
-        let mut ucb = stream.alloc_zeros::<f32>(k)?;
-        let (k_i, d_i, s_i) = (k as i32, self.d as i32, samples as i32);
-        let zero = 0f32;
+        let Scored { g, means, .. } = self.score(stream, blas, feats, k, 0.0)?;
+        let (k_i, s_i) = (k as i32, samples as i32);
         let n = samples * self.d;
         let n_i = n as i32;
         let mut z = stream.alloc_zeros::<f32>(n)?;
         let (seed_lo, seed_hi) = (seed as u32, (seed >> 32) as u32);
-        // SAFETY: z holds samples·d draws; f, g [k, d]; means, ucb [k].
+        // SAFETY: z holds samples·d draws.
         unsafe {
             let mut l = stream.launch_builder(&self.draws_fn);
             l.arg(&seed_lo).arg(&seed_hi).arg(&n_i).arg(&mut z);
             l.launch(LaunchConfig {
                 grid_dim: (n.div_ceil(4).div_ceil(256) as u32, 1, 1),
-                block_dim: (256, 1, 1),
-                shared_mem_bytes: 0,
-            })?;
-            let mut l = stream.launch_builder(&self.ucb_fn);
-            l.arg(&f)
-                .arg(&self.theta)
-                .arg(&g)
-                .arg(&k_i)
-                .arg(&d_i)
-                .arg(&zero)
-                .arg(&mut means)
-                .arg(&mut ucb);
-            l.launch(LaunchConfig {
-                grid_dim: (k.div_ceil(8) as u32, 1, 1),
                 block_dim: (256, 1, 1),
                 shared_mem_bytes: 0,
             })?;

@@ -15,6 +15,12 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_nudge");
 
+/// The `nudge` binary to run: this build's, or `NUDGE_BIN` (the GPU machine runs binaries
+/// built elsewhere, from another directory).
+pub fn nudge_bin() -> String {
+    std::env::var("NUDGE_BIN").unwrap_or_else(|_| BIN.to_string())
+}
+
 /// `nats-server` from Debian's package, installed here if missing (as `.ci/run` does).
 pub fn nats_server_binary() -> PathBuf {
     let found = |p: &str| {
@@ -69,7 +75,7 @@ pub fn start_nats(bin: &Path, dir: &Path, port: u16) -> KillOnDrop {
 /// Starts `nudge <args>` and reads its `listening ...` line: `key=addr` pairs.
 pub fn start_nudge(args: &[&str], config: &Path) -> (KillOnDrop, HashMap<String, String>) {
     let mut child = KillOnDrop(
-        Command::new(BIN)
+        Command::new(nudge_bin())
             .args(args)
             .arg("--config")
             .arg(config)
