@@ -173,6 +173,30 @@ fn measure(
     (batch as f64 / secs, flops / secs, tokens as f64 / batch as f64)
 }
 
+/// Rows for batches of 1, 32, 256 and 1,024 texts of `ids` through `run`.
+fn at_every_batch(
+    model: &'static str,
+    half: Half,
+    ids: &[Vec<u32>],
+    shape: &nudge_kernels::EncoderShape,
+    mut run: impl FnMut(&[&[u32]]),
+) -> Vec<Row> {
+    [1, 32, 256, 1024]
+        .into_iter()
+        .map(|batch| {
+            let (tps, fl, tpt) = measure(ids, batch, |l| shape.flops_per_token(l), &mut run);
+            Row {
+                model,
+                half,
+                batch,
+                texts_per_s: tps,
+                tflops: fl / 1e12,
+                tokens_per_text: tpt,
+            }
+        })
+        .collect()
+}
+
 fn main() {
     if let Some(out) = arg("--pack") {
         pack(Path::new(&out));
@@ -221,24 +245,9 @@ fn main() {
         let ids: Vec<Vec<u32>> = texts.iter().map(|t| model.tokenize(t).expect("tokenize").ids).collect();
         let cfg = EncoderConfig::from_file(&e5_dir.join("encoder/config.json")).expect("config");
         let shape = flops_shape(&cfg);
-        for batch in [1, 32, 256, 1024] {
-            let (tps, fl, tpt) = measure(
-                &ids,
-                batch,
-                |l| shape.flops_per_token(l),
-                |s| {
-                    model.run(s).expect("GPU pass");
-                },
-            );
-            rows.push(Row {
-                model: "e5-small",
-                half,
-                batch,
-                texts_per_s: tps,
-                tflops: fl / 1e12,
-                tokens_per_text: tpt,
-            });
-        }
+        rows.extend(at_every_batch("e5-small", half, &ids, &shape, |s| {
+            model.run(s).expect("GPU pass");
+        }));
         // One request at a time: the encoder pass and heads for one message, 2,000 times.
         let mut lat: Vec<f64> = Vec::with_capacity(2000);
         for i in 0..2000 {
@@ -257,24 +266,9 @@ fn main() {
         let (enc, tok) = random_minilm(&gpu, &from.join("minilm"), half);
         let ids: Vec<Vec<u32>> = texts.iter().map(|t| tok.tokenize(t).expect("tokenize").ids).collect();
         let shape = *enc.shape();
-        for batch in [1, 32, 256, 1024] {
-            let (tps, fl, tpt) = measure(
-                &ids,
-                batch,
-                |l| shape.flops_per_token(l),
-                |s| {
-                    enc.run(s).expect("GPU pass");
-                },
-            );
-            rows.push(Row {
-                model: "MiniLM-L6",
-                half,
-                batch,
-                texts_per_s: tps,
-                tflops: fl / 1e12,
-                tokens_per_text: tpt,
-            });
-        }
+        rows.extend(at_every_batch("MiniLM-L6", half, &ids, &shape, |s| {
+            enc.run(s).expect("GPU pass");
+        }));
     }
     report += "| model | products | batch | tokens/text | texts/s | TFLOP/s | of the product's 8192³ rate |\n|---|---|---|---|---|---|---|\n";
     for r in &rows {

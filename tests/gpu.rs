@@ -188,15 +188,7 @@ async fn serve_device_cuda_answers_and_says_which_device_served() {
     // Many concurrent batches, with a hot reload of the model on the GPU in the middle:
     // everything answered, on the GPU.
     let texts = texts();
-    let mut calls = Vec::new();
-    for chunk in texts.chunks(20) {
-        let mut c = c.clone();
-        let req = UnderstandBatchRequest {
-            texts: chunk.to_vec(),
-            ..Default::default()
-        };
-        calls.push(tokio::spawn(async move { c.understand_batch(req).await }));
-    }
+    let mut calls = spawn_batches(&c, &texts);
     let mut admin = ModelAdminClient::connect(addrs["admin"].clone()).await.unwrap();
     let reloaded = admin
         .reload_model(ReloadModelRequest::default())
@@ -204,14 +196,7 @@ async fn serve_device_cuda_answers_and_says_which_device_served() {
         .unwrap()
         .into_inner();
     assert_eq!(reloaded.version, reloaded.previous_version);
-    for chunk in texts.chunks(20) {
-        let mut c = c.clone();
-        let req = UnderstandBatchRequest {
-            texts: chunk.to_vec(),
-            ..Default::default()
-        };
-        calls.push(tokio::spawn(async move { c.understand_batch(req).await }));
-    }
+    calls.extend(spawn_batches(&c, &texts));
     let mut answered = 0;
     for call in calls {
         let r = call.await.unwrap().unwrap().into_inner();
@@ -228,6 +213,24 @@ async fn serve_device_cuda_answers_and_says_which_device_served() {
         gpu_batches.is_some_and(|n| n >= 2.0),
         "GPU batches in /metrics: {gpu_batches:?}"
     );
+}
+
+/// `UnderstandBatch` calls of 20 texts each, all in flight at once.
+fn spawn_batches(
+    c: &NluClient<tonic::transport::Channel>,
+    texts: &[String],
+) -> Vec<tokio::task::JoinHandle<Result<tonic::Response<nudge_proto::v1::UnderstandBatchResponse>, tonic::Status>>> {
+    texts
+        .chunks(20)
+        .map(|chunk| {
+            let mut c = c.clone();
+            let req = UnderstandBatchRequest {
+                texts: chunk.to_vec(),
+                ..Default::default()
+            };
+            tokio::spawn(async move { c.understand_batch(req).await })
+        })
+        .collect()
 }
 
 #[test]

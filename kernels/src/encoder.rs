@@ -498,6 +498,33 @@ impl GpuEncoder {
         slot.as_mut().ok_or_else(|| GpuError::invalid("GPU lane missing"))
     }
 
+    /// `resid ← LayerNorm(acc + bias + resid)` after a projection, and its half copy.
+    #[allow(clippy::too_many_arguments)]
+    fn residual_norm(
+        &self,
+        stream: &Arc<CudaStream>,
+        tokens: usize,
+        acc: &CudaSlice<u16>,
+        bias: &CudaSlice<f32>,
+        norm: &NormGpu,
+        resid: &mut CudaSlice<f32>,
+        xh: &mut CudaSlice<u16>,
+    ) -> Result<(), GpuError> {
+        ops::bias_residual_layer_norm(
+            &self.functions,
+            stream,
+            tokens,
+            self.shape.hidden,
+            self.shape.eps,
+            &acc.as_view(),
+            &bias.as_view(),
+            &norm.weight.as_view(),
+            &norm.bias.as_view(),
+            &mut resid.as_view_mut(),
+            &mut xh.as_view_mut(),
+        )
+    }
+
     fn pass(
         &self,
         lane: &mut Lane,
@@ -591,18 +618,14 @@ impl GpuEncoder {
                 h,
             )?;
             mark(&stream, marks, "attention-out product")?;
-            ops::bias_residual_layer_norm(
-                fns,
+            self.residual_norm(
                 &stream,
                 tokens,
-                h,
-                s.eps,
-                &lane.acc.as_view(),
-                &layer.attn_out.bias.as_view(),
-                &layer.attn_norm.weight.as_view(),
-                &layer.attn_norm.bias.as_view(),
-                &mut lane.resid.as_view_mut(),
-                &mut lane.xh.as_view_mut(),
+                &lane.acc,
+                &layer.attn_out.bias,
+                &layer.attn_norm,
+                &mut lane.resid,
+                &mut lane.xh,
             )?;
             mark(&stream, marks, "bias + residual + LayerNorm")?;
             matmul(
@@ -639,18 +662,14 @@ impl GpuEncoder {
                 f,
             )?;
             mark(&stream, marks, "FFN-out product")?;
-            ops::bias_residual_layer_norm(
-                fns,
+            self.residual_norm(
                 &stream,
                 tokens,
-                h,
-                s.eps,
-                &lane.acc.as_view(),
-                &layer.ffn_out.bias.as_view(),
-                &layer.out_norm.weight.as_view(),
-                &layer.out_norm.bias.as_view(),
-                &mut lane.resid.as_view_mut(),
-                &mut lane.xh.as_view_mut(),
+                &lane.acc,
+                &layer.ffn_out.bias,
+                &layer.out_norm,
+                &mut lane.resid,
+                &mut lane.xh,
             )?;
             mark(&stream, marks, "bias + residual + LayerNorm")?;
         }

@@ -42,11 +42,6 @@ impl CudaBackend {
             heads_attached: false,
         })
     }
-
-    /// The GPU's name, e.g. `NVIDIA H200`.
-    pub fn gpu_name(&self) -> &str {
-        self.encoder.gpu().name()
-    }
 }
 
 impl Backend for CudaBackend {
