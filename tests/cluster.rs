@@ -340,7 +340,11 @@ async fn a_bad_version_in_the_cluster_is_refused_and_the_old_one_keeps_serving()
     let metrics: std::net::SocketAddr = a["metrics"].trim_start_matches("http://").parse().unwrap();
     let t0 = Instant::now();
     loop {
-        let refused = metric(&scrape(metrics).await, "nudge_cluster_events_total{event=\"refused\"}").unwrap_or(0.0);
+        let refused = metric(
+            &scrape(metrics).await,
+            "nudge_cluster_events_total{event=\"policy_refused\"}",
+        )
+        .unwrap_or(0.0);
         if refused >= 1.0 {
             break;
         }
@@ -362,4 +366,284 @@ async fn a_bad_version_in_the_cluster_is_refused_and_the_old_one_keeps_serving()
     let r = admin.load_policy(operator_version("v4")).await.unwrap().into_inner();
     assert_eq!(r.serving_version, "v4");
     assert_eq!(cluster.serving(POLICY).await.unwrap().as_deref(), Some("v4"));
+}
+
+/// A new version of the bundle at `base` in `out`: the encoder files copied from `encoder`
+/// (taken from the fetched encoder `source` when given), heads drawn from `heads_seed`.
+fn new_version(
+    base: &std::path::Path,
+    out: &std::path::Path,
+    version: &str,
+    heads_seed: u64,
+    encoder: &std::path::Path,
+    source: Option<&str>,
+) -> nudge_model::Manifest {
+    let mut m = nudge_model::Manifest::read(base).unwrap();
+    std::fs::create_dir_all(out.join("encoder")).unwrap();
+    for f in nudge_model::encoder::ENCODER_FILES {
+        std::fs::copy(encoder.join(f), out.join("encoder").join(f)).unwrap();
+    }
+    write_heads(
+        &out.join("heads.safetensors"),
+        Tiny::new(Variant::Bert, 7).hidden,
+        heads_seed,
+    );
+    m.version = version.into();
+    m.encoder.source = source.map(str::to_string);
+    let files: Vec<String> = m.files.keys().cloned().collect();
+    m.write_with_checksums(out, &files.iter().map(String::as_str).collect::<Vec<_>>())
+        .unwrap();
+    m
+}
+
+fn reload_request(dir: &std::path::Path) -> pb::ReloadModelRequest {
+    pb::ReloadModelRequest {
+        model: "tiny".into(),
+        bundle_dir: dir.display().to_string(),
+    }
+}
+
+/// The default model's version as the server reports it.
+async fn model_version(grpc: &str) -> Option<String> {
+    let listed = async {
+        let mut c = pb::nlu_client::NluClient::connect(grpc.to_string())
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        c.list_models(pb::ListModelsRequest {}).await
+    };
+    with_timeout(listed)
+        .await
+        .and_then(|r| r.into_inner().models.first().map(|m| m.version.clone()))
+}
+
+async fn wait_for_model(grpc: &str, version: &str) {
+    let t0 = Instant::now();
+    while model_version(grpc).await.as_deref() != Some(version) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "{grpc} never served {version} (serves {:?})",
+            model_version(grpc).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Every text's intent scores as one server answers them, with the version that answered.
+async fn understood(grpc: &str) -> Answers {
+    let mut c = pb::nlu_client::NluClient::connect(grpc.to_string()).await.unwrap();
+    let r = c
+        .understand_batch(pb::UnderstandBatchRequest {
+            texts: texts(12),
+            top_k: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let scores = r
+        .results
+        .iter()
+        .map(|u| {
+            u.intent
+                .as_ref()
+                .unwrap()
+                .top_k
+                .iter()
+                .map(|s| (s.label.clone(), s.score))
+                .collect()
+        })
+        .collect();
+    (r.model_version, scores)
+}
+
+type Answers = (String, Vec<Vec<(String, f32)>>);
+
+/// The same version with the same labels and scores (to float noise between processes).
+fn same(a: &Answers, b: &Answers) -> bool {
+    a.0 == b.0
+        && a.1.len() == b.1.len()
+        && a.1
+            .iter()
+            .zip(&b.1)
+            .all(|(x, y)| x.len() == y.len() && x.iter().zip(y).all(|(p, q)| p.0 == q.0 && (p.1 - q.1).abs() < 1e-5))
+}
+
+async fn bundle_refusals(metrics: &str) -> f64 {
+    let addr: std::net::SocketAddr = metrics.trim_start_matches("http://").parse().unwrap();
+    metric(
+        &scrape(addr).await,
+        "nudge_cluster_events_total{event=\"bundle_refused\"}",
+    )
+    .unwrap_or(0.0)
+}
+
+/// An NLU bundle reloaded on one server is served by every server, the one that was down
+/// included, with the same answers; files a server has already are linked, not fetched, and a
+/// fetched encoder never travels (a server without it refuses the version). A corrupt version
+/// put straight into the cluster is refused everywhere; a reload the cluster cannot take changes
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_nlu_bundle_reloaded_on_one_server_is_served_by_every_server_and_a_bad_one_by_none() {
+    use nudge_cluster::{bundle_kind, Cluster, ClusterConfig};
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let nats_url = format!("nats://127.0.0.1:{port}");
+    let nats = start_nats(&nats_server_binary(), &dir.path().join("nats"), port);
+    let base = write_bundle(
+        &dir.path().join("bundle"),
+        "tiny",
+        Variant::Bert,
+        nudge_model::Pooling::Mean,
+    );
+    let cfgs: Vec<PathBuf> = (0..SERVERS)
+        .map(|i| server_config(dir.path(), i, &base, &nats_url, ""))
+        .collect();
+    let models = |i: usize| dir.path().join(format!("s{i}/models"));
+    let (_s0, a0) = start_nudge(&["serve"], &cfgs[0]);
+    let (_s1, a1) = start_nudge(&["serve"], &cfgs[1]);
+    let (v1, answers_t1) = understood(&a0["grpc"]).await;
+    assert_eq!(v1, "t1");
+
+    // t2 (new heads) reloaded on s0 while s2 is down.
+    new_version(&base, &models(0).join("t2"), "t2", 99, &base.join("encoder"), None);
+    let mut admin0 = pb::model_admin_client::ModelAdminClient::connect(a0["admin"].clone())
+        .await
+        .unwrap();
+    let r = admin0
+        .reload_model(reload_request(&models(0).join("t2")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((r.previous_version.as_str(), r.version.as_str()), ("t1", "t2"));
+    wait_for_model(&a1["grpc"], "t2").await;
+    let (_s2, a2) = start_nudge(&["serve"], &cfgs[2]);
+    wait_for_model(&a2["grpc"], "t2").await;
+    let answers_t2 = understood(&a0["grpc"]).await;
+    assert_eq!(answers_t2.0, "t2");
+    assert!(
+        !same(&answers_t2, &("t2".into(), answers_t1)),
+        "t2's heads answer differently from t1's"
+    );
+    for a in [&a1, &a2] {
+        assert!(same(&understood(&a["grpc"]).await, &answers_t2));
+    }
+    // The followers linked the encoder they already served and fetched only the new heads.
+    for i in [1, 2] {
+        let got = models(i).join("cluster/tiny/t2");
+        assert!(
+            std::fs::metadata(got.join("encoder/model.safetensors"))
+                .unwrap()
+                .nlink()
+                >= 2
+        );
+        assert_eq!(std::fs::metadata(got.join("heads.safetensors")).unwrap().nlink(), 1);
+    }
+
+    // Another bundle under a version the cluster has: refused, naming the field.
+    new_version(&base, &models(1).join("t2-other"), "t2", 5, &base.join("encoder"), None);
+    let mut admin1 = pb::model_admin_client::ModelAdminClient::connect(a1["admin"].clone())
+        .await
+        .unwrap();
+    let err = admin1
+        .reload_model(reload_request(&models(1).join("t2-other")))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message().starts_with("bundle_dir") && err.message().contains("new version"),
+        "{}",
+        err.message()
+    );
+    assert!(same(&understood(&a1["grpc"]).await, &answers_t2));
+
+    // t3 takes its encoder from a fetched encoder, which s0 and s1 have and s2 lacks.
+    for i in [0, 1] {
+        Tiny::new(Variant::Bert, 8).write_encoder(&models(i).join("encoders/tiny-enc"));
+    }
+    let t3 = new_version(
+        &base,
+        &models(0).join("t3"),
+        "t3",
+        99,
+        &models(0).join("encoders/tiny-enc"),
+        Some("tiny-enc"),
+    );
+    let r = admin0
+        .reload_model(reload_request(&models(0).join("t3")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.version, "t3");
+    wait_for_model(&a1["grpc"], "t3").await;
+    let answers_t3 = understood(&a0["grpc"]).await;
+    assert!(
+        !same(&answers_t3, &("t3".into(), answers_t2.1.clone())),
+        "t3's encoder answers differently"
+    );
+    assert!(same(&understood(&a1["grpc"]).await, &answers_t3));
+    let t0 = Instant::now();
+    while bundle_refusals(&a2["metrics"]).await < 1.0 {
+        assert!(t0.elapsed() < Duration::from_secs(20), "s2 never refused t3");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(same(&understood(&a2["grpc"]).await, &answers_t2), "s2 keeps serving t2");
+    let cluster = Cluster::connect(ClusterConfig {
+        url: nats_url.clone(),
+        name: "intruder".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let probe = dir.path().join("probe");
+    let pinned = &t3.files["encoder/model.safetensors"];
+    assert!(
+        cluster.get_blob(pinned, &probe).await.is_err(),
+        "a fetched encoder's weights went through the cluster"
+    );
+    let heads = &t3.files["heads.safetensors"];
+    cluster.get_blob(heads, &probe).await.unwrap();
+
+    // A version whose heads blob holds other bytes, written straight into the cluster.
+    let t4 = new_version(&base, &dir.path().join("t4"), "t4", 123, &base.join("encoder"), None);
+    cluster
+        .put_blob(&t4.files["heads.safetensors"], &models(0).join("t2/heads.safetensors"))
+        .await
+        .unwrap();
+    let kind = bundle_kind("tiny").unwrap();
+    let manifest = std::fs::read(dir.path().join("t4/manifest.json")).unwrap();
+    cluster
+        .put_artifact(&kind, "t4", &[("manifest.json".to_string(), manifest)].into())
+        .await
+        .unwrap();
+    cluster.set_serving(&kind, "t4").await.unwrap();
+    let t0 = Instant::now();
+    for (a, before) in [(&a0, 0.0), (&a1, 0.0), (&a2, 1.0)] {
+        while bundle_refusals(&a["metrics"]).await < before + 1.0 {
+            assert!(t0.elapsed() < Duration::from_secs(20), "{} never refused t4", a["grpc"]);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    assert!(same(&understood(&a0["grpc"]).await, &answers_t3));
+    assert!(same(&understood(&a1["grpc"]).await, &answers_t3));
+    assert!(same(&understood(&a2["grpc"]).await, &answers_t2));
+    for i in 0..SERVERS {
+        assert!(
+            !models(i).join("cluster/tiny/t4").exists(),
+            "a refused version was left on disk"
+        );
+    }
+
+    // With NATS down a reload is refused as unavailable and nothing changes.
+    drop(nats);
+    new_version(&base, &models(0).join("t5"), "t5", 7, &base.join("encoder"), None);
+    let err = tokio::time::timeout(
+        Duration::from_secs(30),
+        admin0.reload_model(reload_request(&models(0).join("t5"))),
+    )
+    .await
+    .expect("a reload with NATS down answers")
+    .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{}", err.message());
+    assert!(same(&understood(&a0["grpc"]).await, &answers_t3));
 }

@@ -35,8 +35,9 @@ pub struct Metrics {
     /// `nudge_handoffs_total{reason}`: turns that asked for a person, by reason (Conversations).
     pub handoffs: IntCounterVec,
     /// `nudge_cluster_events_total{event}` (`[cluster]` only): records `forwarded` to the stream
-    /// (of which `duplicate`), `forward_failed` batches (retried), policy versions `followed`
-    /// from the cluster's SERVING pointer and `refused` (the old one kept serving).
+    /// (of which `duplicate`), `forward_failed` batches (retried), and versions followed from the
+    /// cluster's SERVING pointers or refused (the old one kept serving): `policy_followed`,
+    /// `policy_refused`, `bundle_followed`, `bundle_refused`.
     pub cluster_events: IntCounterVec,
     /// `nudge_cluster_backlog`: decisions logged here and not yet acknowledged by the stream.
     pub cluster_backlog: IntGaugeVec,
@@ -115,7 +116,7 @@ impl Metrics {
         let cluster_events = IntCounterVec::new(
             Opts::new(
                 "nudge_cluster_events_total",
-                "Cluster events: records forwarded to the stream, failed batches, policy versions followed or refused",
+                "Cluster events: records forwarded to the stream, failed batches, policy and bundle versions followed or refused",
             ),
             &["event"],
         );

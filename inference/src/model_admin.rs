@@ -1,6 +1,10 @@
 //! `nudge.v1.ModelAdmin`: replacing a served NLU model (a new fine-tune, new heads, a new
 //! threshold) without a restart. The new bundle is loaded and checked off the async runtime
 //! while the old version keeps answering; only a bundle that passes every check is swapped in.
+//!
+//! In cluster mode a reload is a cluster-wide change: the bundle is checked here, stored in the
+//! cluster and the model's SERVING pointer moved before this server swaps, and every other
+//! server follows the pointer (`crate::cluster::bundles`) through the same [`Reloader`].
 use crate::batcher::{Batcher, BatcherConfig};
 use crate::error::RequestError;
 use crate::metrics::Metrics;
@@ -13,8 +17,10 @@ use std::sync::Arc;
 use std::time::Instant;
 use tonic::{Request, Response, Status};
 
-/// The ModelAdmin service (admin listener only).
-pub struct ModelAdminService {
+/// Loads bundles and swaps them in, one at a time: what the admin door and the cluster's
+/// follower share, so a bundle that arrives through the cluster passes exactly the checks of one
+/// an operator loads by hand.
+pub(crate) struct Reloader {
     models: Arc<ServedModels>,
     batcher: BatcherConfig,
     backend: BackendKind,
@@ -22,27 +28,47 @@ pub struct ModelAdminService {
     models_root: PathBuf,
     metrics: Metrics,
     /// One reload at a time, so `previous_version` is the version each reload replaced.
-    reloading: tokio::sync::Mutex<()>,
+    one_at_a_time: tokio::sync::Mutex<()>,
 }
 
-impl ModelAdminService {
-    /// A reload service for `models`; new bundles must lie under `models_root`.
-    pub fn new(
+/// A bundle that passed every check, ready to be swapped in.
+pub(crate) struct Checked {
+    pub name: String,
+    pub dir: PathBuf,
+    pub model: NluModel,
+    pub load_ms: u64,
+}
+
+impl Reloader {
+    pub(crate) fn new(
         models: Arc<ServedModels>,
         batcher: BatcherConfig,
         backend: BackendKind,
         models_root: &Path,
         metrics: Metrics,
-    ) -> std::io::Result<Self> {
-        Ok(Self {
+    ) -> Self {
+        Self {
             models,
             batcher,
             backend,
             // A root that does not exist (yet) admits nothing; it is not a reason not to serve.
             models_root: models_root.canonicalize().unwrap_or_else(|_| models_root.to_path_buf()),
             metrics,
-            reloading: tokio::sync::Mutex::new(()),
-        })
+            one_at_a_time: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub(crate) fn models(&self) -> &ServedModels {
+        &self.models
+    }
+
+    pub(crate) fn models_root(&self) -> &Path {
+        &self.models_root
+    }
+
+    /// Holds off every other reload until dropped.
+    pub(crate) async fn lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.one_at_a_time.lock().await
     }
 
     /// `dir`, resolved, if it lies under the models root: the admin door loads bundles the
@@ -64,18 +90,18 @@ impl ModelAdminService {
         Ok(real)
     }
 
-    async fn reload(&self, req: pb::ReloadModelRequest) -> Result<pb::ReloadModelResponse, RequestError> {
-        let _one_at_a_time = self.reloading.lock().await;
-        let (name, current_dir) = self.models.resolve(&req.model)?;
-        let dir = if req.bundle_dir.is_empty() {
+    /// Loads the bundle at `dir` (empty: the model's current directory) for the served model
+    /// `model` and runs every check, off the async workers; nothing is swapped yet.
+    pub(crate) async fn check(&self, model: &str, dir: &str) -> Result<Checked, RequestError> {
+        let (name, current_dir) = self.models.resolve(model)?;
+        let dir = if dir.is_empty() {
             current_dir
         } else {
-            PathBuf::from(&req.bundle_dir)
+            PathBuf::from(dir)
         };
-        self.confine(&dir)?;
+        let dir = self.confine(&dir)?;
         let start = Instant::now();
-        let d2 = dir.clone();
-        let backend = self.backend;
+        let (d2, backend) = (dir.clone(), self.backend);
         let model = tokio::task::spawn_blocking(move || NluModel::load_probed(&d2, backend))
             .await
             .map_err(|e| RequestError::Internal(e.to_string()))?
@@ -90,7 +116,22 @@ impl ModelAdminService {
                 ),
             ));
         }
-        let load_ms = start.elapsed().as_millis() as u64;
+        Ok(Checked {
+            name,
+            dir,
+            model,
+            load_ms: start.elapsed().as_millis() as u64,
+        })
+    }
+
+    /// Serves a checked bundle from now on; calls in flight finish on the old one.
+    pub(crate) fn swap(&self, checked: Checked) -> Result<pb::ReloadModelResponse, RequestError> {
+        let Checked {
+            name,
+            dir,
+            model,
+            load_ms,
+        } = checked;
         let version = model.version().to_string();
         let batcher = Batcher::spawn(Arc::new(model), self.batcher, self.metrics.clone())
             .map_err(|e| RequestError::Internal(format!("starting the batcher thread: {e}")))?;
@@ -104,6 +145,35 @@ impl ModelAdminService {
             bundle_dir: dir.display().to_string(),
             load_ms,
         })
+    }
+}
+
+/// The ModelAdmin service (admin listener only).
+pub struct ModelAdminService {
+    reloader: Arc<Reloader>,
+    /// In cluster mode a reload moves the model's SERVING pointer for every server.
+    cluster: Option<nudge_cluster::Cluster>,
+    metrics: Metrics,
+}
+
+impl ModelAdminService {
+    pub(crate) fn new(reloader: Arc<Reloader>, cluster: Option<nudge_cluster::Cluster>, metrics: Metrics) -> Self {
+        Self {
+            reloader,
+            cluster,
+            metrics,
+        }
+    }
+
+    async fn reload(&self, req: pb::ReloadModelRequest) -> Result<pb::ReloadModelResponse, RequestError> {
+        let _one_at_a_time = self.reloader.lock().await;
+        let checked = self.reloader.check(&req.model, &req.bundle_dir).await?;
+        if let Some(cluster) = &self.cluster {
+            // Stored and pointed at before it is served here: if the cluster cannot take it,
+            // nothing changes anywhere and the caller retries.
+            crate::cluster::bundles::publish(cluster, &self.reloader, &checked).await?;
+        }
+        self.reloader.swap(checked)
     }
 }
 

@@ -12,7 +12,7 @@ use crate::config::{Secret, ServeConfig};
 use crate::conversations::{load_strategy, ConversationService, StrategyAdminService, StrategyLoadError};
 use crate::decide::{DecisionService, DecisionsError, PolicyAdminService, PolicyStore};
 use crate::metrics::Metrics;
-use crate::model_admin::ModelAdminService;
+use crate::model_admin::{ModelAdminService, Reloader};
 use crate::service::{NluService, ServedModels};
 use nudge_model::{LoadError, NluModel};
 use nudge_proto::v1::{
@@ -64,9 +64,6 @@ pub enum ServeError {
     /// The strategy (catalog, rules, guardrails) could not start.
     #[error(transparent)]
     Strategy(#[from] StrategyLoadError),
-    /// `[cluster]` is set without `[decisions]`: there is nothing to forward or follow.
-    #[error("cluster: needs [decisions] (decisions are what a cluster shares)")]
-    ClusterNeedsDecisions,
     /// `[cluster]` is wrong.
     #[error(transparent)]
     Cluster(#[from] nudge_cluster::ClusterError),
@@ -221,24 +218,30 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
     let m2 = metrics.clone();
     let models = Arc::new(tokio::task::spawn_blocking(move || load_models(&cfg, &m2)).await??);
     let service = Arc::new(NluService::new(models.clone(), config.limits, metrics.clone()));
-    let model_admin = ModelAdminService::new(
+    let cluster = match &config.cluster {
+        Some(cc) => Some(nudge_cluster::Cluster::connect(cc.clone()).await?),
+        None => None,
+    };
+    if cluster.is_some() {
+        // Versions that arrive through the cluster are written under the models root.
+        std::fs::create_dir_all(&config.models_root).map_err(|source| ServeError::File {
+            what: "models_root",
+            path: config.models_root.clone(),
+            source,
+        })?;
+    }
+    let reloader = Arc::new(Reloader::new(
         models,
         config.batcher,
         config.device,
         &config.models_root,
         metrics.clone(),
-    )
-    .map_err(|source| ServeError::File {
-        what: "models_root",
-        path: config.models_root.clone(),
-        source,
-    })?;
-    let cluster = match (&config.cluster, &config.decisions) {
-        (None, _) => None,
-        (Some(_), None) => return Err(ServeError::ClusterNeedsDecisions),
-        (Some(cc), Some(_)) => Some(nudge_cluster::Cluster::connect(cc.clone()).await?),
+    ));
+    let model_admin = ModelAdminService::new(reloader.clone(), cluster.clone(), metrics.clone());
+    let mut cluster_tasks = match &cluster {
+        Some(c) => crate::cluster::start_bundles(c.clone(), reloader, metrics.clone())?,
+        None => Vec::new(),
     };
-    let mut cluster_tasks = Vec::new();
     let decisions = match &config.decisions {
         Some(dc) => {
             let registry = nudge_policy::Registry::open(&dc.policy_registry).map_err(DecisionsError::from)?;
@@ -250,8 +253,12 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
                 metrics.clone(),
             )?);
             if let Some(c) = &cluster {
-                cluster_tasks =
-                    crate::cluster::start(c.clone(), dc.decision_log.clone(), store.clone(), metrics.clone());
+                cluster_tasks.extend(crate::cluster::start_decisions(
+                    c.clone(),
+                    dc.decision_log.clone(),
+                    store.clone(),
+                    metrics.clone(),
+                ));
             }
             let admin = PolicyAdminService {
                 store,

@@ -80,6 +80,11 @@ impl ServedModels {
             .ok_or_else(|| RequestError::UnknownModel(name.to_string()))
     }
 
+    /// The names of the served models.
+    pub(crate) fn names(&self) -> Vec<String> {
+        self.by_name.keys().cloned().collect()
+    }
+
     pub(crate) fn get(&self, name: &str) -> Result<Arc<Batcher>, RequestError> {
         Ok(self.entry(name)?.1.batcher.load_full())
     }

@@ -113,6 +113,7 @@ pub fn server_config(dir: &Path, i: usize, bundle: &Path, nats: &str, extra: &st
 admin_addr = "127.0.0.1:0"
 metrics_addr = "127.0.0.1:0"
 bundles = ["{bundle}"]
+models_root = "{d}/models"
 
 [decisions]
 policy_registry = "{d}/registry"

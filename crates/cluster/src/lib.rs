@@ -22,6 +22,11 @@
 //!   in service per kind of artifact ([`Cluster::set_serving`]): the cluster's SERVING pointer.
 //!   Servers watch it from its current value ([`Cluster::watch_serving`]), so one that starts or
 //!   comes back serves the current version without anybody pushing to it.
+//! - **Large files travel once.** An NLU bundle's files go to the object store as blobs named by
+//!   their sha256 ([`Cluster::put_blob`]), so a version that only changes the heads ships
+//!   kilobytes and a fine-tuned encoder is uploaded once however many versions use it. Files of a
+//!   fetched encoder (pinned by sha256 in the manifest) do not travel at all: every machine has
+//!   them from `nudge models fetch`.
 //!
 //! Stream, bucket and subject names are defined here once; every process uses these.
 #![warn(missing_docs)]
@@ -49,6 +54,17 @@ pub const ARTIFACTS_BUCKET: &str = "nudge-artifacts";
 pub const SERVING_BUCKET: &str = "nudge-serving";
 /// The kind of artifact a policy version is (its SERVING key).
 pub const POLICY: &str = "policy";
+
+/// The kind of artifact (and SERVING key) of the NLU bundle served under `model`'s name.
+pub fn bundle_kind(model: &str) -> Result<String, ClusterError> {
+    if !is_token(model) {
+        return Err(ClusterError::Config {
+            field: "bundles",
+            reason: format!("model name `{model}` must be 1–64 letters, digits, `-` or `_` to be shared by a cluster"),
+        });
+    }
+    Ok(format!("bundle.{model}"))
+}
 
 /// `[cluster]`: where NATS is and who this process is.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -126,6 +142,17 @@ fn nats(what: &'static str) -> impl Fn(&dyn std::fmt::Display) -> ClusterError {
 /// True for names that are safe as one subject token and one consumer name.
 fn is_token(s: &str) -> bool {
     !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// The object name of the blob whose content hashes to `sha256` (64 hex digits).
+fn blob_name(sha256: &str) -> Result<String, ClusterError> {
+    if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ClusterError::Artifact {
+            name: format!("blobs/{sha256}"),
+            reason: "a blob is named by 64 hex digits of sha256".into(),
+        });
+    }
+    Ok(format!("blobs/{}", sha256.to_ascii_lowercase()))
 }
 
 /// Lists an artifact's files (the object store has no directories).
@@ -359,6 +386,78 @@ impl Cluster {
             Err(e) if e.kind() == object_store::InfoErrorKind::NotFound => Ok(false),
             Err(e) => Err(nats("reading an artifact's index")(&e)),
         }
+    }
+
+    /// Stores the file at `path` as the blob `sha256` unless the store has it already; returns
+    /// whether it uploaded. The caller vouches for the hash (a bundle's files are checked against
+    /// their manifest when loaded); readers check it again ([`Cluster::get_blob`]).
+    pub async fn put_blob(&self, sha256: &str, path: &std::path::Path) -> Result<bool, ClusterError> {
+        self.ensure().await?;
+        let store = self.store().await?;
+        let name = blob_name(sha256)?;
+        match store.info(name.as_str()).await {
+            Ok(_) => return Ok(false),
+            Err(e) if e.kind() == object_store::InfoErrorKind::NotFound => {}
+            Err(e) => return Err(nats("reading a blob's info")(&e)),
+        }
+        let mut file = tokio::fs::File::open(path).await.map_err(|e| ClusterError::Artifact {
+            name: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        store
+            .put(name.as_str(), &mut file)
+            .await
+            .map_err(|e| nats("storing a blob")(&e))?;
+        Ok(true)
+    }
+
+    /// Writes the blob `sha256` to `path`, streaming, and checks its hash; a blob that does not
+    /// hash to its name is an error and leaves no file.
+    pub async fn get_blob(&self, sha256: &str, path: &std::path::Path) -> Result<(), ClusterError> {
+        use sha2::Digest;
+        use tokio::io::AsyncWriteExt;
+        let name = blob_name(sha256)?;
+        let bad = |reason: String| ClusterError::Artifact {
+            name: name.clone(),
+            reason,
+        };
+        let mut object = self
+            .store()
+            .await?
+            .get(name.as_str())
+            .await
+            .map_err(|e| nats("reading a blob")(&e))?;
+        let mut out = tokio::fs::File::create(path)
+            .await
+            .map_err(|e| bad(format!("{}: {e}", path.display())))?;
+        let mut hasher = sha2::Sha256::new();
+        let mut buf = vec![0u8; 1 << 16];
+        let copied = async {
+            loop {
+                let n = object.read(&mut buf).await?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+                out.write_all(&buf[..n]).await?;
+            }
+            out.sync_all().await
+        };
+        let checked = match copied.await {
+            Err(e) => Err(nats("reading a blob")(&e)),
+            Ok(()) => {
+                let actual = hex::encode(hasher.finalize());
+                if actual.eq_ignore_ascii_case(sha256) {
+                    Ok(())
+                } else {
+                    Err(bad(format!("its content hashes to {actual}")))
+                }
+            }
+        };
+        if checked.is_err() {
+            let _ = tokio::fs::remove_file(path).await;
+        }
+        checked
     }
 
     async fn store(&self) -> Result<object_store::ObjectStore, ClusterError> {

@@ -2,7 +2,7 @@
 //! required), unpacks them and builds the encoder directories and the default bundle's encoder.
 //! Nothing here runs while serving: the server only ever reads local files.
 use crate::e5;
-use nudge_model::encoder::{CONFIG_FILE, ENCODER_FILES, TOKENIZER_FILE, WEIGHTS_FILE};
+use nudge_model::encoder::{CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE};
 use nudge_model::LoadError;
 use nudge_model::Manifest;
 use std::path::{Path, PathBuf};
@@ -95,12 +95,12 @@ pub fn link_bundle_encoders(models: &Path) -> Result<(), LoadError> {
             continue;
         }
         let m = Manifest::read(&dir)?;
-        let Some(source) = &m.encoder.source else { continue };
-        let from = models.join("encoders").join(source);
-        let to = dir.join(&m.encoder.dir);
-        std::fs::create_dir_all(&to).map_err(|e| LoadError::io(&to, e))?;
-        for f in ENCODER_FILES {
-            let (src, dst) = (from.join(f), to.join(f));
+        for rel in m.files.keys() {
+            let Some(from) = m.fetched_from(rel) else { continue };
+            let (src, dst) = (models.join(from), dir.join(rel));
+            if let Some(d) = dst.parent() {
+                std::fs::create_dir_all(d).map_err(|e| LoadError::io(d, e))?;
+            }
             let _ = std::fs::remove_file(&dst);
             if std::fs::hard_link(&src, &dst).is_err() {
                 std::fs::copy(&src, &dst).map_err(|e| LoadError::io(&src, e))?;

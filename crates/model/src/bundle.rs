@@ -206,6 +206,21 @@ impl Manifest {
         Ok(())
     }
 
+    /// Where `rel` comes from when the bundle takes it from a fetched encoder: its path under the
+    /// models root (`encoders/<source>/<file>`), which `nudge models fetch` fills on every
+    /// machine. `None` for files the bundle carries itself. Such files are pinned by their sha256
+    /// like any other, so a machine with a different fetch refuses the bundle rather than serve
+    /// other weights.
+    pub fn fetched_from(&self, rel: &str) -> Option<PathBuf> {
+        let source = self.encoder.source.as_deref()?;
+        let file = rel
+            .strip_prefix(self.encoder.dir.trim_end_matches('/'))?
+            .strip_prefix('/')?;
+        ENCODER_FILES
+            .contains(&file)
+            .then(|| Path::new("encoders").join(source).join(file))
+    }
+
     /// Writes the manifest with `files` filled from what is on disk now.
     pub fn write_with_checksums(&mut self, dir: &Path, files: &[&str]) -> Result<(), LoadError> {
         self.files.clear();
@@ -369,4 +384,28 @@ pub fn stage_copy(src: &Path, out: &Path, manifest: &Manifest) -> Result<(), Loa
     write_atomic(&stage.path().join(MANIFEST), &json)?;
     let staged = stage.keep();
     std::fs::rename(&staged, out).map_err(|e| LoadError::io(out, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_encoder_files_of_a_fetched_encoder_come_from_the_fetch() {
+        let json = serde_json::json!({
+            "format": 1, "name": "m", "version": "1",
+            "encoder": {"dir": "encoder/", "pooling": "mean", "source": "e5"},
+            "files": {}
+        });
+        let mut m: Manifest = serde_json::from_value(json).unwrap();
+        assert_eq!(
+            m.fetched_from("encoder/model.safetensors"),
+            Some(Path::new("encoders/e5/model.safetensors").to_path_buf())
+        );
+        assert_eq!(m.fetched_from("heads.safetensors"), None);
+        assert_eq!(m.fetched_from("encoderx/config.json"), None);
+        assert_eq!(m.fetched_from("encoder/extra.bin"), None);
+        m.encoder.source = None;
+        assert_eq!(m.fetched_from("encoder/model.safetensors"), None);
+    }
 }

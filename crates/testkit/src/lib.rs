@@ -333,25 +333,28 @@ pub fn write_safetensors(path: &Path, tensors: &BTreeMap<String, (Vec<usize>, Ve
 pub const INTENTS: &[&str] = &["order_status", "refund", "greeting"];
 pub const SENTIMENTS: &[&str] = &["negative", "positive"];
 
-/// A complete bundle (encoder + random heads + manifest with checksums) under `dir`.
-pub fn write_bundle(dir: &Path, name: &str, variant: Variant, pooling: Pooling) -> PathBuf {
-    let tiny = Tiny::new(variant, 7);
-    tiny.write_encoder(&dir.join("encoder"));
+/// Random intent and sentiment heads over `hidden`-wide vectors, seeded.
+pub fn write_heads(path: &Path, hidden: usize, seed: u64) {
     let mut heads = BTreeMap::new();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     for (n, labels) in [("intent", INTENTS.len()), ("sentiment", SENTIMENTS.len())] {
         heads.insert(
             format!("{n}.weight"),
             (
-                vec![labels, tiny.hidden],
-                (0..labels * tiny.hidden)
-                    .map(|_| rng.random::<f32>() * 4.0 - 2.0)
-                    .collect(),
+                vec![labels, hidden],
+                (0..labels * hidden).map(|_| rng.random::<f32>() * 4.0 - 2.0).collect(),
             ),
         );
         heads.insert(format!("{n}.bias"), (vec![labels], vec![0.0; labels]));
     }
-    write_safetensors(&dir.join("heads.safetensors"), &heads);
+    write_safetensors(path, &heads);
+}
+
+/// A complete bundle (encoder + random heads + manifest with checksums) under `dir`.
+pub fn write_bundle(dir: &Path, name: &str, variant: Variant, pooling: Pooling) -> PathBuf {
+    let tiny = Tiny::new(variant, 7);
+    tiny.write_encoder(&dir.join("encoder"));
+    write_heads(&dir.join("heads.safetensors"), tiny.hidden, 11);
     let mut m = Manifest {
         format: FORMAT,
         name: name.into(),

@@ -1,0 +1,169 @@
+//! The server's side of a cluster (`[cluster]`): its decisions forwarded from the local log to
+//! the stream, and what it serves (the policy, each NLU model's bundle) following the cluster's
+//! SERVING pointers.
+//!
+//! In cluster mode the pointers are the truth. A change made through the admin door of any
+//! server (`PolicyAdmin.LoadPolicy`/`Rollback`, `ModelAdmin.ReloadModel`) is checked there,
+//! stored in the cluster and the pointer moved; every server, that one too, follows. A server
+//! that was down, or starts fresh, reads the pointers when it connects: nobody has to push to it.
+//! A version that fails validation on a server is refused and counted there, and the old one keeps
+//! serving, exactly as for a change made by hand.
+pub(crate) mod bundles;
+mod policy;
+
+pub(crate) use policy::{point_at, publish};
+
+use crate::decide::PolicyStore;
+use crate::error::RequestError;
+use crate::metrics::Metrics;
+use crate::model_admin::Reloader;
+use futures::StreamExt;
+use nudge_cluster::{Cluster, Forwarder, ForwarderStats, DECISIONS_STREAM, POLICY};
+use nudge_records::DecisionRecord;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+
+/// Starts the decision forwarder and the policy follower; abort the handles to stop them.
+pub(crate) fn start_decisions(
+    cluster: Cluster,
+    decision_log: PathBuf,
+    store: Arc<PolicyStore>,
+    metrics: Metrics,
+) -> Vec<JoinHandle<()>> {
+    let stats = Arc::new(ForwarderStats::default());
+    let forwarder = Forwarder::spawn::<DecisionRecord>(cluster.clone(), decision_log, DECISIONS_STREAM, stats.clone());
+    let m = metrics.clone();
+    let counters = tokio::spawn(async move {
+        let mut seen = [0u64; 3];
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tick.tick().await;
+            let now = [
+                stats.forwarded.load(Ordering::Relaxed),
+                stats.duplicates.load(Ordering::Relaxed),
+                stats.failures.load(Ordering::Relaxed),
+            ];
+            for (i, event) in ["forwarded", "duplicate", "forward_failed"].into_iter().enumerate() {
+                m.cluster_events
+                    .with_label_values(&[event])
+                    .inc_by(now[i].saturating_sub(seen[i]));
+            }
+            seen = now;
+            m.cluster_backlog
+                .with_label_values(&["decisions"])
+                .set(stats.backlog.load(Ordering::Relaxed) as i64);
+        }
+    });
+    let follower = tokio::spawn(follow(cluster.clone(), POLICY.to_string(), move |version| {
+        let (cluster, store, metrics) = (cluster.clone(), store.clone(), metrics.clone());
+        async move {
+            policy::serve_version(&cluster, &store, &metrics, &version)
+                .await
+                .map(drop)
+        }
+    }));
+    vec![forwarder, counters, follower]
+}
+
+/// Starts one follower per served NLU model; abort the handles to stop them. Refuses model
+/// names that cannot name a SERVING pointer.
+pub(crate) fn start_bundles(
+    cluster: Cluster,
+    reloader: Arc<Reloader>,
+    metrics: Metrics,
+) -> Result<Vec<JoinHandle<()>>, nudge_cluster::ClusterError> {
+    let names = reloader.models().names();
+    let kinds = names
+        .iter()
+        .map(|n| nudge_cluster::bundle_kind(n))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(names
+        .into_iter()
+        .zip(kinds)
+        .map(|(name, kind)| {
+            let (cluster, reloader, metrics) = (cluster.clone(), reloader.clone(), metrics.clone());
+            tokio::spawn(follow(cluster.clone(), kind, move |version| {
+                let (cluster, reloader, metrics, name) =
+                    (cluster.clone(), reloader.clone(), metrics.clone(), name.clone());
+                async move { bundles::serve_version(&cluster, &reloader, &metrics, &name, &version).await }
+            }))
+        })
+        .collect())
+}
+
+/// Serves whatever the SERVING pointer of `kind` names, reconnecting for as long as it runs.
+/// `serve` failing with `Unavailable` (the version could not be fetched: a NATS hiccup) watches
+/// again, which delivers the current value again; any other failure is a refusal, and the
+/// follower waits for the next version.
+async fn follow<F, Fut>(cluster: Cluster, kind: String, mut serve: F)
+where
+    F: FnMut(String) -> Fut,
+    Fut: Future<Output = Result<(), RequestError>>,
+{
+    loop {
+        let watched = async {
+            cluster.ensure().await?;
+            cluster.watch_serving(&kind).await
+        };
+        match watched.await {
+            Ok(mut pointer) => {
+                while let Some(v) = pointer.next().await {
+                    match v {
+                        Ok(version) => {
+                            if let Err(RequestError::Unavailable(_)) = serve(version).await {
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(%kind, error = %e, "the serving pointer's watch ended");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(%kind, error = %e, "cannot watch the cluster's serving pointer yet"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Counts a version followed or refused (`<what>_followed`, `<what>_refused`); a version that
+/// could not be fetched is neither: it is fetched again.
+fn count<T>(metrics: &Metrics, what: &str, version: &str, result: Result<T, RequestError>) -> Result<T, RequestError> {
+    match &result {
+        Ok(_) => {
+            metrics
+                .cluster_events
+                .with_label_values(&[&format!("{what}_followed")])
+                .inc();
+            tracing::info!(%what, %version, "serving the cluster's version");
+        }
+        Err(RequestError::Unavailable(e)) => {
+            tracing::warn!(%what, %version, error = %e, "fetching the cluster's version (retried)");
+        }
+        Err(e) => {
+            metrics
+                .cluster_events
+                .with_label_values(&[&format!("{what}_refused")])
+                .inc();
+            tracing::error!(%what, %version, error = %e, "the cluster's version is refused; the old one keeps serving");
+        }
+    }
+    result
+}
+
+fn unavailable(e: nudge_cluster::ClusterError) -> RequestError {
+    RequestError::Unavailable(format!("cluster: {e}"))
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, RequestError> + Send + 'static,
+) -> Result<T, RequestError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| RequestError::Internal(e.to_string()))?
+}
