@@ -554,7 +554,7 @@ async fn soak(dir: &Path, minutes: u64) {
     let port = free_port();
     let nats_url = format!("nats://127.0.0.1:{port}");
     let mut nats = Some(start_nats(&nats_bin, &dir.join("nats"), port));
-    let opt_cfg = optimizer_config(dir, &nats_url);
+    let opt_cfg = optimizer_config(dir, "opt", &nats_url);
     // Rounds every 15 s on decisions whose 5 s window closed: checkpoints and gates run too. At
     // most 20,000 closed decisions are kept, so the optimizer's memory must level off.
     let text = std::fs::read_to_string(&opt_cfg).expect("config");

@@ -1,11 +1,13 @@
 //! Several machines' worth of Nudge on one NATS JetStream server, as real processes on loopback:
-//! three `nudge serve` processes, one `nudge optimizer serve` and one `nats-server`, under
-//! Decide and ReportOutcome load, while a server, the NATS server and the optimizer are killed
+//! three `nudge serve` processes, two `nudge optimizer serve` and one `nats-server`, under
+//! Decide and ReportOutcome load, while a server, the NATS server and an optimizer are killed
 //! (SIGKILL) at random moments and started again on the same files.
 //!
-//! Afterwards every acknowledged decision and every acknowledged outcome is in the optimizer's
-//! ledger exactly once (and nothing that was never sent is), and every server serves the version
-//! an operator loaded on one server while another was down — without anyone pushing to it.
+//! Afterwards every acknowledged decision and every acknowledged outcome is in each optimizer's
+//! ledger exactly once (and nothing that was never sent is), one optimizer leads, and every
+//! server serves the version an operator loaded on one server while another was down — without
+//! anyone pushing to it. Further tests: NLU bundles fanned out the same way, and the optimizers'
+//! leadership (one trains and publishes; a standby takes over; versions never collide).
 #[path = "../inference/tests/common/mod.rs"]
 mod common;
 #[path = "support/cluster.rs"]
@@ -21,6 +23,7 @@ use std::time::{Duration, Instant};
 use support::*;
 
 const SERVERS: usize = 3;
+const OPTIMIZERS: usize = 2;
 
 /// What the clients were told.
 #[derive(Default)]
@@ -39,7 +42,7 @@ struct Acked {
 struct Addrs {
     grpc: Vec<String>,
     admin: Vec<String>,
-    optimizer: String,
+    optimizers: Vec<String>,
 }
 
 /// One client: Decide on a server picked at random, then ReportOutcome for most decisions.
@@ -55,7 +58,10 @@ async fn client_loop(
         n += 1;
         let (grpc, opt) = {
             let a = addrs.lock().unwrap();
-            (a.grpc[rng.random_range(0..SERVERS)].clone(), a.optimizer.clone())
+            (
+                a.grpc[rng.random_range(0..SERVERS)].clone(),
+                a.optimizers[rng.random_range(0..OPTIMIZERS)].clone(),
+            )
         };
         let decided = async {
             let mut c = pb::decisions_client::DecisionsClient::connect(grpc)
@@ -101,8 +107,17 @@ async fn client_loop(
     }
 }
 
+/// How many of the optimizers at `addrs` say they lead.
+async fn leaders(addrs: &[String]) -> usize {
+    let mut n = 0;
+    for a in addrs {
+        n += optimizer_status(a).await.is_some_and(|s| s.leader) as usize;
+    }
+    n
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nothing_acknowledged_is_lost_or_doubled_when_servers_nats_and_the_optimizer_are_killed() {
+async fn nothing_acknowledged_is_lost_or_doubled_when_servers_nats_and_optimizers_are_killed() {
     let dir = tempfile::tempdir().unwrap();
     let nats_bin = nats_server_binary();
     let port = free_port();
@@ -116,12 +131,16 @@ async fn nothing_acknowledged_is_lost_or_doubled_when_servers_nats_and_the_optim
         Variant::Bert,
         nudge_model::Pooling::Mean,
     );
-    let opt_cfg = optimizer_config(dir.path(), &nats_url);
-    let (mut optimizer, a) = start_nudge(&["optimizer", "serve"], &opt_cfg);
-    let addrs = Arc::new(Mutex::new(Addrs {
-        optimizer: a["grpc"].clone(),
-        ..Default::default()
-    }));
+    let opt_cfgs: Vec<PathBuf> = (0..OPTIMIZERS)
+        .map(|i| optimizer_config(dir.path(), &format!("opt{i}"), &nats_url))
+        .collect();
+    let addrs = Arc::new(Mutex::new(Addrs::default()));
+    let mut optimizers = Vec::new();
+    for c in &opt_cfgs {
+        let (child, a) = start_nudge(&["optimizer", "serve"], c);
+        optimizers.push(child);
+        addrs.lock().unwrap().optimizers.push(a["grpc"].clone());
+    }
     let cfgs: Vec<PathBuf> = (0..SERVERS)
         .map(|i| server_config(dir.path(), i, &bundle, &nats_url, ""))
         .collect();
@@ -193,17 +212,18 @@ async fn nothing_acknowledged_is_lost_or_doubled_when_servers_nats_and_the_optim
                 tokio::time::sleep(Duration::from_millis(rng.random_range(300..1500))).await;
                 nats = Some(start_nats(&nats_bin, &nats_dir, port));
             }
-            // The optimizer, whatever it was doing.
+            // An optimizer, whatever it was doing (leading or standing by).
             _ => {
-                optimizer.kill().unwrap();
-                optimizer.wait().unwrap();
+                let i = rng.random_range(0..OPTIMIZERS);
+                optimizers[i].kill().unwrap();
+                optimizers[i].wait().unwrap();
                 tokio::time::sleep(Duration::from_millis(rng.random_range(100..600))).await;
-                let cfg = opt_cfg.clone();
+                let cfg = opt_cfgs[i].clone();
                 let (child, a) = tokio::task::spawn_blocking(move || start_nudge(&["optimizer", "serve"], &cfg))
                     .await
                     .unwrap();
-                optimizer = child;
-                addrs.lock().unwrap().optimizer = a["grpc"].clone();
+                optimizers[i] = child;
+                addrs.lock().unwrap().optimizers[i] = a["grpc"].clone();
             }
         }
     }
@@ -228,47 +248,67 @@ async fn nothing_acknowledged_is_lost_or_doubled_when_servers_nats_and_the_optim
         "too little load to mean anything"
     );
 
-    // Every acknowledged decision reaches the optimizer's ledger (forwarders catch up).
-    let opt_dir = dir.path().join("opt");
+    // Every acknowledged decision and outcome reaches each optimizer's ledger.
+    let opt_dirs: Vec<PathBuf> = (0..OPTIMIZERS).map(|i| dir.path().join(format!("opt{i}"))).collect();
+    let t0 = Instant::now();
+    for d in &opt_dirs {
+        loop {
+            let have = counts::<DecisionRecord>(&d.join("ledger"));
+            let have_out = counts::<OutcomeRecord>(&d.join("outcomes"));
+            let missing = decisions.iter().filter(|x| !have.contains_key(*x)).count();
+            let missing_out = outcomes.iter().filter(|e| !have_out.contains_key(*e)).count();
+            if missing == 0 && missing_out == 0 {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "{}: {missing} acknowledged decisions and {missing_out} acknowledged outcomes never reached the ledger",
+                d.display()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    // One optimizer leads (after a kill the standby takes over within about a lease), never two.
+    let opt_addrs = addrs.lock().unwrap().optimizers.clone();
     let t0 = Instant::now();
     loop {
-        let have = counts::<DecisionRecord>(&opt_dir.join("ledger"));
-        let have_out = counts::<OutcomeRecord>(&opt_dir.join("outcomes"));
-        let missing = decisions.iter().filter(|d| !have.contains_key(*d)).count();
-        let missing_out = outcomes.iter().filter(|e| !have_out.contains_key(*e)).count();
-        if missing == 0 && missing_out == 0 {
+        let n = leaders(&opt_addrs).await;
+        assert!(n <= 1, "two optimizers lead at once");
+        if n == 1 {
             break;
         }
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "{missing} acknowledged decisions and {missing_out} acknowledged outcomes never reached the ledger"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(t0.elapsed() < Duration::from_secs(10), "no optimizer leads");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // A last crash, then the files as a restarted optimizer would read them.
-    optimizer.kill().unwrap();
-    optimizer.wait().unwrap();
-    let ledger = counts::<DecisionRecord>(&opt_dir.join("ledger"));
-    let outcome_ledger = counts::<OutcomeRecord>(&opt_dir.join("outcomes"));
-    let doubled: Vec<_> = ledger.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(doubled.is_empty(), "decisions in the ledger twice: {doubled:?}");
-    let doubled: Vec<_> = outcome_ledger.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(doubled.is_empty(), "outcomes in the ledger twice: {doubled:?}");
-    // Nothing in the ledger that no server logged, and no outcome nobody sent.
     let mut logged = HashSet::new();
     for i in 0..SERVERS {
         logged.extend(counts::<DecisionRecord>(&dir.path().join(format!("s{i}/decisions"))).into_keys());
     }
-    assert!(ledger.keys().all(|d| logged.contains(d)));
     let sent = acked.lock().unwrap().outcomes_sent.clone();
-    assert!(outcome_ledger.keys().all(|e| sent.contains(e)));
-    eprintln!(
-        "ledger: {} decisions ({} acknowledged + {} logged but unanswered), {} outcomes",
-        ledger.len(),
-        decisions.len(),
-        ledger.len() - decisions.len(),
-        outcome_ledger.len()
-    );
+    let mut ledgers = Vec::new();
+    for (o, d) in optimizers.iter_mut().zip(&opt_dirs) {
+        o.kill().unwrap();
+        o.wait().unwrap();
+        let ledger = counts::<DecisionRecord>(&d.join("ledger"));
+        let outcome_ledger = counts::<OutcomeRecord>(&d.join("outcomes"));
+        let doubled: Vec<_> = ledger.iter().filter(|(_, n)| **n > 1).collect();
+        assert!(doubled.is_empty(), "decisions in the ledger twice: {doubled:?}");
+        let doubled: Vec<_> = outcome_ledger.iter().filter(|(_, n)| **n > 1).collect();
+        assert!(doubled.is_empty(), "outcomes in the ledger twice: {doubled:?}");
+        // Nothing in the ledger that no server logged, and no outcome nobody sent.
+        assert!(ledger.keys().all(|d| logged.contains(d)));
+        assert!(outcome_ledger.keys().all(|e| sent.contains(e)));
+        eprintln!(
+            "{}: {} decisions ({} acknowledged + {} logged but unanswered), {} outcomes",
+            d.display(),
+            ledger.len(),
+            decisions.len(),
+            ledger.len() - decisions.len(),
+            outcome_ledger.len()
+        );
+        ledgers.push((ledger, outcome_ledger));
+    }
 
     // Every server serves what the operator loaded, the one that was down included.
     let admins = addrs.lock().unwrap().admin.clone();
@@ -282,15 +322,12 @@ async fn nothing_acknowledged_is_lost_or_doubled_when_servers_nats_and_the_optim
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    // And the restarted optimizer follows it too (its next candidate is judged against v900).
-    let (_optimizer, a) = start_nudge(&["optimizer", "serve"], &opt_cfg);
-    let mut c = pb::optimizer_client::OptimizerClient::connect(a["grpc"].clone())
-        .await
-        .unwrap();
-    let st = c.status(pb::StatusRequest {}).await.unwrap().into_inner();
+    // And a restarted optimizer follows it too (its next candidate is judged against v900).
+    let (_optimizer, a) = start_nudge(&["optimizer", "serve"], &opt_cfgs[0]);
+    let st = optimizer_status(&a["grpc"]).await.unwrap();
     assert_eq!(st.serving_version, "v900");
-    assert_eq!(st.decisions_seen as usize, ledger.len());
-    assert_eq!(st.outcomes_recorded as usize, outcome_ledger.len());
+    assert_eq!(st.decisions_seen as usize, ledgers[0].0.len());
+    assert_eq!(st.outcomes_recorded as usize, ledgers[0].1.len());
 }
 
 /// A version in the cluster that fails validation is refused by every server, which keeps
@@ -646,4 +683,256 @@ async fn an_nlu_bundle_reloaded_on_one_server_is_served_by_every_server_and_a_ba
     .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unavailable, "{}", err.message());
     assert!(same(&understood(&a0["grpc"]).await, &answers_t3));
+}
+
+/// Conversion probability of offer o1..o4 for segments a, b, c (`decide_request`'s context).
+const TRUTH: [[f64; 4]; 3] = [
+    [0.04, 0.30, 0.08, 0.02],
+    [0.35, 0.03, 0.10, 0.06],
+    [0.05, 0.06, 0.03, 0.32],
+];
+
+/// An optimizer that trains every 300 ms once 100 decisions have closed, 2 s lease.
+fn learning_optimizer_config(dir: &std::path::Path, name: &str, nats: &str) -> PathBuf {
+    let d = dir.join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(
+        d.join("reward.toml"),
+        "reward = \"conversion\"\nwindow_seconds = 0.25\n",
+    )
+    .unwrap();
+    let cfg = format!(
+        r#"grpc_addr = "127.0.0.1:0"
+decision_logs = []
+decision_ledger = "{d}/ledger"
+outcome_log = "{d}/outcomes"
+audit_log = "{d}/audit"
+registry = "{d}/registry"
+servers = []
+reward_file = "{d}/reward.toml"
+train_every_outcomes = 1000000000
+train_every_ms = 300
+
+[durability]
+mode = "always"
+
+[learn]
+ridge = 1.0
+noise_var = 0.2
+holdout = 0.3
+min_examples = 100
+seed = 5
+
+[learn.exploration]
+kind = "thompson"
+scale = 1.0
+samples = 200
+
+[learn.gate]
+estimator = "dr"
+tolerance = 0.0
+
+[initial_schema]
+{SCHEMA}
+
+[cluster]
+url = "{nats}"
+name = "{name}"
+request_timeout_ms = 2000
+lease_ms = 2000
+"#,
+        d = d.display()
+    );
+    let p = d.join("optimizer.toml");
+    std::fs::write(&p, cfg).unwrap();
+    p
+}
+
+/// `n` decisions from the shop, each converting as `TRUTH` says, reported to either optimizer.
+async fn shop_traffic(server: &str, optimizers: &[String], from: u64, n: u64) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(from);
+    let mut d = pb::decisions_client::DecisionsClient::connect(server.to_string())
+        .await
+        .unwrap();
+    for k in from..from + n {
+        let Ok(r) = timed(d.decide(decide_request(k))).await else {
+            continue;
+        };
+        let r = r.into_inner();
+        let offer: usize = r.offer_id.trim_start_matches('o').parse().unwrap();
+        if rng.random::<f64>() >= TRUTH[(k % 3) as usize][offer - 1] {
+            continue;
+        }
+        let opt = optimizers[rng.random_range(0..optimizers.len())].clone();
+        let reported = async {
+            let mut c = pb::optimizer_client::OptimizerClient::connect(opt)
+                .await
+                .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+            c.report_outcome(pb::ReportOutcomeRequest {
+                event_id: format!("conv{k}"),
+                decision_id: r.decision_id.clone(),
+                kind: pb::OutcomeKind::Convert as i32,
+                revenue: 10.0,
+                ..Default::default()
+            })
+            .await
+        };
+        let _ = timed(reported).await;
+    }
+}
+
+/// Traffic until the cluster's policy pointer names something other than `from`.
+async fn until_published(cluster: &nudge_cluster::Cluster, server: &str, optimizers: &[String], from: &str) -> String {
+    let t0 = Instant::now();
+    let mut k = 1_000_000 * (t0.elapsed().as_nanos() as u64 % 1000 + 1);
+    loop {
+        shop_traffic(server, optimizers, k, 150).await;
+        k += 150;
+        let now = cluster
+            .serving(nudge_cluster::POLICY)
+            .await
+            .unwrap()
+            .unwrap_or_default();
+        if now != from {
+            return now;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(90),
+            "no version after {from} was published"
+        );
+    }
+}
+
+/// Two optimizers on one cluster: exactly one leads, trains and publishes while the other keeps
+/// its ledger and stands by; when the leader is killed the standby takes over after the lease
+/// (not before) and publishes the next version; a leader that stops cleanly hands over at once.
+/// Version names are claimed once, and the SERVING pointer moves only from the revision a
+/// publisher read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_optimizer_leads_and_a_standby_takes_over_without_clashing_versions() {
+    use nudge_cluster::{Cluster, ClusterConfig, POLICY};
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let nats_url = format!("nats://127.0.0.1:{port}");
+    let _nats = start_nats(&nats_server_binary(), &dir.path().join("nats"), port);
+    let bundle = write_bundle(
+        &dir.path().join("bundle"),
+        "tiny",
+        Variant::Bert,
+        nudge_model::Pooling::Mean,
+    );
+    let (_server, s) = start_nudge(&["serve"], &server_config(dir.path(), 0, &bundle, &nats_url, ""));
+    let cfgs: Vec<PathBuf> = (0..2)
+        .map(|i| learning_optimizer_config(dir.path(), &format!("opt{i}"), &nats_url))
+        .collect();
+    let mut procs = Vec::new();
+    let mut addrs = Vec::new();
+    for c in &cfgs {
+        let (child, a) = start_nudge(&["optimizer", "serve"], c);
+        procs.push(Some(child));
+        addrs.push(a["grpc"].clone());
+    }
+    let cluster = Cluster::connect(ClusterConfig {
+        url: nats_url.clone(),
+        name: "observer".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let t0 = Instant::now();
+    let leader = loop {
+        let mut st = Vec::new();
+        for a in &addrs {
+            st.push(optimizer_status(a).await.is_some_and(|s| s.leader));
+        }
+        assert!(!(st[0] && st[1]), "two optimizers lead at once");
+        if let Some(i) = st.iter().position(|l| *l) {
+            break i;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(15), "no optimizer leads");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let standby = 1 - leader;
+    let first = cluster.serving(POLICY).await.unwrap().unwrap();
+
+    // The leader trains and publishes; the standby only follows.
+    let v_leader = until_published(&cluster, &s["grpc"], &addrs, &first).await;
+    let st = optimizer_status(&addrs[standby]).await.unwrap();
+    assert!(!st.leader);
+    assert_eq!(st.trainings, 0, "the standby trained");
+    assert!(optimizer_status(&addrs[leader]).await.unwrap().trainings > 0);
+    let t0 = Instant::now();
+    while optimizer_status(&addrs[standby]).await.unwrap().serving_version != v_leader {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the standby never followed {v_leader}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // SIGKILL: the standby waits out the lease (2 s), then leads and publishes the next version.
+    let mut killed = procs[leader].take().unwrap();
+    killed.kill().unwrap();
+    let killed_at = Instant::now();
+    killed.wait().unwrap();
+    while !optimizer_status(&addrs[standby]).await.unwrap().leader {
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(10),
+            "the standby never took over"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took = killed_at.elapsed();
+    assert!(
+        took >= Duration::from_millis(1200),
+        "took over {took:?} after the kill, before the lease could have run out"
+    );
+    let live = [addrs[standby].clone()];
+    let v_standby = until_published(&cluster, &s["grpc"], &live, &v_leader).await;
+    assert!(optimizer_status(&addrs[standby]).await.unwrap().trainings > 0);
+    // One name, one version: both registries hold the first leader's version byte for byte.
+    let manifest =
+        |i: usize, v: &str| std::fs::read(dir.path().join(format!("opt{i}/registry/{v}/manifest.json"))).unwrap();
+    assert_eq!(manifest(0, &v_leader), manifest(1, &v_leader));
+    assert_ne!(v_standby, v_leader);
+    assert!(
+        !cluster.claim_version(POLICY, &v_standby).await.unwrap(),
+        "a published name is claimed"
+    );
+    assert!(cluster.claim_version(POLICY, "v7777").await.unwrap());
+    assert!(!cluster.claim_version(POLICY, "v7777").await.unwrap());
+
+    // The restarted optimizer stands by; when the leader stops cleanly it leads at once.
+    let (child, a) = start_nudge(&["optimizer", "serve"], &cfgs[leader]);
+    procs[leader] = Some(child);
+    addrs[leader] = a["grpc"].clone();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!optimizer_status(&addrs[leader]).await.unwrap().leader);
+    assert!(optimizer_status(&addrs[standby]).await.unwrap().leader);
+    let pid = procs[standby].as_ref().unwrap().id();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let stopped_at = Instant::now();
+    while !optimizer_status(&addrs[leader]).await.is_some_and(|s| s.leader) {
+        assert!(
+            stopped_at.elapsed() < Duration::from_millis(1500),
+            "a clean stop did not hand the lease over"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    eprintln!(
+        "{first} → {v_leader} (leader opt{leader}) → killed → opt{standby} led after {took:?} → {v_standby}; a clean stop handed over in {:?}",
+        stopped_at.elapsed()
+    );
+
+    // The pointer moves only from the revision a publisher read.
+    let (v, rev) = cluster.serving_entry(POLICY).await.unwrap().unwrap();
+    assert!(!cluster.move_serving(POLICY, "v1", Some(rev - 1)).await.unwrap());
+    assert!(!cluster.move_serving(POLICY, "v1", None).await.unwrap());
+    assert_eq!(cluster.serving(POLICY).await.unwrap().as_deref(), Some(v.as_str()));
+    assert!(cluster.move_serving(POLICY, &v, Some(rev)).await.unwrap());
 }

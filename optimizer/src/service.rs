@@ -9,11 +9,19 @@
 //! are stored in the cluster and the SERVING pointer moved, instead of pushed server by server.
 //! The ledger counts each decision and outcome once whatever is redelivered: ids it holds are
 //! acknowledged without being written again.
+//!
+//! Several optimizers may share a cluster (for availability: `ReportOutcome` to any of them).
+//! Each consumes both streams under its own name, so each keeps a complete ledger; one of them,
+//! the holder of the `optimizer` lease ([`nudge_cluster::Lease`]), trains and publishes, and a
+//! standby takes over when it goes quiet. Publishing is fenced where it lands as well: a version
+//! name is claimed once in the cluster, and the SERVING pointer moves only from the revision the
+//! round started from, so a candidate trained while the pointer moved (an operator's rollback,
+//! another optimizer's version) is dropped rather than put over it.
 use crate::learn::{train_and_judge, LearnConfig, Verdict};
 use crate::ledger::{Checkpoint, Ledger};
 use crate::reward::Reward;
 use crate::OptimizerError;
-use nudge_cluster::{Cluster, Delivery, DECISIONS_STREAM, OUTCOMES_STREAM, POLICY};
+use nudge_cluster::{Cluster, Delivery, Lease, DECISIONS_STREAM, OUTCOMES_STREAM, POLICY};
 use nudge_policy::version::{from_file_set, to_file_set, PolicyManifest, PolicyVersion, FORMAT};
 use nudge_policy::{FeatureSchema, Policy, Registry, RewardModel};
 use nudge_proto::v1 as pb;
@@ -141,6 +149,9 @@ struct State {
     outcomes_since_training: u64,
     /// Cluster mode: stream messages that were not valid records (terminated, counted).
     malformed_streamed: u64,
+    /// Cluster mode: the SERVING pointer's revision when it was last read; a version published
+    /// from this state moves the pointer only if it is still there (`None`: never set).
+    pointer: Option<u64>,
 }
 
 /// Records read per log per step when catching up at start (then the ledger is compacted).
@@ -216,6 +227,8 @@ pub struct Optimizer {
     wake: Notify,
     admin: AdminClients,
     cluster: Option<Cluster>,
+    /// Cluster mode: leadership among the optimizers; only its holder trains and publishes.
+    lease: Option<Lease>,
     /// Cluster mode: wakes `ReportOutcome` calls waiting for a decision to arrive.
     decisions_arrived: Notify,
 }
@@ -580,14 +593,20 @@ impl Optimizer {
             .lock()
             .ok()
             .and_then(|st| st.serving.as_ref().map(|s| s.manifest.version.clone()));
-        match cluster.serving(POLICY).await? {
+        let entry = cluster.serving_entry(POLICY).await?;
+        if let Ok(mut st) = self.lock() {
+            st.pointer = entry.as_ref().map(|(_, r)| *r);
+        }
+        match entry {
             None => {
                 if let Some(pv) = self.lock().ok().and_then(|st| st.serving.clone()) {
                     self.store_in_cluster(cluster, &pv).await?;
-                    cluster.set_serving(POLICY, &pv.manifest.version).await?;
+                    if !cluster.move_serving(POLICY, &pv.manifest.version, None).await? {
+                        tracing::info!("another optimizer set the serving pointer first; following it next round");
+                    }
                 }
             }
-            Some(v) if Some(&v) != ours.as_ref() => {
+            Some((v, _)) if Some(&v) != ours.as_ref() => {
                 let pv = match self.registry.load(&v) {
                     Ok(pv) => pv,
                     Err(_) => {
@@ -606,6 +625,25 @@ impl Optimizer {
         Ok(())
     }
 
+    /// Whether this optimizer trains and publishes: always on one machine; in a cluster, while
+    /// it holds the lease.
+    fn leads(&self) -> bool {
+        self.lease.as_ref().is_none_or(Lease::held)
+    }
+
+    /// A name for a new version: the registry's next one, claimed in the cluster in cluster
+    /// mode (a name another optimizer claimed is skipped).
+    async fn new_version_name(&self) -> Result<String, OptimizerError> {
+        let mut version = self.registry.next_version();
+        let Some(cluster) = &self.cluster else {
+            return Ok(version);
+        };
+        while !cluster.claim_version(POLICY, &version).await? {
+            version = self.registry.next_version_above(&version);
+        }
+        Ok(version)
+    }
+
     async fn store_in_cluster(&self, cluster: &Cluster, pv: &PolicyVersion) -> Result<(), OptimizerError> {
         let (manifest, files) = pv.encode()?;
         cluster
@@ -617,6 +655,7 @@ impl Optimizer {
     /// One training round: join, train, judge, and push if the gate passes.
     async fn train_round(self: &Arc<Self>) -> Result<Option<String>, OptimizerError> {
         self.reconcile().await?;
+        let leads = self.leads();
         let (serving, examples, checkpoint) = {
             let mut st = self.state.lock().map_err(|_| OptimizerError::Poisoned)?;
             st.poll_decisions();
@@ -624,7 +663,11 @@ impl Optimizer {
             let Some(serving) = st.serving.clone() else {
                 return Err(OptimizerError::NoServingPolicy);
             };
-            let examples = st.ledger.examples(&self.reward, now_ms());
+            let examples = if leads {
+                st.ledger.examples(&self.reward, now_ms())
+            } else {
+                Vec::new()
+            };
             (serving, examples, st.ledger.checkpoint(st.cursors()))
         };
         let path = self.checkpoint_path();
@@ -634,6 +677,10 @@ impl Optimizer {
                 tracing::warn!(error = %e, "saving the ledger checkpoint (start-up will read more of the logs)")
             }
             Err(e) => tracing::warn!(error = %e, "saving the ledger checkpoint"),
+        }
+        if !leads {
+            // A standby: its ledger and checkpoint are kept current; the leader trains.
+            return Ok(None);
         }
         let cfg = self.cfg.learn.clone();
         let n = examples.len();
@@ -649,7 +696,7 @@ impl Optimizer {
                 return Ok(None);
             }
         };
-        let version = self.registry.next_version();
+        let version = self.new_version_name().await?;
         self.audit_verdict(&version, &serving.manifest.version, &verdict).await;
         {
             let mut st = self.state.lock().map_err(|_| OptimizerError::Poisoned)?;
@@ -679,8 +726,7 @@ impl Optimizer {
             },
             policy: candidate,
         };
-        self.publish(pv).await?;
-        Ok(Some(version))
+        Ok(self.publish(pv).await?.then_some(version))
     }
 
     async fn audit_verdict(&self, version: &str, serving: &str, v: &Verdict) {
@@ -690,15 +736,27 @@ impl Optimizer {
         }
     }
 
-    /// Writes the version to the registry, pushes it to every server, then marks it serving.
-    async fn publish(&self, pv: PolicyVersion) -> Result<(), OptimizerError> {
+    /// Writes the version to the registry, pushes it to every server (in a cluster: stores it
+    /// and moves the pointer from where this round found it), then marks it serving. Returns
+    /// false when the cluster's pointer had moved: the version is kept in the registry and the
+    /// cluster's store, not served.
+    async fn publish(&self, pv: PolicyVersion) -> Result<bool, OptimizerError> {
         let version = pv.manifest.version.clone();
         self.registry.publish(&pv)?;
         let t0 = Instant::now();
         if let Some(cluster) = &self.cluster {
             // Every server follows the pointer, including those down right now.
             self.store_in_cluster(cluster, &pv).await?;
-            cluster.set_serving(POLICY, &version).await?;
+            let from = self.lock().ok().and_then(|st| st.pointer);
+            if !cluster.move_serving(POLICY, &version, from).await? {
+                tracing::warn!(%version, "the serving pointer moved while this version was made; it is not served");
+                let _ = self
+                    .audit
+                    .append(&serde_json::json!({"time_ms": now_ms(), "superseded_version": version, "reason": "the cluster's serving pointer moved while it was trained"}))
+                    .await;
+                self.reconcile_cluster(cluster).await?;
+                return Ok(false);
+            }
         } else {
             for server in &self.cfg.servers {
                 self.push_one(server, &pv).await;
@@ -714,7 +772,7 @@ impl Optimizer {
         if let Ok(mut st) = self.state.lock() {
             st.serving = Some(pv);
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Announces `pv` to one server; a server that refuses or is down is logged (it keeps
@@ -773,6 +831,7 @@ impl pb::optimizer_server::Optimizer for OptimizerApi {
             trainings: st.trainings,
             last_verdict: st.last_verdict.clone(),
             malformed_decisions: st.malformed_decisions(),
+            leader: self.0.leads(),
         }))
     }
 }
@@ -790,10 +849,15 @@ pub struct RunningOptimizer {
 }
 
 impl RunningOptimizer {
-    /// Stops training and the gRPC service.
+    /// Stops training and the gRPC service; in a cluster a standby optimizer leads at once.
     pub async fn shutdown(mut self) {
         self.trainer.abort();
         self.consumers.iter().for_each(tokio::task::JoinHandle::abort);
+        if let Some(lease) = &self.optimizer.lease {
+            if let Err(e) = lease.release().await {
+                tracing::warn!(error = %e, "handing the optimizer lease over (a standby waits it out)");
+            }
+        }
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -865,6 +929,7 @@ pub async fn start(cfg: OptimizerConfig) -> Result<RunningOptimizer, OptimizerEr
         last_verdict: String::new(),
         outcomes_since_training: 0,
         malformed_streamed: 0,
+        pointer: None,
     };
     let t0 = Instant::now();
     state.catch_up(reward.window_ms);
@@ -887,6 +952,7 @@ pub async fn start(cfg: OptimizerConfig) -> Result<RunningOptimizer, OptimizerEr
         outcomes: outcomes.clone(),
         audit,
         wake: Notify::new(),
+        lease: cluster.as_ref().map(|c| Lease::new(c, "optimizer")),
         cluster,
         decisions_arrived: Notify::new(),
     });
@@ -926,7 +992,7 @@ pub async fn start(cfg: OptimizerConfig) -> Result<RunningOptimizer, OptimizerEr
             let pv = PolicyVersion {
                 manifest: PolicyManifest {
                     format: FORMAT,
-                    version: opt.registry.next_version(),
+                    version: opt.new_version_name().await?,
                     parent: None,
                     created_unix_ms: now_ms(),
                     schema: schema.clone(),
@@ -944,8 +1010,35 @@ pub async fn start(cfg: OptimizerConfig) -> Result<RunningOptimizer, OptimizerEr
                 },
             };
             pv.policy.validate()?;
-            opt.publish(pv).await?;
+            if !opt.publish(pv).await? {
+                // Another optimizer started the cluster's first version meanwhile: follow it.
+                opt.reconcile().await?;
+            }
         }
+    }
+    if let Some(lease) = &opt.lease {
+        let o = opt.clone();
+        let period = lease.period();
+        consumers.push(tokio::spawn(async move {
+            let Some(lease) = &o.lease else { return };
+            let mut led = false;
+            loop {
+                match lease.step().await {
+                    Ok(leads) => {
+                        if leads && !led {
+                            tracing::info!("this optimizer leads: it trains and publishes");
+                            // Catch up with the pointer and the ledger now, not a period later.
+                            o.wake.notify_one();
+                        } else if !leads && led {
+                            tracing::info!("this optimizer stands by: another one leads");
+                        }
+                        led = leads;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "renewing the optimizer lease"),
+                }
+                tokio::time::sleep(period).await;
+            }
+        }));
     }
 
     let bind_err = |source| OptimizerError::Bind {

@@ -137,8 +137,10 @@ request_timeout_ms = 2000
     p
 }
 
-pub fn optimizer_config(dir: &Path, nats: &str) -> PathBuf {
-    let d = dir.join("opt");
+/// An optimizer named `name` (its directory under `dir` too), with a 1 s lease so that a standby
+/// takes over quickly.
+pub fn optimizer_config(dir: &Path, name: &str, nats: &str) -> PathBuf {
+    let d = dir.join(name);
     std::fs::create_dir_all(&d).unwrap();
     std::fs::write(
         d.join("reward.toml"),
@@ -165,8 +167,9 @@ mode = "always"
 
 [cluster]
 url = "{nats}"
-name = "optimizer"
+name = "{name}"
 request_timeout_ms = 2000
+lease_ms = 1000
 "#,
         d = d.display()
     );
@@ -220,6 +223,17 @@ pub fn decide_request(n: u64) -> pb::DecideRequest {
             .collect(),
         ..Default::default()
     }
+}
+
+/// An optimizer's Status, if it answers.
+pub async fn optimizer_status(grpc: &str) -> Option<pb::StatusResponse> {
+    let asked = async {
+        let mut c = pb::optimizer_client::OptimizerClient::connect(grpc.to_string())
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        c.status(pb::StatusRequest {}).await
+    };
+    with_timeout(asked).await.map(|r| r.into_inner())
 }
 
 /// A call with a 5 s limit; the error says what the server answered (or that it did not).

@@ -33,9 +33,11 @@
 
 mod forward;
 mod ingest;
+mod lease;
 
 pub use forward::{Forwarder, ForwarderStats};
 pub use ingest::{Delivery, Ingest};
+pub use lease::Lease;
 
 use async_nats::jetstream::{self, object_store, stream};
 use futures::StreamExt;
@@ -52,6 +54,8 @@ pub const OUTCOMES_STREAM: &str = "NUDGE_OUTCOMES";
 pub const ARTIFACTS_BUCKET: &str = "nudge-artifacts";
 /// KV bucket of SERVING pointers, one key per kind of artifact.
 pub const SERVING_BUCKET: &str = "nudge-serving";
+/// KV bucket of leadership leases (`lease.<role>`) and version claims (`claim.<kind>.<version>`).
+pub const LEASES_BUCKET: &str = "nudge-leases";
 /// The kind of artifact a policy version is (its SERVING key).
 pub const POLICY: &str = "policy";
 
@@ -84,6 +88,9 @@ pub struct ClusterConfig {
     /// How long the decision and outcome streams keep a record, in hours (the optimizer must
     /// have consumed it by then; its own ledger keeps what training needs).
     pub retention_hours: u64,
+    /// How long an optimizer that stopped renewing its leadership keeps it before a standby
+    /// optimizer takes over, in milliseconds ([`Lease`]).
+    pub lease_ms: u64,
 }
 
 impl Default for ClusterConfig {
@@ -95,6 +102,7 @@ impl Default for ClusterConfig {
             replicas: 1,
             request_timeout_ms: 5_000,
             retention_hours: 24 * 7,
+            lease_ms: 10_000,
         }
     }
 }
@@ -187,6 +195,7 @@ impl Cluster {
             ("duplicate_window_s", cfg.duplicate_window_s),
             ("request_timeout_ms", cfg.request_timeout_ms),
             ("retention_hours", cfg.retention_hours),
+            ("lease_ms", cfg.lease_ms),
         ] {
             if v == 0 {
                 return Err(ClusterError::Config {
@@ -253,24 +262,26 @@ impl Cluster {
                 .await
                 .map_err(|e| nats("creating a stream")(&e))?;
         }
-        // The KV bucket as JetStream defines it (`KV_<bucket>`, `$KV.<bucket>.>`), created by
+        // KV buckets as JetStream defines them (`KV_<bucket>`, `$KV.<bucket>.>`), created by
         // hand: the client's own `create_key_value` asks for account details that NATS 2.9
         // answers in a form the client cannot read.
-        self.js
-            .get_or_create_stream(stream::Config {
-                name: format!("KV_{SERVING_BUCKET}"),
-                subjects: vec![format!("$KV.{SERVING_BUCKET}.>")],
-                max_messages_per_subject: 64,
-                allow_rollup: true,
-                deny_delete: true,
-                allow_direct: true,
-                discard: stream::DiscardPolicy::New,
-                storage: stream::StorageType::File,
-                num_replicas: self.cfg.replicas,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| nats("creating the serving bucket")(&e))?;
+        for (bucket, history) in [(SERVING_BUCKET, 64), (LEASES_BUCKET, 1)] {
+            self.js
+                .get_or_create_stream(stream::Config {
+                    name: format!("KV_{bucket}"),
+                    subjects: vec![format!("$KV.{bucket}.>")],
+                    max_messages_per_subject: history,
+                    allow_rollup: true,
+                    deny_delete: true,
+                    allow_direct: true,
+                    discard: stream::DiscardPolicy::New,
+                    storage: stream::StorageType::File,
+                    num_replicas: self.cfg.replicas,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| nats("creating a KV bucket")(&e))?;
+        }
         if self.js.get_object_store(ARTIFACTS_BUCKET).await.is_err() {
             self.js
                 .create_object_store(object_store::Config {
@@ -467,33 +478,92 @@ impl Cluster {
             .map_err(|e| nats("opening the artifact store")(&e))
     }
 
-    async fn kv(&self) -> Result<jetstream::kv::Store, ClusterError> {
+    async fn kv(&self, bucket: &str) -> Result<jetstream::kv::Store, ClusterError> {
         self.js
-            .get_key_value(SERVING_BUCKET)
+            .get_key_value(bucket)
             .await
-            .map_err(|e| nats("opening the serving bucket")(&e))
+            .map_err(|e| nats("opening a KV bucket")(&e))
     }
 
     /// The version of `kind` the cluster serves, if one was ever set.
     pub async fn serving(&self, kind: &str) -> Result<Option<String>, ClusterError> {
-        let v = self
-            .kv()
-            .await?
-            .get(kind)
-            .await
-            .map_err(|e| nats("reading the serving pointer")(&e))?;
-        Ok(v.map(|b| String::from_utf8_lossy(&b).into_owned()))
+        Ok(self.serving_entry(kind).await?.map(|(v, _)| v))
     }
 
-    /// Points the cluster's SERVING for `kind` at `version` (stored with `put_artifact` first).
+    /// The version of `kind` the cluster serves and the pointer's revision, for
+    /// [`Cluster::move_serving`].
+    pub async fn serving_entry(&self, kind: &str) -> Result<Option<(String, u64)>, ClusterError> {
+        let e = self
+            .kv(SERVING_BUCKET)
+            .await?
+            .entry(kind)
+            .await
+            .map_err(|e| nats("reading the serving pointer")(&e))?;
+        Ok(e.filter(|e| e.operation == jetstream::kv::Operation::Put)
+            .map(|e| (String::from_utf8_lossy(&e.value).into_owned(), e.revision)))
+    }
+
+    /// Points the cluster's SERVING for `kind` at `version` (stored with `put_artifact` first),
+    /// whatever it pointed at: an operator's change.
     pub async fn set_serving(&self, kind: &str, version: &str) -> Result<(), ClusterError> {
         self.ensure().await?;
-        self.kv()
+        self.kv(SERVING_BUCKET)
             .await?
             .put(kind, version.to_string().into())
             .await
             .map_err(|e| nats("moving the serving pointer")(&e))?;
         Ok(())
+    }
+
+    /// Points SERVING for `kind` at `version` only if the pointer is still at `from` (the
+    /// revision [`Cluster::serving_entry`] gave; `None`: only if it was never set). Returns false
+    /// when it moved meanwhile: the change was made against a state that is gone.
+    pub async fn move_serving(&self, kind: &str, version: &str, from: Option<u64>) -> Result<bool, ClusterError> {
+        self.ensure().await?;
+        let kv = self.kv(SERVING_BUCKET).await?;
+        let value = version.to_string().into();
+        let moved = match from {
+            None => match kv.create(kind, value).await {
+                Ok(_) => true,
+                Err(e) if e.kind() == jetstream::kv::CreateErrorKind::AlreadyExists => false,
+                Err(e) => return Err(nats("setting the serving pointer")(&e)),
+            },
+            Some(r) => match kv.update(kind, value, r).await {
+                Ok(_) => true,
+                Err(e) if e.kind() == jetstream::kv::UpdateErrorKind::WrongLastRevision => false,
+                Err(e) => return Err(nats("moving the serving pointer")(&e)),
+            },
+        };
+        Ok(moved)
+    }
+
+    /// Claims the name `version` of `kind` for this process, once in the cluster's life: true
+    /// for the first claimant only, so two processes never store different files under one
+    /// version.
+    pub async fn claim_version(&self, kind: &str, version: &str) -> Result<bool, ClusterError> {
+        if !version
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_=".contains(&b))
+        {
+            return Err(ClusterError::Artifact {
+                name: format!("{kind}/{version}"),
+                reason: "a claimed version is letters, digits, `-`, `_` or `=`".into(),
+            });
+        }
+        self.ensure().await?;
+        match self
+            .kv(LEASES_BUCKET)
+            .await?
+            .create(
+                format!("claim.{kind}.{version}"),
+                self.cfg.name.clone().into_bytes().into(),
+            )
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == jetstream::kv::CreateErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(nats("claiming a version")(&e)),
+        }
     }
 
     /// The SERVING pointer of `kind`: its current value first (if set), then every change.
@@ -503,7 +573,7 @@ impl Cluster {
         kind: &str,
     ) -> Result<impl futures::Stream<Item = Result<String, ClusterError>> + Unpin, ClusterError> {
         let w = self
-            .kv()
+            .kv(SERVING_BUCKET)
             .await?
             .watch_with_history(kind)
             .await

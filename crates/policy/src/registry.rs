@@ -154,6 +154,16 @@ impl Registry {
     }
 }
 
+impl Registry {
+    /// The next version name above both this registry's versions and `taken` (a name another
+    /// process claimed first).
+    pub fn next_version_above(&self, taken: &str) -> String {
+        let mine = version_number(&self.next_version()).unwrap_or(1);
+        let theirs = version_number(taken).map_or(0, |n| n + 1);
+        format!("v{}", mine.max(theirs))
+    }
+}
+
 fn version_number(v: &str) -> Option<u64> {
     v.strip_prefix('v')?.parse().ok()
 }
