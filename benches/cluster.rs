@@ -625,10 +625,11 @@ async fn soak(dir: &Path, minutes: u64) {
                 let mut c = pb::policy_admin_client::PolicyAdminClient::connect(admin)
                     .await
                     .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-                c.load_policy(operator_version(&format!("v{version}"))).await
+                // Named outside the optimizer's `v<n>` sequence: a name it claimed is refused.
+                c.load_policy(operator_version(&format!("op{version}"))).await
             };
             if with_timeout(loaded).await.is_none() {
-                eprintln!("loading v{version} failed");
+                eprintln!("loading op{version} failed");
             }
         }
         // A new NLU bundle version once a minute, reloaded on a server that is up; the others
@@ -823,7 +824,7 @@ async fn soak(dir: &Path, minutes: u64) {
         }
         v
     };
-    println!("last version loaded v{version}; servers serve {serving:?}");
+    println!("last version loaded op{version}; servers serve {serving:?}");
     let mut last_bundle = None;
     for (n, swap) in bundle_swaps.into_iter().enumerate() {
         match swap.await.expect("bundle swap task") {

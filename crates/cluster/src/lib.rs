@@ -542,32 +542,40 @@ impl Cluster {
     }
 
     /// Claims the name `version` of `kind` for this process, once in the cluster's life: true
-    /// for the first claimant only, so two processes never store different files under one
-    /// version.
+    /// for the first claimant (and for it again, should it retry), false for everyone else, so two
+    /// processes never store different files under one version.
     pub async fn claim_version(&self, kind: &str, version: &str) -> Result<bool, ClusterError> {
-        if !version
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_=".contains(&b))
-        {
-            return Err(ClusterError::Artifact {
-                name: format!("{kind}/{version}"),
-                reason: "a claimed version is letters, digits, `-`, `_` or `=`".into(),
-            });
-        }
         self.ensure().await?;
-        match self
-            .kv(LEASES_BUCKET)
-            .await?
-            .create(
-                format!("claim.{kind}.{version}"),
-                self.cfg.name.clone().into_bytes().into(),
-            )
-            .await
-        {
+        let kv = self.kv(LEASES_BUCKET).await?;
+        // Hex: version names may hold characters a KV key may not (a trailing `.`).
+        let key = format!("claim.{kind}.{}", hex::encode(version));
+        let me = self.cfg.name.clone().into_bytes();
+        match kv.create(key.as_str(), me.clone().into()).await {
             Ok(_) => Ok(true),
-            Err(e) if e.kind() == jetstream::kv::CreateErrorKind::AlreadyExists => Ok(false),
+            Err(e) if e.kind() == jetstream::kv::CreateErrorKind::AlreadyExists => {
+                let holder = kv.get(key.as_str()).await.map_err(|e| nats("reading a claim")(&e))?;
+                Ok(holder.is_some_and(|h| h.as_ref() == me.as_slice()))
+            }
             Err(e) => Err(nats("claiming a version")(&e)),
         }
+    }
+
+    /// Claims `version` of `kind` for a version whose files are `files` (as `put_artifact` takes
+    /// them): true if this process may store them under that name — it claimed the name, or the
+    /// cluster already holds exactly these files under it (the same version loaded twice).
+    pub async fn claim_for(
+        &self,
+        kind: &str,
+        version: &str,
+        files: &BTreeMap<String, Vec<u8>>,
+    ) -> Result<bool, ClusterError> {
+        if self.claim_version(kind, version).await? {
+            return Ok(true);
+        }
+        if !self.has_artifact(kind, version).await? {
+            return Ok(false);
+        }
+        Ok(&self.get_artifact(kind, version).await? == files)
     }
 
     /// The SERVING pointer of `kind`: its current value first (if set), then every change.

@@ -44,8 +44,8 @@ fn refused(e: ClusterError) -> RequestError {
 }
 
 /// Stores a checked bundle in the cluster (blobs it lacks, then the manifest) and points the
-/// model's SERVING at it. A version already stored with another manifest is refused: a changed
-/// bundle needs a new version, or servers would disagree on what a version is.
+/// model's SERVING at it. The version name is claimed first; one claimed for another manifest is
+/// refused: a changed bundle needs a new version, or servers would disagree on what it is.
 pub(crate) async fn publish(cluster: &Cluster, reloader: &Reloader, checked: &Checked) -> Result<(), RequestError> {
     let kind = bundle_kind(&checked.name).map_err(|e| RequestError::invalid("model", e.to_string()))?;
     let manifest = checked.model.manifest();
@@ -55,35 +55,36 @@ pub(crate) async fn publish(cluster: &Cluster, reloader: &Reloader, checked: &Ch
     let bytes = tokio::fs::read(&path)
         .await
         .map_err(|e| RequestError::invalid("bundle_dir", format!("{}: {e}", path.display())))?;
-    if cluster.has_artifact(&kind, version).await.map_err(unavailable)? {
-        let stored = cluster.get_artifact(&kind, version).await.map_err(unavailable)?;
-        if stored.get(MANIFEST) != Some(&bytes) {
-            return Err(RequestError::invalid(
-                "bundle_dir",
-                format!(
-                    "version {version} of `{}` is in the cluster already with other files; give the changed bundle a new version",
-                    checked.name
-                ),
-            ));
-        }
-    } else {
-        let mut uploaded = 0;
-        for (rel, sha) in &manifest.files {
-            if manifest.fetched_from(rel).is_none()
-                && cluster
-                    .put_blob(sha, &checked.dir.join(rel))
-                    .await
-                    .map_err(unavailable)?
-            {
-                uploaded += 1;
-            }
-        }
-        cluster
-            .put_artifact(&kind, version, &BTreeMap::from([(MANIFEST.to_string(), bytes)]))
-            .await
-            .map_err(unavailable)?;
-        tracing::info!(model = %checked.name, %version, uploaded, "bundle stored in the cluster");
+    let artifact = BTreeMap::from([(MANIFEST.to_string(), bytes)]);
+    if !cluster
+        .claim_for(&kind, version, &artifact)
+        .await
+        .map_err(unavailable)?
+    {
+        return Err(RequestError::invalid(
+            "bundle_dir",
+            format!(
+                "version {version} of `{}` is in the cluster already with other files; give the changed bundle a new version",
+                checked.name
+            ),
+        ));
     }
+    let mut uploaded = 0;
+    for (rel, sha) in &manifest.files {
+        if manifest.fetched_from(rel).is_none()
+            && cluster
+                .put_blob(sha, &checked.dir.join(rel))
+                .await
+                .map_err(unavailable)?
+        {
+            uploaded += 1;
+        }
+    }
+    cluster
+        .put_artifact(&kind, version, &artifact)
+        .await
+        .map_err(unavailable)?;
+    tracing::info!(model = %checked.name, %version, uploaded, "bundle stored in the cluster");
     cluster.set_serving(&kind, version).await.map_err(unavailable)
 }
 

@@ -42,8 +42,9 @@ async fn load_here(store: &Arc<PolicyStore>, manifest: Vec<u8>, files: PolicyFil
     blocking(move || s.load(&manifest, &files)).await
 }
 
-/// Validates a pushed version, stores it in the cluster and points SERVING at it; every server
-/// (this one first) then serves it.
+/// Validates a pushed version, claims its name, stores it in the cluster and points SERVING at
+/// it; every server (this one first) then serves it. A name the cluster holds for other files
+/// (an optimizer's version, say) is refused.
 pub(crate) async fn publish(
     cluster: &Cluster,
     store: &Arc<PolicyStore>,
@@ -57,8 +58,15 @@ pub(crate) async fn publish(
     })
     .await?;
     let version = pv.manifest.version.clone();
+    let set = to_file_set(manifest.clone(), files.clone());
+    if !cluster.claim_for(POLICY, &version, &set).await.map_err(unavailable)? {
+        return Err(RequestError::invalid(
+            "manifest.version",
+            format!("{version} is taken in the cluster by another version (an optimizer's or another load's); give this one a new name"),
+        ));
+    }
     cluster
-        .put_artifact(POLICY, &version, &to_file_set(manifest.clone(), files.clone()))
+        .put_artifact(POLICY, &version, &set)
         .await
         .map_err(unavailable)?;
     cluster.set_serving(POLICY, &version).await.map_err(unavailable)?;
