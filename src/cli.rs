@@ -54,6 +54,11 @@ enum Command {
         #[arg(long, default_value_t = 0.02)]
         max_in_scope_loss: f64,
     },
+    /// The operator console: tools for its users file.
+    Console {
+        #[command(subcommand)]
+        command: ConsoleCommand,
+    },
     /// Understand one text with a local bundle and print the result as JSON.
     Understand {
         text: String,
@@ -95,6 +100,13 @@ enum OptimizerCommand {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum ConsoleCommand {
+    /// Read a password from standard input (one line) and print its argon2id hash, for a
+    /// `[[user]]`'s `password_hash` in the console's users file.
+    HashPassword,
 }
 
 #[derive(Subcommand)]
@@ -163,6 +175,17 @@ pub fn run() -> anyhow::Result<()> {
             }
         },
         Command::Serve(a) => serve(a)?,
+        Command::Console {
+            command: ConsoleCommand::HashPassword,
+        } => {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line)?;
+            let password = line.trim_end_matches(['\n', '\r']);
+            anyhow::ensure!(!password.is_empty(), "no password on standard input");
+            let hash = nudge_inference::console::hash_password(password)
+                .map_err(|e| anyhow::anyhow!("hashing the password: {e}"))?;
+            println!("{hash}");
+        }
         Command::Train(a) => train(*a)?,
         Command::Optimizer { command } => optimizer(command)?,
         Command::Calibrate {
@@ -561,8 +584,9 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     rt.block_on(async move {
         let server = nudge_inference::start(config).await?;
         // Machine-readable line for scripts and tests that bind port 0.
+        let console = server.console_addr.map(|a| format!(" console={a}")).unwrap_or_default();
         println!(
-            "listening grpc={} admin={} metrics={}",
+            "listening grpc={} admin={} metrics={}{console}",
             server.grpc_addr, server.admin_addr, server.metrics_addr
         );
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -92,6 +92,8 @@ pub struct ServeConfig {
     /// Several servers and an optimizer on NATS JetStream (needs `decisions`); absent, one
     /// machine with local logs.
     pub cluster: Option<nudge_cluster::ClusterConfig>,
+    /// The operator console (needs `strategy`); absent, no console.
+    pub console: Option<crate::console::ConsoleConfig>,
 }
 
 impl Default for ServeConfig {
@@ -111,6 +113,7 @@ impl Default for ServeConfig {
             decisions: None,
             strategy: None,
             cluster: None,
+            console: None,
         }
     }
 }

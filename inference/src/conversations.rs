@@ -268,6 +268,37 @@ impl ConversationService {
         Ok((old, new))
     }
 
+    /// Checks rules `text` against the model's labels and the catalog serving now, exactly as a
+    /// reload of the rules file would (the console's editor, before anything is written).
+    pub fn check_rules(&self, text: &str) -> Result<(), StrategyError> {
+        let (intents, sentiments) = self
+            .nlu
+            .labels("")
+            .map_err(|e| StrategyError::invalid(&self.config.rules, None, "model", e.to_string()))?;
+        let strategy = self.strategy.load();
+        Rules::parse(
+            &self.config.rules,
+            text,
+            &Vocabulary {
+                intents: &intents,
+                sentiments: &sentiments,
+                catalog: &strategy.catalog,
+            },
+        )
+        .map(drop)
+    }
+
+    /// The rules file this service reads (the console writes it, then reloads).
+    pub fn rules_path(&self) -> &std::path::Path {
+        &self.config.rules
+    }
+
+    /// The versions of the catalog and rules serving now.
+    pub fn strategy_versions(&self) -> (String, String) {
+        let s = self.strategy.load();
+        (s.catalog.version().to_string(), s.rules.version().to_string())
+    }
+
     /// Writes the snapshot if the state changed since the last one (blocking file I/O: call it
     /// from a blocking context). Nothing to do without a `state_file`.
     pub fn save(&self) -> Result<(), StrategyError> {

@@ -17,6 +17,7 @@ mod auth;
 pub mod batcher;
 mod cluster;
 mod config;
+pub mod console;
 mod conversations;
 mod decide;
 mod error;

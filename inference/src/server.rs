@@ -64,6 +64,9 @@ pub enum ServeError {
     /// The strategy (catalog, rules, guardrails) could not start.
     #[error(transparent)]
     Strategy(#[from] StrategyLoadError),
+    /// `[console]` is wrong or its listener could not bind.
+    #[error(transparent)]
+    Console(#[from] crate::console::ConsoleError),
     /// `[cluster]` is wrong.
     #[error(transparent)]
     Cluster(#[from] nudge_cluster::ClusterError),
@@ -97,6 +100,9 @@ pub struct RunningServer {
     pub admin_addr: SocketAddr,
     /// Where `/metrics` is served.
     pub metrics_addr: SocketAddr,
+    /// Where the operator console listens (`[console]`).
+    pub console_addr: Option<SocketAddr>,
+    console: Option<JoinHandle<()>>,
     shutdown: watch::Sender<bool>,
     health: tonic_health::server::HealthReporter,
     grpc: JoinHandle<Result<(), tonic::transport::Error>>,
@@ -118,6 +124,9 @@ impl RunningServer {
             .await;
         let _ = self.shutdown.send(true);
         self.http.abort();
+        if let Some(c) = &self.console {
+            c.abort();
+        }
         self.grpc.await??;
         self.admin.await??;
         // Stopped after the listeners: what was logged is forwarded on the next start.
@@ -387,6 +396,11 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
             .serve_with_incoming_shutdown(admin_incoming, stopped(rx)),
     );
     tracing::info!(%grpc_addr, %admin_addr, %metrics_addr, auth = auth.enabled(), tls = config.tls.is_some(), "serving");
+    let console = match (&config.console, &conversations) {
+        (None, _) => None,
+        (Some(_), None) => return Err(crate::console::ConsoleError::NeedsStrategy.into()),
+        (Some(cc), Some((svc, _))) => Some(crate::console::start(cc, svc.clone()).await?),
+    };
     let conversations = conversations.map(|(svc, every)| {
         let s = svc.clone();
         let task = tokio::spawn(async move {
@@ -408,6 +422,8 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
         grpc_addr,
         admin_addr,
         metrics_addr,
+        console_addr: console.as_ref().map(|c| c.addr),
+        console: console.map(|c| c.task),
         shutdown: tx,
         health: health_reporter,
         grpc,

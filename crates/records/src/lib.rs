@@ -10,11 +10,13 @@
 //! lines=True)`, `polars.read_ndjson(f)`) with group-committed fsync.
 #![warn(missing_docs)]
 
+pub mod change;
 pub mod decision;
 mod log;
 pub mod outcome;
 mod tail;
 
+pub use change::{ChangeRecord, CHANGE_SCHEMA};
 pub use decision::{DecisionRecord, LoggedOffer, DECISION_SCHEMA};
 pub use log::{segments, Durability, EventLog, LogConfig, LogError};
 pub use outcome::{OutcomeKind, OutcomeRecord, OutcomeTotals, RewardField, OUTCOME_SCHEMA};

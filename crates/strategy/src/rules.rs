@@ -200,6 +200,25 @@ pub struct Vocabulary<'a> {
     pub catalog: &'a Catalog,
 }
 
+/// The line of `key = ` in the rule whose table starts at `start` (up to the next `[[`), if the
+/// rule has one.
+fn key_line(text: &str, start: usize, key: &str) -> Option<usize> {
+    let mut offset = start;
+    for (i, l) in text.get(start..)?.split_inclusive('\n').enumerate() {
+        let t = l.trim_start();
+        if i > 0 && t.starts_with("[[") {
+            break;
+        }
+        if t.strip_prefix(key)
+            .is_some_and(|rest| rest.trim_start().starts_with('='))
+        {
+            return Some(line_of(text, offset));
+        }
+        offset += l.len();
+    }
+    None
+}
+
 impl Rules {
     /// Reads and validates a rules file against `vocabulary`.
     pub fn load(path: &Path, vocabulary: &Vocabulary<'_>) -> Result<Rules, StrategyError> {
@@ -207,6 +226,13 @@ impl Rules {
             path: path.to_path_buf(),
             source,
         })?;
+        Self::parse(path, &text, vocabulary)
+    }
+
+    /// Validates rules `text` against `vocabulary` as if read from `path` (which names the file
+    /// in errors): what an editor checks before anything is written.
+    pub fn parse(path: &Path, text: &str, vocabulary: &Vocabulary<'_>) -> Result<Rules, StrategyError> {
+        let text = text.to_string();
         let file: RulesFile = toml::from_str(&text).map_err(|e| toml_error(path, &text, &e))?;
         let intent_known = |i: &String| vocabulary.intents.contains(i);
         for (role, set) in [
@@ -230,10 +256,15 @@ impl Rules {
         let mut rules = Vec::with_capacity(file.rule.len());
         let mut names = BTreeSet::new();
         for spanned in file.rule {
-            let line = Some(line_of(&text, spanned.span().start));
+            let start = spanned.span().start;
+            let line = Some(line_of(&text, start));
             let r = spanned.into_inner();
+            // At the line of the key at fault where the rule has one (`when.tier` → `tier = `),
+            // so an editor can put the caret on it.
             let bad = |field: &str, reason: String| {
-                StrategyError::invalid(path, line, format!("rule \"{}\".{field}", r.name), reason)
+                let key = field.rsplit('.').next().unwrap_or(field);
+                let at = key_line(&text, start, key).or(line);
+                StrategyError::invalid(path, at, format!("rule \"{}\".{field}", r.name), reason)
             };
             if r.name.trim().is_empty() {
                 return Err(StrategyError::invalid(path, line, "rule.name", "empty"));
@@ -606,6 +637,10 @@ channel = ["phone"]
         let err = setup(&RULES.replacen("allow = [\"care\"]", "allow = [\"cair\"]", 1))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("rules.toml:9:"), "the rule's line: {err}");
+        assert!(err.contains("rules.toml:11:"), "the line of the key at fault: {err}");
+        let err = setup(&RULES.replacen("name = \"battery\"", "name = \"no accessories on the phone line\"", 1))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("rules.toml:29:"), "the second name's line: {err}");
     }
 }

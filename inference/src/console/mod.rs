@@ -1,0 +1,466 @@
+//! The operator console (`[console]`): a web page that `nudge serve` serves on a listener of its
+//! own, for the people who set marketing policy and do not write code. They sign in, edit the
+//! shop's rules with every error shown at the line it is on, see a change live in the next
+//! `Turn`, compare versions and roll one back in a click; every change is in the change log with
+//! who made it and when.
+//!
+//! The page is one embedded HTML file with its script (no front-end build: the binary is the
+//! whole console). Its JSON API takes the same checks as everything else here: the rules an
+//! editor saves are checked against the model's labels and the catalog exactly as a reload is,
+//! written to the rules file only then, and put back if the reload refuses them, so a bad edit
+//! never replaces what is serving.
+//!
+//! Sign-in sets an `HttpOnly`, `SameSite=Strict` session cookie; every change is a JSON `POST`
+//! (a form on another site can send neither), and a viewer's changes are refused.
+mod rules;
+mod users;
+
+pub use users::{hash_password, Role, User, UsersError};
+
+use crate::conversations::ConversationService;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use nudge_records::{ChangeRecord, Durability, EventLog, LogConfig, CHANGE_SCHEMA};
+use rules::RuleVersions;
+use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use users::{Session, Sessions, Users};
+
+const PAGE: &str = include_str!("page.html");
+const COOKIE: &str = "nudge_session";
+/// Changes the audit page shows (the change log keeps them all).
+const RECENT: usize = 500;
+
+/// `[console]`: where the console listens and who may use it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// The console's listener (HTTP), e.g. `127.0.0.1:8080`.
+    pub addr: SocketAddr,
+    /// Operators: `[[user]]` tables with `name`, `role` (`viewer` or `editor`) and
+    /// `password_hash` (argon2id; `nudge console hash-password` prints one).
+    pub users_file: PathBuf,
+    /// Where rule versions and the change log are kept.
+    pub dir: PathBuf,
+    /// Minutes a sign-in lasts without use.
+    #[serde(default = "default_session_minutes")]
+    pub session_minutes: u64,
+}
+
+fn default_session_minutes() -> u64 {
+    60
+}
+
+/// Why a console call failed: the HTTP status and a JSON body `{"error": {field, line, message}}`.
+#[derive(Debug)]
+pub(crate) enum ApiError {
+    Unauthorized,
+    Forbidden(String),
+    /// Something in the request is wrong; `line` points into a submitted text.
+    Invalid {
+        field: String,
+        line: Option<usize>,
+        message: String,
+    },
+    NotFound(String),
+    Internal(String),
+}
+
+impl ApiError {
+    fn poisoned() -> Self {
+        ApiError::Internal("a lock was poisoned".into())
+    }
+
+    fn invalid(field: &str, message: impl Into<String>) -> Self {
+        ApiError::Invalid {
+            field: field.into(),
+            line: None,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<nudge_strategy::StrategyError> for ApiError {
+    fn from(e: nudge_strategy::StrategyError) -> Self {
+        match e {
+            nudge_strategy::StrategyError::Invalid {
+                line, field, reason, ..
+            } => ApiError::Invalid {
+                field,
+                line,
+                message: reason,
+            },
+            e => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, field, line, message) = match self {
+            ApiError::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "session".to_string(),
+                None,
+                "sign in first".to_string(),
+            ),
+            ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, "role".into(), None, m),
+            ApiError::Invalid { field, line, message } => (StatusCode::UNPROCESSABLE_ENTITY, field, line, message),
+            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, String::new(), None, m),
+            ApiError::Internal(m) => {
+                tracing::error!(error = %m, "console");
+                (StatusCode::INTERNAL_SERVER_ERROR, String::new(), None, m)
+            }
+        };
+        (
+            status,
+            Json(serde_json::json!({"error": {"field": field, "line": line, "message": message}})),
+        )
+            .into_response()
+    }
+}
+
+/// Why the console could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsoleError {
+    /// The users file.
+    #[error(transparent)]
+    Users(#[from] UsersError),
+    /// The console edits the shop's rules: `[strategy]` must be configured.
+    #[error("console: needs [strategy] (the rules it edits)")]
+    NeedsStrategy,
+    /// Its directory, its versions or its change log.
+    #[error("console.dir: {0}")]
+    Store(String),
+    /// The listener.
+    #[error("console.addr {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+}
+
+struct Console {
+    users: Users,
+    sessions: Sessions,
+    conversations: Arc<ConversationService>,
+    rules: RuleVersions,
+    /// One rules change at a time: check, store, write, reload, make current.
+    editing: Mutex<()>,
+    changes: EventLog,
+    recent: Mutex<VecDeque<ChangeRecord>>,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Console {
+    fn session(&self, headers: &HeaderMap) -> Result<Session, ApiError> {
+        let token = cookie(headers).ok_or(ApiError::Unauthorized)?;
+        self.sessions.get(&token)
+    }
+
+    /// Appends to the change log (durable before the call answers) and the recent list.
+    async fn record(&self, user: &str, role: &str, action: &str, target: &str, version: String, note: String) {
+        let rec = ChangeRecord {
+            schema: CHANGE_SCHEMA,
+            id: format!("{}-{}", now_ms(), hex::encode(rand::random::<[u8; 6]>())),
+            time_ms: now_ms(),
+            user: user.to_string(),
+            role: role.to_string(),
+            action: action.to_string(),
+            target: target.to_string(),
+            version,
+            note,
+        };
+        if let Err(e) = self.changes.append(&rec).await {
+            tracing::error!(error = %e, action, user, "the change log could not record a change");
+        }
+        if let Ok(mut r) = self.recent.lock() {
+            if r.len() == RECENT {
+                r.pop_front();
+            }
+            r.push_back(rec);
+        }
+    }
+
+    /// Makes `text` the serving rules: checked, stored as a version, written, reloaded (and the
+    /// old text put back if the reload refuses it). Blocking.
+    fn apply(&self, text: &str, author: &str, note: &str) -> Result<u32, ApiError> {
+        let _one = self.editing.lock().map_err(|_| ApiError::poisoned())?;
+        self.conversations.check_rules(text)?;
+        let path = self.conversations.rules_path().to_path_buf();
+        let old = std::fs::read_to_string(&path).map_err(|e| ApiError::Internal(format!("{}: {e}", path.display())))?;
+        let n = self.rules.add(text, author, note, now_ms())?;
+        rules::write_atomic(&path, text.as_bytes())?;
+        if let Err(e) = self.conversations.reload() {
+            rules::write_atomic(&path, old.as_bytes())?;
+            return Err(ApiError::invalid("text", e.to_string()));
+        }
+        self.rules.set_current(n)?;
+        Ok(n)
+    }
+}
+
+fn cookie(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == COOKIE)
+        .map(|(_, v)| v.to_string())
+}
+
+type Shared = State<Arc<Console>>;
+
+#[derive(Deserialize)]
+struct Login {
+    user: String,
+    password: String,
+}
+
+async fn login(State(c): Shared, Json(req): Json<Login>) -> Result<Response, ApiError> {
+    let c2 = c.clone();
+    let (name, password) = (req.user.clone(), req.password);
+    let user = tokio::task::spawn_blocking(move || c2.users.verify(&name, &password))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let Some(user) = user else {
+        c.record(&req.user, "", "login_failed", "session", String::new(), String::new())
+            .await;
+        return Err(ApiError::invalid("password", "the user or the password is wrong"));
+    };
+    let token = c.sessions.open(&user)?;
+    c.record(
+        &user.name,
+        user.role.name(),
+        "login",
+        "session",
+        String::new(),
+        String::new(),
+    )
+    .await;
+    let cookie = format!(
+        "{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
+        c.sessions.idle().as_secs()
+    );
+    Ok((
+        [(header::SET_COOKIE, cookie)],
+        Json(serde_json::json!({"user": user.name, "role": user.role})),
+    )
+        .into_response())
+}
+
+async fn logout(State(c): Shared, headers: HeaderMap) -> Response {
+    if let Some(t) = cookie(&headers) {
+        c.sessions.close(&t);
+    }
+    (
+        [(
+            header::SET_COOKIE,
+            format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"),
+        )],
+        Json(serde_json::json!({})),
+    )
+        .into_response()
+}
+
+async fn me(State(c): Shared, headers: HeaderMap) -> Result<Json<serde_json::Value>, ApiError> {
+    let s = c.session(&headers)?;
+    Ok(Json(serde_json::json!({"user": s.user, "role": s.role})))
+}
+
+async fn get_rules(State(c): Shared, headers: HeaderMap) -> Result<Json<serde_json::Value>, ApiError> {
+    c.session(&headers)?;
+    let c2 = c.clone();
+    tokio::task::spawn_blocking(move || {
+        let current = c2
+            .rules
+            .current()?
+            .ok_or_else(|| ApiError::Internal("no current rules version".into()))?;
+        let v = c2.rules.get(current)?;
+        let (catalog, rules) = c2.conversations.strategy_versions();
+        Ok(Json(serde_json::json!({
+            "current": current,
+            "text": v.text,
+            "file": c2.conversations.rules_path().display().to_string(),
+            "serving": {"catalog": catalog, "rules": rules},
+            "versions": c2.rules.list()?,
+        })))
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))?
+}
+
+#[derive(Deserialize)]
+struct RulesText {
+    text: String,
+    #[serde(default)]
+    note: String,
+}
+
+async fn check_rules(
+    State(c): Shared,
+    headers: HeaderMap,
+    Json(req): Json<RulesText>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    c.session(&headers)?;
+    let c2 = c.clone();
+    tokio::task::spawn_blocking(move || c2.conversations.check_rules(&req.text))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    Ok(Json(serde_json::json!({"ok": true})))
+}
+
+async fn save_rules(
+    State(c): Shared,
+    headers: HeaderMap,
+    Json(req): Json<RulesText>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let s = c.session(&headers)?;
+    s.may_edit()?;
+    if req.note.len() > 500 {
+        return Err(ApiError::invalid("note", "at most 500 bytes"));
+    }
+    let (c2, user, note) = (c.clone(), s.user.clone(), req.note.clone());
+    let n = tokio::task::spawn_blocking(move || c2.apply(&req.text, &user, &note))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    c.record(&s.user, s.role.name(), "rules.save", "rules", n.to_string(), req.note)
+        .await;
+    tracing::info!(user = %s.user, version = n, "rules changed in the console");
+    Ok(Json(serde_json::json!({"version": n})))
+}
+
+#[derive(Deserialize)]
+struct Rollback {
+    version: u32,
+}
+
+async fn rollback_rules(
+    State(c): Shared,
+    headers: HeaderMap,
+    Json(req): Json<Rollback>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let s = c.session(&headers)?;
+    s.may_edit()?;
+    let (c2, user) = (c.clone(), s.user.clone());
+    let to = req.version;
+    let n = tokio::task::spawn_blocking(move || {
+        let old = c2.rules.get(to)?;
+        c2.apply(&old.text, &user, &format!("rollback to version {to}"))
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))??;
+    c.record(
+        &s.user,
+        s.role.name(),
+        "rules.rollback",
+        "rules",
+        n.to_string(),
+        format!("the text of version {to}"),
+    )
+    .await;
+    tracing::info!(user = %s.user, version = n, from = to, "rules rolled back in the console");
+    Ok(Json(serde_json::json!({"version": n})))
+}
+
+#[derive(Deserialize)]
+struct DiffQuery {
+    from: u32,
+    to: u32,
+}
+
+async fn diff_rules(
+    State(c): Shared,
+    headers: HeaderMap,
+    Query(q): Query<DiffQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    c.session(&headers)?;
+    let c2 = c.clone();
+    tokio::task::spawn_blocking(move || {
+        let (a, b) = (c2.rules.get(q.from)?, c2.rules.get(q.to)?);
+        Ok(Json(serde_json::json!({"diff": rules::diff(&a, &b)})))
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))?
+}
+
+async fn audit(State(c): Shared, headers: HeaderMap) -> Result<Json<Vec<ChangeRecord>>, ApiError> {
+    c.session(&headers)?;
+    let r = c.recent.lock().map_err(|_| ApiError::poisoned())?;
+    Ok(Json(r.iter().rev().cloned().collect()))
+}
+
+/// A running console.
+pub(crate) struct RunningConsole {
+    pub addr: SocketAddr,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+/// Opens the console's store and starts its listener.
+pub(crate) async fn start(
+    cfg: &ConsoleConfig,
+    conversations: Arc<ConversationService>,
+) -> Result<RunningConsole, ConsoleError> {
+    let users = Users::load(&cfg.users_file)?;
+    let store = |e: ApiError| ConsoleError::Store(format!("{e:?}"));
+    let text = std::fs::read_to_string(conversations.rules_path())
+        .map_err(|e| ConsoleError::Store(format!("{}: {e}", conversations.rules_path().display())))?;
+    let rules = RuleVersions::open(&cfg.dir, &text, now_ms()).map_err(store)?;
+    let log_dir = cfg.dir.join("changes");
+    let (recent, _) = nudge_records::read_all::<ChangeRecord>(&log_dir).unwrap_or_default();
+    let recent: VecDeque<ChangeRecord> = recent.into_iter().rev().take(RECENT).rev().collect();
+    let changes = EventLog::open(LogConfig::new(
+        &log_dir,
+        <ChangeRecord as nudge_records::Record>::PREFIX,
+        Durability::Always,
+    ))
+    .map_err(|e| ConsoleError::Store(e.to_string()))?;
+    let console = Arc::new(Console {
+        users,
+        sessions: Sessions::new(Duration::from_secs(cfg.session_minutes.max(1) * 60)),
+        conversations,
+        rules,
+        editing: Mutex::new(()),
+        changes,
+        recent: Mutex::new(recent),
+    });
+    let app = Router::new()
+        .route("/", get(|| async { Html(PAGE) }))
+        .route("/api/login", post(login))
+        .route("/api/logout", post(logout))
+        .route("/api/me", get(me))
+        .route("/api/rules", get(get_rules).post(save_rules))
+        .route("/api/rules/check", post(check_rules))
+        .route("/api/rules/rollback", post(rollback_rules))
+        .route("/api/rules/diff", get(diff_rules))
+        .route("/api/audit", get(audit))
+        .with_state(console);
+    let listener = tokio::net::TcpListener::bind(cfg.addr)
+        .await
+        .map_err(|source| ConsoleError::Bind { addr: cfg.addr, source })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| ConsoleError::Bind { addr: cfg.addr, source })?;
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "the console stopped");
+        }
+    });
+    Ok(RunningConsole { addr, task })
+}

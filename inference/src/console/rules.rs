@@ -1,0 +1,172 @@
+//! Versions of the operators' rules: every text that was ever made current, numbered, with who
+//! made it, when and why, so any two can be compared and any one made current again. A rollback
+//! is a new version with an old text: history only grows, and the change log says who rolled
+//! back what.
+//!
+//! Each version is one JSON file (`<dir>/rules/<n>.json`, written atomically); `CURRENT` names the
+//! one the rules file holds. A rules file changed on disk behind the console's back (and reloaded
+//! through `StrategyAdmin`) is recorded as a version of its own when the console starts.
+use super::ApiError;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// One version of the rules.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct RuleVersion {
+    pub version: u32,
+    pub time_ms: u64,
+    pub author: String,
+    pub note: String,
+    pub text: String,
+}
+
+/// What a list shows of a version.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct VersionInfo {
+    pub version: u32,
+    pub time_ms: u64,
+    pub author: String,
+    pub note: String,
+    pub current: bool,
+}
+
+pub(crate) struct RuleVersions {
+    dir: PathBuf,
+}
+
+fn io(path: &Path, e: impl std::fmt::Display) -> ApiError {
+    ApiError::Internal(format!("{}: {e}", path.display()))
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ApiError> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| io(dir, e))?;
+    tmp.write_all(bytes).map_err(|e| io(path, e))?;
+    tmp.as_file().sync_all().map_err(|e| io(path, e))?;
+    tmp.persist(path).map_err(|e| io(path, e.error))?;
+    Ok(())
+}
+
+impl RuleVersions {
+    /// Opens `<dir>/rules`, recording the serving rules `text` as a version if it is not the
+    /// current one (the first start, or an edit on disk).
+    pub(crate) fn open(dir: &Path, text: &str, now_ms: u64) -> Result<Self, ApiError> {
+        let dir = dir.join("rules");
+        std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
+        let me = Self { dir };
+        let current = me.current()?.map(|n| me.get(n)).transpose()?;
+        match current {
+            Some(v) if v.text == text => {}
+            Some(_) => {
+                let n = me.add(text, "file", "changed on disk outside the console", now_ms)?;
+                me.set_current(n)?;
+            }
+            None => {
+                let n = me.add(text, "config", "the rules file the server started with", now_ms)?;
+                me.set_current(n)?;
+            }
+        }
+        Ok(me)
+    }
+
+    fn path(&self, n: u32) -> PathBuf {
+        self.dir.join(format!("{n:06}.json"))
+    }
+
+    /// Every version, oldest first.
+    pub(crate) fn list(&self) -> Result<Vec<VersionInfo>, ApiError> {
+        let current = self.current()?;
+        let mut numbers: Vec<u32> = std::fs::read_dir(&self.dir)
+            .map_err(|e| io(&self.dir, e))?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().to_string();
+                name.strip_suffix(".json")?.parse().ok()
+            })
+            .collect();
+        numbers.sort_unstable();
+        numbers
+            .into_iter()
+            .map(|n| {
+                self.get(n).map(|v| VersionInfo {
+                    version: v.version,
+                    time_ms: v.time_ms,
+                    author: v.author,
+                    note: v.note,
+                    current: Some(n) == current,
+                })
+            })
+            .collect()
+    }
+
+    pub(crate) fn get(&self, n: u32) -> Result<RuleVersion, ApiError> {
+        let p = self.path(n);
+        let bytes = std::fs::read(&p).map_err(|_| ApiError::NotFound(format!("version: no rules version {n}")))?;
+        serde_json::from_slice(&bytes).map_err(|e| io(&p, e))
+    }
+
+    pub(crate) fn current(&self) -> Result<Option<u32>, ApiError> {
+        let p = self.dir.join("CURRENT");
+        match std::fs::read_to_string(&p) {
+            Ok(s) => s.trim().parse().map(Some).map_err(|e| io(&p, e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(&p, e)),
+        }
+    }
+
+    pub(crate) fn set_current(&self, n: u32) -> Result<(), ApiError> {
+        write_atomic(&self.dir.join("CURRENT"), n.to_string().as_bytes())
+    }
+
+    /// Stores `text` as the next version (not yet current).
+    pub(crate) fn add(&self, text: &str, author: &str, note: &str, now_ms: u64) -> Result<u32, ApiError> {
+        let n = self.list()?.last().map_or(1, |v| v.version + 1);
+        let v = RuleVersion {
+            version: n,
+            time_ms: now_ms,
+            author: author.to_string(),
+            note: note.to_string(),
+            text: text.to_string(),
+        };
+        let json = serde_json::to_vec_pretty(&v).map_err(|e| io(&self.path(n), e))?;
+        write_atomic(&self.path(n), &json)?;
+        Ok(n)
+    }
+}
+
+/// A unified diff of two versions' texts (three lines of context).
+pub(crate) fn diff(from: &RuleVersion, to: &RuleVersion) -> String {
+    similar::TextDiff::from_lines(&from.text, &to.text)
+        .unified_diff()
+        .context_radius(3)
+        .header(&format!("version {}", from.version), &format!("version {}", to.version))
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_start_and_an_edit_on_disk_are_versions_and_a_diff_shows_the_change() {
+        let d = tempfile::tempdir().unwrap();
+        let v = RuleVersions::open(d.path(), "a = 1\n", 10).unwrap();
+        assert_eq!(v.current().unwrap(), Some(1));
+        // Started again on the same text: nothing new.
+        let v = RuleVersions::open(d.path(), "a = 1\n", 20).unwrap();
+        assert_eq!(v.list().unwrap().len(), 1);
+        // The file changed behind the console's back.
+        let v = RuleVersions::open(d.path(), "a = 2\n", 30).unwrap();
+        let list = v.list().unwrap();
+        assert_eq!(list.len(), 2);
+        assert_eq!((list[1].author.as_str(), list[1].current), ("file", true));
+        let n = v.add("a = 3\n", "ana", "three", 40).unwrap();
+        assert_eq!(n, 3);
+        assert_eq!(v.current().unwrap(), Some(2), "added, not yet current");
+        let diff = diff(&v.get(1).unwrap(), &v.get(3).unwrap());
+        assert!(diff.contains("-a = 1") && diff.contains("+a = 3"), "{diff}");
+        assert!(matches!(v.get(9), Err(ApiError::NotFound(_))));
+    }
+}

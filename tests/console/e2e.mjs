@@ -1,0 +1,121 @@
+// Drives the operator console in headless Chromium, one step per run (tests/console.rs checks
+// what each step did through gRPC and the change log in between):
+//   node tests/console/e2e.mjs <edit|viewer|rollback> <console url> <screenshot dir>
+// Exits non-zero, saying why, when the page does not behave.
+import { chromium } from "playwright-core";
+import assert from "node:assert/strict";
+
+const [step, url, shots] = process.argv.slice(2);
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync"],
+});
+const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
+page.on("pageerror", (e) => { console.error("page error:", e.message); process.exitCode = 1; });
+const shot = (name) => page.screenshot({ path: `${shots}/${step}-${name}.png`, fullPage: true });
+
+async function login(user, password) {
+  await page.goto(url);
+  await page.fill("#login-user", user);
+  await page.fill("#login-password", password);
+  await page.click("#login-button");
+}
+
+/// The 1-based lines of the `[[rule]]` block whose name starts with `name`.
+function ruleBlock(text, name) {
+  const lines = text.split("\n");
+  const at = lines.findIndex((l) => l.startsWith(`name = "${name}`));
+  let start = at;
+  while (start > 0 && lines[start] !== "[[rule]]") start--;
+  let end = at + 1;
+  while (end < lines.length && lines[end] !== "[[rule]]") end++;
+  return [start + 1, end];
+}
+
+try {
+  if (step === "edit") {
+    // A wrong password is refused on the page.
+    await login("ana", "not her password");
+    await page.waitForSelector("#login-error.bad");
+    assert.match(await page.textContent("#login-error"), /user or the password is wrong/);
+    await login("ana", "ana's long password");
+    await page.waitForSelector("#whoami:has-text('ana · editor')");
+    await page.waitForFunction(() => document.querySelector("#rules-editor").value.includes("[[rule]]"));
+    const original = await page.inputValue("#rules-editor");
+
+    // Care bundle for regular customers too — with a tier the shop does not have.
+    const name = "battery or durability question";
+    const bad = original
+      .replace('tier = ["gold", "platinum"]', 'tier = ["regular", "gold", "platinum", "diamond"]')
+      .replace('min_lifetime_value = "5000"', 'min_lifetime_value = "50"');
+    assert.notEqual(bad, original, "the example rule is where the test expects it");
+    await page.fill("#rules-editor", bad);
+    await page.click("#rules-check");
+    await page.waitForSelector("#rules-error.bad");
+    const error = await page.textContent("#rules-error");
+    assert.match(error, /unknown tier `diamond`/, error);
+    const line = Number(/Line (\d+)/.exec(error)?.[1]);
+    const [from, to] = ruleBlock(bad, name);
+    assert.ok(line >= from && line <= to, `the error is at line ${line}, in the rule's lines ${from}–${to}`);
+    assert.equal(await page.textContent("#bad-line"), String(line), "the gutter marks the line");
+    await shot("1-error-in-place");
+
+    // Saving it is refused the same way, and nothing changes.
+    await page.click("#rules-save");
+    await page.waitForSelector("#rules-error.bad");
+    assert.match(await page.textContent("#rules-error"), /diamond/);
+    assert.match(await page.textContent("#rules-version"), /version 1 live/);
+
+    // Fixed, it goes live as version 2.
+    await page.fill("#rules-editor", bad.replace(', "diamond"', ""));
+    await page.fill("#rules-note", "care bundle for regular customers too");
+    await page.click("#rules-save");
+    await page.waitForSelector("#rules-status.ok");
+    assert.match(await page.textContent("#rules-status"), /Version 2 is live/);
+    assert.match(await page.textContent("#rules-version"), /version 2 live/);
+    await shot("2-saved");
+  } else if (step === "viewer") {
+    await login("vic", "vic's long password");
+    await page.waitForSelector("#whoami:has-text('vic · viewer')");
+    assert.ok(await page.isDisabled("#rules-save"), "a viewer cannot press save");
+    const status = await page.evaluate(async () => {
+      const text = document.querySelector("#rules-editor").value;
+      const r = await fetch("/api/rules", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ text }) });
+      return [r.status, (await r.json()).error.message];
+    });
+    assert.equal(status[0], 403, "the API refuses a viewer's change too");
+    assert.match(status[1], /viewer/);
+    // A change sent as a form (what another site could make a browser send) is refused.
+    const form = await page.evaluate(async () => (await fetch("/api/rules", { method: "POST", body: "text=x" })).status);
+    assert.equal(form, 415);
+    await shot("1-read-only");
+  } else if (step === "rollback") {
+    await login("ana", "ana's long password");
+    await page.waitForSelector("#versions tr[data-version='2'].current");
+    await page.click("#versions tr[data-version='2'] button.diff");
+    await page.waitForSelector("#diff-view:not([hidden])");
+    const diff = await page.textContent("#diff-view");
+    assert.match(diff, /\+tier = \["regular", "gold", "platinum"\]/, diff);
+    assert.match(diff, /-tier = \["gold", "platinum"\]/, diff);
+    page.once("dialog", (d) => d.accept());
+    await page.click("#versions tr[data-version='1'] button.rollback");
+    await page.waitForSelector("#rules-status.ok");
+    assert.match(await page.textContent("#rules-status"), /Version 1 is live again \(as version 3\)/);
+    await page.waitForSelector("#versions tr[data-version='3'].current");
+    await shot("1-rolled-back");
+    await page.click("#tab-audit");
+    await page.waitForSelector("#audit tbody tr");
+    const log = await page.textContent("#audit");
+    for (const want of ["rules.rollback", "rules.save", "login_failed"]) assert.ok(log.includes(want), `${want} in the change log`);
+    await shot("2-change-log");
+  } else {
+    throw new Error(`unknown step ${step}`);
+  }
+} catch (e) {
+  await shot("failed").catch(() => {});
+  console.error(e.stack || String(e));
+  process.exitCode = 1;
+} finally {
+  await browser.close();
+}
