@@ -349,7 +349,8 @@ struct Minute {
     /// What the failed calls to healthy processes were told (the first few).
     why: Vec<String>,
     killed: String,
-    rss_mb: Vec<(String, f64)>,
+    /// Each process's lowest and highest resident memory sampled in the minute (every 10 s).
+    rss_mb: Vec<(String, f64, f64)>,
 }
 
 struct Soak {
@@ -602,6 +603,15 @@ async fn soak(dir: &Path, minutes: u64) {
         soak.grpc.lock().expect("lock").push(a["grpc"].clone());
         soak.admin.lock().expect("lock").push(a["admin"].clone());
     }
+    // Load starts once every server serves the optimizer's first version.
+    let t0 = Instant::now();
+    let admins = soak.admin.lock().expect("lock").clone();
+    for a in admins {
+        while serving_version(&a).await.is_none_or(|v| v.is_empty()) {
+            assert!(t0.elapsed() < Duration::from_secs(60), "{a} never served a policy");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let clients: Vec<_> = (1..=8)
         .map(|id| tokio::spawn(client(id, soak.clone(), stop.clone())))
@@ -611,7 +621,6 @@ async fn soak(dir: &Path, minutes: u64) {
     let total = Duration::from_secs(minutes * 60);
     let mut next_kill = Duration::from_secs(30);
     let mut kills = 0;
-    let mut rss_seen = 0;
     let mut next_bundle = Duration::from_secs(45);
     let mut bundle_swaps = Vec::new();
     while soak.start.elapsed() < total {
@@ -674,25 +683,33 @@ async fn soak(dir: &Path, minutes: u64) {
                 }
             }));
         }
-        // Memory once a minute.
+        // Memory every 10 s: each minute's lowest and highest sample per process.
         let m = soak.minute();
-        if m >= rss_seen {
-            rss_seen = m + 1;
-            let mut rss = vec![("optimizer".to_string(), rss_mb(optimizer.id()))];
-            rss.extend(
-                servers
-                    .iter()
-                    .enumerate()
-                    .map(|(i, s)| (format!("s{i}"), rss_mb(s.id()))),
-            );
-            if let Some(n) = &nats {
-                rss.push(("nats".into(), rss_mb(n.id())));
-            }
+        let mut rss = vec![("optimizer".to_string(), rss_mb(optimizer.id()))];
+        rss.extend(
+            servers
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (format!("s{i}"), rss_mb(s.id()))),
+        );
+        if let Some(n) = &nats {
+            rss.push(("nats".into(), rss_mb(n.id())));
+        }
+        {
             let mut mins = soak.minutes.lock().expect("lock");
             while mins.len() <= m {
                 mins.push(Minute::default());
             }
-            mins[m].rss_mb = rss;
+            let seen = &mut mins[m].rss_mb;
+            for (name, v) in rss {
+                match seen.iter_mut().find(|(n, _, _)| *n == name) {
+                    Some((_, lo, hi)) => {
+                        *lo = lo.min(v);
+                        *hi = hi.max(v);
+                    }
+                    None => seen.push((name, v, v)),
+                }
+            }
         }
         if soak.start.elapsed() >= next_kill {
             next_kill += Duration::from_secs(60);
@@ -749,7 +766,7 @@ async fn soak(dir: &Path, minutes: u64) {
     }
 
     println!("## Soak: {minutes} minutes, 3 servers (default model, example shop), optimizer, NATS\n");
-    println!("| minute | killed | calls | failed (healthy) | failed (fault) | p99 Understand | p99 Turn | p99 Decide | p99 ReportOutcome | RSS MB (opt, s0, s1, s2, nats) |");
+    println!("| minute | killed | calls | failed (healthy) | failed (fault) | p99 Understand | p99 Turn | p99 Decide | p99 ReportOutcome | RSS MB, lowest–highest of 10 s samples (opt, s0, s1, s2, nats) |");
     println!("|---|---|---|---|---|---|---|---|---|---|");
     let mins = soak.minutes.lock().expect("lock").clone();
     let mut all: HashMap<&'static str, Vec<u32>> = HashMap::new();
@@ -757,7 +774,7 @@ async fn soak(dir: &Path, minutes: u64) {
     for (i, m) in mins.iter().enumerate() {
         let mut lat = m.latencies.clone();
         let p = |k: &'static str, lat: &mut HashMap<&'static str, Vec<u32>>| pct(lat.entry(k).or_default(), 0.99);
-        let rss: Vec<String> = m.rss_mb.iter().map(|(_, v)| format!("{v:.0}")).collect();
+        let rss: Vec<String> = m.rss_mb.iter().map(|(_, lo, hi)| format!("{lo:.0}–{hi:.0}")).collect();
         println!(
             "| {i} | {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {} |",
             m.killed,

@@ -122,7 +122,12 @@ impl Batcher {
             };
             std::thread::Builder::new()
                 .name(format!("batcher-{}-{lane}", model.name()))
-                .spawn(move || worker.run())?;
+                .spawn(move || {
+                    worker.run();
+                    // The worker and its model handle are gone: if that was the last handle on
+                    // a replaced model, its memory goes back to the system now.
+                    crate::memory::release_freed();
+                })?;
         }
         Ok(Self {
             tx,

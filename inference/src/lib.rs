@@ -21,6 +21,7 @@ pub mod console;
 mod conversations;
 mod decide;
 mod error;
+mod memory;
 pub mod metrics;
 mod model_admin;
 pub mod nlu;

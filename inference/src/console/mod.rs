@@ -234,13 +234,21 @@ struct Login {
 }
 
 async fn login(State(c): Shared, Json(req): Json<Login>) -> Result<Response, ApiError> {
+    if req.user.is_empty() || req.user.len() > 64 {
+        return Err(ApiError::invalid("user", "1–64 bytes"));
+    }
+    if req.password.len() > 1024 {
+        return Err(ApiError::invalid("password", "at most 1024 bytes"));
+    }
     let c2 = c.clone();
     let (name, password) = (req.user.clone(), req.password);
     let user = tokio::task::spawn_blocking(move || c2.users.verify(&name, &password))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     let Some(user) = user else {
-        c.record(&req.user, "", "login_failed", "session", String::new(), String::new())
+        // Whatever was typed as the name (a phone number, say) is logged masked.
+        let typed = nudge_strategy::pii::mask(&req.user);
+        c.record(&typed, "", "login_failed", "session", String::new(), String::new())
             .await;
         return Err(ApiError::invalid("password", "the user or the password is wrong"));
     };
