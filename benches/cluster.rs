@@ -557,23 +557,19 @@ async fn soak(dir: &Path, minutes: u64) {
     let port = free_port();
     let nats_url = format!("nats://127.0.0.1:{port}");
     let mut nats = Some(start_nats(&nats_bin, &dir.join("nats"), port));
-    let opt_cfg = optimizer_config(dir, "opt", &nats_url);
     // Rounds every 15 s on decisions whose 5 s window closed: checkpoints and gates run too. At
     // most 20,000 closed decisions are kept, so the optimizer's memory must level off.
-    let text = std::fs::read_to_string(&opt_cfg).expect("config");
-    std::fs::write(
-        &opt_cfg,
-        text.replace(
-            "train_every_ms = 3600000",
-            "train_every_ms = 15000\nmax_examples = 20000",
-        ),
-    )
-    .expect("config");
-    std::fs::write(
-        dir.join("opt/reward.toml"),
-        "reward = \"conversion\"\nwindow_seconds = 5\n",
-    )
-    .expect("reward");
+    let opt_cfg = optimizer_config_with(
+        dir,
+        "opt",
+        &nats_url,
+        &Training {
+            window_seconds: 5.0,
+            every_ms: 15_000,
+            extra: "max_examples = 20000",
+            ..NO_TRAINING
+        },
+    );
     let root = std::env::current_dir().expect("cwd");
     let shop = format!(
         "\n[strategy]\ncatalog = \"{c}\"\nrules = \"{r}\"\nutc_offset_hours = 8\n",

@@ -116,21 +116,38 @@ async fn leaders(addrs: &[String]) -> usize {
     n
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nothing_acknowledged_is_lost_or_doubled_when_servers_nats_and_optimizers_are_killed() {
+/// What every test here starts from: a folder, a NATS JetStream server on a free port (its store
+/// in `<dir>/nats`, kept across restarts) and the tiny bundle in `<dir>/bundle`.
+fn testbed() -> (tempfile::TempDir, u16, common::KillOnDrop, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
-    let nats_bin = nats_server_binary();
     let port = free_port();
-    let nats_url = format!("nats://127.0.0.1:{port}");
-    let nats_dir = dir.path().join("nats");
-    let mut nats = Some(start_nats(&nats_bin, &nats_dir, port));
-
+    let nats = start_nats(&nats_server_binary(), &dir.path().join("nats"), port);
     let bundle = write_bundle(
         &dir.path().join("bundle"),
         "tiny",
         Variant::Bert,
         nudge_model::Pooling::Mean,
     );
+    (dir, port, nats, bundle)
+}
+
+/// The test's own hand on the cluster, named `name`.
+async fn cluster_client(nats_url: &str, name: &str) -> nudge_cluster::Cluster {
+    nudge_cluster::Cluster::connect(nudge_cluster::ClusterConfig {
+        url: nats_url.to_string(),
+        name: name.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_acknowledged_is_lost_or_doubled_when_servers_nats_and_optimizers_are_killed() {
+    let (dir, port, nats, bundle) = testbed();
+    let nats_url = format!("nats://127.0.0.1:{port}");
+    let (nats_bin, nats_dir) = (nats_server_binary(), dir.path().join("nats"));
+    let mut nats = Some(nats);
     let opt_cfgs: Vec<PathBuf> = (0..OPTIMIZERS)
         .map(|i| optimizer_config(dir.path(), &format!("opt{i}"), &nats_url))
         .collect();
@@ -334,17 +351,9 @@ async fn nothing_acknowledged_is_lost_or_doubled_when_servers_nats_and_optimizer
 /// serving the old one and counts the refusal; the next good version is served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_version_in_the_cluster_is_refused_and_the_old_one_keeps_serving() {
-    use nudge_cluster::{Cluster, ClusterConfig, POLICY};
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    use nudge_cluster::POLICY;
+    let (dir, port, _nats, bundle) = testbed();
     let nats_url = format!("nats://127.0.0.1:{port}");
-    let _nats = start_nats(&nats_server_binary(), &dir.path().join("nats"), port);
-    let bundle = write_bundle(
-        &dir.path().join("bundle"),
-        "tiny",
-        Variant::Bert,
-        nudge_model::Pooling::Mean,
-    );
     let cfg = server_config(dir.path(), 0, &bundle, &nats_url, "");
     let (_server, a) = start_nudge(&["serve"], &cfg);
     let mut admin = pb::policy_admin_client::PolicyAdminClient::connect(a["admin"].clone())
@@ -354,13 +363,7 @@ async fn a_bad_version_in_the_cluster_is_refused_and_the_old_one_keeps_serving()
     assert_eq!(r.serving_version, "v1");
 
     // Someone writes a corrupt version straight into the cluster and points SERVING at it.
-    let cluster = Cluster::connect(ClusterConfig {
-        url: nats_url.clone(),
-        name: "intruder".into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let cluster = cluster_client(&nats_url, "intruder").await;
     let mut corrupt = operator_version("v2");
     corrupt
         .files
@@ -521,18 +524,10 @@ async fn bundle_refusals(metrics: &str) -> f64 {
 /// nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_nlu_bundle_reloaded_on_one_server_is_served_by_every_server_and_a_bad_one_by_none() {
-    use nudge_cluster::{bundle_kind, Cluster, ClusterConfig};
+    use nudge_cluster::bundle_kind;
     use std::os::unix::fs::MetadataExt;
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let (dir, port, nats, base) = testbed();
     let nats_url = format!("nats://127.0.0.1:{port}");
-    let nats = start_nats(&nats_server_binary(), &dir.path().join("nats"), port);
-    let base = write_bundle(
-        &dir.path().join("bundle"),
-        "tiny",
-        Variant::Bert,
-        nudge_model::Pooling::Mean,
-    );
     let cfgs: Vec<PathBuf> = (0..SERVERS)
         .map(|i| server_config(dir.path(), i, &base, &nats_url, ""))
         .collect();
@@ -625,13 +620,7 @@ async fn an_nlu_bundle_reloaded_on_one_server_is_served_by_every_server_and_a_ba
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(same(&understood(&a2["grpc"]).await, &answers_t2), "s2 keeps serving t2");
-    let cluster = Cluster::connect(ClusterConfig {
-        url: nats_url.clone(),
-        name: "intruder".into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let cluster = cluster_client(&nats_url, "intruder").await;
     let probe = dir.path().join("probe");
     let pinned = &t3.files["encoder/model.safetensors"];
     assert!(
@@ -694,58 +683,18 @@ const TRUTH: [[f64; 4]; 3] = [
 
 /// An optimizer that trains every 300 ms once 100 decisions have closed, 2 s lease.
 fn learning_optimizer_config(dir: &std::path::Path, name: &str, nats: &str) -> PathBuf {
-    let d = dir.join(name);
-    std::fs::create_dir_all(&d).unwrap();
-    std::fs::write(
-        d.join("reward.toml"),
-        "reward = \"conversion\"\nwindow_seconds = 0.25\n",
+    optimizer_config_with(
+        dir,
+        name,
+        nats,
+        &Training {
+            window_seconds: 0.25,
+            every_ms: 300,
+            extra: "",
+            learn: LEARN,
+            lease_ms: 2000,
+        },
     )
-    .unwrap();
-    let cfg = format!(
-        r#"grpc_addr = "127.0.0.1:0"
-decision_logs = []
-decision_ledger = "{d}/ledger"
-outcome_log = "{d}/outcomes"
-audit_log = "{d}/audit"
-registry = "{d}/registry"
-servers = []
-reward_file = "{d}/reward.toml"
-train_every_outcomes = 1000000000
-train_every_ms = 300
-
-[durability]
-mode = "always"
-
-[learn]
-ridge = 1.0
-noise_var = 0.2
-holdout = 0.3
-min_examples = 100
-seed = 5
-
-[learn.exploration]
-kind = "thompson"
-scale = 1.0
-samples = 200
-
-[learn.gate]
-estimator = "dr"
-tolerance = 0.0
-
-[initial_schema]
-{SCHEMA}
-
-[cluster]
-url = "{nats}"
-name = "{name}"
-request_timeout_ms = 2000
-lease_ms = 2000
-"#,
-        d = d.display()
-    );
-    let p = d.join("optimizer.toml");
-    std::fs::write(&p, cfg).unwrap();
-    p
 }
 
 /// `n` decisions from the shop, each converting as `TRUTH` says, reported to either optimizer.
@@ -810,17 +759,9 @@ async fn until_published(cluster: &nudge_cluster::Cluster, server: &str, optimiz
 /// publisher read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_optimizer_leads_and_a_standby_takes_over_without_clashing_versions() {
-    use nudge_cluster::{Cluster, ClusterConfig, POLICY};
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    use nudge_cluster::POLICY;
+    let (dir, port, _nats, bundle) = testbed();
     let nats_url = format!("nats://127.0.0.1:{port}");
-    let _nats = start_nats(&nats_server_binary(), &dir.path().join("nats"), port);
-    let bundle = write_bundle(
-        &dir.path().join("bundle"),
-        "tiny",
-        Variant::Bert,
-        nudge_model::Pooling::Mean,
-    );
     let (_server, s) = start_nudge(&["serve"], &server_config(dir.path(), 0, &bundle, &nats_url, ""));
     let cfgs: Vec<PathBuf> = (0..2)
         .map(|i| learning_optimizer_config(dir.path(), &format!("opt{i}"), &nats_url))
@@ -832,13 +773,7 @@ async fn one_optimizer_leads_and_a_standby_takes_over_without_clashing_versions(
         procs.push(Some(child));
         addrs.push(a["grpc"].clone());
     }
-    let cluster = Cluster::connect(ClusterConfig {
-        url: nats_url.clone(),
-        name: "observer".into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let cluster = cluster_client(&nats_url, "observer").await;
     let t0 = Instant::now();
     let leader = loop {
         let mut st = Vec::new();

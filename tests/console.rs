@@ -109,17 +109,8 @@ async fn an_operator_edits_a_rule_sees_it_live_and_rolls_it_back_in_a_browser() 
         ),
     )
     .unwrap();
-    let text = std::fs::read_to_string("examples/shop/nudge.toml").unwrap();
-    let mut config: nudge_inference::ServeConfig = toml::from_str(&text).unwrap();
-    config.grpc_addr = "127.0.0.1:0".parse().unwrap();
-    config.admin_addr = "127.0.0.1:0".parse().unwrap();
-    config.metrics_addr = "127.0.0.1:0".parse().unwrap();
-    let d = config.decisions.as_mut().unwrap();
-    d.policy_registry = var.path().join("policies");
-    d.decision_log = var.path().join("decisions");
-    let s = config.strategy.as_mut().unwrap();
-    s.rules = rules.clone();
-    s.guardrails.quiet_hours = None;
+    let mut config = common::example_shop_config(var.path());
+    config.strategy.as_mut().unwrap().rules = rules.clone();
     config.console = Some(nudge_inference::console::ConsoleConfig {
         addr: "127.0.0.1:0".parse().unwrap(),
         users_file: users,

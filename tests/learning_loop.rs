@@ -60,23 +60,10 @@ prior_var = 1.0
 [durability]
 mode = "always"
 
-[learn]
-ridge = 1.0
-noise_var = 0.2
-holdout = 0.3
-min_examples = 100
-seed = 5
-
-[learn.exploration]
-kind = "thompson"
-scale = 1.0
-samples = 200
-
-[learn.gate]
-estimator = "dr"
-tolerance = 0.0
+{learn}
 {extra}"#,
-        d = dir.display()
+        d = dir.display(),
+        learn = support::LEARN,
     );
     let p = dir.join("optimizer.toml");
     std::fs::write(&p, cfg).unwrap();

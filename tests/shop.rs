@@ -29,16 +29,7 @@ fn turn(conv: &str, text: &str, tier: &str, ltv_cents: i64) -> pb::TurnRequest {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_example_shop_sells_the_care_bundle_and_stays_quiet_when_it_should() {
     let var = tempfile::tempdir().unwrap();
-    let text = std::fs::read_to_string("examples/shop/nudge.toml").unwrap();
-    let mut config: nudge_inference::ServeConfig = toml::from_str(&text).unwrap();
-    config.grpc_addr = "127.0.0.1:0".parse().unwrap();
-    config.admin_addr = "127.0.0.1:0".parse().unwrap();
-    config.metrics_addr = "127.0.0.1:0".parse().unwrap();
-    let d = config.decisions.as_mut().unwrap();
-    d.policy_registry = var.path().join("policies");
-    d.decision_log = var.path().join("decisions");
-    // The shop's quiet hours depend on the clock; the test must not.
-    config.strategy.as_mut().unwrap().guardrails.quiet_hours = None;
+    let config = common::example_shop_config(var.path());
     let server = nudge_inference::start(config).await.expect("the example shop starts");
     let mut c = ConversationsClient::new(channel(server.grpc_addr).await);
 

@@ -137,14 +137,59 @@ request_timeout_ms = 2000
     p
 }
 
-/// An optimizer named `name` (its directory under `dir` too), with a 1 s lease so that a standby
-/// takes over quickly.
+/// How a test's optimizer trains and leads.
+pub struct Training<'a> {
+    /// The reward window, in seconds.
+    pub window_seconds: f64,
+    /// `train_every_ms`.
+    pub every_ms: u64,
+    /// More top-level keys (`max_examples = …`).
+    pub extra: &'a str,
+    /// `[learn]` tables ([`LEARN`], or none for the defaults).
+    pub learn: &'a str,
+    /// `cluster.lease_ms`.
+    pub lease_ms: u64,
+}
+
+/// Never trains within a test; a 1 s lease, so that a standby takes over quickly.
+pub const NO_TRAINING: Training<'static> = Training {
+    window_seconds: 3600.0,
+    every_ms: 3_600_000,
+    extra: "",
+    learn: "",
+    lease_ms: 1000,
+};
+
+/// Learning settings quick enough for tests: ridge regression, Thompson exploration, a DR gate.
+pub const LEARN: &str = r#"[learn]
+ridge = 1.0
+noise_var = 0.2
+holdout = 0.3
+min_examples = 100
+seed = 5
+
+[learn.exploration]
+kind = "thompson"
+scale = 1.0
+samples = 200
+
+[learn.gate]
+estimator = "dr"
+tolerance = 0.0
+"#;
+
+/// A cluster optimizer named `name` (its directory under `dir` too) that does not train.
 pub fn optimizer_config(dir: &Path, name: &str, nats: &str) -> PathBuf {
+    optimizer_config_with(dir, name, nats, &NO_TRAINING)
+}
+
+/// A cluster optimizer named `name` (its directory under `dir` too) that trains as `t` says.
+pub fn optimizer_config_with(dir: &Path, name: &str, nats: &str, t: &Training<'_>) -> PathBuf {
     let d = dir.join(name);
     std::fs::create_dir_all(&d).unwrap();
     std::fs::write(
         d.join("reward.toml"),
-        "reward = \"conversion\"\nwindow_seconds = 3600\n",
+        format!("reward = \"conversion\"\nwindow_seconds = {}\n", t.window_seconds),
     )
     .unwrap();
     let cfg = format!(
@@ -157,11 +202,13 @@ registry = "{d}/registry"
 servers = []
 reward_file = "{d}/reward.toml"
 train_every_outcomes = 1000000000
-train_every_ms = 3600000
+train_every_ms = {every}
+{extra}
 
 [durability]
 mode = "always"
 
+{learn}
 [initial_schema]
 {SCHEMA}
 
@@ -169,9 +216,13 @@ mode = "always"
 url = "{nats}"
 name = "{name}"
 request_timeout_ms = 2000
-lease_ms = 1000
+lease_ms = {lease}
 "#,
-        d = d.display()
+        d = d.display(),
+        every = t.every_ms,
+        extra = t.extra,
+        learn = t.learn,
+        lease = t.lease_ms,
     );
     let p = d.join("optimizer.toml");
     std::fs::write(&p, cfg).unwrap();

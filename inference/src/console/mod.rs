@@ -225,6 +225,13 @@ fn cookie(headers: &HeaderMap) -> Option<String> {
         .map(|(_, v)| v.to_string())
 }
 
+/// Runs file and CPU work (argon2, rule checks, version files) off the async workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ApiError> + Send + 'static) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+}
+
 type Shared = State<Arc<Console>>;
 
 #[derive(Deserialize)]
@@ -242,9 +249,7 @@ async fn login(State(c): Shared, Json(req): Json<Login>) -> Result<Response, Api
     }
     let c2 = c.clone();
     let (name, password) = (req.user.clone(), req.password);
-    let user = tokio::task::spawn_blocking(move || c2.users.verify(&name, &password))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let user = blocking(move || Ok(c2.users.verify(&name, &password))).await?;
     let Some(user) = user else {
         // Whatever was typed as the name (a phone number, say) is logged masked.
         let typed = nudge_strategy::pii::mask(&req.user);
@@ -295,7 +300,7 @@ async fn me(State(c): Shared, headers: HeaderMap) -> Result<Json<serde_json::Val
 async fn get_rules(State(c): Shared, headers: HeaderMap) -> Result<Json<serde_json::Value>, ApiError> {
     c.session(&headers)?;
     let c2 = c.clone();
-    tokio::task::spawn_blocking(move || {
+    blocking(move || {
         let current = c2
             .rules
             .current()?
@@ -311,7 +316,6 @@ async fn get_rules(State(c): Shared, headers: HeaderMap) -> Result<Json<serde_js
         })))
     })
     .await
-    .map_err(|e| ApiError::Internal(e.to_string()))?
 }
 
 #[derive(Deserialize)]
@@ -328,9 +332,7 @@ async fn check_rules(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     c.session(&headers)?;
     let c2 = c.clone();
-    tokio::task::spawn_blocking(move || c2.conversations.check_rules(&req.text))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    blocking(move || Ok(c2.conversations.check_rules(&req.text)?)).await?;
     Ok(Json(serde_json::json!({"ok": true})))
 }
 
@@ -345,9 +347,7 @@ async fn save_rules(
         return Err(ApiError::invalid("note", "at most 500 bytes"));
     }
     let (c2, user, note) = (c.clone(), s.user.clone(), req.note.clone());
-    let n = tokio::task::spawn_blocking(move || c2.apply(&req.text, &user, &note))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    let n = blocking(move || c2.apply(&req.text, &user, &note)).await?;
     c.record(&s.user, s.role.name(), "rules.save", "rules", n.to_string(), req.note)
         .await;
     tracing::info!(user = %s.user, version = n, "rules changed in the console");
@@ -368,12 +368,11 @@ async fn rollback_rules(
     s.may_edit()?;
     let (c2, user) = (c.clone(), s.user.clone());
     let to = req.version;
-    let n = tokio::task::spawn_blocking(move || {
+    let n = blocking(move || {
         let old = c2.rules.get(to)?;
         c2.apply(&old.text, &user, &format!("rollback to version {to}"))
     })
-    .await
-    .map_err(|e| ApiError::Internal(e.to_string()))??;
+    .await?;
     c.record(
         &s.user,
         s.role.name(),
@@ -400,12 +399,11 @@ async fn diff_rules(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     c.session(&headers)?;
     let c2 = c.clone();
-    tokio::task::spawn_blocking(move || {
+    blocking(move || {
         let (a, b) = (c2.rules.get(q.from)?, c2.rules.get(q.to)?);
         Ok(Json(serde_json::json!({"diff": rules::diff(&a, &b)})))
     })
     .await
-    .map_err(|e| ApiError::Internal(e.to_string()))?
 }
 
 async fn audit(State(c): Shared, headers: HeaderMap) -> Result<Json<Vec<ChangeRecord>>, ApiError> {

@@ -22,6 +22,22 @@ pub async fn start_server(
     nudge_inference::start(config).await.expect("server starts")
 }
 
+/// The example shop's `examples/shop/nudge.toml` (read from the workspace root) on loopback
+/// ports, its policies and decision log under `var`, quiet hours off (they depend on the clock;
+/// a test must not).
+pub fn example_shop_config(var: &std::path::Path) -> nudge_inference::ServeConfig {
+    let text = std::fs::read_to_string("examples/shop/nudge.toml").unwrap();
+    let mut config: nudge_inference::ServeConfig = toml::from_str(&text).unwrap();
+    config.grpc_addr = "127.0.0.1:0".parse().unwrap();
+    config.admin_addr = "127.0.0.1:0".parse().unwrap();
+    config.metrics_addr = "127.0.0.1:0".parse().unwrap();
+    let d = config.decisions.as_mut().unwrap();
+    d.policy_registry = var.join("policies");
+    d.decision_log = var.join("decisions");
+    config.strategy.as_mut().unwrap().guardrails.quiet_hours = None;
+    config
+}
+
 pub async fn client(addr: std::net::SocketAddr) -> nudge_proto::v1::nlu_client::NluClient<tonic::transport::Channel> {
     nudge_proto::v1::nlu_client::NluClient::connect(format!("http://{addr}"))
         .await
