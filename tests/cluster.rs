@@ -149,7 +149,7 @@ async fn nothing_acknowledged_is_lost_or_doubled_when_servers_nats_and_optimizer
     let (nats_bin, nats_dir) = (nats_server_binary(), dir.path().join("nats"));
     let mut nats = Some(nats);
     let opt_cfgs: Vec<PathBuf> = (0..OPTIMIZERS)
-        .map(|i| optimizer_config(dir.path(), &format!("opt{i}"), &nats_url))
+        .map(|i| optimizer_config_with(dir.path(), &format!("opt{i}"), &nats_url, &COMPACTING))
         .collect();
     let addrs = Arc::new(Mutex::new(Addrs::default()));
     let mut optimizers = Vec::new();
@@ -297,6 +297,11 @@ async fn nothing_acknowledged_is_lost_or_doubled_when_servers_nats_and_optimizer
         assert!(t0.elapsed() < Duration::from_secs(10), "no optimizer leads");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    for a in &opt_addrs {
+        if let Some(st) = optimizer_status(a).await {
+            eprintln!("{a}: {} duplicates dropped since its last start", st.duplicates_dropped);
+        }
+    }
     // A last crash, then the files as a restarted optimizer would read them.
     let mut logged = HashSet::new();
     for i in 0..SERVERS {
@@ -343,7 +348,8 @@ async fn nothing_acknowledged_is_lost_or_doubled_when_servers_nats_and_optimizer
     let (_optimizer, a) = start_nudge(&["optimizer", "serve"], &opt_cfgs[0]);
     let st = optimizer_status(&a["grpc"]).await.unwrap();
     assert_eq!(st.serving_version, "v900");
-    assert_eq!(st.decisions_seen as usize, ledgers[0].0.len());
+    // Every window has closed: the ledger kept only its newest 200 (`COMPACTING`).
+    assert_eq!(st.decisions_seen as usize, ledgers[0].0.len().min(200));
     assert_eq!(st.outcomes_recorded as usize, ledgers[0].1.len());
 }
 
@@ -894,4 +900,165 @@ async fn one_optimizer_leads_and_a_standby_takes_over_without_clashing_versions(
     assert!(!cluster.move_serving(POLICY, "v1", None).await.unwrap());
     assert_eq!(cluster.serving(POLICY).await.unwrap(), Some(pinned.clone()));
     assert!(cluster.move_serving(POLICY, &pinned, Some(rev)).await.unwrap());
+}
+
+/// An outcome record with event id `e<i>`.
+fn outcome(i: usize) -> OutcomeRecord {
+    OutcomeRecord {
+        schema: nudge_records::OUTCOME_SCHEMA,
+        event_id: format!("e{i}"),
+        decision_id: format!("d{i}"),
+        kind: nudge_records::OutcomeKind::Convert,
+        revenue: 2.0,
+        margin: 1.0,
+        time_ms: 0,
+        received_ms: 0,
+        late: false,
+    }
+}
+
+/// Everything `ingest` hands out until nothing comes for `quiet`.
+async fn drain(
+    ingest: &mut nudge_cluster::Ingest<OutcomeRecord>,
+    quiet: Duration,
+) -> Vec<nudge_cluster::Delivery<OutcomeRecord>> {
+    let mut all = Vec::new();
+    loop {
+        let b = ingest.next_batch(1_000, quiet).await.unwrap();
+        if b.is_empty() {
+            return all;
+        }
+        all.extend(b);
+    }
+}
+
+/// The consumer's side, as the optimizer does it: write, sync, then `done` with the log's end.
+async fn keep(
+    ingest: &mut nudge_cluster::Ingest<OutcomeRecord>,
+    batch: &[nudge_cluster::Delivery<OutcomeRecord>],
+    dir: &std::path::Path,
+) {
+    let log = nudge_records::EventLog::open(nudge_records::LogConfig::new(
+        dir,
+        "outcomes",
+        nudge_records::Durability::Always,
+    ))
+    .unwrap();
+    for d in batch.iter().filter(|d| !d.kept) {
+        log.append(d.record.as_ref().unwrap()).await.unwrap();
+    }
+    let mut t = nudge_records::Tailer::<OutcomeRecord>::new(dir);
+    t.poll().unwrap();
+    ingest.done(batch, t.cursor()).await.unwrap();
+}
+
+/// JetStream forgets acknowledgements (a nats-server killed before it wrote them): here its
+/// consumer is deleted outright, so every message comes again, long after the consumer's
+/// ledger could remember the ids. None is handed out twice — nor lost when the crash fell
+/// between the consumer's write and its record of it, nor when the stream was recreated and
+/// its sequence numbers start again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redeliveries_are_dropped_however_late_and_a_recreated_stream_is_read_anew() {
+    let (dir, port, _nats, _) = testbed();
+    let url = format!("nats://127.0.0.1:{port}");
+    let cluster = cluster_client(&url, "t").await;
+    cluster.ensure().await.unwrap();
+    let js = async_nats::jetstream::new(async_nats::connect(&url).await.unwrap());
+    let forget_acks = || async {
+        let s = js.get_stream(nudge_cluster::OUTCOMES_STREAM).await.unwrap();
+        s.delete_consumer("t-nudge_outcomes").await.unwrap();
+    };
+    let log_dir = dir.path().join("outcomes");
+    let ids = |v: &[nudge_cluster::Delivery<OutcomeRecord>]| -> Vec<(String, bool)> {
+        v.iter()
+            .map(|d| (d.record.as_ref().unwrap().event_id.clone(), d.kept))
+            .collect()
+    };
+    let expect =
+        |r: std::ops::Range<usize>, kept: bool| -> Vec<(String, bool)> { r.map(|i| (format!("e{i}"), kept)).collect() };
+    let quiet = Duration::from_millis(700);
+
+    for i in 0..50 {
+        cluster
+            .publish(nudge_cluster::OUTCOMES_STREAM, &outcome(i))
+            .await
+            .unwrap();
+    }
+    let mut ingest = cluster
+        .ingest::<OutcomeRecord>(nudge_cluster::OUTCOMES_STREAM, &log_dir)
+        .await
+        .unwrap();
+    let first = drain(&mut ingest, quiet).await;
+    assert_eq!(ids(&first), expect(0..50, false));
+    keep(&mut ingest, &first, &log_dir).await;
+    drop(ingest);
+
+    // Every acknowledgement forgotten: all 50 come again and are dropped.
+    forget_acks().await;
+    let mut ingest = cluster
+        .ingest::<OutcomeRecord>(nudge_cluster::OUTCOMES_STREAM, &log_dir)
+        .await
+        .unwrap();
+    assert!(drain(&mut ingest, quiet).await.is_empty());
+    assert_eq!(ingest.redeliveries_dropped(), 50);
+
+    // A crash after the write of e50..e60, before `done`: they come back, marked kept.
+    for i in 50..60 {
+        cluster
+            .publish(nudge_cluster::OUTCOMES_STREAM, &outcome(i))
+            .await
+            .unwrap();
+    }
+    let second = drain(&mut ingest, quiet).await;
+    assert_eq!(ids(&second), expect(50..60, false));
+    let log = nudge_records::EventLog::open(nudge_records::LogConfig::new(
+        &log_dir,
+        "outcomes",
+        nudge_records::Durability::Always,
+    ))
+    .unwrap();
+    for d in &second {
+        log.append(d.record.as_ref().unwrap()).await.unwrap();
+    }
+    drop((ingest, second, log));
+    forget_acks().await;
+    let mut ingest = cluster
+        .ingest::<OutcomeRecord>(nudge_cluster::OUTCOMES_STREAM, &log_dir)
+        .await
+        .unwrap();
+    let end = ingest.log_end().cloned().unwrap();
+    let after: Vec<String> = nudge_records::Tailer::<OutcomeRecord>::resume(&log_dir, &end)
+        .poll()
+        .unwrap()
+        .into_iter()
+        .map(|o| o.event_id)
+        .collect();
+    assert_eq!(
+        after.len(),
+        10,
+        "the log beyond its recorded end holds the unrecorded batch"
+    );
+    ingest.kept_before(after);
+    let again = drain(&mut ingest, quiet).await;
+    assert_eq!(ids(&again), expect(50..60, true));
+    assert_eq!(ingest.redeliveries_dropped(), 50);
+    keep(&mut ingest, &again, &log_dir).await;
+    drop((ingest, again));
+    let (logged, _) = nudge_records::read_all::<OutcomeRecord>(&log_dir).unwrap();
+    assert_eq!(logged.len(), 60, "each record in the consumer's log once");
+
+    // The stream recreated: sequences 1, 2, … again, for new records that must be read.
+    js.delete_stream(nudge_cluster::OUTCOMES_STREAM).await.unwrap();
+    cluster.ensure().await.unwrap();
+    for i in 100..105 {
+        cluster
+            .publish(nudge_cluster::OUTCOMES_STREAM, &outcome(i))
+            .await
+            .unwrap();
+    }
+    let mut ingest = cluster
+        .ingest::<OutcomeRecord>(nudge_cluster::OUTCOMES_STREAM, &log_dir)
+        .await
+        .unwrap();
+    assert_eq!(ids(&drain(&mut ingest, quiet).await), expect(100..105, false));
 }

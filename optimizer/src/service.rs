@@ -21,7 +21,7 @@ use crate::learn::{train_and_judge, LearnConfig, Verdict};
 use crate::ledger::{Checkpoint, Ledger};
 use crate::reward::Reward;
 use crate::OptimizerError;
-use nudge_cluster::{Cluster, Delivery, Lease, DECISIONS_STREAM, OUTCOMES_STREAM, POLICY};
+use nudge_cluster::{Cluster, Delivery, Ingest, Lease, DECISIONS_STREAM, OUTCOMES_STREAM, POLICY};
 use nudge_policy::version::{from_file_set, to_file_set, PolicyManifest, PolicyVersion, FORMAT};
 use nudge_policy::{FeatureSchema, Policy, Registry, RewardModel};
 use nudge_proto::v1 as pb;
@@ -149,6 +149,8 @@ struct State {
     outcomes_since_training: u64,
     /// Cluster mode: stream messages that were not valid records (terminated, counted).
     malformed_streamed: u64,
+    /// Stream messages not written again (see `StatusResponse.duplicates_dropped`).
+    duplicates_dropped: u64,
     /// Cluster mode: the SERVING pointer's revision when it was last read; a version published
     /// from this state moves the pointer only if it is still there (`None`: never set).
     pointer: Option<u64>,
@@ -209,6 +211,14 @@ impl State {
             self.tailers.iter().map(|(d, t)| (d.clone(), t.cursor())).collect();
         c.insert(self.outcome_tail.0.clone(), self.outcome_tail.1.cursor());
         c
+    }
+
+    /// How far the ledger has read the log in `dir` (its end, once `poll_*` returned).
+    fn cursor(&self, dir: &Path) -> Option<nudge_records::Cursor> {
+        if self.outcome_tail.0 == dir {
+            return Some(self.outcome_tail.1.cursor());
+        }
+        self.tailers.iter().find(|(d, _)| d == dir).map(|(_, t)| t.cursor())
     }
 
     fn malformed_decisions(&self) -> u64 {
@@ -412,61 +422,50 @@ impl Optimizer {
         Ok(pb::ReportOutcomeResponse { duplicate, late })
     }
 
-    /// Applies consumed records: ids the ledger holds are acknowledged at once; the rest are
-    /// written to `log` (one group commit for the batch), read into the ledger from there
-    /// (`after`), then acknowledged. A failed
-    /// write acknowledges nothing: JetStream redelivers.
+    /// Applies consumed records: ids the ledger or the log (`kept`) holds are not written
+    /// again; the rest are written to `log` in `dir` (one group commit for the batch) and read
+    /// into the ledger from there (`after`); then the batch is done (its sequences recorded
+    /// with the log's end, its messages acknowledged). A failed write acknowledges nothing:
+    /// JetStream redelivers.
     async fn ingest_batch<T: Record>(
         &self,
+        ingest: &mut Ingest<T>,
         batch: Vec<Delivery<T>>,
-        log: &EventLog,
+        (log, dir): (&EventLog, &Path),
         known: impl Fn(&crate::ledger::Ledger, &T) -> bool,
         after: impl Fn(&mut State),
     ) -> Result<usize, OptimizerError> {
         let mut fresh = Vec::new();
-        for d in batch {
-            match &d.record {
-                Err(reason) => {
-                    tracing::warn!(%reason, stream = T::PREFIX, "a malformed record in the stream, terminated");
-                    self.state
-                        .lock()
-                        .map_err(|_| OptimizerError::Poisoned)?
-                        .malformed_streamed += 1;
-                    d.term().await?;
-                }
-                Ok(rec) => {
-                    let seen = {
-                        let st = self.state.lock().map_err(|_| OptimizerError::Poisoned)?;
-                        known(&st.ledger, rec)
-                    };
-                    if seen {
-                        d.ack().await?;
-                    } else {
-                        fresh.push(d);
+        {
+            let mut st = self.state.lock().map_err(|_| OptimizerError::Poisoned)?;
+            // Two copies of one id inside a batch: the first is written.
+            let mut ids = std::collections::HashSet::new();
+            for d in &batch {
+                match &d.record {
+                    Err(reason) => {
+                        tracing::warn!(%reason, stream = T::PREFIX, "a malformed record in the stream, terminated");
+                        st.malformed_streamed += 1;
                     }
+                    Ok(rec) if !d.kept && !known(&st.ledger, rec) && ids.insert(rec.id().to_string()) => {
+                        fresh.push(rec)
+                    }
+                    Ok(_) => st.duplicates_dropped += 1,
                 }
             }
         }
-        // Two copies of one id inside a batch: the first is written, the second only acked.
-        let mut ids = std::collections::HashSet::new();
-        let writes: Vec<_> = fresh
-            .iter()
-            .filter_map(|d| d.record.as_ref().ok())
-            .filter(|r| ids.insert(r.id().to_string()))
-            .map(|r| log.append(r))
-            .collect();
-        let n = writes.len();
-        for w in futures::future::join_all(writes).await {
-            if let Err(e) = w {
-                // Nothing of the batch is acked; it comes back after the ack wait.
-                return Err(e.into());
-            }
+        let n = fresh.len();
+        for w in futures::future::join_all(fresh.into_iter().map(|r| log.append(r))).await {
+            // Nothing of the batch is acked; it comes back after the ack wait.
+            w?;
         }
         // Into the ledger from the log just written (as every record gets there).
-        after(&mut *self.state.lock().map_err(|_| OptimizerError::Poisoned)?);
-        for d in &fresh {
-            d.ack().await?;
-        }
+        let log_end = {
+            let mut st = self.state.lock().map_err(|_| OptimizerError::Poisoned)?;
+            after(&mut st);
+            st.cursor(dir)
+                .ok_or(OptimizerError::Task(format!("no reader of {}", dir.display())))?
+        };
+        ingest.done(&batch, log_end).await?;
         Ok(n)
     }
 
@@ -475,6 +474,7 @@ impl Optimizer {
         self: Arc<Self>,
         stream: &'static str,
         log: EventLog,
+        state_dir: PathBuf,
         known: fn(&crate::ledger::Ledger, &T) -> bool,
         after: fn(&mut State),
     ) {
@@ -482,7 +482,7 @@ impl Optimizer {
         loop {
             let opened = async {
                 cluster.ensure().await?;
-                cluster.ingest::<T>(stream).await
+                cluster.ingest::<T>(stream, &state_dir).await
             };
             let mut ingest = match opened.await {
                 Ok(i) => i,
@@ -492,8 +492,26 @@ impl Optimizer {
                     continue;
                 }
             };
+            // What a batch wrote before a crash took its record: kept, whenever it comes back.
+            if let Some(from) = ingest.log_end() {
+                match Tailer::<T>::resume(&state_dir, from).poll() {
+                    Ok(recs) => ingest.kept_before(recs.iter().map(|r| r.id().to_string())),
+                    Err(e) => {
+                        tracing::warn!(%stream, error = %e, "reading the end of the consumer's log");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                }
+            }
+            let mut dropped = 0;
             loop {
-                let batch = match ingest.next_batch(2_000, Duration::from_millis(500)).await {
+                let batch = ingest.next_batch(2_000, Duration::from_millis(500)).await;
+                let now_dropped = ingest.redeliveries_dropped();
+                if let Ok(mut st) = self.state.lock() {
+                    st.duplicates_dropped += now_dropped - dropped;
+                }
+                dropped = now_dropped;
+                let batch = match batch {
                     Ok(b) => b,
                     Err(e) => {
                         tracing::warn!(%stream, error = %e, "consuming");
@@ -503,7 +521,10 @@ impl Optimizer {
                 if batch.is_empty() {
                     continue;
                 }
-                match self.ingest_batch(batch, &log, known, after).await {
+                match self
+                    .ingest_batch(&mut ingest, batch, (&log, &state_dir), known, after)
+                    .await
+                {
                     Ok(n) if n > 0 && stream == DECISIONS_STREAM => self.decisions_arrived.notify_waiters(),
                     Ok(_) => {
                         let due = self
@@ -519,6 +540,9 @@ impl Optimizer {
                         break;
                     }
                 }
+            }
+            if dropped > 0 {
+                tracing::info!(%stream, dropped, "redeliveries of records already kept were dropped");
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -663,9 +687,11 @@ impl Optimizer {
             let Some(serving) = st.serving.clone() else {
                 return Err(OptimizerError::NoServingPolicy);
             };
+            // A standby compacts too: its memory is bounded like the leader's.
             let examples = if leads {
                 st.ledger.examples(&self.reward, now_ms())
             } else {
+                st.ledger.compact(self.reward.window_ms, now_ms());
                 Vec::new()
             };
             (serving, examples, st.ledger.checkpoint(st.cursors()))
@@ -831,6 +857,7 @@ impl pb::optimizer_server::Optimizer for OptimizerApi {
             trainings: st.trainings,
             last_verdict: st.last_verdict.clone(),
             malformed_decisions: st.malformed_decisions(),
+            duplicates_dropped: st.duplicates_dropped,
             leader: self.0.leads(),
         }))
     }
@@ -929,6 +956,7 @@ pub async fn start(cfg: OptimizerConfig) -> Result<RunningOptimizer, OptimizerEr
         last_verdict: String::new(),
         outcomes_since_training: 0,
         malformed_streamed: 0,
+        duplicates_dropped: 0,
         pointer: None,
     };
     let t0 = Instant::now();
@@ -961,6 +989,7 @@ pub async fn start(cfg: OptimizerConfig) -> Result<RunningOptimizer, OptimizerEr
         consumers.push(tokio::spawn(opt.clone().consume::<DecisionRecord>(
             DECISIONS_STREAM,
             ledger_log,
+            cfg.decision_ledger.clone(),
             |l, d| l.decision(&d.decision_id).is_some(),
             |st| {
                 st.poll_decisions();
@@ -969,6 +998,7 @@ pub async fn start(cfg: OptimizerConfig) -> Result<RunningOptimizer, OptimizerEr
         consumers.push(tokio::spawn(opt.clone().consume::<OutcomeRecord>(
             OUTCOMES_STREAM,
             outcomes,
+            cfg.outcome_log.clone(),
             |l, o| l.has_event(&o.event_id),
             |st| {
                 let n = st.poll_outcomes_at_most(usize::MAX) as u64;

@@ -160,6 +160,17 @@ pub const NO_TRAINING: Training<'static> = Training {
     lease_ms: 1000,
 };
 
+/// Never publishes (no round has enough examples) but compacts the ledger every second down to
+/// 200 closed decisions of a 1 s window: a redelivery then comes long after its id left the
+/// ledger, which is what the streams' redelivery filter must catch.
+pub const COMPACTING: Training<'static> = Training {
+    window_seconds: 1.0,
+    every_ms: 1000,
+    extra: "max_examples = 200",
+    learn: "[learn]\nmin_examples = 1000000000\n",
+    lease_ms: 1000,
+};
+
 /// Learning settings quick enough for tests: ridge regression, Thompson exploration, a DR gate.
 pub const LEARN: &str = r#"[learn]
 ridge = 1.0

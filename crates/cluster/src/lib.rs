@@ -16,7 +16,9 @@
 //!   outcome to `NUDGE_OUTCOMES` (its event id as `Nats-Msg-Id`) and acknowledges the caller only
 //!   once JetStream has stored it.
 //! - **The optimizer consumes with durable consumers** ([`Ingest`]) and acknowledges a message
-//!   only after its own durable write: a crash anywhere means a redelivery, never a loss.
+//!   only after its own durable write: a crash anywhere means a redelivery, never a loss. The
+//!   consumer records which stream sequences it made durable, so a redelivery is dropped however
+//!   late it comes: never a double either.
 //! - **Versions fan out through JetStream itself.** A version's files go to the `nudge-artifacts`
 //!   object store ([`Cluster::put_artifact`]) and the `nudge-serving` KV bucket names the version
 //!   in service per kind of artifact ([`Cluster::set_serving`]): the cluster's SERVING pointer.
@@ -602,12 +604,18 @@ impl Cluster {
     }
 
     /// A durable consumer of `stream` named `<name>-<stream>`, delivering every record from the
-    /// stream's start that this name has not acknowledged.
-    pub async fn ingest<T: nudge_records::Record>(&self, stream: &str) -> Result<Ingest<T>, ClusterError> {
+    /// stream's start that this name has not made durable; which sequences it has is kept in
+    /// `state_dir` (the consumer's own log directory: the two belong together).
+    pub async fn ingest<T: nudge_records::Record>(
+        &self,
+        stream: &str,
+        state_dir: &std::path::Path,
+    ) -> Result<Ingest<T>, ClusterError> {
         Ingest::open(
             &self.js,
             stream,
             &format!("{}-{}", self.cfg.name, stream.to_lowercase()),
+            state_dir,
         )
         .await
     }
