@@ -133,7 +133,7 @@ fn main() {
             max_offers_per_customer_per_day: u32::MAX,
             ..Guardrails::default()
         },
-        linker,
+        linker: linker.into(),
     };
     let customer = CustomerProfile {
         tier: "gold".into(),

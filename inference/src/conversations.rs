@@ -12,13 +12,15 @@
 //! counts an offer the customer never saw: the error costs an offer, never adds one.
 use crate::decide::{choose, featurize, now_ms, record, Candidate, DecideInput, DecisionService, Provenance};
 use crate::error::RequestError;
+use crate::experiment::{ArmChooser, ArmPolicy, ExperimentSpec, Running, SpecError};
+use crate::kpi::Kpis;
 use crate::metrics::Metrics;
 use crate::nlu::{interpret, Understanding};
 use crate::service::{finish, NluService};
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use nudge_policy::{context as names, Choice};
 use nudge_proto::v1 as pb;
-use nudge_records::OutcomeKind;
+use nudge_records::{ConversationEvent, Durability, EventKind, EventLog, LogConfig, OutcomeKind, Tailer, EVENT_SCHEMA};
 use nudge_strategy::conversation::{
     Conversation, ConversationStore, OfferStatus, Snapshot, StoreLimits, TurnFacts, SNAPSHOT_SCHEMA,
 };
@@ -26,7 +28,7 @@ use nudge_strategy::engine::{Clock, CustomerProfile, Ledger, Plan, Strategy};
 use nudge_strategy::guardrails::Guardrails;
 use nudge_strategy::link::SkuLinker;
 use nudge_strategy::pricing::CartLine;
-use nudge_strategy::rules::{Rules, Vocabulary};
+use nudge_strategy::rules::{Rules, Stage, Vocabulary};
 use nudge_strategy::{Catalog, Cents, Channel, StrategyError};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -68,6 +70,18 @@ pub struct StrategyConfig {
     /// How often the snapshot is written; a crash loses at most this much.
     #[serde(default = "default_snapshot_every")]
     pub snapshot_every_seconds: u64,
+    /// Where every turn and outcome is logged as a `ConversationEvent` (`events-*.jsonl`): the
+    /// console's KPIs and experiment verdicts are rebuilt from it at start. None: they count
+    /// from the server's start only.
+    #[serde(default)]
+    pub events_log: Option<PathBuf>,
+    /// Hours of per-minute KPIs kept in memory (and read back from `events_log` at start).
+    #[serde(default = "default_kpi_hours")]
+    pub kpi_hours: u64,
+}
+
+fn default_kpi_hours() -> u64 {
+    48
 }
 
 fn default_snapshot_every() -> u64 {
@@ -150,6 +164,9 @@ pub enum StrategyLoadError {
     /// The saved conversation state could not be read.
     #[error("strategy.state_file: {0}")]
     State(StrategyError),
+    /// The event log could not be opened or read.
+    #[error("strategy.events_log: {0}")]
+    Events(nudge_records::LogError),
     /// The risk check's endpoint is not a URL.
     #[error("strategy.risk.{0}")]
     Risk(String),
@@ -179,7 +196,7 @@ pub fn load_strategy(
         catalog,
         rules,
         guardrails: config.guardrails.clone(),
-        linker,
+        linker: linker.into(),
     })
 }
 
@@ -203,6 +220,31 @@ pub struct ConversationService {
     utc_offset_s: i64,
     max_cart_lines: usize,
     metrics: Metrics,
+    /// The experiment being served, if one runs (the console starts and stops it).
+    experiment: ArcSwapOption<Running>,
+    kpis: Arc<Kpis>,
+    events: Option<EventLog>,
+}
+
+/// Reads the events of the last `hours` back into `kpis` (start-up), a chunk at a time.
+fn replay_events(dir: &std::path::Path, kpis: &Kpis, hours: u64) -> Result<u64, nudge_records::LogError> {
+    let since = now_ms().saturating_sub(hours.saturating_mul(3_600_000));
+    let mut tail = Tailer::<ConversationEvent>::new(dir);
+    let mut n = 0;
+    loop {
+        let chunk = tail.poll_at_most(50_000)?;
+        if chunk.is_empty() {
+            break;
+        }
+        for e in chunk.iter().filter(|e| e.time_ms >= since) {
+            kpis.observe(e);
+            n += 1;
+        }
+    }
+    if tail.malformed() > 0 {
+        tracing::warn!(dir = %dir.display(), lines = tail.malformed(), "event-log lines that are not conversation events");
+    }
+    Ok(n)
 }
 
 /// A validated turn or nudge.
@@ -241,6 +283,20 @@ impl ConversationService {
                 tracing::info!(file = %path.display(), saved = n, kept = store.len(), "conversation state restored");
             }
         }
+        let kpis = Arc::new(Kpis::new(config.kpi_hours));
+        let events = match &config.events_log {
+            Some(dir) => {
+                let n = replay_events(dir, &kpis, config.kpi_hours).map_err(StrategyLoadError::Events)?;
+                tracing::info!(dir = %dir.display(), events = n, "KPIs read back from the event log");
+                let cfg = LogConfig::new(
+                    dir,
+                    <ConversationEvent as nudge_records::Record>::PREFIX,
+                    Durability::Interval { ms: 1000 },
+                );
+                Some(EventLog::open(cfg).map_err(StrategyLoadError::Events)?)
+            }
+            None => None,
+        };
         Ok(Self {
             nlu,
             decisions,
@@ -253,6 +309,9 @@ impl ConversationService {
             utc_offset_s: i64::from(config.utc_offset_hours) * 3600,
             max_cart_lines: config.max_cart_lines,
             metrics,
+            experiment: ArcSwapOption::empty(),
+            kpis,
+            events,
         })
     }
 
@@ -263,29 +322,223 @@ impl ConversationService {
         let (intents, sentiments) = self.nlu.labels("")?;
         let new = load_strategy(&self.config, &intents, &sentiments)
             .map_err(|e| RequestError::FailedPrecondition(e.to_string()))?;
+        // A running experiment's arms are rebuilt over the new catalog, or nothing changes.
+        let rebuilt = match self.experiment.load_full() {
+            Some(r) => Some(self.build(r.spec.clone(), r.rules.clone(), &new).map_err(|e| {
+                RequestError::FailedPrecondition(format!(
+                    "experiment `{}`: {e} with the new files; stop the experiment first",
+                    r.spec.id
+                ))
+            })?),
+            None => None,
+        };
         let new = Arc::new(new);
         let old = self.strategy.swap(new.clone());
+        if let Some(r) = rebuilt {
+            self.experiment.store(Some(Arc::new(r)));
+        }
         Ok((old, new))
+    }
+
+    /// Resolves an experiment's arms over `base`: each arm's rules parsed against its catalog
+    /// and the model's labels, each named policy version loaded. An arm that cannot be built is
+    /// refused, naming it.
+    fn build(&self, spec: ExperimentSpec, rules: Vec<Option<String>>, base: &Strategy) -> Result<Running, SpecError> {
+        spec.check()?;
+        if rules.len() != spec.arms.len() {
+            return Err(SpecError {
+                field: "arms".into(),
+                reason: "one rules text (or none) per arm".into(),
+            });
+        }
+        let mut strategies = Vec::new();
+        let mut choosers = Vec::new();
+        for (i, (arm, text)) in spec.arms.iter().zip(&rules).enumerate() {
+            strategies.push(match text {
+                Some(t) => {
+                    let r = self.parse_rules(t, &base.catalog).map_err(|e| SpecError {
+                        field: format!("arms[{i}].rules_version"),
+                        reason: e.to_string(),
+                    })?;
+                    Some(Arc::new(base.with_rules(r)))
+                }
+                None => None,
+            });
+            choosers.push(match &arm.policy {
+                ArmPolicy::Serving => ArmChooser::Serving,
+                ArmPolicy::RulesOnly => ArmChooser::RulesOnly,
+                ArmPolicy::Version(v) => {
+                    ArmChooser::Version(self.decisions.store.version(v).map_err(|e| SpecError {
+                        field: format!("arms[{i}].policy"),
+                        reason: e.to_string(),
+                    })?)
+                }
+            });
+        }
+        Ok(Running {
+            spec,
+            rules,
+            strategies,
+            choosers,
+        })
+    }
+
+    /// Starts serving `spec` (one rules text or none per arm, in arm order); refused while
+    /// another runs.
+    pub fn start_experiment(&self, spec: ExperimentSpec, rules: Vec<Option<String>>) -> Result<(), SpecError> {
+        if let Some(r) = self.experiment.load_full() {
+            return Err(SpecError {
+                field: "id".into(),
+                reason: format!("experiment `{}` is running; stop it first", r.spec.id),
+            });
+        }
+        let running = self.build(spec, rules, &self.strategy.load())?;
+        tracing::info!(id = %running.spec.id, arms = running.spec.arms.len(), "experiment started");
+        self.experiment.store(Some(Arc::new(running)));
+        Ok(())
+    }
+
+    /// Stops the running experiment: every customer gets the serving strategy again.
+    pub fn stop_experiment(&self) -> Option<ExperimentSpec> {
+        self.experiment.swap(None).map(|r| r.spec.clone())
+    }
+
+    /// Serves a policy version stored on this server (an experiment arm shipped).
+    pub fn serve_policy(&self, version: &str) -> Result<String, RequestError> {
+        self.decisions.store.rollback(version)
+    }
+
+    /// Policy versions stored on this server, and the serving one.
+    pub fn policies(&self) -> (Vec<String>, Option<String>) {
+        (
+            self.decisions.store.versions(),
+            self.decisions.store.current().map(|p| p.manifest.version.clone()),
+        )
+    }
+
+    /// The running experiment.
+    pub fn experiment(&self) -> Option<ExperimentSpec> {
+        self.experiment.load().as_ref().map(|r| r.spec.clone())
+    }
+
+    /// The KPIs counted from this server's conversation events.
+    pub fn kpis(&self) -> &Kpis {
+        &self.kpis
+    }
+
+    /// Counts an event and logs it. A failed write is counted and logged, never fails the turn
+    /// (the customer has the answer already).
+    async fn emit(&self, e: ConversationEvent) {
+        self.kpis.observe(&e);
+        let arm = if e.experiment.is_empty() {
+            String::new()
+        } else {
+            format!("{}/{}", e.experiment, e.arm)
+        };
+        let count = |what: &str| {
+            self.metrics
+                .conversation_events
+                .with_label_values(&[what, e.channel.as_str(), arm.as_str()])
+                .inc()
+        };
+        match e.kind {
+            EventKind::Turn | EventKind::Nudge => {
+                count(if e.kind == EventKind::Turn { "turn" } else { "nudge" });
+                if e.turn == 1 {
+                    count("conversation");
+                }
+                if e.resolved {
+                    count("resolved");
+                }
+                if !e.handoff.is_empty() {
+                    count("handoff");
+                }
+                if !e.offer_id.is_empty() {
+                    count("offer");
+                }
+            }
+            EventKind::Outcome => {
+                if let Some(k) = e.outcome {
+                    count(k.name());
+                }
+                if e.revenue_cents > 0 {
+                    self.metrics
+                        .revenue_cents
+                        .with_label_values(&[e.channel.as_str(), arm.as_str()])
+                        .inc_by(e.revenue_cents.unsigned_abs());
+                }
+            }
+        }
+        if let Some(log) = &self.events {
+            if let Err(err) = log.append(&e).await {
+                self.metrics
+                    .conversation_events
+                    .with_label_values(&["not_logged", e.channel.as_str(), arm.as_str()])
+                    .inc();
+                tracing::warn!(error = %err, "a conversation event was not logged (KPIs count it until restart)");
+            }
+        }
+    }
+
+    /// The event of an answered turn or nudge.
+    fn turn_event(
+        &self,
+        kind: EventKind,
+        input: &TurnInput,
+        r: &pb::TurnResponse,
+        resolved: bool,
+        started: Instant,
+    ) -> ConversationEvent {
+        let offer = r.offer.clone().unwrap_or_default();
+        ConversationEvent {
+            schema: EVENT_SCHEMA,
+            id: event_id(),
+            time_ms: now_ms(),
+            kind,
+            conversation_id: input.conversation_id.clone(),
+            customer: self.decisions.pseudonym(&input.customer_id),
+            channel: input.channel.name().to_string(),
+            experiment: r.experiment.clone(),
+            arm: r.arm.clone(),
+            turn: r.state.as_ref().map_or(0, |s| s.turns),
+            resolved,
+            intent: r
+                .nlu
+                .as_ref()
+                .and_then(|u| u.intent.as_ref())
+                .filter(|i| !i.out_of_scope)
+                .map(|i| i.label.clone())
+                .unwrap_or_default(),
+            response_ms: started.elapsed().as_secs_f64() * 1e3,
+            handoff: r.handoff.as_ref().map(|h| h.reason.clone()).unwrap_or_default(),
+            decision_id: offer.decision_id,
+            offer_id: offer.offer_id,
+            policy_version: offer.policy_version,
+            outcome: None,
+            revenue_cents: 0,
+        }
     }
 
     /// Checks rules `text` against the model's labels and the catalog serving now, exactly as a
     /// reload of the rules file would (the console's editor, before anything is written).
     pub fn check_rules(&self, text: &str) -> Result<(), StrategyError> {
+        self.parse_rules(text, &self.strategy.load().catalog).map(drop)
+    }
+
+    fn parse_rules(&self, text: &str, catalog: &Catalog) -> Result<Rules, StrategyError> {
         let (intents, sentiments) = self
             .nlu
             .labels("")
             .map_err(|e| StrategyError::invalid(&self.config.rules, None, "model", e.to_string()))?;
-        let strategy = self.strategy.load();
         Rules::parse(
             &self.config.rules,
             text,
             &Vocabulary {
                 intents: &intents,
                 sentiments: &sentiments,
-                catalog: &strategy.catalog,
+                catalog,
             },
         )
-        .map(drop)
     }
 
     /// The rules file this service reads (the console writes it, then reloads).
@@ -389,6 +642,7 @@ impl ConversationService {
     }
 
     async fn turn_inner(&self, req: pb::TurnRequest) -> Result<pb::TurnResponse, RequestError> {
+        let started = Instant::now();
         let strategy = self.strategy.load_full();
         let input = self.validate(
             &strategy,
@@ -424,7 +678,7 @@ impl ConversationService {
             products: mentions.iter().flat_map(|m| m.skus.iter().cloned()).collect(),
             at_ms: clock.now_ms,
         };
-        let mut response = self
+        let (mut response, resolved) = self
             .decide(&strategy, &input, Some(&facts), Some(&u), negative, clock, m.version())
             .await?;
         u.embedding.clear();
@@ -438,10 +692,13 @@ impl ConversationService {
             })
             .collect();
         response.model_version = m.version().to_string();
+        self.emit(self.turn_event(EventKind::Turn, &input, &response, resolved, started))
+            .await;
         Ok(response)
     }
 
     async fn nudge_inner(&self, req: pb::NudgeRequest) -> Result<pb::TurnResponse, RequestError> {
+        let started = Instant::now();
         let trigger = pb::nudge_request::Trigger::try_from(req.trigger)
             .ok()
             .filter(|t| *t != pb::nudge_request::Trigger::Unspecified)
@@ -458,33 +715,49 @@ impl ConversationService {
         let clock = self.clock();
         let resolved = trigger == pb::nudge_request::Trigger::Resolved;
         let facts = resolved.then(TurnFacts::default);
-        self.decide(&strategy, &input, facts.as_ref(), None, 0.0, clock, "")
-            .await
+        let (response, resolved) = self
+            .decide(&strategy, &input, facts.as_ref(), None, 0.0, clock, "")
+            .await?;
+        self.emit(self.turn_event(EventKind::Nudge, &input, &response, resolved, started))
+            .await;
+        Ok(response)
     }
 
-    /// The shared part of Turn and Nudge: state, plan, choice, commit, record.
+    /// The shared part of Turn and Nudge: the customer's experiment arm, state, plan, choice,
+    /// commit, record. Also says whether this turn resolved the conversation.
     #[allow(clippy::too_many_arguments)]
     async fn decide(
         &self,
-        strategy: &Strategy,
+        base: &Arc<Strategy>,
         input: &TurnInput,
         facts: Option<&TurnFacts>,
         nlu: Option<&Understanding>,
         negative: f32,
         clock: Clock,
         model_version: &str,
-    ) -> Result<pb::TurnResponse, RequestError> {
+    ) -> Result<(pb::TurnResponse, bool), RequestError> {
         let customer = self.decisions.pseudonym(&input.customer_id);
-        let policy = self.decisions.store.current();
+        let serving = self.decisions.store.current();
+        let running = self.experiment.load_full();
+        let (arm, strategy, policy) = match &running {
+            Some(r) => {
+                let (i, s, p) = r.arm(&customer, base, serving);
+                let name = r.spec.arms.get(i).map(|a| a.name.clone()).unwrap_or_default();
+                ((r.spec.id.clone(), name), s, p)
+            }
+            None => ((String::new(), String::new()), base.clone(), serving),
+        };
+        let strategy = &*strategy;
         let decision_id = {
             use rand::Rng;
             format!("{:032x}", rand::rng().random::<u128>())
         };
         // Phase 1, under the lock: the turn into the state, the plan, the policy's choice.
-        let (mut plan, mut conv, picked) = {
+        let (mut plan, mut conv, picked, resolved) = {
             let mut st = self.state.lock().map_err(|_| poisoned())?;
             let State { store, ledger } = &mut *st;
             let conv = store.open(&input.conversation_id, &customer, input.channel, clock.now_ms);
+            let was_resolved = conv.stage == Stage::Resolved;
             match facts {
                 Some(f) if !f.text.is_empty() => conv.observe(
                     f,
@@ -508,7 +781,8 @@ impl ConversationService {
                 };
                 picked = Some((context, candidates, choice, version));
             }
-            (plan, conv.clone(), picked)
+            let resolved = !was_resolved && conv.stage == Stage::Resolved;
+            (plan, conv.clone(), picked, resolved)
         };
         self.dirty.store(true, Ordering::Release);
 
@@ -600,7 +874,7 @@ impl ConversationService {
         if let Some(h) = &handoff {
             self.metrics.handoffs.with_label_values(&[h.reason.as_str()]).inc();
         }
-        Ok(pb::TurnResponse {
+        let response = pb::TurnResponse {
             nlu: None,
             products: Vec::new(),
             state: Some(state_of(&conv)),
@@ -609,7 +883,10 @@ impl ConversationService {
             catalog_version: strategy.catalog.version().to_string(),
             rules_version: strategy.rules.version().to_string(),
             model_version: model_version.to_string(),
-        })
+            experiment: arm.0,
+            arm: arm.1,
+        };
+        Ok((response, resolved))
     }
 
     /// The policy's view: context features and one feature set per candidate.
@@ -709,10 +986,19 @@ impl ConversationService {
     fn outcome_inner(
         &self,
         req: pb::ConversationOutcomeRequest,
-    ) -> Result<pb::ConversationOutcomeResponse, RequestError> {
+    ) -> Result<(pb::ConversationOutcomeResponse, ConversationEvent), RequestError> {
         check_id("conversation_id", &req.conversation_id)?;
         check_id("decision_id", &req.decision_id)?;
         let kind = outcome_kind(req.kind)?;
+        if req.revenue_cents < 0 {
+            return Err(RequestError::invalid("revenue_cents", "must not be negative"));
+        }
+        if req.revenue_cents > 0 && kind != OutcomeKind::Convert {
+            return Err(RequestError::invalid(
+                "revenue_cents",
+                "only a conversion (kind CONVERT) carries revenue",
+            ));
+        }
         let customer = self.decisions.pseudonym(&req.customer_id);
         let mut st = self.state.lock().map_err(|_| poisoned())?;
         let State { store, ledger } = &mut *st;
@@ -726,17 +1012,53 @@ impl ConversationService {
                     req.conversation_id
                 ))
             })?;
-        if !conv.offers.iter().any(|o| o.decision_id == req.decision_id) {
+        let Some(offer) = conv.offers.iter().find(|o| o.decision_id == req.decision_id) else {
             return Err(RequestError::NotFound(format!(
                 "decision_id: `{}` made no offer in this conversation",
                 req.decision_id
             )));
-        }
+        };
+        let offer_id = offer.offer.clone();
         strategy.outcome(conv, &req.decision_id, kind, ledger);
         self.dirty.store(true, Ordering::Release);
-        Ok(pb::ConversationOutcomeResponse {
-            state: Some(state_of(conv)),
-        })
+        // The arm is the customer's, as it is for turns (the KPIs take the turn's when they can).
+        let (experiment, arm) = match self.experiment.load().as_ref() {
+            Some(r) => {
+                let i = r.spec.arm_of(&customer);
+                (
+                    r.spec.id.clone(),
+                    r.spec.arms.get(i).map(|a| a.name.clone()).unwrap_or_default(),
+                )
+            }
+            None => (String::new(), String::new()),
+        };
+        let event = ConversationEvent {
+            schema: EVENT_SCHEMA,
+            id: event_id(),
+            time_ms: now_ms(),
+            kind: EventKind::Outcome,
+            conversation_id: req.conversation_id.clone(),
+            channel: conv.channel.name().to_string(),
+            customer,
+            experiment,
+            arm,
+            turn: 0,
+            resolved: false,
+            intent: String::new(),
+            response_ms: 0.0,
+            handoff: String::new(),
+            decision_id: req.decision_id.clone(),
+            offer_id,
+            policy_version: String::new(),
+            outcome: Some(kind),
+            revenue_cents: req.revenue_cents,
+        };
+        Ok((
+            pb::ConversationOutcomeResponse {
+                state: Some(state_of(conv)),
+            },
+            event,
+        ))
     }
 }
 
@@ -778,6 +1100,11 @@ impl pb::strategy_admin_server::StrategyAdmin for StrategyAdminService {
         }
         finish(&self.metrics, "ReloadStrategy", start, r)
     }
+}
+
+fn event_id() -> String {
+    use rand::Rng;
+    format!("{:032x}", rand::rng().random::<u128>())
 }
 
 fn poisoned() -> RequestError {
@@ -851,7 +1178,13 @@ impl pb::conversations_server::Conversations for ConversationService {
         request: Request<pb::ConversationOutcomeRequest>,
     ) -> Result<Response<pb::ConversationOutcomeResponse>, Status> {
         let start = Instant::now();
-        let r = self.outcome_inner(request.into_inner());
+        let r = match self.outcome_inner(request.into_inner()) {
+            Ok((response, event)) => {
+                self.emit(event).await;
+                Ok(response)
+            }
+            Err(e) => Err(e),
+        };
         finish(&self.metrics, "ConversationOutcome", start, r)
     }
 }

@@ -21,6 +21,8 @@ pub mod console;
 mod conversations;
 mod decide;
 mod error;
+pub mod experiment;
+pub mod kpi;
 mod memory;
 pub mod metrics;
 mod model_admin;

@@ -41,6 +41,13 @@ pub struct Metrics {
     pub cluster_events: IntCounterVec,
     /// `nudge_cluster_backlog`: decisions logged here and not yet acknowledged by the stream.
     pub cluster_backlog: IntGaugeVec,
+    /// `nudge_conversation_events_total{event, channel, arm}` (Conversations): `turn`, `nudge`,
+    /// `conversation` (started), `resolved`, `handoff`, `offer`, and the outcome kinds
+    /// (`shown`, `click`, `add_to_cart`, `convert`, `decline`, `opt_out`, `complaint`);
+    /// `not_logged` counts events the event log failed to keep. `arm` is `experiment/arm`.
+    pub conversation_events: IntCounterVec,
+    /// `nudge_revenue_cents_total{channel, arm}`: revenue of reported conversions.
+    pub revenue_cents: IntCounterVec,
 }
 
 impl Metrics {
@@ -127,6 +134,17 @@ impl Metrics {
             ),
             &["stream"],
         );
+        let conversation_events = IntCounterVec::new(
+            Opts::new(
+                "nudge_conversation_events_total",
+                "Conversation events (turns, conversations started and resolved, hand-offs, offers, outcomes) by channel and experiment arm",
+            ),
+            &["event", "channel", "arm"],
+        );
+        let revenue_cents = IntCounterVec::new(
+            Opts::new("nudge_revenue_cents_total", "Revenue of reported conversions, in cents"),
+            &["channel", "arm"],
+        );
         // The definitions are constants; prometheus rejects only malformed names or buckets.
         const OK: &str = "static metric definition";
         let m = Self {
@@ -145,6 +163,8 @@ impl Metrics {
             handoffs: handoffs.expect(OK),
             cluster_events: cluster_events.expect(OK),
             cluster_backlog: cluster_backlog.expect(OK),
+            conversation_events: conversation_events.expect(OK),
+            revenue_cents: revenue_cents.expect(OK),
         };
         for c in [
             Box::new(m.requests.clone()) as Box<dyn prometheus::core::Collector>,
@@ -161,6 +181,8 @@ impl Metrics {
             Box::new(m.handoffs.clone()),
             Box::new(m.cluster_events.clone()),
             Box::new(m.cluster_backlog.clone()),
+            Box::new(m.conversation_events.clone()),
+            Box::new(m.revenue_cents.clone()),
         ] {
             // Names are fixed and distinct, so registration cannot collide.
             let _ = m.registry.register(c);

@@ -175,6 +175,7 @@ async fn a_conversation_gets_a_priced_offer_then_a_cool_down_and_bad_input_is_na
             customer_id: "customer-of-c1".into(),
             decision_id: o.decision_id.clone(),
             kind: pb::OutcomeKind::Decline as i32,
+            revenue_cents: 0,
         })
         .await
         .unwrap()
@@ -286,6 +287,7 @@ async fn a_conversation_gets_a_priced_offer_then_a_cool_down_and_bad_input_is_na
             customer_id: "x".into(),
             decision_id: "d".into(),
             kind: pb::OutcomeKind::Decline as i32,
+            revenue_cents: 0,
         })
         .await
         .unwrap_err();
@@ -346,6 +348,7 @@ async fn conversations_caps_and_opt_outs_survive_a_restart() {
         customer_id: "customer-of-p1".into(),
         decision_id: decision,
         kind: pb::OutcomeKind::Decline as i32,
+        revenue_cents: 0,
     })
     .await
     .unwrap();
@@ -355,6 +358,7 @@ async fn conversations_caps_and_opt_outs_survive_a_restart() {
         customer_id: "customer-of-p2".into(),
         decision_id: r.offer.unwrap().decision_id,
         kind: pb::OutcomeKind::OptOut as i32,
+        revenue_cents: 0,
     })
     .await
     .unwrap();

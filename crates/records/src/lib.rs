@@ -12,12 +12,14 @@
 
 pub mod change;
 pub mod decision;
+pub mod event;
 mod log;
 pub mod outcome;
 mod tail;
 
 pub use change::{ChangeRecord, CHANGE_SCHEMA};
 pub use decision::{DecisionRecord, LoggedOffer, DECISION_SCHEMA};
+pub use event::{ConversationEvent, EventKind, EVENT_SCHEMA};
 pub use log::{segments, Durability, EventLog, LogConfig, LogError};
 pub use outcome::{OutcomeKind, OutcomeRecord, OutcomeTotals, RewardField, OUTCOME_SCHEMA};
 pub use tail::{read_all, Cursor, Malformed, Tailer};

@@ -39,6 +39,19 @@ impl OutcomeKind {
         OutcomeKind::Complaint,
     ];
 
+    /// The kind's name as records spell it (`add_to_cart`).
+    pub fn name(self) -> &'static str {
+        match self {
+            OutcomeKind::Shown => "shown",
+            OutcomeKind::Click => "click",
+            OutcomeKind::AddToCart => "add_to_cart",
+            OutcomeKind::Convert => "convert",
+            OutcomeKind::Decline => "decline",
+            OutcomeKind::OptOut => "opt_out",
+            OutcomeKind::Complaint => "complaint",
+        }
+    }
+
     /// The reward field one event of this kind counts towards.
     pub fn counted_as(self) -> RewardField {
         match self {

@@ -346,6 +346,11 @@ async fn report(
                 customer_id: customer_id.to_string(),
                 decision_id: decision_id.to_string(),
                 kind,
+                revenue_cents: if e.kind == OutcomeKind::Convert {
+                    e.revenue.max(0)
+                } else {
+                    0
+                },
             })
             .await
             .map_err(rpc("Conversations/Outcome"))?;

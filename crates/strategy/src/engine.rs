@@ -26,8 +26,20 @@ pub struct Strategy {
     pub rules: Rules,
     /// The limits nobody lifts.
     pub guardrails: Guardrails,
-    /// The catalog's names, compiled.
-    pub linker: SkuLinker,
+    /// The catalog's names, compiled (shared by the strategies of experiment arms).
+    pub linker: std::sync::Arc<SkuLinker>,
+}
+
+impl Strategy {
+    /// The same catalog, guardrails and linker with other rules (an experiment arm's).
+    pub fn with_rules(&self, rules: Rules) -> Strategy {
+        Strategy {
+            catalog: self.catalog.clone(),
+            rules,
+            guardrails: self.guardrails.clone(),
+            linker: self.linker.clone(),
+        }
+    }
 }
 
 /// Who the customer is, as the request says.

@@ -106,7 +106,7 @@ fn strategy(guardrails: Guardrails) -> Strategy {
         catalog,
         rules,
         guardrails,
-        linker,
+        linker: linker.into(),
     }
 }
 

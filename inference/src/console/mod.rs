@@ -12,6 +12,8 @@
 //!
 //! Sign-in sets an `HttpOnly`, `SameSite=Strict` session cookie; every change is a JSON `POST`
 //! (a form on another site can send neither), and a viewer's changes are refused.
+mod experiments;
+mod kpis;
 mod rules;
 mod users;
 
@@ -158,6 +160,9 @@ struct Console {
     editing: Mutex<()>,
     changes: EventLog,
     recent: Mutex<VecDeque<ChangeRecord>>,
+    experiments: experiments::Experiments,
+    /// One experiment start or stop at a time.
+    experimenting: Mutex<()>,
 }
 
 fn now_ms() -> u64 {
@@ -412,6 +417,204 @@ async fn audit(State(c): Shared, headers: HeaderMap) -> Result<Json<Vec<ChangeRe
     Ok(Json(r.iter().rev().cloned().collect()))
 }
 
+async fn experiments_page(State(c): Shared, headers: HeaderMap) -> Result<Json<serde_json::Value>, ApiError> {
+    c.session(&headers)?;
+    let c2 = c.clone();
+    blocking(move || {
+        let all = c2.experiments.all()?;
+        let running = all.iter().find(|e| e.stopped_ms.is_none()).map(|e| {
+            serde_json::json!({
+                "spec": e.spec,
+                "results": experiments::results(&e.spec, c2.conversations.kpis(), now_ms()),
+                "serving": c2.conversations.experiment().is_some_and(|s| s.id == e.spec.id),
+            })
+        });
+        let past: Vec<_> = all.iter().rev().filter(|e| e.stopped_ms.is_some()).cloned().collect();
+        let (policies, serving_policy) = c2.conversations.policies();
+        Ok(Json(serde_json::json!({
+            "running": running,
+            "past": past,
+            "rules_versions": c2.rules.list()?,
+            "policies": policies,
+            "serving_policy": serving_policy,
+        })))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+struct StartExperiment {
+    name: String,
+    arms: Vec<experiments::ArmForm>,
+}
+
+async fn start_experiment(
+    State(c): Shared,
+    headers: HeaderMap,
+    Json(req): Json<StartExperiment>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let s = c.session(&headers)?;
+    s.may_edit()?;
+    let (c2, user) = (c.clone(), s.user.clone());
+    let spec = blocking(move || {
+        let _one = c2.experimenting.lock().map_err(|_| ApiError::poisoned())?;
+        let mut all = c2.experiments.all()?;
+        if let Some(r) = all.iter().find(|e| e.stopped_ms.is_none()) {
+            return Err(ApiError::invalid(
+                "name",
+                format!("experiment `{}` ({}) is running; stop it first", r.spec.id, r.spec.name),
+            ));
+        }
+        let mut texts = Vec::new();
+        for (i, a) in req.arms.iter().enumerate() {
+            texts.push(match a.rules_version {
+                Some(v) => Some(
+                    c2.rules
+                        .get(v)
+                        .map_err(|_| {
+                            ApiError::invalid(&format!("arms[{i}].rules_version"), format!("no rules version {v}"))
+                        })?
+                        .text,
+                ),
+                None => None,
+            });
+        }
+        let spec = crate::experiment::ExperimentSpec {
+            id: format!("exp-{}", all.len() + 1),
+            name: req.name.trim().to_string(),
+            salt: hex::encode(rand::random::<[u8; 8]>()),
+            arms: req
+                .arms
+                .iter()
+                .map(|a| crate::experiment::ArmSpec {
+                    name: a.name.trim().to_string(),
+                    weight: a.weight,
+                    rules_version: a.rules_version,
+                    policy: a.policy(),
+                })
+                .collect(),
+            started_ms: now_ms(),
+            started_by: user,
+        };
+        c2.conversations
+            .start_experiment(spec.clone(), texts)
+            .map_err(|e| ApiError::invalid(&e.field, e.reason))?;
+        all.push(experiments::Stored {
+            spec: spec.clone(),
+            stopped_ms: None,
+            stopped_by: String::new(),
+            shipped: None,
+            results: None,
+        });
+        if let Err(e) = c2.experiments.save(all) {
+            c2.conversations.stop_experiment();
+            return Err(e);
+        }
+        Ok(spec)
+    })
+    .await?;
+    c.record(
+        &s.user,
+        s.role.name(),
+        "experiment.start",
+        "experiment",
+        spec.id.clone(),
+        spec.name.clone(),
+    )
+    .await;
+    Ok(Json(serde_json::json!({"id": spec.id})))
+}
+
+#[derive(Deserialize)]
+struct StopExperiment {
+    /// The arm to ship, if any.
+    #[serde(default)]
+    ship: Option<String>,
+}
+
+async fn stop_experiment(
+    State(c): Shared,
+    headers: HeaderMap,
+    Json(req): Json<StopExperiment>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let s = c.session(&headers)?;
+    s.may_edit()?;
+    let (c2, user) = (c.clone(), s.user.clone());
+    let ship = req.ship.clone();
+    let (id, shipped_rules) = blocking(move || {
+        let _one = c2.experimenting.lock().map_err(|_| ApiError::poisoned())?;
+        let mut all = c2.experiments.all()?;
+        let e = all
+            .iter_mut()
+            .find(|e| e.stopped_ms.is_none())
+            .ok_or_else(|| ApiError::NotFound("no experiment is running".into()))?;
+        let results = experiments::results(&e.spec, c2.conversations.kpis(), now_ms());
+        // What shipping writes, checked before anything changes.
+        let arm = match &ship {
+            Some(name) => Some(
+                e.spec
+                    .arms
+                    .iter()
+                    .find(|a| &a.name == name)
+                    .cloned()
+                    .ok_or_else(|| ApiError::invalid("ship", format!("no arm named `{name}`")))?,
+            ),
+            None => None,
+        };
+        if let Some(a) = &arm {
+            if a.policy == crate::experiment::ArmPolicy::RulesOnly {
+                return Err(ApiError::invalid(
+                    "ship",
+                    format!(
+                        "arm `{}` served no learned policy; there is no such version to serve",
+                        a.name
+                    ),
+                ));
+            }
+        }
+        let mut shipped_rules = None;
+        if let Some(a) = &arm {
+            if let Some(v) = a.rules_version {
+                let text = c2.rules.get(v)?.text;
+                let note = format!("shipped arm {} of experiment {} (rules version {v})", a.name, e.spec.id);
+                shipped_rules = Some(c2.apply(&text, &user, &note)?);
+            }
+            if let crate::experiment::ArmPolicy::Version(p) = &a.policy {
+                c2.conversations
+                    .serve_policy(p)
+                    .map_err(|err| ApiError::invalid("ship", err.to_string()))?;
+            }
+        }
+        c2.conversations.stop_experiment();
+        e.stopped_ms = Some(now_ms());
+        e.stopped_by = user;
+        e.shipped = ship;
+        e.results = Some(results);
+        let id = e.spec.id.clone();
+        c2.experiments.save(all)?;
+        Ok((id, shipped_rules))
+    })
+    .await?;
+    let (action, note) = match &req.ship {
+        Some(arm) => ("experiment.ship", format!("arm {arm}")),
+        None => ("experiment.stop", String::new()),
+    };
+    c.record(&s.user, s.role.name(), action, "experiment", id.clone(), note)
+        .await;
+    if let Some(n) = shipped_rules {
+        c.record(
+            &s.user,
+            s.role.name(),
+            "rules.save",
+            "rules",
+            n.to_string(),
+            format!("shipped from {id}"),
+        )
+        .await;
+    }
+    Ok(Json(serde_json::json!({"id": id, "rules_version": shipped_rules})))
+}
+
 /// A running console.
 pub(crate) struct RunningConsole {
     pub addr: SocketAddr,
@@ -437,6 +640,23 @@ pub(crate) async fn start(
         Durability::Always,
     ))
     .map_err(|e| ConsoleError::Store(e.to_string()))?;
+    let experiments = experiments::Experiments::open(&cfg.dir).map_err(store)?;
+    // A running experiment is served again (its customers, from the event log, are counted).
+    if let Some(e) = experiments.running().map_err(store)? {
+        let texts = e
+            .spec
+            .arms
+            .iter()
+            .map(|a| a.rules_version.map(|v| rules.get(v).map(|r| r.text)).transpose())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(store)?;
+        match conversations.start_experiment(e.spec.clone(), texts) {
+            Ok(()) => tracing::info!(id = %e.spec.id, "the running experiment is served again"),
+            Err(err) => {
+                tracing::error!(id = %e.spec.id, error = %err, "the running experiment cannot be served again; stop it in the console")
+            }
+        }
+    }
     let console = Arc::new(Console {
         users,
         sessions: Sessions::new(Duration::from_secs(cfg.session_minutes.max(1) * 60)),
@@ -445,6 +665,8 @@ pub(crate) async fn start(
         editing: Mutex::new(()),
         changes,
         recent: Mutex::new(recent),
+        experiments,
+        experimenting: Mutex::new(()),
     });
     let app = Router::new()
         .route("/", get(|| async { Html(PAGE) }))
@@ -456,6 +678,10 @@ pub(crate) async fn start(
         .route("/api/rules/rollback", post(rollback_rules))
         .route("/api/rules/diff", get(diff_rules))
         .route("/api/audit", get(audit))
+        .route("/api/experiments", get(experiments_page).post(start_experiment))
+        .route("/api/experiments/stop", post(stop_experiment))
+        .route("/api/kpis", get(kpis::kpis))
+        .route("/api/kpis.csv", get(kpis::kpis_csv))
         .with_state(console);
     let listener = tokio::net::TcpListener::bind(cfg.addr)
         .await

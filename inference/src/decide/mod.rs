@@ -147,6 +147,14 @@ impl PolicyStore {
         Ok(prev.map(|p| p.manifest.version.clone()).unwrap_or_default())
     }
 
+    /// A version stored here, loaded (an experiment arm's), without serving it.
+    pub fn version(&self, version: &str) -> Result<Arc<PolicyVersion>, RequestError> {
+        self.registry.load(version).map(Arc::new).map_err(|e| match e {
+            PolicyError::Invalid { reason, .. } => RequestError::invalid("version", reason),
+            other => RequestError::Internal(other.to_string()),
+        })
+    }
+
     /// Versions stored here.
     pub fn versions(&self) -> Vec<String> {
         self.registry.versions()

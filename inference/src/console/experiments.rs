@@ -1,0 +1,253 @@
+//! Experiments in the console: started, watched and stopped (or shipped) by operators.
+//!
+//! Every experiment ever started is kept in `<dir>/experiments.json` (written atomically) with
+//! its definition, who started and stopped it, and — once stopped — its results as they were
+//! then; a running one is served again after a restart. The results are computed from the KPIs
+//! (`crate::kpi`), which the server rebuilds from its event log, so a restart loses neither the
+//! experiment nor its customers.
+//!
+//! Shipping an arm writes what the arm served: its rules version becomes a new current rules
+//! version (through the same checks and change log as an edit), its policy version becomes the
+//! serving policy. An arm that served no learned policy cannot be shipped from here: there is
+//! no "no policy" version to serve.
+use super::{rules, ApiError};
+use crate::experiment::{sequential, srm_p_value, ArmPolicy, ExperimentSpec, Sample, Sequential};
+use crate::kpi::{ArmSamples, Dimension, Kpis, Rates};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// The verdicts' error rate.
+pub(crate) const ALPHA: f64 = 0.05;
+/// A split this unlikely by chance is a sample-ratio mismatch.
+pub(crate) const SRM_P: f64 = 0.001;
+
+/// One experiment in the store.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Stored {
+    pub spec: ExperimentSpec,
+    /// Unix ms; `None` while it runs.
+    pub stopped_ms: Option<u64>,
+    #[serde(default)]
+    pub stopped_by: String,
+    /// The arm shipped when it stopped, if one was.
+    #[serde(default)]
+    pub shipped: Option<String>,
+    /// The results when it stopped.
+    #[serde(default)]
+    pub results: Option<Results>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct StoreFile {
+    format: u32,
+    experiments: Vec<Stored>,
+}
+
+/// `<dir>/experiments.json`.
+pub(crate) struct Experiments {
+    path: PathBuf,
+}
+
+impl Experiments {
+    pub(crate) fn open(dir: &Path) -> Result<Self, ApiError> {
+        std::fs::create_dir_all(dir).map_err(|e| ApiError::Internal(format!("{}: {e}", dir.display())))?;
+        let me = Self {
+            path: dir.join("experiments.json"),
+        };
+        me.all()?;
+        Ok(me)
+    }
+
+    /// Every experiment, oldest first.
+    pub(crate) fn all(&self) -> Result<Vec<Stored>, ApiError> {
+        match std::fs::read(&self.path) {
+            Ok(b) => serde_json::from_slice::<StoreFile>(&b)
+                .map(|f| f.experiments)
+                .map_err(|e| ApiError::Internal(format!("{}: {e}", self.path.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(ApiError::Internal(format!("{}: {e}", self.path.display()))),
+        }
+    }
+
+    pub(crate) fn save(&self, experiments: Vec<Stored>) -> Result<(), ApiError> {
+        let file = StoreFile { format: 1, experiments };
+        let bytes = serde_json::to_vec_pretty(&file).map_err(|e| ApiError::Internal(e.to_string()))?;
+        rules::write_atomic(&self.path, &bytes)
+    }
+
+    /// The running one, if any.
+    pub(crate) fn running(&self) -> Result<Option<Stored>, ApiError> {
+        Ok(self.all()?.into_iter().find(|e| e.stopped_ms.is_none()))
+    }
+}
+
+/// One arm's results.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct ArmResult {
+    pub arm: String,
+    pub weight: u32,
+    /// Customers (the unit of the split).
+    pub customers: u64,
+    /// Share of customers who bought, with its 95 % interval.
+    pub conversion: f64,
+    pub conversion_low: f64,
+    pub conversion_high: f64,
+    /// Revenue per customer, with its 95 % interval.
+    pub revenue_per_customer: f64,
+    pub revenue_low: f64,
+    pub revenue_high: f64,
+    /// Turn-level rates of the arm (offers, accepts, hand-offs, complaints…).
+    pub rates: Rates,
+    /// Against the control, valid at any look (None for the control, or too few customers).
+    pub conversion_vs_control: Option<Seq>,
+    pub revenue_vs_control: Option<Seq>,
+}
+
+/// [`Sequential`], stored.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub(crate) struct Seq {
+    pub diff: f64,
+    pub low: f64,
+    pub high: f64,
+    pub p_value: f64,
+}
+
+impl From<Sequential> for Seq {
+    fn from(s: Sequential) -> Self {
+        Seq {
+            diff: s.diff,
+            low: s.low,
+            high: s.high,
+            p_value: s.p_value,
+        }
+    }
+}
+
+/// An experiment's results at one look.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Results {
+    pub computed_ms: u64,
+    pub arms: Vec<ArmResult>,
+    /// The χ² p-value of the split against the weights.
+    pub srm_p_value: f64,
+    /// `srm_p_value` < [`SRM_P`]: the split is broken and no comparison can be trusted.
+    pub srm: bool,
+    /// What an operator should read from it, in words.
+    pub verdict: String,
+}
+
+/// The results of `spec` from `kpis` now.
+pub(crate) fn results(spec: &ExperimentSpec, kpis: &Kpis, now_ms: u64) -> Results {
+    let samples = kpis.arms(&spec.id);
+    let rows = kpis.totals(Dimension::Arm, spec.started_ms, now_ms.saturating_add(1));
+    let sample_of = |arm: &str| -> ArmSamples {
+        samples
+            .iter()
+            .find(|s| s.arm == arm)
+            .cloned()
+            .unwrap_or_else(|| ArmSamples {
+                arm: arm.to_string(),
+                customers: 0,
+                converted: Sample::default(),
+                revenue: Sample::default(),
+                offers: Sample::default(),
+            })
+    };
+    let control = sample_of(&spec.arms[0].name);
+    let arms: Vec<ArmResult> = spec
+        .arms
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let s = sample_of(&a.name);
+            let (cl, ch) = s.converted.interval95();
+            let (rl, rh) = s.revenue.interval95();
+            let key = format!("{}/{}", spec.id, a.name);
+            ArmResult {
+                arm: a.name.clone(),
+                weight: a.weight,
+                customers: s.customers,
+                conversion: s.converted.mean,
+                conversion_low: cl.max(0.0),
+                conversion_high: ch.min(1.0),
+                revenue_per_customer: s.revenue.mean,
+                revenue_low: rl,
+                revenue_high: rh,
+                rates: rows.iter().find(|r| r.key == key).map(|r| r.rates).unwrap_or_default(),
+                conversion_vs_control: (i > 0)
+                    .then(|| sequential(&control.converted, &s.converted, ALPHA).map(Seq::from))
+                    .flatten(),
+                revenue_vs_control: (i > 0)
+                    .then(|| sequential(&control.revenue, &s.revenue, ALPHA).map(Seq::from))
+                    .flatten(),
+            }
+        })
+        .collect();
+    let observed: Vec<u64> = arms.iter().map(|a| a.customers).collect();
+    let weights: Vec<u32> = spec.arms.iter().map(|a| a.weight).collect();
+    let srm_p_value = srm_p_value(&observed, &weights);
+    let srm = srm_p_value < SRM_P;
+    let verdict = verdict(&arms, srm, srm_p_value);
+    Results {
+        computed_ms: now_ms,
+        arms,
+        srm_p_value,
+        srm,
+        verdict,
+    }
+}
+
+fn verdict(arms: &[ArmResult], srm: bool, srm_p: f64) -> String {
+    if srm {
+        return format!(
+            "Sample-ratio mismatch (p = {srm_p:.2e}): customers are not split as the weights say. Find why before reading any result."
+        );
+    }
+    let control = &arms[0].arm;
+    let mut said = Vec::new();
+    for a in &arms[1..] {
+        match a.conversion_vs_control {
+            Some(s) if s.p_value < ALPHA => said.push(format!(
+                "{} converts {} than {control} by {:+.1} points (always-valid 95 % interval {:+.1} to {:+.1}, p = {:.3})",
+                a.arm,
+                if s.diff > 0.0 { "better" } else { "worse" },
+                100.0 * s.diff,
+                100.0 * s.low,
+                100.0 * s.high,
+                s.p_value
+            )),
+            Some(s) => said.push(format!(
+                "{} vs {control}: no difference shown yet ({:+.1} points, interval {:+.1} to {:+.1}, p = {:.2}); keep it running",
+                a.arm,
+                100.0 * s.diff,
+                100.0 * s.low,
+                100.0 * s.high,
+                s.p_value
+            )),
+            None => said.push(format!("{}: too few customers yet", a.arm)),
+        }
+    }
+    said.join(". ") + "."
+}
+
+/// An arm as the console's form sends it.
+#[derive(Debug, Deserialize)]
+pub(crate) struct ArmForm {
+    pub name: String,
+    pub weight: u32,
+    #[serde(default)]
+    pub rules_version: Option<u32>,
+    /// `serving`, `rules_only`, or a policy version.
+    #[serde(default)]
+    pub policy: String,
+}
+
+impl ArmForm {
+    pub(crate) fn policy(&self) -> ArmPolicy {
+        match self.policy.as_str() {
+            "" | "serving" => ArmPolicy::Serving,
+            "rules_only" => ArmPolicy::RulesOnly,
+            v => ArmPolicy::Version(v.to_string()),
+        }
+    }
+}
