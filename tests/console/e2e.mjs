@@ -1,6 +1,6 @@
 // Drives the operator console in headless Chromium, one step per run (tests/console.rs checks
 // what each step did through gRPC and the change log in between):
-//   node tests/console/e2e.mjs <edit|viewer|rollback> <console url> <screenshot dir>
+//   node tests/console/e2e.mjs <edit|viewer|rollback|experiment-start|experiment-verdict> <console url> <screenshot dir>
 // Exits non-zero, saying why, when the page does not behave.
 import { chromium } from "playwright-core";
 import assert from "node:assert/strict";
@@ -109,6 +109,59 @@ try {
     const log = await page.textContent("#audit");
     for (const want of ["rules.rollback", "rules.save", "login_failed"]) assert.ok(log.includes(want), `${want} in the change log`);
     await shot("2-change-log");
+  } else if (step === "experiment-start") {
+    await login("ana", "ana's long password");
+    await page.waitForSelector("#whoami:has-text('ana · editor')");
+    await page.click("#tab-experiments");
+    await page.waitForSelector("#exp-form tbody tr:nth-child(2)");
+    await page.fill("#exp-name", "care bundle for regular customers");
+    const b = page.locator("#exp-form tbody tr").nth(1);
+    await b.locator(".arm-rules").selectOption("2");
+    // A weight of 0 is refused, naming the field.
+    await b.locator(".arm-weight").fill("0");
+    await page.click("#exp-start");
+    await page.waitForSelector("#exp-form-error.bad");
+    assert.match(await page.textContent("#exp-form-error"), /arms\[1\]\.weight/);
+    await b.locator(".arm-weight").fill("1");
+    await page.click("#exp-start");
+    await page.waitForSelector("#exp-running:not([hidden])");
+    assert.match(await page.textContent("#exp-title"), /care bundle for regular customers \(exp-1\)/);
+    await shot("1-started");
+  } else if (step === "experiment-verdict") {
+    await login("ana", "ana's long password");
+    await page.waitForSelector("#whoami:has-text('ana · editor')");
+    await page.click("#tab-experiments");
+    await page.waitForSelector("#exp-arms tbody tr[data-arm='B']");
+    assert.match(await page.textContent("#exp-srm"), /split as the weights say/);
+    const verdict = await page.textContent("#exp-verdict");
+    assert.match(verdict, /B converts better than A/, verdict);
+    const p = Number(await page.textContent("#exp-arms tr[data-arm='B'] td.p-value"));
+    assert.ok(p < 0.05, `p = ${p}`);
+    await shot("1-verdict");
+
+    // The KPIs moved: the care bundle's purchases, by offer, in the table, the chart and the CSV.
+    await page.click("#tab-kpis");
+    await page.selectOption("#kpi-metric", "conversions");
+    await page.selectOption("#kpi-group", "offer");
+    await page.waitForSelector("#kpi-table tbody tr[data-key='care_bundle']");
+    const cells = await page.$$eval("#kpi-table tbody tr[data-key='care_bundle'] td", (tds) => tds.map((t) => t.textContent));
+    assert.ok(Number(cells[1]) > 100, `care bundle turns ${cells[1]}`);
+    assert.ok(parseFloat(cells[7]) > 25, `care bundle conversion ${cells[7]}`);
+    await page.waitForSelector("#kpi-chart polyline[data-key='care_bundle']");
+    const csv = await page.evaluate(async () => (await fetch("/api/kpis.csv?group=arm&hours=1")).text());
+    assert.match(csv.split("\n")[0], /^start_ms,group,key,turns,/);
+    assert.match(csv, /exp-1\/B/);
+    await shot("2-kpis");
+
+    // Ship B: its rules become the live rules, and the experiment ends.
+    await page.click("#tab-experiments");
+    await page.waitForSelector("#exp-arms tbody tr[data-arm='B']");
+    page.once("dialog", (d) => d.accept());
+    await page.click("#exp-arms tr[data-arm='B'] button.ship");
+    await page.waitForSelector("#exp-past tbody tr[data-id='exp-1']");
+    assert.match(await page.textContent("#exp-past"), /shipped B/);
+    assert.ok(await page.isHidden("#exp-running"));
+    await shot("3-shipped");
   } else {
     throw new Error(`unknown step ${step}`);
   }

@@ -34,7 +34,9 @@ pub fn example_shop_config(var: &std::path::Path) -> nudge_inference::ServeConfi
     let d = config.decisions.as_mut().unwrap();
     d.policy_registry = var.join("policies");
     d.decision_log = var.join("decisions");
-    config.strategy.as_mut().unwrap().guardrails.quiet_hours = None;
+    let s = config.strategy.as_mut().unwrap();
+    s.guardrails.quiet_hours = None;
+    s.events_log = Some(var.join("events"));
     config
 }
 
