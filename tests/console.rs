@@ -7,10 +7,15 @@
 //! edited rules against the live ones, simulated customers converse and buy (more often with the
 //! care bundle), the page shows the split as sound, the verdict with its always-valid interval
 //! and the KPIs moved — table, chart and CSV — and the editor ships the winner, which the next
-//! `Turn` follows. The change log on disk names who did what. Screenshots go to
+//! `Turn` follows. A viewer browses the catalog, the policy versions and the conversations —
+//! one whose id and text hold a phone number and an e-mail shows them masked, and the page holds
+//! neither — and the editor serves an older policy version. The change log on disk names who did
+//! what. Screenshots go to
 //! `target/console-screenshots/`. Needs `cargo run --release -- models fetch`.
 #[path = "../inference/tests/common/mod.rs"]
 mod common;
+#[path = "support/cluster.rs"]
+mod support;
 use common::channel;
 use nudge_proto::v1 as pb;
 use nudge_records::{ChangeRecord, ConversationEvent, EventKind};
@@ -316,5 +321,40 @@ async fn an_operator_edits_a_rule_sees_it_live_and_rolls_it_back_in_a_browser() 
         .iter()
         .filter(in_test)
         .all(|e| e.experiment == "exp-1" && (e.arm == "A" || e.arm == "B")));
+
+    // Browsing: two policy versions (pol-2 serving) and a conversation with personal data.
+    let mut admin = pb::policy_admin_client::PolicyAdminClient::new(channel(server.admin_addr).await);
+    for v in ["pol-1", "pol-2"] {
+        admin.load_policy(support::operator_version(v)).await.unwrap();
+    }
+    let mut c = pb::conversations_client::ConversationsClient::new(channel(server.grpc_addr).await);
+    c.turn(pb::TurnRequest {
+        conversation_id: "call-13812345678".into(),
+        customer_id: "cust-pii".into(),
+        channel: "phone".into(),
+        text: "My number is 13812345678 and my mail li.lei@example.com, where is my order?".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    browser_step(&script, "browse", &url, &shots);
+    browser_step(&script, "policy-rollback", &url, &shots);
+    let listed = admin
+        .list_policies(pb::ListPoliciesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.serving_version, "pol-1");
+    let (log, _) = nudge_records::read_all::<ChangeRecord>(&var.path().join("console/changes")).unwrap();
+    let last = log.last().unwrap();
+    assert_eq!(
+        (
+            last.user.as_str(),
+            last.action.as_str(),
+            last.version.as_str(),
+            last.note.as_str()
+        ),
+        ("ana", "policy.rollback", "pol-1", "was pol-2")
+    );
     server.shutdown().await.unwrap();
 }

@@ -403,17 +403,23 @@ impl ConversationService {
         self.experiment.swap(None).map(|r| r.spec.clone())
     }
 
-    /// Serves a policy version stored on this server (an experiment arm shipped).
-    pub fn serve_policy(&self, version: &str) -> Result<String, RequestError> {
-        self.decisions.store.rollback(version)
+    /// The conversations kept now, most recently active first (at most `limit`); their texts
+    /// were masked when they were kept.
+    pub fn conversations(&self, limit: usize) -> Vec<Conversation> {
+        let Ok(st) = self.state.lock() else { return Vec::new() };
+        let mut v: Vec<&Conversation> = st.store.iter().collect();
+        v.sort_by(|a, b| b.last_active_ms.cmp(&a.last_active_ms).then(a.id.cmp(&b.id)));
+        v.into_iter().take(limit).cloned().collect()
     }
 
-    /// Policy versions stored on this server, and the serving one.
-    pub fn policies(&self) -> (Vec<String>, Option<String>) {
-        (
-            self.decisions.store.versions(),
-            self.decisions.store.current().map(|p| p.manifest.version.clone()),
-        )
+    /// One kept conversation.
+    pub fn conversation(&self, id: &str) -> Option<Conversation> {
+        self.state.lock().ok().and_then(|st| st.store.get(id).cloned())
+    }
+
+    /// The catalog serving now.
+    pub fn strategy(&self) -> Arc<Strategy> {
+        self.strategy.load_full()
     }
 
     /// The running experiment.

@@ -354,6 +354,7 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
             Some((svc, Duration::from_secs(sc.snapshot_every_seconds.max(1))))
         }
     };
+    let policy_admin = decisions.as_ref().map(|(_, a)| a.clone());
     let (decide_svc, admin_svc) = match decisions {
         Some((d, a)) => (
             Some(InterceptedService::new(DecisionsServer::from_arc(d), auth.clone())),
@@ -399,7 +400,7 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
     let console = match (&config.console, &conversations) {
         (None, _) => None,
         (Some(_), None) => return Err(crate::console::ConsoleError::NeedsStrategy.into()),
-        (Some(cc), Some((svc, _))) => Some(crate::console::start(cc, svc.clone()).await?),
+        (Some(cc), Some((svc, _))) => Some(crate::console::start(cc, svc.clone(), policy_admin).await?),
     };
     let conversations = conversations.map(|(svc, every)| {
         let s = svc.clone();

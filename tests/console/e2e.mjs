@@ -1,6 +1,6 @@
 // Drives the operator console in headless Chromium, one step per run (tests/console.rs checks
 // what each step did through gRPC and the change log in between):
-//   node tests/console/e2e.mjs <edit|viewer|rollback|experiment-start|experiment-verdict> <console url> <screenshot dir>
+//   node tests/console/e2e.mjs <edit|viewer|rollback|experiment-start|experiment-verdict|browse|policy-rollback> <console url> <screenshot dir>
 // Exits non-zero, saying why, when the page does not behave.
 import { chromium } from "playwright-core";
 import assert from "node:assert/strict";
@@ -162,6 +162,46 @@ try {
     assert.match(await page.textContent("#exp-past"), /shipped B/);
     assert.ok(await page.isHidden("#exp-running"));
     await shot("3-shipped");
+  } else if (step === "browse") {
+    await login("vic", "vic's long password");
+    await page.waitForSelector("#whoami:has-text('vic · viewer')");
+    await page.click("#tab-catalog");
+    await page.waitForSelector("#offers tr[data-offer='care_bundle']");
+    assert.match(await page.textContent("#offers tr[data-offer='care_bundle']"), /WAR-2Y \+ PB-10K together for 329\.00/);
+    await page.fill("#product-search", "x1 phone");
+    await page.waitForFunction(() => {
+      const rows = [...document.querySelectorAll("#products tbody tr")];
+      return rows.length > 0 && rows.every((r) => r.textContent.includes("X1 phone"));
+    });
+    assert.ok(await page.$("#products tr[data-sku='X1-256']"), "the X1 phones are found");
+    await shot("1-catalog");
+
+    // The conversation whose id and text hold a phone number and an e-mail: masked everywhere.
+    await page.click("#tab-conversations");
+    const row = page.locator("#conversations tbody tr", { hasText: "call-[phone ****5678]" });
+    await row.click();
+    await page.waitForSelector("#conversation-turns tbody tr");
+    const turns = await page.textContent("#conversation-turns");
+    assert.match(turns, /\[phone \*\*\*\*5678\]/, turns);
+    assert.match(turns, /\[email \*\*\*@example\.com\]/, turns);
+    const html = await page.content();
+    for (const secret of ["13812345678", "li.lei"]) assert.ok(!html.includes(secret), `${secret} is on the page`);
+    await shot("2-conversation-masked");
+
+    await page.click("#tab-policies");
+    await page.waitForSelector("#policies tr[data-version='pol-2'].current");
+    assert.ok(await page.isDisabled("#policies tr[data-version='pol-1'] button.rollback"), "a viewer cannot serve a version");
+    await shot("3-policies");
+  } else if (step === "policy-rollback") {
+    await login("ana", "ana's long password");
+    await page.waitForSelector("#whoami:has-text('ana · editor')");
+    await page.click("#tab-policies");
+    await page.waitForSelector("#policies tr[data-version='pol-1'] button.rollback");
+    page.once("dialog", (d) => d.accept());
+    await page.click("#policies tr[data-version='pol-1'] button.rollback");
+    await page.waitForSelector("#policy-status.ok");
+    await page.waitForSelector("#policies tr[data-version='pol-1'].current");
+    await shot("1-served");
   } else {
     throw new Error(`unknown step ${step}`);
   }

@@ -12,6 +12,7 @@
 //!
 //! Sign-in sets an `HttpOnly`, `SameSite=Strict` session cookie; every change is a JSON `POST`
 //! (a form on another site can send neither), and a viewer's changes are refused.
+mod browse;
 mod experiments;
 mod kpis;
 mod rules;
@@ -163,6 +164,8 @@ struct Console {
     experiments: experiments::Experiments,
     /// One experiment start or stop at a time.
     experimenting: Mutex<()>,
+    /// Policy versions (None without `[decisions]`).
+    policies: Option<crate::decide::PolicyAdminService>,
 }
 
 fn now_ms() -> u64 {
@@ -430,7 +433,7 @@ async fn experiments_page(State(c): Shared, headers: HeaderMap) -> Result<Json<s
             })
         });
         let past: Vec<_> = all.iter().rev().filter(|e| e.stopped_ms.is_some()).cloned().collect();
-        let (policies, serving_policy) = c2.conversations.policies();
+        let (policies, serving_policy) = c2.policies.as_ref().map(|p| p.versions()).unwrap_or_default();
         Ok(Json(serde_json::json!({
             "running": running,
             "past": past,
@@ -539,6 +542,23 @@ async fn stop_experiment(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let s = c.session(&headers)?;
     s.may_edit()?;
+    // A shipped arm's policy version is served first (through PolicyAdmin: in a cluster every
+    // server follows); the rules and the stop follow, and a refusal there leaves it running.
+    if let Some(name) = &req.ship {
+        let c2 = c.clone();
+        let running = blocking(move || c2.experiments.running()).await?;
+        let arm = running.and_then(|e| e.spec.arms.into_iter().find(|a| &a.name == name));
+        if let Some(crate::experiment::ArmPolicy::Version(v)) = arm.map(|a| a.policy) {
+            let admin = c
+                .policies
+                .as_ref()
+                .ok_or_else(|| ApiError::invalid("ship", "this server has no [decisions]: no policies"))?;
+            admin
+                .serve(&v)
+                .await
+                .map_err(|e| ApiError::invalid("ship", e.to_string()))?;
+        }
+    }
     let (c2, user) = (c.clone(), s.user.clone());
     let ship = req.ship.clone();
     let (id, shipped_rules) = blocking(move || {
@@ -578,11 +598,6 @@ async fn stop_experiment(
                 let text = c2.rules.get(v)?.text;
                 let note = format!("shipped arm {} of experiment {} (rules version {v})", a.name, e.spec.id);
                 shipped_rules = Some(c2.apply(&text, &user, &note)?);
-            }
-            if let crate::experiment::ArmPolicy::Version(p) = &a.policy {
-                c2.conversations
-                    .serve_policy(p)
-                    .map_err(|err| ApiError::invalid("ship", err.to_string()))?;
             }
         }
         c2.conversations.stop_experiment();
@@ -625,6 +640,7 @@ pub(crate) struct RunningConsole {
 pub(crate) async fn start(
     cfg: &ConsoleConfig,
     conversations: Arc<ConversationService>,
+    policies: Option<crate::decide::PolicyAdminService>,
 ) -> Result<RunningConsole, ConsoleError> {
     let users = Users::load(&cfg.users_file)?;
     let store = |e: ApiError| ConsoleError::Store(format!("{e:?}"));
@@ -667,6 +683,7 @@ pub(crate) async fn start(
         recent: Mutex::new(recent),
         experiments,
         experimenting: Mutex::new(()),
+        policies,
     });
     let app = Router::new()
         .route("/", get(|| async { Html(PAGE) }))
@@ -682,6 +699,11 @@ pub(crate) async fn start(
         .route("/api/experiments/stop", post(stop_experiment))
         .route("/api/kpis", get(kpis::kpis))
         .route("/api/kpis.csv", get(kpis::kpis_csv))
+        .route("/api/catalog", get(browse::catalog))
+        .route("/api/conversations", get(browse::conversations))
+        .route("/api/conversations/{id}", get(browse::conversation))
+        .route("/api/policies", get(browse::policies))
+        .route("/api/policies/rollback", post(browse::rollback_policy))
         .with_state(console);
     let listener = tokio::net::TcpListener::bind(cfg.addr)
         .await

@@ -302,7 +302,8 @@ impl pb::decisions_server::Decisions for DecisionService {
     }
 }
 
-/// The PolicyAdmin service (admin listener only).
+/// The PolicyAdmin service (admin listener only); the console changes policies through it too.
+#[derive(Clone)]
 pub struct PolicyAdminService {
     /// The store it changes.
     pub store: Arc<PolicyStore>,
@@ -313,6 +314,28 @@ pub struct PolicyAdminService {
 }
 
 impl PolicyAdminService {
+    /// Serves a version stored here: in cluster mode by moving the cluster's SERVING pointer
+    /// (every server follows), otherwise here. Returns the previous version.
+    pub async fn serve(&self, version: &str) -> Result<String, RequestError> {
+        match &self.cluster {
+            Some(c) => crate::cluster::point_at(c, &self.store, &self.metrics, version).await,
+            None => {
+                let v = version.to_string();
+                admin_change(&self.store, move |s| s.rollback(&v))
+                    .await
+                    .map(|r| r.previous_version)
+            }
+        }
+    }
+
+    /// Versions stored here, and the serving one.
+    pub fn versions(&self) -> (Vec<String>, Option<String>) {
+        (
+            self.store.versions(),
+            self.store.current().map(|p| p.manifest.version.clone()),
+        )
+    }
+
     fn answer(&self, previous_version: String) -> pb::LoadPolicyResponse {
         pb::LoadPolicyResponse {
             serving_version: self
@@ -353,12 +376,7 @@ impl pb::policy_admin_server::PolicyAdmin for PolicyAdminService {
     ) -> Result<Response<pb::LoadPolicyResponse>, Status> {
         let start = Instant::now();
         let req = request.into_inner();
-        let r = match &self.cluster {
-            Some(c) => crate::cluster::point_at(c, &self.store, &self.metrics, &req.version)
-                .await
-                .map(|prev| self.answer(prev)),
-            None => admin_change(&self.store, move |s| s.rollback(&req.version)).await,
-        };
+        let r = self.serve(&req.version).await.map(|prev| self.answer(prev));
         if let Ok(r) = &r {
             tracing::info!(version = %r.serving_version, previous = %r.previous_version, "policy rolled back");
         }
