@@ -917,19 +917,28 @@ fn outcome(i: usize) -> OutcomeRecord {
     }
 }
 
-/// Everything `ingest` hands out until nothing comes for `quiet`.
+/// What `ingest` hands out until `want` deliveries came and `dropped` redeliveries were dropped
+/// (within 10 s), then checks that nothing more comes for half a second.
 async fn drain(
     ingest: &mut nudge_cluster::Ingest<OutcomeRecord>,
-    quiet: Duration,
+    want: usize,
+    dropped: u64,
 ) -> Vec<nudge_cluster::Delivery<OutcomeRecord>> {
     let mut all = Vec::new();
-    loop {
-        let b = ingest.next_batch(1_000, quiet).await.unwrap();
-        if b.is_empty() {
-            return all;
-        }
-        all.extend(b);
+    let t0 = Instant::now();
+    while all.len() < want || ingest.redeliveries_dropped() < dropped {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "{} of {want} deliveries and {} of {dropped} dropped redeliveries came",
+            all.len(),
+            ingest.redeliveries_dropped()
+        );
+        all.extend(ingest.next_batch(1_000, Duration::from_millis(200)).await.unwrap());
     }
+    let more = ingest.next_batch(1_000, Duration::from_millis(500)).await.unwrap();
+    assert!(more.is_empty(), "{} deliveries more than expected", more.len());
+    assert_eq!(ingest.redeliveries_dropped(), dropped);
+    all
 }
 
 /// The consumer's side, as the optimizer does it: write, sync, then `done` with the log's end.
@@ -976,7 +985,6 @@ async fn redeliveries_are_dropped_however_late_and_a_recreated_stream_is_read_an
     };
     let expect =
         |r: std::ops::Range<usize>, kept: bool| -> Vec<(String, bool)> { r.map(|i| (format!("e{i}"), kept)).collect() };
-    let quiet = Duration::from_millis(700);
 
     for i in 0..50 {
         cluster
@@ -988,7 +996,7 @@ async fn redeliveries_are_dropped_however_late_and_a_recreated_stream_is_read_an
         .ingest::<OutcomeRecord>(nudge_cluster::OUTCOMES_STREAM, &log_dir)
         .await
         .unwrap();
-    let first = drain(&mut ingest, quiet).await;
+    let first = drain(&mut ingest, 50, 0).await;
     assert_eq!(ids(&first), expect(0..50, false));
     keep(&mut ingest, &first, &log_dir).await;
     drop(ingest);
@@ -999,8 +1007,7 @@ async fn redeliveries_are_dropped_however_late_and_a_recreated_stream_is_read_an
         .ingest::<OutcomeRecord>(nudge_cluster::OUTCOMES_STREAM, &log_dir)
         .await
         .unwrap();
-    assert!(drain(&mut ingest, quiet).await.is_empty());
-    assert_eq!(ingest.redeliveries_dropped(), 50);
+    assert!(drain(&mut ingest, 0, 50).await.is_empty());
 
     // A crash after the write of e50..e60, before `done`: they come back, marked kept.
     for i in 50..60 {
@@ -1009,7 +1016,7 @@ async fn redeliveries_are_dropped_however_late_and_a_recreated_stream_is_read_an
             .await
             .unwrap();
     }
-    let second = drain(&mut ingest, quiet).await;
+    let second = drain(&mut ingest, 10, 50).await;
     assert_eq!(ids(&second), expect(50..60, false));
     let log = nudge_records::EventLog::open(nudge_records::LogConfig::new(
         &log_dir,
@@ -1039,9 +1046,8 @@ async fn redeliveries_are_dropped_however_late_and_a_recreated_stream_is_read_an
         "the log beyond its recorded end holds the unrecorded batch"
     );
     ingest.kept_before(after);
-    let again = drain(&mut ingest, quiet).await;
+    let again = drain(&mut ingest, 10, 50).await;
     assert_eq!(ids(&again), expect(50..60, true));
-    assert_eq!(ingest.redeliveries_dropped(), 50);
     keep(&mut ingest, &again, &log_dir).await;
     drop((ingest, again));
     let (logged, _) = nudge_records::read_all::<OutcomeRecord>(&log_dir).unwrap();
@@ -1060,5 +1066,5 @@ async fn redeliveries_are_dropped_however_late_and_a_recreated_stream_is_read_an
         .ingest::<OutcomeRecord>(nudge_cluster::OUTCOMES_STREAM, &log_dir)
         .await
         .unwrap();
-    assert_eq!(ids(&drain(&mut ingest, quiet).await), expect(100..105, false));
+    assert_eq!(ids(&drain(&mut ingest, 5, 0).await), expect(100..105, false));
 }

@@ -77,22 +77,27 @@ fn browser_step(script: &Path, step: &str, url: &str, shots: &Path) {
     );
 }
 
+/// A regular customer (consenting, 100.00 spent so far) asks about the X1's battery on the web.
+fn battery_question(conv: &str, customer_id: &str) -> pb::TurnRequest {
+    pb::TurnRequest {
+        conversation_id: conv.into(),
+        customer_id: customer_id.into(),
+        channel: "web".into(),
+        text: "How long does the X1 phone battery last?".into(),
+        customer: Some(pb::Customer {
+            tier: "regular".into(),
+            lifetime_value_cents: 10_000,
+            marketing_consent: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 async fn offer_for_regular_customer(grpc: std::net::SocketAddr, conv: &str) -> String {
     let mut c = pb::conversations_client::ConversationsClient::new(channel(grpc).await);
     let r = c
-        .turn(pb::TurnRequest {
-            conversation_id: conv.into(),
-            customer_id: format!("cust-{conv}"),
-            channel: "web".into(),
-            text: "How long does the X1 phone battery last?".into(),
-            customer: Some(pb::Customer {
-                tier: "regular".into(),
-                lifetime_value_cents: 10_000,
-                marketing_consent: true,
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
+        .turn(battery_question(conv, &format!("cust-{conv}")))
         .await
         .unwrap()
         .into_inner();
@@ -112,19 +117,7 @@ async fn shop_traffic(grpc: std::net::SocketAddr, n: u64) -> HashMap<(String, St
                     let conv = format!("ab-{i}");
                     let customer_id = format!("cust-ab-{i}");
                     let r = c
-                        .turn(pb::TurnRequest {
-                            conversation_id: conv.clone(),
-                            customer_id: customer_id.clone(),
-                            channel: "web".into(),
-                            text: "How long does the X1 phone battery last?".into(),
-                            customer: Some(pb::Customer {
-                                tier: "regular".into(),
-                                lifetime_value_cents: 10_000,
-                                marketing_consent: true,
-                                ..Default::default()
-                            }),
-                            ..Default::default()
-                        })
+                        .turn(battery_question(&conv, &customer_id))
                         .await
                         .unwrap()
                         .into_inner();

@@ -231,8 +231,8 @@ impl<T: Record> Ingest<T> {
     }
 
     /// What has arrived and was not consumed before, up to `max` messages; waits at most
-    /// `wait` for the first one (an empty batch means nothing new came). An error means the pull
-    /// broke: open a new `Ingest`.
+    /// `wait` for the first message (an empty batch: nothing new came, though redeliveries may
+    /// have been dropped). An error means the pull broke: open a new `Ingest`.
     pub async fn next_batch(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery<T>>, ClusterError> {
         let mut out = Vec::new();
         let first = match tokio::time::timeout(wait, self.messages.next()).await {
