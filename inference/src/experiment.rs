@@ -359,6 +359,7 @@ mod tests {
             z_false += usize::from(z_hit);
         }
         let (seq_rate, z_rate) = (seq_false as f64 / runs as f64, z_false as f64 / runs as f64);
+        eprintln!("false positives after {looks} looks: sequential {seq_rate:.3}, fixed-horizon z-test {z_rate:.3}");
         assert!(seq_rate <= 0.05, "sequential false positives {seq_rate}");
         assert!(z_rate > 0.12, "peeking at a z-test should mislead often: {z_rate}");
 

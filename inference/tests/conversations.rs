@@ -295,6 +295,23 @@ async fn a_conversation_gets_a_priced_offer_then_a_cool_down_and_bad_input_is_na
         e.code() == Code::NotFound && e.message().starts_with("conversation_id"),
         "{e:?}"
     );
+    // Revenue belongs to a conversion only, and is never negative.
+    for (kind, cents) in [(pb::OutcomeKind::Decline, 100), (pb::OutcomeKind::Convert, -1)] {
+        let e = c
+            .outcome(pb::ConversationOutcomeRequest {
+                conversation_id: "nope".into(),
+                customer_id: "x".into(),
+                decision_id: "d".into(),
+                kind: kind as i32,
+                revenue_cents: cents,
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            e.code() == Code::InvalidArgument && e.message().starts_with("revenue_cents"),
+            "{e:?}"
+        );
+    }
     let e = c
         .nudge(pb::NudgeRequest {
             conversation_id: "c3".into(),
