@@ -226,7 +226,8 @@ pub struct ConversationService {
     events: Option<EventLog>,
 }
 
-/// Reads the events of the last `hours` back into `kpis` (start-up), a chunk at a time.
+/// Reads the events of the last `hours` back into `kpis` (start-up), a chunk at a time; older
+/// ones count only for their experiment's customers (the console forgets stopped experiments).
 fn replay_events(dir: &std::path::Path, kpis: &Kpis, hours: u64) -> Result<u64, nudge_records::LogError> {
     let since = now_ms().saturating_sub(hours.saturating_mul(3_600_000));
     let mut tail = Tailer::<ConversationEvent>::new(dir);
@@ -236,9 +237,14 @@ fn replay_events(dir: &std::path::Path, kpis: &Kpis, hours: u64) -> Result<u64, 
         if chunk.is_empty() {
             break;
         }
-        for e in chunk.iter().filter(|e| e.time_ms >= since) {
-            kpis.observe(e);
-            n += 1;
+        for e in &chunk {
+            if e.time_ms >= since {
+                kpis.observe(e);
+                n += 1;
+            } else {
+                // A running experiment may be older than the window: its customers all count.
+                kpis.observe_experiment(e);
+            }
         }
     }
     if tail.malformed() > 0 {

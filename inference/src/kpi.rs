@@ -244,6 +244,26 @@ impl Kpis {
 
     /// Counts one event.
     pub fn observe(&self, e: &ConversationEvent) {
+        self.count(e, true);
+    }
+
+    /// Counts one event for its experiment's customers only: an event older than the window
+    /// of an experiment that may still run (start-up reads them so that a long experiment
+    /// keeps its early customers).
+    pub fn observe_experiment(&self, e: &ConversationEvent) {
+        if !e.experiment.is_empty() {
+            self.count(e, false);
+        }
+    }
+
+    /// Lets an experiment's customers go (it stopped; its results were kept).
+    pub fn forget(&self, experiment: &str) {
+        if let Ok(mut st) = self.inner.lock() {
+            st.experiments.remove(experiment);
+        }
+    }
+
+    fn count(&self, e: &ConversationEvent, in_buckets: bool) {
         let Ok(mut st) = self.inner.lock() else { return };
         let bucket = e.time_ms / BUCKET_MS * BUCKET_MS;
         let arm = if e.experiment.is_empty() {
@@ -267,7 +287,7 @@ impl Kpis {
                     policy: e.policy_version.clone(),
                     arm,
                 };
-                if !e.decision_id.is_empty() {
+                if in_buckets && !e.decision_id.is_empty() {
                     st.decisions.insert(e.decision_id.clone(), (e.time_ms, d.clone()));
                 }
                 d
@@ -297,7 +317,9 @@ impl Kpis {
                 }
             }
         };
-        st.buckets.entry(bucket).or_default().entry(dims).or_default().add(&c);
+        if in_buckets {
+            st.buckets.entry(bucket).or_default().entry(dims).or_default().add(&c);
+        }
         if !e.experiment.is_empty() {
             let u = st
                 .experiments
@@ -457,6 +479,16 @@ mod tests {
             (arms[1].customers, arms[1].converted.mean, arms[1].offers.mean),
             (1, 0.0, 1.0)
         );
+
+        // Before the window, an event counts for its experiment's customers only.
+        let old = Kpis::new(1);
+        old.observe_experiment(&turn(0, "a9", "web", "price", "coupon", "d9"));
+        old.observe_experiment(&outcome(1, "a9", "d9", OutcomeKind::Convert, 500));
+        assert!(old.totals(Dimension::Channel, 0, u64::MAX).is_empty());
+        let a = &old.arms("x1")[0];
+        assert_eq!((a.customers, a.converted.mean, a.revenue.mean), (1, 1.0, 5.0));
+        old.forget("x1");
+        assert!(old.arms("x1").is_empty());
 
         // An hour later the first minutes have left the window, and their decisions with them.
         k.observe(&turn(3_800_000, "a2", "web", "price", "", ""));

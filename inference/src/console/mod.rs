@@ -607,6 +607,7 @@ async fn stop_experiment(
         e.results = Some(results);
         let id = e.spec.id.clone();
         c2.experiments.save(all)?;
+        c2.conversations.kpis().forget(&id);
         Ok((id, shipped_rules))
     })
     .await?;
@@ -657,7 +658,16 @@ pub(crate) async fn start(
     ))
     .map_err(|e| ConsoleError::Store(e.to_string()))?;
     let experiments = experiments::Experiments::open(&cfg.dir).map_err(store)?;
-    // A running experiment is served again (its customers, from the event log, are counted).
+    // Stopped experiments' customers are let go (their results were kept when they stopped); a
+    // running one is served again (its customers, from the event log, are counted).
+    for e in experiments
+        .all()
+        .map_err(store)?
+        .iter()
+        .filter(|e| e.stopped_ms.is_some())
+    {
+        conversations.kpis().forget(&e.spec.id);
+    }
     if let Some(e) = experiments.running().map_err(store)? {
         let texts = e
             .spec
