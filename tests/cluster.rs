@@ -985,17 +985,26 @@ async fn redeliveries_are_dropped_however_late_and_a_recreated_stream_is_read_an
     };
     let expect =
         |r: std::ops::Range<usize>, kept: bool| -> Vec<(String, bool)> { r.map(|i| (format!("e{i}"), kept)).collect() };
-
-    for i in 0..50 {
+    let publish = |r: std::ops::Range<usize>| {
+        let cluster = cluster.clone();
+        async move {
+            for i in r {
+                cluster
+                    .publish(nudge_cluster::OUTCOMES_STREAM, &outcome(i))
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    let open = || async {
         cluster
-            .publish(nudge_cluster::OUTCOMES_STREAM, &outcome(i))
+            .ingest::<OutcomeRecord>(nudge_cluster::OUTCOMES_STREAM, &log_dir)
             .await
-            .unwrap();
-    }
-    let mut ingest = cluster
-        .ingest::<OutcomeRecord>(nudge_cluster::OUTCOMES_STREAM, &log_dir)
-        .await
-        .unwrap();
+            .unwrap()
+    };
+
+    publish(0..50).await;
+    let mut ingest = open().await;
     let first = drain(&mut ingest, 50, 0).await;
     assert_eq!(ids(&first), expect(0..50, false));
     keep(&mut ingest, &first, &log_dir).await;
@@ -1003,19 +1012,11 @@ async fn redeliveries_are_dropped_however_late_and_a_recreated_stream_is_read_an
 
     // Every acknowledgement forgotten: all 50 come again and are dropped.
     forget_acks().await;
-    let mut ingest = cluster
-        .ingest::<OutcomeRecord>(nudge_cluster::OUTCOMES_STREAM, &log_dir)
-        .await
-        .unwrap();
+    let mut ingest = open().await;
     assert!(drain(&mut ingest, 0, 50).await.is_empty());
 
     // A crash after the write of e50..e60, before `done`: they come back, marked kept.
-    for i in 50..60 {
-        cluster
-            .publish(nudge_cluster::OUTCOMES_STREAM, &outcome(i))
-            .await
-            .unwrap();
-    }
+    publish(50..60).await;
     let second = drain(&mut ingest, 10, 50).await;
     assert_eq!(ids(&second), expect(50..60, false));
     let log = nudge_records::EventLog::open(nudge_records::LogConfig::new(
@@ -1029,10 +1030,7 @@ async fn redeliveries_are_dropped_however_late_and_a_recreated_stream_is_read_an
     }
     drop((ingest, second, log));
     forget_acks().await;
-    let mut ingest = cluster
-        .ingest::<OutcomeRecord>(nudge_cluster::OUTCOMES_STREAM, &log_dir)
-        .await
-        .unwrap();
+    let mut ingest = open().await;
     let end = ingest.log_end().cloned().unwrap();
     let after: Vec<String> = nudge_records::Tailer::<OutcomeRecord>::resume(&log_dir, &end)
         .poll()
@@ -1056,15 +1054,7 @@ async fn redeliveries_are_dropped_however_late_and_a_recreated_stream_is_read_an
     // The stream recreated: sequences 1, 2, … again, for new records that must be read.
     js.delete_stream(nudge_cluster::OUTCOMES_STREAM).await.unwrap();
     cluster.ensure().await.unwrap();
-    for i in 100..105 {
-        cluster
-            .publish(nudge_cluster::OUTCOMES_STREAM, &outcome(i))
-            .await
-            .unwrap();
-    }
-    let mut ingest = cluster
-        .ingest::<OutcomeRecord>(nudge_cluster::OUTCOMES_STREAM, &log_dir)
-        .await
-        .unwrap();
+    publish(100..105).await;
+    let mut ingest = open().await;
     assert_eq!(ids(&drain(&mut ingest, 5, 0).await), expect(100..105, false));
 }

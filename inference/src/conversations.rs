@@ -256,7 +256,8 @@ fn replay_events(dir: &std::path::Path, kpis: &Kpis, hours: u64) -> Result<u64, 
 /// A validated turn or nudge.
 struct TurnInput {
     conversation_id: String,
-    customer_id: String,
+    /// The customer as the keyed hash (the raw id goes no further than validation).
+    pseudonym: String,
     channel: Channel,
     customer: CustomerProfile,
     cart: Vec<CartLine>,
@@ -418,9 +419,13 @@ impl ConversationService {
         v.into_iter().take(limit).cloned().collect()
     }
 
-    /// One kept conversation.
-    pub fn conversation(&self, id: &str) -> Option<Conversation> {
-        self.state.lock().ok().and_then(|st| st.store.get(id).cloned())
+    /// The kept conversation with this id, or else the first for which `matches` holds.
+    pub fn conversation(&self, id: &str, matches: impl Fn(&Conversation) -> bool) -> Option<Conversation> {
+        let st = self.state.lock().ok()?;
+        st.store
+            .get(id)
+            .or_else(|| st.store.iter().find(|c| matches(c)))
+            .cloned()
     }
 
     /// The catalog serving now.
@@ -508,7 +513,7 @@ impl ConversationService {
             time_ms: now_ms(),
             kind,
             conversation_id: input.conversation_id.clone(),
-            customer: self.decisions.pseudonym(&input.customer_id),
+            customer: input.pseudonym.clone(),
             channel: input.channel.name().to_string(),
             experiment: r.experiment.clone(),
             arm: r.arm.clone(),
@@ -640,7 +645,7 @@ impl ConversationService {
         }
         Ok(TurnInput {
             conversation_id,
-            customer_id,
+            pseudonym: self.decisions.pseudonym(&customer_id),
             channel,
             customer: CustomerProfile {
                 tier: c.tier,
@@ -748,7 +753,7 @@ impl ConversationService {
         clock: Clock,
         model_version: &str,
     ) -> Result<(pb::TurnResponse, bool), RequestError> {
-        let customer = self.decisions.pseudonym(&input.customer_id);
+        let customer = input.pseudonym.clone();
         let serving = self.decisions.store.current();
         let running = self.experiment.load_full();
         let (arm, strategy, policy) = match &running {

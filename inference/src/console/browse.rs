@@ -145,13 +145,7 @@ pub(super) async fn conversation(
     // The list shows masked ids; an operator may also paste the real one.
     let conv = c
         .conversations
-        .conversation(&id)
-        .or_else(|| {
-            c.conversations
-                .conversations(usize::MAX)
-                .into_iter()
-                .find(|v| mask(&v.id) == id)
-        })
+        .conversation(&id, |v| mask(&v.id) == id)
         .ok_or_else(|| ApiError::NotFound(format!("no conversation `{}` is kept now", mask(&id))))?;
     let mut v = summary(&conv);
     v["recent"] = serde_json::json!(conv
