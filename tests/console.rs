@@ -61,7 +61,8 @@ fn playwright() -> PathBuf {
     dir.join("e2e.mjs")
 }
 
-fn browser_step(script: &Path, step: &str, url: &str, shots: &Path) {
+/// Runs one step of `e2e.mjs`; returns what it printed.
+fn browser_step(script: &Path, step: &str, url: &str, shots: &Path) -> String {
     let out = Command::new("node")
         .arg(script)
         .args([step, url])
@@ -75,6 +76,7 @@ fn browser_step(script: &Path, step: &str, url: &str, shots: &Path) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A regular customer (consenting, 100.00 spent so far) asks about the X1's battery on the web.
@@ -182,11 +184,16 @@ async fn an_operator_edits_a_rule_sees_it_live_and_rolls_it_back_in_a_browser() 
     .unwrap();
     let mut config = common::example_shop_config(var.path());
     config.strategy.as_mut().unwrap().rules = rules.clone();
+    // The optimizer whose audit trail the console shows (started near the end), and one that
+    // never answers: the page must say so and show the other's entries.
+    let optimizer_addr: std::net::SocketAddr = format!("127.0.0.1:{}", support::free_port()).parse().unwrap();
+    let dead = format!("http://127.0.0.1:{}", support::free_port());
     config.console = Some(nudge_inference::console::ConsoleConfig {
         addr: "127.0.0.1:0".parse().unwrap(),
         users_file: users,
         dir: var.path().join("console"),
         session_minutes: 10,
+        optimizers: vec![format!("http://{optimizer_addr}"), dead],
     });
     let server = nudge_inference::start(config.clone())
         .await
@@ -349,5 +356,128 @@ async fn an_operator_edits_a_rule_sees_it_live_and_rolls_it_back_in_a_browser() 
         ),
         ("ana", "policy.rollback", "pol-1", "was pol-2")
     );
+
+    // The optimizer's audit trail: it starts on this server's decision log (its first version,
+    // v1, is pushed), learns from outcomes, judges a candidate and pushes it.
+    let optimizer = start_optimizer(var.path(), optimizer_addr, server.admin_addr).await;
+    let pushed = learn_once(&server, &optimizer).await;
+    assert_eq!(pushed.as_deref(), Some("v2"), "{}", optimizer.last_verdict());
+    let out = browser_step(&script, "optimizer-audit", &url, &shots);
+    eprintln!("{out}");
+    // What the page showed is what `Optimizer.Audit` answers, newest first.
+    let mut audit = pb::optimizer_client::OptimizerClient::new(channel(optimizer_addr).await);
+    let entries = audit
+        .audit(pb::AuditRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, ["pushed-v2", "judged-v2", "pushed-v1"]);
+    let Some(pb::audit_entry::Event::Judged(j)) = &entries[1].event else {
+        panic!("{entries:?}")
+    };
+    let dr = |e: &Option<pb::OpeEstimates>| e.as_ref().unwrap().dr.unwrap();
+    assert!(j.pass && j.serving_version == "v1", "{j:?}");
+    assert!(dr(&j.candidate).value > dr(&j.serving).value, "{j:?}");
+    assert!(j.train_examples + j.holdout_examples >= 300, "{j:?}");
+    for line in [
+        "judged-v2",
+        &format!("{:.4}", dr(&j.candidate).value),
+        "passed",
+        "not answering",
+    ] {
+        assert!(out.contains(line), "the page showed {out}, without {line}");
+    }
+    let e = audit
+        .audit(pb::AuditRequest {
+            limit: 1001,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        e.code() == tonic::Code::InvalidArgument && e.message().starts_with("limit"),
+        "{e}"
+    );
+    // A restarted optimizer serves the same trail, read back from its audit log.
+    optimizer.shutdown().await;
+    let optimizer = start_optimizer(var.path(), optimizer_addr, server.admin_addr).await;
+    let again = audit
+        .audit(pb::AuditRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    assert_eq!(again, entries);
+    optimizer.shutdown().await;
     server.shutdown().await.unwrap();
+}
+
+/// An optimizer on the shop server's decision log, pushing to its admin listener; it trains
+/// only when told (`train_now`).
+async fn start_optimizer(
+    var: &Path,
+    grpc: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
+) -> nudge_optimizer::service::RunningOptimizer {
+    let d = var.join("optimizer");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join("reward.toml"), "reward = \"conversion\"\nwindow_seconds = 0.2\n").unwrap();
+    let text = format!(
+        r#"grpc_addr = "{grpc}"
+decision_logs = ["{v}/decisions"]
+outcome_log = "{d}/outcomes"
+audit_log = "{d}/audit"
+registry = "{d}/registry"
+servers = ["http://{admin}"]
+reward_file = "{d}/reward.toml"
+train_every_outcomes = 1000000000
+train_every_ms = 3600000
+
+{learn}
+[initial_schema]
+{schema}
+"#,
+        v = var.display(),
+        d = d.display(),
+        learn = support::LEARN,
+        schema = support::SCHEMA,
+    );
+    let cfg: nudge_optimizer::service::OptimizerConfig = toml::from_str(&text).unwrap();
+    nudge_optimizer::service::start(cfg).await.unwrap()
+}
+
+/// 300 decisions of the serving policy; each segment buys one offer often (70 %) and the
+/// others rarely (5 %); the outcomes are reported and the optimizer runs one round.
+async fn learn_once(
+    server: &nudge_inference::RunningServer,
+    optimizer: &nudge_optimizer::service::RunningOptimizer,
+) -> Option<String> {
+    let mut decide = pb::decisions_client::DecisionsClient::new(channel(server.grpc_addr).await);
+    let mut report = pb::optimizer_client::OptimizerClient::new(channel(optimizer.grpc_addr).await);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    for n in 0..300u64 {
+        let d = decide.decide(support::decide_request(n)).await.unwrap().into_inner();
+        assert_eq!(d.policy_version, "v1");
+        let best = format!("o{}", n % 3 + 1);
+        let p = if d.offer_id == best { 0.7 } else { 0.05 };
+        let kind = if rng.random::<f64>() < p {
+            pb::OutcomeKind::Convert
+        } else {
+            pb::OutcomeKind::Shown
+        };
+        report
+            .report_outcome(pb::ReportOutcomeRequest {
+                event_id: format!("e{n}"),
+                decision_id: d.decision_id,
+                kind: kind as i32,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    // The reward windows close, then one round: join, train, judge, push.
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    optimizer.train_now().await.unwrap()
 }

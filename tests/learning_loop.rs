@@ -248,20 +248,15 @@ async fn learned_policy_approaches_the_oracle_and_survives_an_optimizer_crash() 
     );
     assert!(versions.len() >= 4, "{versions:?}");
     assert!(st.trainings >= 2);
-    let audit: Vec<serde_json::Value> = nudge_records::segments(&dir.path().join("audit"), "audit")
-        .unwrap()
-        .iter()
-        .flat_map(|p| {
-            std::fs::read_to_string(p)
-                .unwrap()
-                .lines()
-                .map(|l| serde_json::from_str(l).unwrap())
-                .collect::<Vec<_>>()
-        })
-        .collect();
+    // The audit log is typed records, every line of it: judged candidates with finite
+    // estimates, and the pushes.
+    let (audit, malformed) = nudge_records::read_all::<nudge_records::AuditRecord>(&dir.path().join("audit")).unwrap();
+    assert_eq!(malformed, 0);
+    assert!(audit.iter().any(|a| matches!(&a.event,
+        nudge_records::AuditEvent::Judged { verdict, .. } if verdict.candidate.dr.value.is_finite())));
     assert!(audit
         .iter()
-        .any(|a| a["verdict"]["candidate"]["dr"]["value"].is_number()));
+        .any(|a| matches!(&a.event, nudge_records::AuditEvent::Pushed { .. })));
 
     // An operator rolls the server back; the optimizer is killed and restarted. It must follow
     // the rollback (from the server's answer to ListPolicies), never push the version the

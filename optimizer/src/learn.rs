@@ -4,7 +4,7 @@ use crate::episodes::{episodes, Episode};
 use crate::ledger::Example;
 use crate::neural::{train_trunk, TrunkConfig, TrunkReport};
 use crate::ope::{self, Estimate, Estimates, Sample};
-use crate::rl::{RlConfig, RlError, RlReport};
+use crate::rl::{RlConfig, RlError};
 use crate::seq_ope::{self, Fqe};
 use ndarray::Array1;
 use nudge_policy::{Exploration, Policy, RewardModel};
@@ -223,25 +223,7 @@ pub fn evaluate(target: &Policy, q: &Policy, logs: &[Example], reward_range: (f6
     ope::estimate(&samples)
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Verdict {
-    pub pass: bool,
-    pub rule: String,
-    pub candidate: Estimates,
-    pub serving: Estimates,
-    /// Mean reward actually observed on the held-out logs (the logging policies' own value).
-    pub observed_mean: f64,
-    pub train_examples: usize,
-    pub holdout_examples: usize,
-    /// How the candidate's trunk was trained (neural-linear only).
-    #[serde(default)]
-    pub trunk: Option<TrunkReport>,
-    /// How the RL candidate was trained (`[learn.rl]` only). Its estimates are then of whole
-    /// conversations: `ips` per-decision IS, `snips` weighted per-decision IS, `dr` sequential
-    /// doubly robust, and the example counts are conversations.
-    #[serde(default)]
-    pub rl: Option<RlReport>,
-}
+pub use nudge_records::audit::Verdict;
 
 pub fn pick(e: &Estimates, est: Estimator) -> Estimate {
     match est {

@@ -3,6 +3,7 @@
 //! - [`service`]: `ReportOutcome` (validated, idempotent, durable before the ack), a trainer on
 //!   a cadence, the off-policy gate with its audit log, pushes to the servers' admin listeners —
 //!   or, with `[cluster]`, the same on NATS JetStream streams and the cluster's SERVING pointer;
+//! - [`audit`]: the audit trail (every candidate's verdict, every push), logged and served;
 //! - [`ledger`]: decision records (`nudge_records`) joined with their outcomes, bounded, with a
 //!   checkpoint so a restart reads only the logs' tails;
 //! - [`reward`]: the reward file data scientists write;
@@ -11,6 +12,7 @@
 //!   importance-weighted policy gradient) and the sequential estimates that judge them;
 //! - [`replay`]: what a reward file would train, on logs, pushing nothing;
 //! - [`obd`]: the Open Bandit Dataset as Nudge logs.
+pub mod audit;
 pub mod episodes;
 pub mod learn;
 pub mod ledger;

@@ -92,18 +92,7 @@ impl TrunkConfig {
     }
 }
 
-/// What training did, for the audit log and the manifest.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct TrunkReport {
-    pub hidden: Vec<usize>,
-    pub epochs: usize,
-    pub examples: usize,
-    /// Mean squared error of the trunk + its regression head on the training rows, before
-    /// the first step and after the last epoch.
-    pub mse_start: f64,
-    pub mse_end: f64,
-    pub seconds: f64,
-}
+pub use nudge_records::audit::TrunkReport;
 
 /// PyTorch's default `Linear` initialisation: weights and biases uniform in ±1/√fan_in.
 pub(crate) fn init_layer(

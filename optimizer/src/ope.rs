@@ -2,7 +2,6 @@
 //! propensity scoring (IPS), self-normalised IPS (SNIPS) and doubly robust (DR), each with a
 //! 95 % normal-approximation interval from the per-sample contributions (SNIPS by the delta
 //! method).
-use serde::Serialize;
 
 /// One logged decision, as the estimators see it.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -18,25 +17,7 @@ pub struct Sample {
     pub q_target: f64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
-pub struct Estimate {
-    pub value: f64,
-    pub lo: f64,
-    pub hi: f64,
-    pub n: usize,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
-pub struct Estimates {
-    pub ips: Estimate,
-    pub snips: Estimate,
-    pub dr: Estimate,
-    /// Kish's effective sample size of the importance weights, `(Σw)² / Σw²`: how many logged
-    /// decisions the estimates really rest on (n when target = logging policy, about n/k for a
-    /// deterministic target over k uniformly logged options).
-    #[serde(default)]
-    pub effective_samples: f64,
-}
+pub use nudge_records::audit::{Estimate, Estimates};
 
 pub(crate) const Z95: f64 = 1.959_963_984_540_054;
 

@@ -45,6 +45,16 @@ pub enum Learner {
     PolicyGradient,
 }
 
+impl Learner {
+    /// Its name in configuration and reports (`cql`, `policy_gradient`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Learner::Cql => "cql",
+            Learner::PolicyGradient => "policy_gradient",
+        }
+    }
+}
+
 /// `[learn.rl]`: train on conversations as episodes instead of on decisions alone.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -185,28 +195,7 @@ impl RlConfig {
     }
 }
 
-/// What training did, for the audit log and the manifest.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct RlReport {
-    /// The learner.
-    pub learner: Learner,
-    /// Conversations trained on.
-    pub episodes: usize,
-    /// Decisions trained on.
-    pub decisions: usize,
-    /// Gradient steps taken in this run (after a resumed checkpoint's).
-    pub steps: usize,
-    /// Steps taken from a checkpoint.
-    pub resumed_at: usize,
-    /// Mean loss over the first and the last 10 % of the steps run.
-    pub loss_start: f64,
-    /// See `loss_start`.
-    pub loss_end: f64,
-    /// Rewards were divided by this while training (Q is scaled back on export).
-    pub reward_scale: f64,
-    /// Wall-clock seconds.
-    pub seconds: f64,
-}
+pub use nudge_records::audit::RlReport;
 
 /// One training step: the loss of step `i` on a batch drawn with the rng.
 type StepLoss<'a> = Box<dyn FnMut(&mut rand::rngs::StdRng, usize) -> candle_core::Result<Tensor> + 'a>;
@@ -487,7 +476,7 @@ pub fn train(
     Ok((
         policy,
         RlReport {
-            learner: cfg.learner,
+            learner: cfg.learner.name().into(),
             episodes: episodes.len(),
             decisions,
             steps: losses.len(),

@@ -17,6 +17,7 @@
 //! name is claimed once in the cluster, and the SERVING pointer moves only from the revision the
 //! round started from, so a candidate trained while the pointer moved (an operator's rollback,
 //! another optimizer's version) is dropped rather than put over it.
+use crate::audit::AuditTrail;
 use crate::learn::{train_and_judge, LearnConfig, Verdict};
 use crate::ledger::{Checkpoint, Ledger};
 use crate::reward::Reward;
@@ -26,7 +27,8 @@ use nudge_policy::version::{from_file_set, to_file_set, PolicyManifest, PolicyVe
 use nudge_policy::{FeatureSchema, Policy, Registry, RewardModel};
 use nudge_proto::v1 as pb;
 use nudge_records::{
-    DecisionRecord, Durability, EventLog, LogConfig, OutcomeKind, OutcomeRecord, Record, Tailer, OUTCOME_SCHEMA,
+    AuditEvent, DecisionRecord, Durability, EventLog, LogConfig, OutcomeKind, OutcomeRecord, Record, Tailer,
+    OUTCOME_SCHEMA,
 };
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -233,7 +235,7 @@ pub struct Optimizer {
     registry: Registry,
     state: Mutex<State>,
     outcomes: EventLog,
-    audit: EventLog,
+    audit: AuditTrail,
     wake: Notify,
     admin: AdminClients,
     cluster: Option<Cluster>,
@@ -756,10 +758,12 @@ impl Optimizer {
     }
 
     async fn audit_verdict(&self, version: &str, serving: &str, v: &Verdict) {
-        let rec = serde_json::json!({"time_ms": now_ms(), "candidate_version": version, "serving_version": serving, "verdict": v});
-        if let Err(e) = self.audit.append(&rec).await {
-            tracing::error!(error = %e, "audit log");
-        }
+        let event = AuditEvent::Judged {
+            candidate_version: version.into(),
+            serving_version: serving.into(),
+            verdict: Box::new(v.clone()),
+        };
+        self.audit.record(now_ms(), event).await;
     }
 
     /// Writes the version to the registry, pushes it to every server (in a cluster: stores it
@@ -776,10 +780,12 @@ impl Optimizer {
             let from = self.lock().ok().and_then(|st| st.pointer);
             if !cluster.move_serving(POLICY, &version, from).await? {
                 tracing::warn!(%version, "the serving pointer moved while this version was made; it is not served");
-                let _ = self
-                    .audit
-                    .append(&serde_json::json!({"time_ms": now_ms(), "superseded_version": version, "reason": "the cluster's serving pointer moved while it was trained"}))
-                    .await;
+                let reason = "the cluster's serving pointer moved while it was trained".into();
+                let event = AuditEvent::Superseded {
+                    version: version.clone(),
+                    reason,
+                };
+                self.audit.record(now_ms(), event).await;
                 self.reconcile_cluster(cluster).await?;
                 return Ok(false);
             }
@@ -789,10 +795,16 @@ impl Optimizer {
             }
         }
         let push_ms = t0.elapsed().as_secs_f64() * 1000.0;
-        let _ = self
-            .audit
-            .append(&serde_json::json!({"time_ms": now_ms(), "pushed_version": version, "servers": self.cfg.servers, "push_ms": push_ms}))
-            .await;
+        let event = AuditEvent::Pushed {
+            version: version.clone(),
+            servers: if self.cluster.is_some() {
+                Vec::new()
+            } else {
+                self.cfg.servers.clone()
+            },
+            push_ms,
+        };
+        self.audit.record(now_ms(), event).await;
         self.registry.set_serving(&version)?;
         tracing::info!(%version, push_ms, "policy pushed");
         if let Ok(mut st) = self.state.lock() {
@@ -861,6 +873,22 @@ impl pb::optimizer_server::Optimizer for OptimizerApi {
             leader: self.0.leads(),
         }))
     }
+
+    async fn audit(&self, request: Request<pb::AuditRequest>) -> Result<Response<pb::AuditResponse>, Status> {
+        let req = request.into_inner();
+        if req.limit as usize > crate::audit::KEPT {
+            return Err(Status::invalid_argument(format!(
+                "limit: at most {} entries are kept for this call (the audit log has them all)",
+                crate::audit::KEPT
+            )));
+        }
+        let before = u64::try_from(req.before_unix_ms)
+            .map_err(|_| Status::invalid_argument("before_unix_ms: must not be negative"))?;
+        let entries = self.0.audit.latest(req.limit as usize, before);
+        Ok(Response::new(pb::AuditResponse {
+            entries: entries.iter().map(crate::audit::to_proto).collect(),
+        }))
+    }
 }
 
 /// A started optimizer.
@@ -927,7 +955,7 @@ pub async fn start(cfg: OptimizerConfig) -> Result<RunningOptimizer, OptimizerEr
     };
     let log = |dir: &PathBuf, prefix: &str| EventLog::open(LogConfig::new(dir, prefix, cfg.durability));
     let outcomes = log(&cfg.outcome_log, "outcomes")?;
-    let audit = log(&cfg.audit_log, "audit")?;
+    let audit = AuditTrail::open(LogConfig::new(&cfg.audit_log, "audit", cfg.durability))?;
     let registry = Registry::open(&cfg.registry)?;
     let (cluster, decision_ledger) = match &cfg.cluster {
         Some(cc) => (

@@ -1,6 +1,6 @@
 // Drives the operator console in headless Chromium, one step per run (tests/console.rs checks
 // what each step did through gRPC and the change log in between):
-//   node tests/console/e2e.mjs <edit|viewer|rollback|experiment-start|experiment-verdict|browse|policy-rollback> <console url> <screenshot dir>
+//   node tests/console/e2e.mjs <edit|viewer|rollback|experiment-start|experiment-verdict|browse|policy-rollback|optimizer-audit> <console url> <screenshot dir>
 // Exits non-zero, saying why, when the page does not behave.
 import { chromium } from "playwright-core";
 import assert from "node:assert/strict";
@@ -202,6 +202,20 @@ try {
     await page.waitForSelector("#policy-status.ok");
     await page.waitForSelector("#policies tr[data-version='pol-1'].current");
     await shot("1-served");
+  } else if (step === "optimizer-audit") {
+    // The optimizer's trail under the policy versions: the candidate judged, its estimates and
+    // verdict, what was pushed; the optimizer that does not answer is named, not fatal.
+    await login("vic", "vic's long password");
+    await page.waitForSelector("#whoami:has-text('vic · viewer')");
+    await page.click("#tab-policies");
+    await page.waitForSelector("#optimizer-audit tr[data-id='judged-v2']");
+    assert.match(await page.textContent("#optimizer-audit tr[data-id='judged-v2']"), /passed: Dr of candidate/);
+    assert.ok(await page.$("#optimizer-audit tr[data-id='pushed-v2']"), "the push is listed");
+    assert.match(await page.textContent("#optimizers"), /not answering/);
+    // What the page shows, for the test to compare with the optimizer's own answer.
+    console.log(await page.textContent("#optimizers"));
+    for (const tr of await page.$$("#optimizer-audit tbody tr")) console.log((await tr.getAttribute("data-id")) + ": " + (await tr.innerText()));
+    await shot("1-optimizer-audit");
   } else {
     throw new Error(`unknown step ${step}`);
   }

@@ -6,10 +6,14 @@
 //! version in every record, and readers ([`Tailer`]) that count and report — with file and
 //! line — every line that does not parse as the type they expect, instead of skipping it.
 //!
+//! The optimizer's audit trail ([`AuditRecord`]) and the console's change log
+//! ([`ChangeRecord`]) are records of the same kind.
+//!
 //! The logs ([`EventLog`]) are segmented, append-only JSON Lines files (`pandas.read_json(f,
 //! lines=True)`, `polars.read_ndjson(f)`) with group-committed fsync.
 #![warn(missing_docs)]
 
+pub mod audit;
 pub mod change;
 pub mod decision;
 pub mod event;
@@ -17,6 +21,7 @@ mod log;
 pub mod outcome;
 mod tail;
 
+pub use audit::{AuditEvent, AuditRecord, AUDIT_SCHEMA};
 pub use change::{ChangeRecord, CHANGE_SCHEMA};
 pub use decision::{DecisionRecord, LoggedOffer, DECISION_SCHEMA};
 pub use event::{ConversationEvent, EventKind, EVENT_SCHEMA};

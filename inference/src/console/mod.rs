@@ -15,6 +15,7 @@
 mod browse;
 mod experiments;
 mod kpis;
+mod optimizers;
 mod rules;
 mod users;
 
@@ -55,6 +56,10 @@ pub struct ConsoleConfig {
     /// Minutes a sign-in lasts without use.
     #[serde(default = "default_session_minutes")]
     pub session_minutes: u64,
+    /// The optimizers whose audit trail the console shows (`http://host:port`, their gRPC
+    /// listeners): every one of a cluster, since only the one leading trains.
+    #[serde(default)]
+    pub optimizers: Vec<String>,
 }
 
 fn default_session_minutes() -> u64 {
@@ -142,6 +147,16 @@ pub enum ConsoleError {
     /// Its directory, its versions or its change log.
     #[error("console.dir: {0}")]
     Store(String),
+    /// An optimizer address is not a URL the console can call.
+    #[error("console.optimizers[{index}]: `{addr}` is not an http:// address ({reason})")]
+    Optimizer {
+        /// Its place in the list.
+        index: usize,
+        /// What was configured.
+        addr: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The listener.
     #[error("console.addr {addr}: {source}")]
     Bind {
@@ -166,6 +181,8 @@ struct Console {
     experimenting: Mutex<()>,
     /// Policy versions (None without `[decisions]`).
     policies: Option<crate::decide::PolicyAdminService>,
+    /// `[console] optimizers`.
+    optimizers: Vec<String>,
 }
 
 fn now_ms() -> u64 {
@@ -643,6 +660,18 @@ pub(crate) async fn start(
     conversations: Arc<ConversationService>,
     policies: Option<crate::decide::PolicyAdminService>,
 ) -> Result<RunningConsole, ConsoleError> {
+    for (index, addr) in cfg.optimizers.iter().enumerate() {
+        let reason = match tonic::transport::Endpoint::from_shared(addr.clone()) {
+            Ok(_) if addr.starts_with("http://") => continue,
+            Ok(_) => "the console calls optimizers over plain HTTP/2".to_string(),
+            Err(e) => e.to_string(),
+        };
+        return Err(ConsoleError::Optimizer {
+            index,
+            addr: addr.clone(),
+            reason,
+        });
+    }
     let users = Users::load(&cfg.users_file)?;
     let store = |e: ApiError| ConsoleError::Store(format!("{e:?}"));
     let text = std::fs::read_to_string(conversations.rules_path())
@@ -694,6 +723,7 @@ pub(crate) async fn start(
         experiments,
         experimenting: Mutex::new(()),
         policies,
+        optimizers: cfg.optimizers.clone(),
     });
     let app = Router::new()
         .route("/", get(|| async { Html(PAGE) }))
@@ -714,6 +744,7 @@ pub(crate) async fn start(
         .route("/api/conversations/{id}", get(browse::conversation))
         .route("/api/policies", get(browse::policies))
         .route("/api/policies/rollback", post(browse::rollback_policy))
+        .route("/api/optimizer/audit", get(optimizers::audit))
         .with_state(console);
     let listener = tokio::net::TcpListener::bind(cfg.addr)
         .await
