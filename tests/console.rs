@@ -106,6 +106,25 @@ async fn offer_for_regular_customer(grpc: std::net::SocketAddr, conv: &str) -> S
     r.offer.map(|o| o.offer_id).unwrap_or_default()
 }
 
+/// The care bundle's price (cents) as offered to new regular customers asking about the
+/// battery (the shipped experiment allows it; the serving policy chooses among what the rules
+/// allow, so a few customers may be asked).
+async fn bundle_price(grpc: std::net::SocketAddr, conv: &str) -> i64 {
+    let mut c = pb::conversations_client::ConversationsClient::new(channel(grpc).await);
+    for i in 0..40 {
+        let conv = format!("{conv}-{i}");
+        let r = c
+            .turn(battery_question(&conv, &format!("cust-{conv}")))
+            .await
+            .unwrap()
+            .into_inner();
+        if let Some(offer) = r.offer.filter(|o| o.offer_id == "care_bundle") {
+            return offer.price.expect("a price").final_price_cents;
+        }
+    }
+    panic!("no customer was offered the care bundle")
+}
+
 /// `n` new regular customers ask about the battery; each buys with the chance its offer gives
 /// (care bundle 40 %, warranty 10 %), from a draw fixed per customer. Returns, per arm, the
 /// offers made and purchases.
@@ -182,8 +201,13 @@ async fn an_operator_edits_a_rule_sees_it_live_and_rolls_it_back_in_a_browser() 
         ),
     )
     .unwrap();
+    // And the catalog, with the products CSV it names.
+    let catalog = var.path().join("catalog.toml");
+    std::fs::copy("examples/shop/catalog.toml", &catalog).unwrap();
+    std::fs::copy("examples/shop/products.csv", var.path().join("products.csv")).unwrap();
     let mut config = common::example_shop_config(var.path());
     config.strategy.as_mut().unwrap().rules = rules.clone();
+    config.strategy.as_mut().unwrap().catalog = catalog.clone();
     // The optimizer whose audit trail the console shows (started near the end), and one that
     // never answers: the page must say so and show the other's entries.
     let optimizer_addr: std::net::SocketAddr = format!("127.0.0.1:{}", support::free_port()).parse().unwrap();
@@ -355,6 +379,29 @@ async fn an_operator_edits_a_rule_sees_it_live_and_rolls_it_back_in_a_browser() 
             last.note.as_str()
         ),
         ("ana", "policy.rollback", "pol-1", "was pol-2")
+    );
+
+    // The catalog: a new bundle price made live in the page, then rolled back.
+    browser_step(&script, "catalog", &url, &shots);
+    assert_eq!(bundle_price(server.grpc_addr, "after-catalog-edit").await, 29_900);
+    browser_step(&script, "catalog-rollback", &url, &shots);
+    assert_eq!(bundle_price(server.grpc_addr, "after-catalog-rollback").await, 32_900);
+    assert_eq!(
+        std::fs::read_to_string(&catalog).unwrap(),
+        std::fs::read_to_string("examples/shop/catalog.toml").unwrap()
+    );
+    let (log, _) = nudge_records::read_all::<ChangeRecord>(&var.path().join("console/changes")).unwrap();
+    let catalog_changes: Vec<(&str, &str, &str)> = log
+        .iter()
+        .filter(|c| c.target == "catalog")
+        .map(|c| (c.action.as_str(), c.version.as_str(), c.note.as_str()))
+        .collect();
+    assert_eq!(
+        catalog_changes,
+        [
+            ("catalog.save", "2", "care bundle at 299 for the holidays"),
+            ("catalog.rollback", "3", "the text of version 1"),
+        ]
     );
 
     // The optimizer's audit trail: it starts on this server's decision log (its first version,

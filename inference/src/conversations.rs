@@ -563,6 +563,24 @@ impl ConversationService {
         &self.config.rules
     }
 
+    /// Checks `text` as the catalog file, as a reload would: it parses, its product names
+    /// build the SKU linker, and the serving rules file still passes against it (a rule naming
+    /// an offer the text removes is an error, reported as the rules file's).
+    pub fn check_catalog(&self, text: &str) -> Result<(), StrategyError> {
+        let catalog = Catalog::parse(&self.config.catalog, text)?;
+        SkuLinker::new(&catalog)?;
+        let rules = std::fs::read_to_string(&self.config.rules).map_err(|source| StrategyError::Io {
+            path: self.config.rules.clone(),
+            source,
+        })?;
+        self.parse_rules(&rules, &catalog).map(drop)
+    }
+
+    /// The catalog file this service reads (the console writes it, then reloads).
+    pub fn catalog_path(&self) -> &std::path::Path {
+        &self.config.catalog
+    }
+
     /// The versions of the catalog and rules serving now.
     pub fn strategy_versions(&self) -> (String, String) {
         let s = self.strategy.load();

@@ -1,6 +1,6 @@
 // Drives the operator console in headless Chromium, one step per run (tests/console.rs checks
 // what each step did through gRPC and the change log in between):
-//   node tests/console/e2e.mjs <edit|viewer|rollback|experiment-start|experiment-verdict|browse|policy-rollback|optimizer-audit> <console url> <screenshot dir>
+//   node tests/console/e2e.mjs <edit|viewer|rollback|experiment-start|experiment-verdict|browse|policy-rollback|catalog|catalog-rollback|optimizer-audit> <console url> <screenshot dir>
 // Exits non-zero, saying why, when the page does not behave.
 import { chromium } from "playwright-core";
 import assert from "node:assert/strict";
@@ -81,13 +81,13 @@ try {
     assert.ok(await page.isDisabled("#rules-save"), "a viewer cannot press save");
     const status = await page.evaluate(async () => {
       const text = document.querySelector("#rules-editor").value;
-      const r = await fetch("/api/rules", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ text }) });
+      const r = await fetch("/api/files/rules", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ text }) });
       return [r.status, (await r.json()).error.message];
     });
     assert.equal(status[0], 403, "the API refuses a viewer's change too");
     assert.match(status[1], /viewer/);
     // A change sent as a form (what another site could make a browser send) is refused.
-    const form = await page.evaluate(async () => (await fetch("/api/rules", { method: "POST", body: "text=x" })).status);
+    const form = await page.evaluate(async () => (await fetch("/api/files/rules", { method: "POST", body: "text=x" })).status);
     assert.equal(form, 415);
     await shot("1-read-only");
   } else if (step === "rollback") {
@@ -202,6 +202,47 @@ try {
     await page.waitForSelector("#policy-status.ok");
     await page.waitForSelector("#policies tr[data-version='pol-1'].current");
     await shot("1-served");
+  } else if (step === "catalog") {
+    // The catalog in the same editor: a bad price is shown at its line; renaming an offer a rule
+    // names is refused (the rules would no longer pass); a new bundle price goes live.
+    await login("ana", "ana's long password");
+    await page.waitForSelector("#whoami:has-text('ana · editor')");
+    await page.selectOption("#edit-file", "catalog");
+    await page.waitForFunction(() => document.querySelector("#rules-editor").value.includes("[[offer]]"));
+    const original = await page.inputValue("#rules-editor");
+    const priceLine = original.split("\n").indexOf('price = "329.00"') + 1;
+    assert.ok(priceLine > 0, "the care bundle's price is where the test expects it");
+    await page.fill("#rules-editor", original.replace('price = "329.00"', 'price = "3x9.00"'));
+    await page.click("#rules-check");
+    await page.waitForSelector("#rules-error.bad");
+    const error = await page.textContent("#rules-error");
+    assert.match(error, new RegExp(`Line ${priceLine} `), error);
+    assert.match(error, /price/, error);
+    await shot("1-bad-price");
+    await page.fill("#rules-editor", original.replace('id = "care_bundle"', 'id = "care_bundle_2"'));
+    await page.click("#rules-save");
+    await page.waitForFunction(() => /rules would no longer pass/.test(document.querySelector("#rules-error").textContent));
+    assert.match(await page.textContent("#rules-error"), /care_bundle/);
+    await page.fill("#rules-editor", original.replace('price = "329.00"', 'price = "299.00"'));
+    await page.fill("#rules-note", "care bundle at 299 for the holidays");
+    await page.click("#rules-save");
+    await page.waitForSelector("#rules-status.ok");
+    assert.match(await page.textContent("#rules-status"), /Version 2 is live/);
+    await shot("2-saved");
+  } else if (step === "catalog-rollback") {
+    await login("ana", "ana's long password");
+    await page.waitForSelector("#whoami:has-text('ana · editor')");
+    await page.selectOption("#edit-file", "catalog");
+    await page.waitForSelector("#versions tr[data-version='2'].current");
+    await page.click("#versions tr[data-version='2'] button.diff");
+    await page.waitForSelector("#diff-view:not([hidden])");
+    const diff = await page.textContent("#diff-view");
+    assert.match(diff, /-price = "329\.00"/, diff);
+    assert.match(diff, /\+price = "299\.00"/, diff);
+    page.once("dialog", (d) => d.accept());
+    await page.click("#versions tr[data-version='1'] button.rollback");
+    await page.waitForSelector("#versions tr[data-version='3'].current");
+    await shot("1-rolled-back");
   } else if (step === "optimizer-audit") {
     // The optimizer's trail under the policy versions: the candidate judged, its estimates and
     // verdict, what was pushed; the optimizer that does not answer is named, not fatal.

@@ -175,6 +175,13 @@ impl Catalog {
             path: path.to_path_buf(),
             source,
         })?;
+        Self::parse(path, &text)
+    }
+
+    /// Validates `text` as the catalog file at `path` would be (the products CSV it names is
+    /// read beside `path`): what an editor checks before the text replaces the file.
+    pub fn parse(path: &Path, text: &str) -> Result<Catalog, StrategyError> {
+        let text = text.to_string();
         let file: CatalogFile = toml::from_str(&text).map_err(|e| toml_error(path, &text, &e))?;
         let mut hash = Sha256::new();
         hash.update(text.as_bytes());

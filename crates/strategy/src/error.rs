@@ -80,10 +80,13 @@ pub(crate) fn line_of(text: &str, offset: usize) -> usize {
 
 /// A TOML parse error as a located error (toml reports the byte span).
 pub(crate) fn toml_error(path: &std::path::Path, text: &str, e: &toml::de::Error) -> StrategyError {
-    StrategyError::invalid(
-        path,
-        e.span().map(|s| line_of(text, s.start)),
-        "",
-        e.message().trim().to_string(),
-    )
+    let line = e.span().map(|s| line_of(text, s.start));
+    // The key on that line (`price = "3x9.00"` → `price`), when the line is a key/value pair.
+    let field = line
+        .and_then(|l| text.lines().nth(l.saturating_sub(1)))
+        .and_then(|t| t.split_once('='))
+        .map(|(k, _)| k.trim())
+        .filter(|k| !k.is_empty() && !k.starts_with(['[', '#', '"']))
+        .unwrap_or_default();
+    StrategyError::invalid(path, line, field, e.message().trim().to_string())
 }

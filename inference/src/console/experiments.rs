@@ -10,7 +10,7 @@
 //! version (through the same checks and change log as an edit), its policy version becomes the
 //! serving policy. An arm that served no learned policy cannot be shipped from here: there is
 //! no "no policy" version to serve.
-use super::{rules, ApiError};
+use super::{files, ApiError};
 use crate::experiment::{sequential, srm_p_value, ArmPolicy, ExperimentSpec, Sample, Sequential};
 use crate::kpi::{ArmSamples, Dimension, Kpis, Rates};
 use serde::{Deserialize, Serialize};
@@ -72,7 +72,7 @@ impl Experiments {
     pub(crate) fn save(&self, experiments: Vec<Stored>) -> Result<(), ApiError> {
         let file = StoreFile { format: 1, experiments };
         let bytes = serde_json::to_vec_pretty(&file).map_err(|e| ApiError::Internal(e.to_string()))?;
-        rules::write_atomic(&self.path, &bytes)
+        files::write_atomic(&self.path, &bytes)
     }
 
     /// The running one, if any.

@@ -14,9 +14,9 @@
 //! (a form on another site can send neither), and a viewer's changes are refused.
 mod browse;
 mod experiments;
+mod files;
 mod kpis;
 mod optimizers;
-mod rules;
 mod users;
 
 pub use users::{hash_password, Role, User, UsersError};
@@ -27,8 +27,8 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use files::{FileKind, TextVersions};
 use nudge_records::{ChangeRecord, Durability, EventLog, LogConfig, CHANGE_SCHEMA};
-use rules::RuleVersions;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -171,8 +171,9 @@ struct Console {
     users: Users,
     sessions: Sessions,
     conversations: Arc<ConversationService>,
-    rules: RuleVersions,
-    /// One rules change at a time: check, store, write, reload, make current.
+    rules: TextVersions,
+    catalog: TextVersions,
+    /// One file change at a time: check, store, write, reload, make current.
     editing: Mutex<()>,
     changes: EventLog,
     recent: Mutex<VecDeque<ChangeRecord>>,
@@ -221,20 +222,59 @@ impl Console {
         }
     }
 
-    /// Makes `text` the serving rules: checked, stored as a version, written, reloaded (and the
-    /// old text put back if the reload refuses it). Blocking.
-    fn apply(&self, text: &str, author: &str, note: &str) -> Result<u32, ApiError> {
+    fn versions(&self, kind: FileKind) -> &TextVersions {
+        match kind {
+            FileKind::Rules => &self.rules,
+            FileKind::Catalog => &self.catalog,
+        }
+    }
+
+    fn check(&self, kind: FileKind, text: &str) -> Result<(), ApiError> {
+        match kind {
+            FileKind::Rules => Ok(self.conversations.check_rules(text)?),
+            FileKind::Catalog => self.conversations.check_catalog(text).map_err(|e| match e {
+                // The rules no longer pass against this catalog: their line is not this text's.
+                nudge_strategy::StrategyError::Invalid {
+                    path,
+                    line,
+                    field,
+                    reason,
+                    ..
+                } if path == self.conversations.rules_path() => ApiError::invalid(
+                    "text",
+                    format!(
+                        "the rules would no longer pass: {}{}: {field}: {reason}",
+                        path.display(),
+                        line.map(|l| format!(":{l}")).unwrap_or_default()
+                    ),
+                ),
+                e => e.into(),
+            }),
+        }
+    }
+
+    fn path(&self, kind: FileKind) -> &std::path::Path {
+        match kind {
+            FileKind::Rules => self.conversations.rules_path(),
+            FileKind::Catalog => self.conversations.catalog_path(),
+        }
+    }
+
+    /// Makes `text` the serving rules or catalog: checked, stored as a version, written,
+    /// reloaded (and the old text put back if the reload refuses it). Blocking.
+    fn apply(&self, kind: FileKind, text: &str, author: &str, note: &str) -> Result<u32, ApiError> {
         let _one = self.editing.lock().map_err(|_| ApiError::poisoned())?;
-        self.conversations.check_rules(text)?;
-        let path = self.conversations.rules_path().to_path_buf();
+        self.check(kind, text)?;
+        let path = self.path(kind).to_path_buf();
         let old = std::fs::read_to_string(&path).map_err(|e| ApiError::Internal(format!("{}: {e}", path.display())))?;
-        let n = self.rules.add(text, author, note, now_ms())?;
-        rules::write_atomic(&path, text.as_bytes())?;
+        let versions = self.versions(kind);
+        let n = versions.add(text, author, note, now_ms())?;
+        files::write_atomic(&path, text.as_bytes())?;
         if let Err(e) = self.conversations.reload() {
-            rules::write_atomic(&path, old.as_bytes())?;
+            files::write_atomic(&path, old.as_bytes())?;
             return Err(ApiError::invalid("text", e.to_string()));
         }
-        self.rules.set_current(n)?;
+        versions.set_current(n)?;
         Ok(n)
     }
 }
@@ -322,49 +362,58 @@ async fn me(State(c): Shared, headers: HeaderMap) -> Result<Json<serde_json::Val
     Ok(Json(serde_json::json!({"user": s.user, "role": s.role})))
 }
 
-async fn get_rules(State(c): Shared, headers: HeaderMap) -> Result<Json<serde_json::Value>, ApiError> {
+type FilePath = axum::extract::Path<FileKind>;
+
+async fn get_file(
+    State(c): Shared,
+    headers: HeaderMap,
+    axum::extract::Path(kind): FilePath,
+) -> Result<Json<serde_json::Value>, ApiError> {
     c.session(&headers)?;
     let c2 = c.clone();
     blocking(move || {
-        let current = c2
-            .rules
+        let versions = c2.versions(kind);
+        let current = versions
             .current()?
-            .ok_or_else(|| ApiError::Internal("no current rules version".into()))?;
-        let v = c2.rules.get(current)?;
+            .ok_or_else(|| ApiError::Internal(format!("no current {} version", kind.name())))?;
+        let v = versions.get(current)?;
         let (catalog, rules) = c2.conversations.strategy_versions();
         Ok(Json(serde_json::json!({
+            "kind": kind,
             "current": current,
             "text": v.text,
-            "file": c2.conversations.rules_path().display().to_string(),
+            "file": c2.path(kind).display().to_string(),
             "serving": {"catalog": catalog, "rules": rules},
-            "versions": c2.rules.list()?,
+            "versions": versions.list()?,
         })))
     })
     .await
 }
 
 #[derive(Deserialize)]
-struct RulesText {
+struct FileText {
     text: String,
     #[serde(default)]
     note: String,
 }
 
-async fn check_rules(
+async fn check_file(
     State(c): Shared,
     headers: HeaderMap,
-    Json(req): Json<RulesText>,
+    axum::extract::Path(kind): FilePath,
+    Json(req): Json<FileText>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     c.session(&headers)?;
     let c2 = c.clone();
-    blocking(move || Ok(c2.conversations.check_rules(&req.text)?)).await?;
+    blocking(move || c2.check(kind, &req.text)).await?;
     Ok(Json(serde_json::json!({"ok": true})))
 }
 
-async fn save_rules(
+async fn save_file(
     State(c): Shared,
     headers: HeaderMap,
-    Json(req): Json<RulesText>,
+    axum::extract::Path(kind): FilePath,
+    Json(req): Json<FileText>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let s = c.session(&headers)?;
     s.may_edit()?;
@@ -372,10 +421,11 @@ async fn save_rules(
         return Err(ApiError::invalid("note", "at most 500 bytes"));
     }
     let (c2, user, note) = (c.clone(), s.user.clone(), req.note.clone());
-    let n = blocking(move || c2.apply(&req.text, &user, &note)).await?;
-    c.record(&s.user, s.role.name(), "rules.save", "rules", n.to_string(), req.note)
+    let n = blocking(move || c2.apply(kind, &req.text, &user, &note)).await?;
+    let action = format!("{}.save", kind.name());
+    c.record(&s.user, s.role.name(), &action, kind.name(), n.to_string(), req.note)
         .await;
-    tracing::info!(user = %s.user, version = n, "rules changed in the console");
+    tracing::info!(user = %s.user, file = kind.name(), version = n, "changed in the console");
     Ok(Json(serde_json::json!({"version": n})))
 }
 
@@ -384,9 +434,10 @@ struct Rollback {
     version: u32,
 }
 
-async fn rollback_rules(
+async fn rollback_file(
     State(c): Shared,
     headers: HeaderMap,
+    axum::extract::Path(kind): FilePath,
     Json(req): Json<Rollback>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let s = c.session(&headers)?;
@@ -394,20 +445,21 @@ async fn rollback_rules(
     let (c2, user) = (c.clone(), s.user.clone());
     let to = req.version;
     let n = blocking(move || {
-        let old = c2.rules.get(to)?;
-        c2.apply(&old.text, &user, &format!("rollback to version {to}"))
+        let old = c2.versions(kind).get(to)?;
+        c2.apply(kind, &old.text, &user, &format!("rollback to version {to}"))
     })
     .await?;
+    let action = format!("{}.rollback", kind.name());
     c.record(
         &s.user,
         s.role.name(),
-        "rules.rollback",
-        "rules",
+        &action,
+        kind.name(),
         n.to_string(),
         format!("the text of version {to}"),
     )
     .await;
-    tracing::info!(user = %s.user, version = n, from = to, "rules rolled back in the console");
+    tracing::info!(user = %s.user, file = kind.name(), version = n, from = to, "rolled back in the console");
     Ok(Json(serde_json::json!({"version": n})))
 }
 
@@ -417,16 +469,18 @@ struct DiffQuery {
     to: u32,
 }
 
-async fn diff_rules(
+async fn diff_file(
     State(c): Shared,
     headers: HeaderMap,
+    axum::extract::Path(kind): FilePath,
     Query(q): Query<DiffQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     c.session(&headers)?;
     let c2 = c.clone();
     blocking(move || {
-        let (a, b) = (c2.rules.get(q.from)?, c2.rules.get(q.to)?);
-        Ok(Json(serde_json::json!({"diff": rules::diff(&a, &b)})))
+        let versions = c2.versions(kind);
+        let (a, b) = (versions.get(q.from)?, versions.get(q.to)?);
+        Ok(Json(serde_json::json!({"diff": files::diff(&a, &b)})))
     })
     .await
 }
@@ -614,7 +668,7 @@ async fn stop_experiment(
             if let Some(v) = a.rules_version {
                 let text = c2.rules.get(v)?.text;
                 let note = format!("shipped arm {} of experiment {} (rules version {v})", a.name, e.spec.id);
-                shipped_rules = Some(c2.apply(&text, &user, &note)?);
+                shipped_rules = Some(c2.apply(FileKind::Rules, &text, &user, &note)?);
             }
         }
         c2.conversations.stop_experiment();
@@ -674,9 +728,13 @@ pub(crate) async fn start(
     }
     let users = Users::load(&cfg.users_file)?;
     let store = |e: ApiError| ConsoleError::Store(format!("{e:?}"));
-    let text = std::fs::read_to_string(conversations.rules_path())
-        .map_err(|e| ConsoleError::Store(format!("{}: {e}", conversations.rules_path().display())))?;
-    let rules = RuleVersions::open(&cfg.dir, &text, now_ms()).map_err(store)?;
+    let open = |kind: FileKind, path: &std::path::Path| {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ConsoleError::Store(format!("{}: {e}", path.display())))?;
+        TextVersions::open(&cfg.dir, kind, &text, now_ms()).map_err(store)
+    };
+    let rules = open(FileKind::Rules, conversations.rules_path())?;
+    let catalog = open(FileKind::Catalog, conversations.catalog_path())?;
     let log_dir = cfg.dir.join("changes");
     let (recent, _) = nudge_records::read_all::<ChangeRecord>(&log_dir).unwrap_or_default();
     let recent: VecDeque<ChangeRecord> = recent.into_iter().rev().take(RECENT).rev().collect();
@@ -717,6 +775,7 @@ pub(crate) async fn start(
         sessions: Sessions::new(Duration::from_secs(cfg.session_minutes.max(1) * 60)),
         conversations,
         rules,
+        catalog,
         editing: Mutex::new(()),
         changes,
         recent: Mutex::new(recent),
@@ -730,10 +789,10 @@ pub(crate) async fn start(
         .route("/api/login", post(login))
         .route("/api/logout", post(logout))
         .route("/api/me", get(me))
-        .route("/api/rules", get(get_rules).post(save_rules))
-        .route("/api/rules/check", post(check_rules))
-        .route("/api/rules/rollback", post(rollback_rules))
-        .route("/api/rules/diff", get(diff_rules))
+        .route("/api/files/{kind}", get(get_file).post(save_file))
+        .route("/api/files/{kind}/check", post(check_file))
+        .route("/api/files/{kind}/rollback", post(rollback_file))
+        .route("/api/files/{kind}/diff", get(diff_file))
         .route("/api/audit", get(audit))
         .route("/api/experiments", get(experiments_page).post(start_experiment))
         .route("/api/experiments/stop", post(stop_experiment))

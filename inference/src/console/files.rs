@@ -1,18 +1,37 @@
-//! Versions of the operators' rules: every text that was ever made current, numbered, with who
-//! made it, when and why, so any two can be compared and any one made current again. A rollback
-//! is a new version with an old text: history only grows, and the change log says who rolled
-//! back what.
+//! Versions of the files operators edit — the rules and the catalog: every text that was ever
+//! made current, numbered, with who made it, when and why, so any two can be compared and any
+//! one made current again. A rollback is a new version with an old text: history only grows,
+//! and the change log says who rolled back what.
 //!
-//! Each version is one JSON file (`<dir>/rules/<n>.json`, written atomically); `CURRENT` names the
-//! one the rules file holds. A rules file changed on disk behind the console's back (and reloaded
+//! Each version is one JSON file (`<dir>/<kind>/<n>.json`, written atomically); `CURRENT` names
+//! the one the file holds. A file changed on disk behind the console's back (and reloaded
 //! through `StrategyAdmin`) is recorded as a version of its own when the console starts.
 use super::ApiError;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-/// One version of the rules.
+/// Which file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum FileKind {
+    /// `[strategy] rules`.
+    Rules,
+    /// `[strategy] catalog` (the TOML file; a products CSV it names is not versioned here).
+    Catalog,
+}
+
+impl FileKind {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            FileKind::Rules => "rules",
+            FileKind::Catalog => "catalog",
+        }
+    }
+}
+
+/// One version of a file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct RuleVersion {
+pub(crate) struct TextVersion {
     pub version: u32,
     pub time_ms: u64,
     pub author: String,
@@ -30,7 +49,8 @@ pub(crate) struct VersionInfo {
     pub current: bool,
 }
 
-pub(crate) struct RuleVersions {
+pub(crate) struct TextVersions {
+    kind: FileKind,
     dir: PathBuf,
 }
 
@@ -49,13 +69,13 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ApiError> {
     Ok(())
 }
 
-impl RuleVersions {
-    /// Opens `<dir>/rules`, recording the serving rules `text` as a version if it is not the
+impl TextVersions {
+    /// Opens `<dir>/<kind>`, recording the serving file's `text` as a version if it is not the
     /// current one (the first start, or an edit on disk).
-    pub(crate) fn open(dir: &Path, text: &str, now_ms: u64) -> Result<Self, ApiError> {
-        let dir = dir.join("rules");
+    pub(crate) fn open(dir: &Path, kind: FileKind, text: &str, now_ms: u64) -> Result<Self, ApiError> {
+        let dir = dir.join(kind.name());
         std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
-        let me = Self { dir };
+        let me = Self { kind, dir };
         let current = me.current()?.map(|n| me.get(n)).transpose()?;
         match current {
             Some(v) if v.text == text => {}
@@ -64,7 +84,8 @@ impl RuleVersions {
                 me.set_current(n)?;
             }
             None => {
-                let n = me.add(text, "config", "the rules file the server started with", now_ms)?;
+                let note = format!("the {} file the server started with", kind.name());
+                let n = me.add(text, "config", &note, now_ms)?;
                 me.set_current(n)?;
             }
         }
@@ -101,9 +122,10 @@ impl RuleVersions {
             .collect()
     }
 
-    pub(crate) fn get(&self, n: u32) -> Result<RuleVersion, ApiError> {
+    pub(crate) fn get(&self, n: u32) -> Result<TextVersion, ApiError> {
         let p = self.path(n);
-        let bytes = std::fs::read(&p).map_err(|_| ApiError::NotFound(format!("version: no rules version {n}")))?;
+        let bytes = std::fs::read(&p)
+            .map_err(|_| ApiError::NotFound(format!("version: no {} version {n}", self.kind.name())))?;
         serde_json::from_slice(&bytes).map_err(|e| io(&p, e))
     }
 
@@ -123,7 +145,7 @@ impl RuleVersions {
     /// Stores `text` as the next version (not yet current).
     pub(crate) fn add(&self, text: &str, author: &str, note: &str, now_ms: u64) -> Result<u32, ApiError> {
         let n = self.list()?.last().map_or(1, |v| v.version + 1);
-        let v = RuleVersion {
+        let v = TextVersion {
             version: n,
             time_ms: now_ms,
             author: author.to_string(),
@@ -137,7 +159,7 @@ impl RuleVersions {
 }
 
 /// A unified diff of two versions' texts (three lines of context).
-pub(crate) fn diff(from: &RuleVersion, to: &RuleVersion) -> String {
+pub(crate) fn diff(from: &TextVersion, to: &TextVersion) -> String {
     similar::TextDiff::from_lines(&from.text, &to.text)
         .unified_diff()
         .context_radius(3)
@@ -152,13 +174,13 @@ mod tests {
     #[test]
     fn the_first_start_and_an_edit_on_disk_are_versions_and_a_diff_shows_the_change() {
         let d = tempfile::tempdir().unwrap();
-        let v = RuleVersions::open(d.path(), "a = 1\n", 10).unwrap();
+        let v = TextVersions::open(d.path(), FileKind::Rules, "a = 1\n", 10).unwrap();
         assert_eq!(v.current().unwrap(), Some(1));
         // Started again on the same text: nothing new.
-        let v = RuleVersions::open(d.path(), "a = 1\n", 20).unwrap();
+        let v = TextVersions::open(d.path(), FileKind::Rules, "a = 1\n", 20).unwrap();
         assert_eq!(v.list().unwrap().len(), 1);
         // The file changed behind the console's back.
-        let v = RuleVersions::open(d.path(), "a = 2\n", 30).unwrap();
+        let v = TextVersions::open(d.path(), FileKind::Rules, "a = 2\n", 30).unwrap();
         let list = v.list().unwrap();
         assert_eq!(list.len(), 2);
         assert_eq!((list[1].author.as_str(), list[1].current), ("file", true));
