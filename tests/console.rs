@@ -106,6 +106,39 @@ async fn offer_for_regular_customer(grpc: std::net::SocketAddr, conv: &str) -> S
     r.offer.map(|o| o.offer_id).unwrap_or_default()
 }
 
+/// A copy of the default bundle at `<root>/bundles/<version>` (its encoder and heads linked, its
+/// manifest rewritten with `version`); `broken` gives it heads that fail their checksum.
+fn shop_bundle(root: &Path, version: &str, broken: bool) -> PathBuf {
+    let src = std::fs::canonicalize("models/bundles/default").unwrap();
+    let dir = root.join("bundles").join(version);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::os::unix::fs::symlink(src.join("encoder"), dir.join("encoder")).unwrap();
+    if broken {
+        std::fs::write(dir.join("heads.safetensors"), b"not the heads").unwrap();
+    } else {
+        std::os::unix::fs::symlink(src.join("heads.safetensors"), dir.join("heads.safetensors")).unwrap();
+    }
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(src.join("manifest.json")).unwrap()).unwrap();
+    manifest["version"] = version.into();
+    std::fs::write(dir.join("manifest.json"), serde_json::to_vec_pretty(&manifest).unwrap()).unwrap();
+    dir
+}
+
+/// The version of the default model that answers `Understand`.
+async fn model_version(grpc: std::net::SocketAddr) -> String {
+    let mut c = pb::nlu_client::NluClient::new(channel(grpc).await);
+    let r = c
+        .understand(pb::UnderstandRequest {
+            text: "where is my parcel".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    r.model_version
+}
+
 /// The care bundle's price (cents) as offered to new regular customers asking about the
 /// battery (the shipped experiment allows it; the serving policy chooses among what the rules
 /// allow, so a few customers may be asked).
@@ -205,7 +238,15 @@ async fn an_operator_edits_a_rule_sees_it_live_and_rolls_it_back_in_a_browser() 
     let catalog = var.path().join("catalog.toml");
     std::fs::copy("examples/shop/catalog.toml", &catalog).unwrap();
     std::fs::copy("examples/shop/products.csv", var.path().join("products.csv")).unwrap();
+    // Two versions of the default model under a models root of the test's own (and one whose
+    // heads do not match its checksums); it serves `shop-a`.
+    let models_root = var.path().join("models");
+    let bundle_a = shop_bundle(&models_root, "shop-a", false);
+    shop_bundle(&models_root, "shop-b", false);
+    shop_bundle(&models_root, "shop-broken", true);
     let mut config = common::example_shop_config(var.path());
+    config.bundles = vec![bundle_a];
+    config.models_root = models_root;
     config.strategy.as_mut().unwrap().rules = rules.clone();
     config.strategy.as_mut().unwrap().catalog = catalog.clone();
     // The optimizer whose audit trail the console shows (started near the end), and one that
@@ -403,6 +444,20 @@ async fn an_operator_edits_a_rule_sees_it_live_and_rolls_it_back_in_a_browser() 
             ("catalog.rollback", "3", "the text of version 1"),
         ]
     );
+
+    // NLU model versions: a broken bundle is refused in the page, another version served, then
+    // the first one again.
+    browser_step(&script, "models", &url, &shots);
+    assert_eq!(model_version(server.grpc_addr).await, "shop-b");
+    browser_step(&script, "models-rollback", &url, &shots);
+    assert_eq!(model_version(server.grpc_addr).await, "shop-a");
+    let (log, _) = nudge_records::read_all::<ChangeRecord>(&var.path().join("console/changes")).unwrap();
+    let served: Vec<(&str, &str)> = log
+        .iter()
+        .filter(|c| c.action == "model.serve")
+        .map(|c| (c.version.as_str(), c.target.as_str()))
+        .collect();
+    assert_eq!(served, [("shop-b", "model default"), ("shop-a", "model default")]);
 
     // The optimizer's audit trail: it starts on this server's decision log (its first version,
     // v1, is pushed), learns from outcomes, judges a candidate and pushes it.

@@ -148,7 +148,29 @@ impl Reloader {
     }
 }
 
+/// A bundle found under the models root, for the console's model versions.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct BundleInfo {
+    /// The bundle directory (canonical).
+    pub dir: PathBuf,
+    /// The served model it is a version of (its manifest's name).
+    pub name: String,
+    /// Its manifest's version.
+    pub version: String,
+    /// Whether it is the directory the model serves now.
+    pub serving: bool,
+    /// Figures recorded when it was made (eval accuracy…).
+    pub metrics: serde_json::Map<String, serde_json::Value>,
+    /// Why its manifest cannot be read (it cannot be served).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub error: String,
+}
+
+/// Directories below the models root searched for bundles (`models/bundles/<name>/`).
+const BUNDLE_DEPTH: usize = 3;
+
 /// The ModelAdmin service (admin listener only).
+#[derive(Clone)]
 pub struct ModelAdminService {
     reloader: Arc<Reloader>,
     /// In cluster mode a reload moves the model's SERVING pointer for every server.
@@ -165,7 +187,73 @@ impl ModelAdminService {
         }
     }
 
-    async fn reload(&self, req: pb::ReloadModelRequest) -> Result<pb::ReloadModelResponse, RequestError> {
+    /// The served models: name, version serving, bundle directory.
+    pub(crate) fn served(&self) -> Vec<serde_json::Value> {
+        let models = self.reloader.models();
+        let mut names = models.names();
+        names.sort();
+        names
+            .iter()
+            .filter_map(|n| {
+                let batcher = models.get(n).ok()?;
+                let (_, dir) = models.resolve(n).ok()?;
+                Some(serde_json::json!({
+                    "name": n,
+                    "version": batcher.model().version(),
+                    "dir": dir.canonicalize().unwrap_or(dir),
+                }))
+            })
+            .collect()
+    }
+
+    /// Every bundle under the models root (manifests only: nothing is loaded), by model and
+    /// version, and the served models' current directories among them.
+    pub(crate) fn bundles(&self) -> Vec<BundleInfo> {
+        let serving: Vec<PathBuf> = self
+            .reloader
+            .models()
+            .names()
+            .iter()
+            .filter_map(|n| self.reloader.models().resolve(n).ok())
+            .filter_map(|(_, dir)| dir.canonicalize().ok())
+            .collect();
+        let mut found = Vec::new();
+        let mut dirs = vec![(self.reloader.models_root().to_path_buf(), 0)];
+        while let Some((dir, depth)) = dirs.pop() {
+            if dir.join(nudge_model::MANIFEST).is_file() {
+                let (name, version, metrics, error) = match nudge_model::Manifest::read(&dir) {
+                    Ok(m) => (m.name, m.version, m.metrics, String::new()),
+                    Err(e) => (String::new(), String::new(), Default::default(), e.to_string()),
+                };
+                let dir = dir.canonicalize().unwrap_or(dir);
+                found.push(BundleInfo {
+                    serving: serving.contains(&dir),
+                    dir,
+                    name,
+                    version,
+                    metrics,
+                    error,
+                });
+                continue;
+            }
+            if depth == BUNDLE_DEPTH {
+                continue;
+            }
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            dirs.extend(
+                entries
+                    .filter_map(Result::ok)
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| (e.path(), depth + 1)),
+            );
+        }
+        found.sort_by(|a, b| (&a.name, &a.dir).cmp(&(&b.name, &b.dir)));
+        found
+    }
+
+    /// Serves the bundle at `dir` for `model` (every check of `ReloadModel`; in a cluster every
+    /// server follows): the console's "serve this bundle".
+    pub(crate) async fn reload(&self, req: pb::ReloadModelRequest) -> Result<pb::ReloadModelResponse, RequestError> {
         let _one_at_a_time = self.reloader.lock().await;
         let checked = self.reloader.check(&req.model, &req.bundle_dir).await?;
         if let Some(cluster) = &self.cluster {

@@ -381,7 +381,7 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
             .add_service(health_service)
             .add_service(InterceptedService::new(reflection().build_v1()?, auth.clone()))
             .add_service(InterceptedService::new(
-                ModelAdminServer::new(model_admin),
+                ModelAdminServer::new(model_admin.clone()),
                 auth.clone(),
             ))
             .add_optional_service(admin_svc)
@@ -400,7 +400,7 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
     let console = match (&config.console, &conversations) {
         (None, _) => None,
         (Some(_), None) => return Err(crate::console::ConsoleError::NeedsStrategy.into()),
-        (Some(cc), Some((svc, _))) => Some(crate::console::start(cc, svc.clone(), policy_admin).await?),
+        (Some(cc), Some((svc, _))) => Some(crate::console::start(cc, svc.clone(), policy_admin, model_admin).await?),
     };
     let conversations = conversations.map(|(svc, every)| {
         let s = svc.clone();

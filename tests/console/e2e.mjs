@@ -1,6 +1,6 @@
 // Drives the operator console in headless Chromium, one step per run (tests/console.rs checks
 // what each step did through gRPC and the change log in between):
-//   node tests/console/e2e.mjs <edit|viewer|rollback|experiment-start|experiment-verdict|browse|policy-rollback|catalog|catalog-rollback|optimizer-audit> <console url> <screenshot dir>
+//   node tests/console/e2e.mjs <edit|viewer|rollback|experiment-start|experiment-verdict|browse|policy-rollback|catalog|catalog-rollback|models|models-rollback|optimizer-audit> <console url> <screenshot dir>
 // Exits non-zero, saying why, when the page does not behave.
 import { chromium } from "playwright-core";
 import assert from "node:assert/strict";
@@ -243,6 +243,32 @@ try {
     await page.click("#versions tr[data-version='1'] button.rollback");
     await page.waitForSelector("#versions tr[data-version='3'].current");
     await shot("1-rolled-back");
+  } else if (step === "models") {
+    await login("ana", "ana's long password");
+    await page.waitForSelector("#whoami:has-text('ana · editor')");
+    await page.click("#tab-models");
+    await page.waitForSelector("#models tr[data-version='shop-a'].current");
+    // Heads that fail their checksum: refused, and shop-a keeps serving.
+    page.once("dialog", (d) => d.accept());
+    await page.click("#models tr[data-version='shop-broken'] button.serve");
+    await page.waitForSelector("#model-status.bad");
+    assert.match(await page.textContent("#model-status"), /^dir: \/.*heads\.safetensors: sha256 mismatch/);
+    assert.ok(await page.$("#models tr[data-version='shop-a'].current"), "shop-a still serves");
+    await shot("1-refused");
+    page.once("dialog", (d) => d.accept());
+    await page.click("#models tr[data-version='shop-b'] button.serve");
+    await page.waitForSelector("#model-status.ok");
+    assert.match(await page.textContent("#model-status"), /default shop-b is serving \(was shop-a/);
+    await page.waitForSelector("#models tr[data-version='shop-b'].current");
+    await shot("2-served");
+  } else if (step === "models-rollback") {
+    await login("ana", "ana's long password");
+    await page.waitForSelector("#whoami:has-text('ana · editor')");
+    await page.click("#tab-models");
+    await page.waitForSelector("#models tr[data-version='shop-b'].current");
+    page.once("dialog", (d) => d.accept());
+    await page.click("#models tr[data-version='shop-a'] button.serve");
+    await page.waitForSelector("#models tr[data-version='shop-a'].current");
   } else if (step === "optimizer-audit") {
     // The optimizer's trail under the policy versions: the candidate judged, its estimates and
     // verdict, what was pushed; the optimizer that does not answer is named, not fatal.

@@ -26,7 +26,7 @@ mod model;
 mod verdict;
 
 pub use backend::{Backend, BackendKind, CandleCpu, Classified, UnknownDevice};
-pub use bundle::{ClassifierSpec, EncoderSpec, HeadsSpec, IntentSpec, Manifest, Precision, UnknownPrecision};
+pub use bundle::{ClassifierSpec, EncoderSpec, HeadsSpec, IntentSpec, Manifest, Precision, UnknownPrecision, MANIFEST};
 #[cfg(feature = "cuda")]
 pub use cuda::CudaBackend;
 pub use encoder::{EncoderFiles, Pooling};

@@ -16,6 +16,7 @@ mod browse;
 mod experiments;
 mod files;
 mod kpis;
+mod models;
 mod optimizers;
 mod users;
 
@@ -184,6 +185,8 @@ struct Console {
     policies: Option<crate::decide::PolicyAdminService>,
     /// `[console] optimizers`.
     optimizers: Vec<String>,
+    /// NLU model versions (the admin listener's `ModelAdmin`).
+    models: crate::model_admin::ModelAdminService,
 }
 
 fn now_ms() -> u64 {
@@ -713,6 +716,7 @@ pub(crate) async fn start(
     cfg: &ConsoleConfig,
     conversations: Arc<ConversationService>,
     policies: Option<crate::decide::PolicyAdminService>,
+    models: crate::model_admin::ModelAdminService,
 ) -> Result<RunningConsole, ConsoleError> {
     for (index, addr) in cfg.optimizers.iter().enumerate() {
         let reason = match tonic::transport::Endpoint::from_shared(addr.clone()) {
@@ -783,6 +787,7 @@ pub(crate) async fn start(
         experimenting: Mutex::new(()),
         policies,
         optimizers: cfg.optimizers.clone(),
+        models,
     });
     let app = Router::new()
         .route("/", get(|| async { Html(PAGE) }))
@@ -804,6 +809,8 @@ pub(crate) async fn start(
         .route("/api/policies", get(browse::policies))
         .route("/api/policies/rollback", post(browse::rollback_policy))
         .route("/api/optimizer/audit", get(optimizers::audit))
+        .route("/api/models", get(models::models))
+        .route("/api/models/serve", post(models::serve))
         .with_state(console);
     let listener = tokio::net::TcpListener::bind(cfg.addr)
         .await
