@@ -79,6 +79,9 @@ fn browser_step(script: &Path, step: &str, url: &str, shots: &Path) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// How arm B of the experiment words the care bundle.
+const WORDED: &str = "Two worry-free years and a power bank, 329";
+
 /// A regular customer (consenting, 100.00 spent so far) asks about the X1's battery on the web.
 fn battery_question(conv: &str, customer_id: &str) -> pb::TurnRequest {
     pb::TurnRequest {
@@ -139,10 +142,10 @@ async fn model_version(grpc: std::net::SocketAddr) -> String {
     r.model_version
 }
 
-/// The care bundle's price (cents) as offered to new regular customers asking about the
-/// battery (the shipped experiment allows it; the serving policy chooses among what the rules
-/// allow, so a few customers may be asked).
-async fn bundle_price(grpc: std::net::SocketAddr, conv: &str) -> i64 {
+/// The care bundle as offered to new regular customers asking about the battery (the shipped
+/// experiment allows it; the serving policy chooses among what the rules allow, so a few
+/// customers may be asked).
+async fn care_bundle(grpc: std::net::SocketAddr, conv: &str) -> pb::OfferDecision {
     let mut c = pb::conversations_client::ConversationsClient::new(channel(grpc).await);
     for i in 0..40 {
         let conv = format!("{conv}-{i}");
@@ -152,10 +155,15 @@ async fn bundle_price(grpc: std::net::SocketAddr, conv: &str) -> i64 {
             .unwrap()
             .into_inner();
         if let Some(offer) = r.offer.filter(|o| o.offer_id == "care_bundle") {
-            return offer.price.expect("a price").final_price_cents;
+            return offer;
         }
     }
     panic!("no customer was offered the care bundle")
+}
+
+/// Its price, in cents.
+async fn bundle_price(grpc: std::net::SocketAddr, conv: &str) -> i64 {
+    care_bundle(grpc, conv).await.price.expect("a price").final_price_cents
 }
 
 /// `n` new regular customers ask about the battery; each buys with the chance its offer gives
@@ -177,6 +185,12 @@ async fn shop_traffic(grpc: std::net::SocketAddr, n: u64) -> HashMap<(String, St
                         .into_inner();
                     assert_eq!(r.experiment, "exp-1");
                     let offer = r.offer.unwrap_or_default();
+                    // Each arm words its offer as it was told to.
+                    match offer.offer_id.as_str() {
+                        "care_bundle" => assert_eq!(offer.title_en, WORDED, "arm {}", r.arm),
+                        "warranty_1y" => assert_eq!(offer.title_en, "1-year extended warranty for 149"),
+                        _ => {}
+                    }
                     let chance = match offer.offer_id.as_str() {
                         "care_bundle" => 0.4,
                         "warranty_1y" => 0.1,
@@ -351,6 +365,14 @@ async fn an_operator_edits_a_rule_sees_it_live_and_rolls_it_back_in_a_browser() 
     assert!(std::fs::read_to_string(&rules)
         .unwrap()
         .contains(r#"tier = ["regular", "gold", "platinum"]"#));
+    // And its wording is the catalog's now: the file says so, and so does the next offer.
+    assert!(std::fs::read_to_string(&catalog)
+        .unwrap()
+        .contains(&format!("title_en = \"{WORDED}\"")));
+    assert_eq!(
+        care_bundle(server.grpc_addr, "after-ship-wording").await.title_en,
+        WORDED
+    );
     let (log, _) = nudge_records::read_all::<ChangeRecord>(&var.path().join("console/changes")).unwrap();
     let actions: Vec<(&str, &str)> = log[6..]
         .iter()
@@ -364,6 +386,7 @@ async fn an_operator_edits_a_rule_sees_it_live_and_rolls_it_back_in_a_browser() 
             ("login", ""),
             ("experiment.ship", "exp-1"),
             ("rules.save", "4"),
+            ("catalog.save", "2"),
         ]
     );
     // Every turn and purchase is in the event log, with its arm.
@@ -440,8 +463,9 @@ async fn an_operator_edits_a_rule_sees_it_live_and_rolls_it_back_in_a_browser() 
     assert_eq!(
         catalog_changes,
         [
-            ("catalog.save", "2", "care bundle at 299 for the holidays"),
-            ("catalog.rollback", "3", "the text of version 1"),
+            ("catalog.save", "2", "shipped from exp-1"),
+            ("catalog.save", "3", "care bundle at 299 for the holidays"),
+            ("catalog.rollback", "4", "the text of version 1"),
         ]
     );
 

@@ -361,16 +361,27 @@ impl ConversationService {
         let mut strategies = Vec::new();
         let mut choosers = Vec::new();
         for (i, (arm, text)) in spec.arms.iter().zip(&rules).enumerate() {
-            strategies.push(match text {
+            let mut strategy = match text {
                 Some(t) => {
                     let r = self.parse_rules(t, &base.catalog).map_err(|e| SpecError {
                         field: format!("arms[{i}].rules_version"),
                         reason: e.to_string(),
                     })?;
-                    Some(Arc::new(base.with_rules(r)))
+                    Some(base.with_rules(r))
                 }
                 None => None,
-            });
+            };
+            for (j, w) in arm.wording.iter().enumerate() {
+                let s = strategy.get_or_insert_with(|| base.with_rules(base.rules.clone()));
+                s.catalog = s
+                    .catalog
+                    .with_titles(&w.offer, &w.title_zh, &w.title_en)
+                    .ok_or_else(|| SpecError {
+                        field: format!("arms[{i}].wording[{j}].offer"),
+                        reason: format!("no offer `{}` in the catalog", w.offer),
+                    })?;
+            }
+            strategies.push(strategy.map(Arc::new));
             choosers.push(match &arm.policy {
                 ArmPolicy::Serving => ArmChooser::Serving,
                 ArmPolicy::RulesOnly => ArmChooser::RulesOnly,

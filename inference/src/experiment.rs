@@ -47,6 +47,23 @@ pub struct ArmSpec {
     pub rules_version: Option<u32>,
     /// The policy that chooses among the offers the rules allow.
     pub policy: ArmPolicy,
+    /// How this arm words offers: titles that replace the catalog's for its customers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub wording: Vec<Wording>,
+}
+
+/// An offer's titles as one arm shows them (an empty title keeps the catalog's).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Wording {
+    /// The offer's id in the catalog.
+    pub offer: String,
+    /// Chinese title.
+    #[serde(default)]
+    pub title_zh: String,
+    /// English title.
+    #[serde(default)]
+    pub title_en: String,
 }
 
 /// An experiment as the operator defined it. The first arm is the control.
@@ -105,6 +122,21 @@ impl ExperimentSpec {
             }
             if a.weight == 0 || a.weight > 10_000 {
                 return Err(err(format!("arms[{i}].weight"), "must be 1 to 10000"));
+            }
+            let mut worded = std::collections::HashSet::new();
+            for (j, w) in a.wording.iter().enumerate() {
+                let at = |f: &str| format!("arms[{i}].wording[{j}].{f}");
+                if !worded.insert(&w.offer) {
+                    return Err(err(at("offer"), "this offer is worded twice"));
+                }
+                if w.title_zh.is_empty() && w.title_en.is_empty() {
+                    return Err(err(at("title_en"), "give a title (English, Chinese or both)"));
+                }
+                for (f, t) in [("title_zh", &w.title_zh), ("title_en", &w.title_en)] {
+                    if t.chars().count() > 200 || t.chars().any(char::is_control) {
+                        return Err(err(at(f), "at most 200 characters, on one line"));
+                    }
+                }
             }
         }
         Ok(())

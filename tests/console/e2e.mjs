@@ -123,9 +123,16 @@ try {
     await page.waitForSelector("#exp-form-error.bad");
     assert.match(await page.textContent("#exp-form-error"), /arms\[1\]\.weight/);
     await b.locator(".arm-weight").fill("1");
+    // B words the care bundle its own way; a wording with no title is refused, naming it.
+    await b.locator(".arm-wording-offer").selectOption("care_bundle");
+    await page.click("#exp-start");
+    await page.waitForFunction(() => /arms\[1\]\.wording\[0\]\.title_en/.test(document.querySelector("#exp-form-error").textContent));
+    await b.locator(".arm-title-en").fill("Two worry-free years and a power bank, 329");
+    await b.locator(".arm-title-zh").fill("两年无忧加充电宝，只要 329");
     await page.click("#exp-start");
     await page.waitForSelector("#exp-running:not([hidden])");
     assert.match(await page.textContent("#exp-title"), /care bundle for regular customers \(exp-1\)/);
+    assert.match(await page.textContent("#exp-arms tr[data-arm='B'] .wording"), /care_bundle: “Two worry-free years/);
     await shot("1-started");
   } else if (step === "experiment-verdict") {
     await login("ana", "ana's long password");
@@ -227,21 +234,26 @@ try {
     await page.fill("#rules-note", "care bundle at 299 for the holidays");
     await page.click("#rules-save");
     await page.waitForSelector("#rules-status.ok");
-    assert.match(await page.textContent("#rules-status"), /Version 2 is live/);
+    assert.match(await page.textContent("#rules-status"), /Version 3 is live/);
     await shot("2-saved");
   } else if (step === "catalog-rollback") {
     await login("ana", "ana's long password");
     await page.waitForSelector("#whoami:has-text('ana · editor')");
     await page.selectOption("#edit-file", "catalog");
-    await page.waitForSelector("#versions tr[data-version='2'].current");
+    // Version 2 is the shipped arm's wording, 3 the new price.
+    await page.waitForSelector("#versions tr[data-version='3'].current");
     await page.click("#versions tr[data-version='2'] button.diff");
     await page.waitForSelector("#diff-view:not([hidden])");
-    const diff = await page.textContent("#diff-view");
+    let diff = await page.textContent("#diff-view");
+    assert.match(diff, /\+title_en = "Two worry-free years and a power bank, 329"/, diff);
+    await page.click("#versions tr[data-version='3'] button.diff");
+    await page.waitForFunction(() => document.querySelector("#diff-view").textContent.includes("299.00"));
+    diff = await page.textContent("#diff-view");
     assert.match(diff, /-price = "329\.00"/, diff);
     assert.match(diff, /\+price = "299\.00"/, diff);
     page.once("dialog", (d) => d.accept());
     await page.click("#versions tr[data-version='1'] button.rollback");
-    await page.waitForSelector("#versions tr[data-version='3'].current");
+    await page.waitForSelector("#versions tr[data-version='4'].current");
     await shot("1-rolled-back");
   } else if (step === "models") {
     await login("ana", "ana's long password");

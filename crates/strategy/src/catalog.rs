@@ -280,6 +280,20 @@ impl Catalog {
         self.by_offer.get(id).map(|&i| &self.offers[i])
     }
 
+    /// This catalog with offer `id` titled differently (an empty title keeps the current one):
+    /// an experiment arm's wording. None if there is no such offer.
+    pub fn with_titles(&self, id: &str, title_zh: &str, title_en: &str) -> Option<Catalog> {
+        let i = *self.by_offer.get(id)?;
+        let mut c = self.clone();
+        if !title_zh.is_empty() {
+            c.offers[i].title_zh = title_zh.to_string();
+        }
+        if !title_en.is_empty() {
+            c.offers[i].title_en = title_en.to_string();
+        }
+        Some(c)
+    }
+
     /// Whether some product is of this category.
     pub fn has_category(&self, category: &str) -> bool {
         self.products.iter().any(|p| p.category == category)

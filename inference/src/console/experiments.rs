@@ -240,6 +240,9 @@ pub(crate) struct ArmForm {
     /// `serving`, `rules_only`, or a policy version.
     #[serde(default)]
     pub policy: String,
+    /// Offer titles this arm shows instead of the catalog's.
+    #[serde(default)]
+    pub wording: Vec<crate::experiment::Wording>,
 }
 
 impl ArmForm {
@@ -249,5 +252,51 @@ impl ArmForm {
             "rules_only" => ArmPolicy::RulesOnly,
             v => ArmPolicy::Version(v.to_string()),
         }
+    }
+}
+
+/// The catalog file's text with each wording's titles written into its offer (comments, order
+/// and layout kept): what shipping an arm's wording makes the catalog.
+pub(crate) fn worded_catalog(text: &str, wording: &[crate::experiment::Wording]) -> Result<String, ApiError> {
+    let mut doc: toml_edit::DocumentMut = text
+        .parse()
+        .map_err(|e: toml_edit::TomlError| ApiError::Internal(format!("the catalog file: {e}")))?;
+    let offers = doc
+        .get_mut("offer")
+        .and_then(|o| o.as_array_of_tables_mut())
+        .ok_or_else(|| ApiError::invalid("ship", "the catalog file has no [[offer]] tables"))?;
+    for w in wording {
+        let offer = offers
+            .iter_mut()
+            .find(|t| t.get("id").and_then(|v| v.as_str()) == Some(w.offer.as_str()))
+            .ok_or_else(|| ApiError::invalid("ship", format!("the catalog has no offer `{}` any more", w.offer)))?;
+        for (key, title) in [("title_zh", &w.title_zh), ("title_en", &w.title_en)] {
+            if !title.is_empty() {
+                offer[key] = toml_edit::value(title.as_str());
+            }
+        }
+    }
+    Ok(doc.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::experiment::Wording;
+
+    #[test]
+    fn shipping_wording_rewrites_only_those_titles_and_keeps_the_file_as_written() {
+        let text = "# offers\n[[offer]]\nid = \"a\" # the first\ntitle_en = \"A\"\ntitle_zh = \"甲\"\n\n[[offer]]\nid = \"b\"\ntitle_en = \"B\"\n";
+        let w = |offer: &str, en: &str| Wording {
+            offer: offer.into(),
+            title_zh: String::new(),
+            title_en: en.into(),
+        };
+        let out = worded_catalog(text, &[w("b", "Bee \"quoted\"")]).unwrap();
+        assert_eq!(out, text.replace("title_en = \"B\"", "title_en = 'Bee \"quoted\"'"));
+        assert!(matches!(
+            worded_catalog(text, &[w("c", "C")]),
+            Err(ApiError::Invalid { field, .. }) if field == "ship"
+        ));
     }
 }

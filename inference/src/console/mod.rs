@@ -512,6 +512,7 @@ async fn experiments_page(State(c): Shared, headers: HeaderMap) -> Result<Json<s
             "running": running,
             "past": past,
             "rules_versions": c2.rules.list()?,
+            "offers": c2.conversations.strategy().catalog.offers().iter().map(|o| o.id.clone()).collect::<Vec<_>>(),
             "policies": policies,
             "serving_policy": serving_policy,
         })))
@@ -568,6 +569,15 @@ async fn start_experiment(
                     weight: a.weight,
                     rules_version: a.rules_version,
                     policy: a.policy(),
+                    wording: a
+                        .wording
+                        .iter()
+                        .map(|w| crate::experiment::Wording {
+                            offer: w.offer.trim().to_string(),
+                            title_zh: w.title_zh.trim().to_string(),
+                            title_en: w.title_en.trim().to_string(),
+                        })
+                        .collect(),
                 })
                 .collect(),
             started_ms: now_ms(),
@@ -635,7 +645,7 @@ async fn stop_experiment(
     }
     let (c2, user) = (c.clone(), s.user.clone());
     let ship = req.ship.clone();
-    let (id, shipped_rules) = blocking(move || {
+    let (id, shipped_rules, shipped_catalog) = blocking(move || {
         let _one = c2.experimenting.lock().map_err(|_| ApiError::poisoned())?;
         let mut all = c2.experiments.all()?;
         let e = all
@@ -666,12 +676,26 @@ async fn stop_experiment(
                 ));
             }
         }
-        let mut shipped_rules = None;
+        let (mut shipped_rules, mut shipped_catalog) = (None, None);
         if let Some(a) = &arm {
+            // The worded catalog is made first: an offer gone from the file refuses the ship
+            // before anything is written.
+            let worded = if a.wording.is_empty() {
+                None
+            } else {
+                let path = c2.conversations.catalog_path();
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| ApiError::Internal(format!("{}: {e}", path.display())))?;
+                Some(experiments::worded_catalog(&text, &a.wording)?)
+            };
             if let Some(v) = a.rules_version {
                 let text = c2.rules.get(v)?.text;
                 let note = format!("shipped arm {} of experiment {} (rules version {v})", a.name, e.spec.id);
                 shipped_rules = Some(c2.apply(FileKind::Rules, &text, &user, &note)?);
+            }
+            if let Some(worded) = worded {
+                let note = format!("shipped the wording of arm {} of experiment {}", a.name, e.spec.id);
+                shipped_catalog = Some(c2.apply(FileKind::Catalog, &worded, &user, &note)?);
             }
         }
         c2.conversations.stop_experiment();
@@ -682,7 +706,7 @@ async fn stop_experiment(
         let id = e.spec.id.clone();
         c2.experiments.save(all)?;
         c2.conversations.kpis().forget(&id);
-        Ok((id, shipped_rules))
+        Ok((id, shipped_rules, shipped_catalog))
     })
     .await?;
     let (action, note) = match &req.ship {
@@ -691,18 +715,23 @@ async fn stop_experiment(
     };
     c.record(&s.user, s.role.name(), action, "experiment", id.clone(), note)
         .await;
-    if let Some(n) = shipped_rules {
-        c.record(
-            &s.user,
-            s.role.name(),
-            "rules.save",
-            "rules",
-            n.to_string(),
-            format!("shipped from {id}"),
-        )
-        .await;
+    for (kind, n) in [(FileKind::Rules, shipped_rules), (FileKind::Catalog, shipped_catalog)] {
+        if let Some(n) = n {
+            let action = format!("{}.save", kind.name());
+            c.record(
+                &s.user,
+                s.role.name(),
+                &action,
+                kind.name(),
+                n.to_string(),
+                format!("shipped from {id}"),
+            )
+            .await;
+        }
     }
-    Ok(Json(serde_json::json!({"id": id, "rules_version": shipped_rules})))
+    Ok(Json(
+        serde_json::json!({"id": id, "rules_version": shipped_rules, "catalog_version": shipped_catalog}),
+    ))
 }
 
 /// A running console.
