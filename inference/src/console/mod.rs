@@ -1,14 +1,16 @@
 //! The operator console (`[console]`): a web page that `nudge serve` serves on a listener of its
 //! own, for the people who set marketing policy and do not write code. They sign in, edit the
-//! shop's rules with every error shown at the line it is on, see a change live in the next
-//! `Turn`, compare versions and roll one back in a click; every change is in the change log with
-//! who made it and when.
+//! shop's rules and catalog with every error shown at the line it is on, see a change live in the
+//! next `Turn`, compare versions and roll one back in a click; they watch KPIs, run experiments
+//! with an always-valid verdict and ship the winner, serve an older policy or NLU model version,
+//! and read why the optimizer did or did not ship each candidate. Every change is in the change
+//! log with who made it and when.
 //!
 //! The page is one embedded HTML file with its script (no front-end build: the binary is the
-//! whole console). Its JSON API takes the same checks as everything else here: the rules an
-//! editor saves are checked against the model's labels and the catalog exactly as a reload is,
-//! written to the rules file only then, and put back if the reload refuses them, so a bad edit
-//! never replaces what is serving.
+//! whole console). Its JSON API takes the same checks as everything else here: a rules or catalog
+//! text an editor saves is checked exactly as a reload would check it, written to the file only
+//! then, and put back if the reload refuses it; a model or policy version is served through the
+//! admin services' own path; so a bad edit never replaces what is serving.
 //!
 //! Sign-in sets an `HttpOnly`, `SameSite=Strict` session cookie; every change is a JSON `POST`
 //! (a form on another site can send neither), and a viewer's changes are refused.
