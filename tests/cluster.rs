@@ -1058,3 +1058,106 @@ async fn redeliveries_are_dropped_however_late_and_a_recreated_stream_is_read_an
     let mut ingest = open().await;
     assert_eq!(ids(&drain(&mut ingest, 5, 0).await), expect(100..105, false));
 }
+
+/// The example shop's rules, catalog and products CSV, copied for server `i`, and the
+/// `[strategy]` section that serves them.
+fn shop_strategy(dir: &std::path::Path, i: usize) -> String {
+    let d = dir.join(format!("s{i}/shop"));
+    std::fs::create_dir_all(&d).unwrap();
+    for f in ["rules.toml", "catalog.toml", "products.csv"] {
+        std::fs::copy(format!("examples/shop/{f}"), d.join(f)).unwrap();
+    }
+    format!(
+        "\n[strategy]\ncatalog = \"{d}/catalog.toml\"\nrules = \"{d}/rules.toml\"\n",
+        d = d.display()
+    )
+}
+
+/// The offer a new regular customer asking about the X1's battery gets from `grpc`.
+async fn battery_offer(grpc: &str, conv: &str) -> Option<String> {
+    let asked = async {
+        let mut c = pb::conversations_client::ConversationsClient::connect(grpc.to_string())
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        c.turn(battery_question(conv, &format!("cust-{conv}"))).await
+    };
+    with_timeout(asked)
+        .await
+        .map(|r| r.into_inner().offer.map(|o| o.offer_id).unwrap_or_default())
+}
+
+/// Waits (10 s at most) until `grpc` offers `offer`, asking a new customer each time.
+async fn wait_for_offer(grpc: &str, offer: &str, tag: &str) {
+    let t0 = Instant::now();
+    for n in 0.. {
+        let got = battery_offer(grpc, &format!("{tag}-{n}")).await;
+        if got.as_deref() == Some(offer) {
+            return;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "{grpc} still offers {got:?}, not {offer}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_reloaded_on_one_server_are_served_by_every_server_and_a_server_that_was_down_catches_up() {
+    let (dir, port, _nats, _) = testbed();
+    let nats_url = format!("nats://127.0.0.1:{port}");
+    // The real default model: the shop's rules name its intents.
+    let model = std::fs::canonicalize("models/bundles/default").unwrap();
+    let cfgs: Vec<PathBuf> = (0..2)
+        .map(|i| server_config(dir.path(), i, &model, &nats_url, &shop_strategy(dir.path(), i)))
+        .collect();
+    let rules = |i: usize| dir.path().join(format!("s{i}/shop/rules.toml"));
+    let (_s0, a0) = start_nudge(&["serve"], &cfgs[0]);
+    let (s1, a1) = start_nudge(&["serve"], &cfgs[1]);
+    assert_eq!(
+        battery_offer(&a1["grpc"], "before").await.as_deref(),
+        Some("warranty_1y")
+    );
+
+    // On s0: the care bundle for regular customers too, reloaded by hand.
+    let original = std::fs::read_to_string(rules(0)).unwrap();
+    let edited = original
+        .replace(
+            r#"tier = ["gold", "platinum"]"#,
+            r#"tier = ["regular", "gold", "platinum"]"#,
+        )
+        .replace(r#"min_lifetime_value = "5000""#, r#"min_lifetime_value = "50""#);
+    assert_ne!(edited, original);
+    std::fs::write(rules(0), &edited).unwrap();
+    let mut admin0 = pb::strategy_admin_client::StrategyAdminClient::connect(a0["admin"].clone())
+        .await
+        .unwrap();
+    admin0.reload_strategy(pb::ReloadStrategyRequest {}).await.unwrap();
+    wait_for_offer(&a1["grpc"], "care_bundle", "after-edit").await;
+    assert_eq!(
+        std::fs::read_to_string(rules(1)).unwrap(),
+        edited,
+        "s1 follows with s0's file"
+    );
+
+    // A file s0 refuses (an intent the model does not have) is neither served nor shared.
+    std::fs::write(rules(0), edited.replace("\"price\"", "\"no_such_intent\"")).unwrap();
+    let e = admin0.reload_strategy(pb::ReloadStrategyRequest {}).await.unwrap_err();
+    assert!(e.message().contains("no_such_intent"), "{e}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(std::fs::read_to_string(rules(1)).unwrap(), edited);
+    assert_eq!(
+        battery_offer(&a1["grpc"], "after-refusal").await.as_deref(),
+        Some("care_bundle")
+    );
+
+    // s1 is down while s0 goes back to the original rules; it starts on its stale file and
+    // serves the cluster's.
+    drop(s1);
+    std::fs::write(rules(0), &original).unwrap();
+    admin0.reload_strategy(pb::ReloadStrategyRequest {}).await.unwrap();
+    let (_s1, a1) = start_nudge(&["serve"], &cfgs[1]);
+    wait_for_offer(&a1["grpc"], "warranty_1y", "after-restart").await;
+    assert_eq!(std::fs::read_to_string(rules(1)).unwrap(), original);
+    wait_for_offer(&a0["grpc"], "warranty_1y", "s0").await;
+}

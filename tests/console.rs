@@ -82,27 +82,10 @@ fn browser_step(script: &Path, step: &str, url: &str, shots: &Path) -> String {
 /// How arm B of the experiment words the care bundle.
 const WORDED: &str = "Two worry-free years and a power bank, 329";
 
-/// A regular customer (consenting, 100.00 spent so far) asks about the X1's battery on the web.
-fn battery_question(conv: &str, customer_id: &str) -> pb::TurnRequest {
-    pb::TurnRequest {
-        conversation_id: conv.into(),
-        customer_id: customer_id.into(),
-        channel: "web".into(),
-        text: "How long does the X1 phone battery last?".into(),
-        customer: Some(pb::Customer {
-            tier: "regular".into(),
-            lifetime_value_cents: 10_000,
-            marketing_consent: true,
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
 async fn offer_for_regular_customer(grpc: std::net::SocketAddr, conv: &str) -> String {
     let mut c = pb::conversations_client::ConversationsClient::new(channel(grpc).await);
     let r = c
-        .turn(battery_question(conv, &format!("cust-{conv}")))
+        .turn(support::battery_question(conv, &format!("cust-{conv}")))
         .await
         .unwrap()
         .into_inner();
@@ -150,7 +133,7 @@ async fn care_bundle(grpc: std::net::SocketAddr, conv: &str) -> pb::OfferDecisio
     for i in 0..40 {
         let conv = format!("{conv}-{i}");
         let r = c
-            .turn(battery_question(&conv, &format!("cust-{conv}")))
+            .turn(support::battery_question(&conv, &format!("cust-{conv}")))
             .await
             .unwrap()
             .into_inner();
@@ -179,7 +162,7 @@ async fn shop_traffic(grpc: std::net::SocketAddr, n: u64) -> HashMap<(String, St
                     let conv = format!("ab-{i}");
                     let customer_id = format!("cust-ab-{i}");
                     let r = c
-                        .turn(battery_question(&conv, &customer_id))
+                        .turn(support::battery_question(&conv, &customer_id))
                         .await
                         .unwrap()
                         .into_inner();

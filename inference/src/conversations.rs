@@ -224,6 +224,8 @@ pub struct ConversationService {
     experiment: ArcSwapOption<Running>,
     kpis: Arc<Kpis>,
     events: Option<EventLog>,
+    /// In a cluster, where a change made here is shared (`share`).
+    cluster: Option<nudge_cluster::Cluster>,
 }
 
 /// Reads the events of the last `hours` back into `kpis` (start-up), a chunk at a time; older
@@ -319,7 +321,24 @@ impl ConversationService {
             experiment: ArcSwapOption::empty(),
             kpis,
             events,
+            cluster: None,
         })
+    }
+
+    /// Shares changes made here through `cluster` (see [`Self::share`]).
+    pub(crate) fn with_cluster(mut self, cluster: Option<nudge_cluster::Cluster>) -> Self {
+        self.cluster = cluster;
+        self
+    }
+
+    /// In a cluster, stores the files serving here (after a reload or a console change) and
+    /// points every server at them; nothing to do on one machine. A failure leaves this server
+    /// serving them alone: the caller says so, and sharing again retries.
+    pub(crate) async fn share(self: &Arc<Self>) -> Result<(), RequestError> {
+        match &self.cluster {
+            Some(c) => crate::cluster::strategy::publish(c, self).await.map(drop),
+            None => Ok(()),
+        }
     }
 
     /// Reads the strategy files again and swaps them in if they pass every check (against the
@@ -1141,6 +1160,15 @@ impl pb::strategy_admin_server::StrategyAdmin for StrategyAdminService {
                 previous_rules_version: old.rules.version().to_string(),
             }
         });
+        // In a cluster every server follows what was reloaded here.
+        let r = match r {
+            Ok(resp) => self.conversations.share().await.map(|()| resp).map_err(|e| {
+                RequestError::Unavailable(format!(
+                    "reloaded on this server, but not shared with the cluster ({e}); reload again to share it"
+                ))
+            }),
+            Err(e) => Err(e),
+        };
         if let Err(e) = &r {
             tracing::warn!(error = %e, "strategy reload refused; the old version keeps serving");
         }

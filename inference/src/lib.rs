@@ -13,6 +13,7 @@
 //! stream, and the policy served follows the cluster's SERVING pointer (`nudge_cluster`).
 #![warn(missing_docs)]
 
+mod atomic;
 mod auth;
 pub mod batcher;
 mod cluster;

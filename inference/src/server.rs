@@ -344,13 +344,13 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
                 offers = strategy.catalog.offers().len(),
                 "strategy loaded"
             );
-            let svc = Arc::new(ConversationService::new(
-                service.clone(),
-                d.clone(),
-                strategy,
-                sc,
-                metrics.clone(),
-            )?);
+            let svc = Arc::new(
+                ConversationService::new(service.clone(), d.clone(), strategy, sc, metrics.clone())?
+                    .with_cluster(cluster.clone()),
+            );
+            if let Some(c) = &cluster {
+                cluster_tasks.push(crate::cluster::start_strategy(c.clone(), svc.clone(), metrics.clone()));
+            }
             Some((svc, Duration::from_secs(sc.snapshot_every_seconds.max(1))))
         }
     };

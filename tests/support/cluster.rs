@@ -331,3 +331,20 @@ pub fn counts<T: nudge_records::Record>(dir: &Path) -> HashMap<String, usize> {
     }
     c
 }
+
+/// A regular customer (consenting, 100.00 spent so far) asks about the X1's battery on the web.
+pub fn battery_question(conv: &str, customer_id: &str) -> pb::TurnRequest {
+    pb::TurnRequest {
+        conversation_id: conv.into(),
+        customer_id: customer_id.into(),
+        channel: "web".into(),
+        text: "How long does the X1 phone battery last?".into(),
+        customer: Some(pb::Customer {
+            tier: "regular".into(),
+            lifetime_value_cents: 10_000,
+            marketing_consent: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}

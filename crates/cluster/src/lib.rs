@@ -64,6 +64,8 @@ pub const SERVING_BUCKET: &str = "nudge-serving";
 pub const LEASES_BUCKET: &str = "nudge-leases";
 /// The kind of artifact a policy version is (its SERVING key).
 pub const POLICY: &str = "policy";
+/// The kind of artifact the shop's rules and catalog files are, together (their SERVING key).
+pub const STRATEGY: &str = "strategy";
 
 /// The kind of artifact (and SERVING key) of the NLU bundle served under `model`'s name.
 pub fn bundle_kind(model: &str) -> Result<String, ClusterError> {

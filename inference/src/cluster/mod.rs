@@ -1,15 +1,17 @@
 //! The server's side of a cluster (`[cluster]`): its decisions forwarded from the local log to
-//! the stream, and what it serves (the policy, each NLU model's bundle) following the cluster's
-//! SERVING pointers.
+//! the stream, and what it serves (the policy, each NLU model's bundle, the rules and catalog)
+//! following the cluster's SERVING pointers.
 //!
 //! In cluster mode the pointers are the truth. A change made through the admin door of any
-//! server (`PolicyAdmin.LoadPolicy`/`Rollback`, `ModelAdmin.ReloadModel`) is checked there,
+//! server (`PolicyAdmin.LoadPolicy`/`Rollback`, `ModelAdmin.ReloadModel`,
+//! `StrategyAdmin.ReloadStrategy`, the console) is checked there,
 //! stored in the cluster and the pointer moved; every server, that one too, follows. A server
 //! that was down, or starts fresh, reads the pointers when it connects: nobody has to push to it.
 //! A version that fails validation on a server is refused and counted there, and the old one keeps
 //! serving, exactly as for a change made by hand.
 pub(crate) mod bundles;
 mod policy;
+pub(crate) mod strategy;
 
 pub(crate) use policy::{point_at, publish};
 
@@ -93,6 +95,31 @@ pub(crate) fn start_bundles(
             }))
         })
         .collect())
+}
+
+/// Starts the follower of the cluster's rules and catalog; abort the handle to stop it. The
+/// first server of a cluster that has none publishes its own files.
+pub(crate) fn start_strategy(
+    cluster: Cluster,
+    conversations: Arc<crate::conversations::ConversationService>,
+    metrics: Metrics,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let first = async {
+            cluster.ensure().await?;
+            cluster.serving(nudge_cluster::STRATEGY).await
+        };
+        if let Ok(None) = first.await {
+            if let Err(e) = strategy::publish(&cluster, &conversations).await {
+                tracing::warn!(error = %e, "publishing this server's rules and catalog as the cluster's first");
+            }
+        }
+        follow(cluster.clone(), nudge_cluster::STRATEGY.to_string(), move |version| {
+            let (cluster, conv, metrics) = (cluster.clone(), conversations.clone(), metrics.clone());
+            async move { strategy::serve_version(&cluster, &conv, &metrics, &version).await }
+        })
+        .await
+    })
 }
 
 /// Serves whatever the SERVING pointer of `kind` names, reconnecting for as long as it runs.

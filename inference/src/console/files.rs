@@ -60,13 +60,7 @@ fn io(path: &Path, e: impl std::fmt::Display) -> ApiError {
 
 /// Writes `bytes` to `path` through a temporary file and a rename.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ApiError> {
-    use std::io::Write;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| io(dir, e))?;
-    tmp.write_all(bytes).map_err(|e| io(path, e))?;
-    tmp.as_file().sync_all().map_err(|e| io(path, e))?;
-    tmp.persist(path).map_err(|e| io(path, e.error))?;
-    Ok(())
+    crate::atomic::write_atomic(path, bytes).map_err(|e| io(path, e))
 }
 
 impl TextVersions {
@@ -76,20 +70,28 @@ impl TextVersions {
         let dir = dir.join(kind.name());
         std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
         let me = Self { kind, dir };
-        let current = me.current()?.map(|n| me.get(n)).transpose()?;
-        match current {
-            Some(v) if v.text == text => {}
-            Some(_) => {
-                let n = me.add(text, "file", "changed on disk outside the console", now_ms)?;
-                me.set_current(n)?;
-            }
-            None => {
-                let note = format!("the {} file the server started with", kind.name());
-                let n = me.add(text, "config", &note, now_ms)?;
-                me.set_current(n)?;
-            }
-        }
+        me.sync(text, now_ms)?;
         Ok(me)
+    }
+
+    /// Records the file's `text` as the current version if it is not: the first start, an edit
+    /// on disk, or (in a cluster) a change made on another server that this one follows.
+    pub(crate) fn sync(&self, text: &str, now_ms: u64) -> Result<(), ApiError> {
+        let current = self.current()?.map(|n| self.get(n)).transpose()?;
+        let n = match current {
+            Some(v) if v.text == text => return Ok(()),
+            Some(_) => self.add(
+                text,
+                "file",
+                "changed outside this console (on disk, or on another server of the cluster)",
+                now_ms,
+            )?,
+            None => {
+                let note = format!("the {} file the server started with", self.kind.name());
+                self.add(text, "config", &note, now_ms)?
+            }
+        };
+        self.set_current(n)
     }
 
     fn path(&self, n: u32) -> PathBuf {

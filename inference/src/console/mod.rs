@@ -227,6 +227,15 @@ impl Console {
         }
     }
 
+    /// In a cluster, makes what was applied here every server's (see `ConversationService::share`).
+    async fn share(&self) -> Result<(), ApiError> {
+        self.conversations.share().await.map_err(|e| {
+            ApiError::Internal(format!(
+                "live on this server, but not shared with the cluster ({e}); save again to share it"
+            ))
+        })
+    }
+
     fn versions(&self, kind: FileKind) -> &TextVersions {
         match kind {
             FileKind::Rules => &self.rules,
@@ -378,6 +387,10 @@ async fn get_file(
     let c2 = c.clone();
     blocking(move || {
         let versions = c2.versions(kind);
+        let path = c2.path(kind);
+        let on_disk =
+            std::fs::read_to_string(path).map_err(|e| ApiError::Internal(format!("{}: {e}", path.display())))?;
+        versions.sync(&on_disk, now_ms())?;
         let current = versions
             .current()?
             .ok_or_else(|| ApiError::Internal(format!("no current {} version", kind.name())))?;
@@ -430,6 +443,7 @@ async fn save_file(
     let action = format!("{}.save", kind.name());
     c.record(&s.user, s.role.name(), &action, kind.name(), n.to_string(), req.note)
         .await;
+    c.share().await?;
     tracing::info!(user = %s.user, file = kind.name(), version = n, "changed in the console");
     Ok(Json(serde_json::json!({"version": n})))
 }
@@ -464,6 +478,7 @@ async fn rollback_file(
         format!("the text of version {to}"),
     )
     .await;
+    c.share().await?;
     tracing::info!(user = %s.user, file = kind.name(), version = n, from = to, "rolled back in the console");
     Ok(Json(serde_json::json!({"version": n})))
 }
@@ -730,6 +745,9 @@ async fn stop_experiment(
             )
             .await;
         }
+    }
+    if shipped_rules.is_some() || shipped_catalog.is_some() {
+        c.share().await?;
     }
     Ok(Json(
         serde_json::json!({"id": id, "rules_version": shipped_rules, "catalog_version": shipped_catalog}),
