@@ -7,7 +7,7 @@
 //! in the log, not in the RPC.
 use nudge_proto::v1 as pb;
 use nudge_records::audit::{Estimate, Estimates};
-use nudge_records::{AuditEvent, AuditRecord, EventLog, LogConfig, LogError};
+use nudge_records::{AuditEvent, AuditRecord, EventLog, LogConfig, LogError, Tailer};
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
@@ -25,15 +25,30 @@ pub struct AuditTrail {
 impl AuditTrail {
     /// Opens the log and reads its latest [`KEPT`] entries back. Lines that are not audit
     /// records (an older optimizer's, a torn write) are counted and logged, not served.
+    /// The log grows by an entry per training round for as long as the optimizer runs, so it
+    /// is read a chunk at a time and only the tail is kept: memory at start is bounded by
+    /// [`KEPT`], not by the log's age.
     pub fn open(cfg: LogConfig) -> Result<Self, LogError> {
-        let (records, malformed) = nudge_records::read_all::<AuditRecord>(&cfg.dir)?;
-        if malformed > 0 {
-            tracing::warn!(malformed, log = %cfg.dir.display(), "audit-log lines that are not audit records (not served)");
+        let mut tail = Tailer::<AuditRecord>::new(&cfg.dir);
+        let mut recent = VecDeque::with_capacity(KEPT);
+        loop {
+            let chunk = tail.poll_at_most(KEPT)?;
+            if chunk.is_empty() {
+                break;
+            }
+            for r in chunk {
+                if recent.len() == KEPT {
+                    recent.pop_front();
+                }
+                recent.push_back(r);
+            }
         }
-        let skip = records.len().saturating_sub(KEPT);
+        if tail.malformed() > 0 {
+            tracing::warn!(malformed = tail.malformed(), log = %cfg.dir.display(), "audit-log lines that are not audit records (not served)");
+        }
         Ok(AuditTrail {
             log: EventLog::open(cfg)?,
-            recent: Mutex::new(records.into_iter().skip(skip).collect()),
+            recent: Mutex::new(recent),
         })
     }
 
