@@ -28,7 +28,7 @@ for l in sys.stdin:
     }
     cp target/release/nudge .gpu/bin/nudge
     cp "$(exe test --release -p nudge-kernels --test kernels)" .gpu/bin/kernels-test
-    cp "$(exe test --release --test gpu)" .gpu/bin/gpu-test
+    cp "$(exe test --release --test e2e)" .gpu/bin/e2e-test
     cp "$(exe bench --bench gpu)" .gpu/bin/gpu-bench
     strip .gpu/bin/*
     cargo bench --bench gpu -- --pack target/gpu-pack
@@ -62,7 +62,7 @@ run() {
     export NUDGE_REQUIRE_GPU=1 NUDGE_REQUIRE_NVRTC=1 NUDGE_BIN=/tmp/g/bin/nudge NUDGE_GPU_BUNDLE=/tmp/g/e5
     status=0
     /tmp/g/bin/kernels-test --test-threads 1 2>&1 | tee "$out/kernels-test.txt" || status=1
-    /tmp/g/bin/gpu-test --test-threads 1 --nocapture 2>&1 | tee "$out/gpu-test.txt" || status=1
+    /tmp/g/bin/e2e-test gpu:: --test-threads 1 --nocapture 2>&1 | tee "$out/gpu-test.txt" || status=1
     /tmp/g/bin/gpu-bench --from /tmp/g --out "$out/figures.md" 2>&1 | tee "$out/bench.txt" || status=1
     if command -v compute-sanitizer >/dev/null; then
         timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 /tmp/g/bin/kernels-test --test-threads 1 \

@@ -1,8 +1,6 @@
 //! The `nudge` binary as a real process: `serve` with a TOML file, flags and env, SIGTERM; a
 //! bad bundle at start-up; `understand`; `models import` refusing a file that is not a model.
-#[path = "../inference/tests/common/mod.rs"]
-mod common;
-use common::*;
+use crate::common::*;
 use nudge_model::Pooling;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -11,6 +9,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_nudge");
 
 #[tokio::test]
 async fn serve_reads_toml_then_env_then_flags_and_stops_on_sigterm() {
+    let _suite = nudge_testkit::suite::enter(module_path!());
     let dir = tempfile::tempdir().unwrap();
     let bundle = write_bundle(&dir.path().join("b"), "tiny", Variant::Bert, Pooling::Mean);
     let toml = dir.path().join("nudge.toml");
@@ -98,6 +97,7 @@ fn send_signal(pid: u32, sig: i32) {
 
 #[test]
 fn serve_refuses_a_bad_bundle_at_start_up_naming_the_file() {
+    let _suite = nudge_testkit::suite::enter(module_path!());
     let dir = tempfile::tempdir().unwrap();
     let bundle = write_bundle(&dir.path().join("b"), "tiny", Variant::Bert, Pooling::Mean);
     std::fs::write(bundle.join("heads.safetensors"), b"not a tensor file").unwrap();
@@ -123,6 +123,7 @@ fn serve_refuses_a_bad_bundle_at_start_up_naming_the_file() {
 
 #[test]
 fn understand_prints_json_and_import_refuses_a_non_model() {
+    let _suite = nudge_testkit::suite::enter(module_path!());
     let dir = tempfile::tempdir().unwrap();
     let bundle = write_bundle(&dir.path().join("b"), "tiny", Variant::Bert, Pooling::Mean);
     let out = Command::new(BIN)

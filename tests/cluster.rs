@@ -8,11 +8,9 @@
 //! server serves the version an operator loaded on one server while another was down — without
 //! anyone pushing to it. Further tests: NLU bundles fanned out the same way, and the optimizers'
 //! leadership (one trains and publishes; a standby takes over; versions never collide).
-#[path = "../inference/tests/common/mod.rs"]
-mod common;
-#[path = "support/cluster.rs"]
-mod support;
-use common::*;
+use crate::common;
+use crate::common::*;
+use crate::support::*;
 use nudge_proto::v1 as pb;
 use nudge_records::{DecisionRecord, OutcomeRecord};
 use rand::{Rng, SeedableRng};
@@ -20,7 +18,6 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::*;
 
 const SERVERS: usize = 3;
 const OPTIMIZERS: usize = 2;
@@ -144,6 +141,7 @@ async fn cluster_client(nats_url: &str, name: &str) -> nudge_cluster::Cluster {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_acknowledged_is_lost_or_doubled_when_servers_nats_and_optimizers_are_killed() {
+    let _suite = nudge_testkit::suite::enter(module_path!());
     let (dir, port, nats, bundle) = testbed();
     let nats_url = format!("nats://127.0.0.1:{port}");
     let (nats_bin, nats_dir) = (nats_server_binary(), dir.path().join("nats"));
@@ -367,6 +365,7 @@ async fn nothing_acknowledged_is_lost_or_doubled_when_servers_nats_and_optimizer
 /// serving the old one and counts the refusal; the next good version is served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_version_in_the_cluster_is_refused_and_the_old_one_keeps_serving() {
+    let _suite = nudge_testkit::suite::enter(module_path!());
     use nudge_cluster::POLICY;
     let (dir, port, _nats, bundle) = testbed();
     let nats_url = format!("nats://127.0.0.1:{port}");
@@ -540,6 +539,7 @@ async fn bundle_refusals(metrics: &str) -> f64 {
 /// nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_nlu_bundle_reloaded_on_one_server_is_served_by_every_server_and_a_bad_one_by_none() {
+    let _suite = nudge_testkit::suite::enter(module_path!());
     use nudge_cluster::bundle_kind;
     use std::os::unix::fs::MetadataExt;
     let (dir, port, nats, base) = testbed();
@@ -775,6 +775,7 @@ async fn until_published(cluster: &nudge_cluster::Cluster, server: &str, optimiz
 /// publisher read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_optimizer_leads_and_a_standby_takes_over_without_clashing_versions() {
+    let _suite = nudge_testkit::suite::enter(module_path!());
     use nudge_cluster::POLICY;
     let (dir, port, _nats, bundle) = testbed();
     let nats_url = format!("nats://127.0.0.1:{port}");
@@ -978,6 +979,7 @@ async fn keep(
 /// its sequence numbers start again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redeliveries_are_dropped_however_late_and_a_recreated_stream_is_read_anew() {
+    let _suite = nudge_testkit::suite::enter(module_path!());
     let (dir, port, _nats, _) = testbed();
     let url = format!("nats://127.0.0.1:{port}");
     let cluster = cluster_client(&url, "t").await;
@@ -1114,6 +1116,7 @@ async fn wait_for_offer(grpc: &str, offer: &str, tag: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rules_reloaded_on_one_server_are_served_by_every_server_and_a_server_that_was_down_catches_up() {
+    let _suite = nudge_testkit::suite::enter(module_path!());
     let (dir, port, _nats, _) = testbed();
     let nats_url = format!("nats://127.0.0.1:{port}");
     // The real default model: the shop's rules name its intents.

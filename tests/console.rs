@@ -12,11 +12,9 @@
 //! neither — and the editor serves an older policy version. The change log on disk names who did
 //! what. Screenshots go to
 //! `target/console-screenshots/`. Needs `cargo run --release -- models fetch`.
-#[path = "../inference/tests/common/mod.rs"]
-mod common;
-#[path = "support/cluster.rs"]
-mod support;
-use common::channel;
+use crate::common;
+use crate::common::channel;
+use crate::support;
 use nudge_proto::v1 as pb;
 use nudge_records::{ChangeRecord, ConversationEvent, EventKind};
 use rand::{Rng, SeedableRng};
@@ -212,6 +210,7 @@ async fn shop_traffic(grpc: std::net::SocketAddr, n: u64) -> HashMap<(String, St
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_edits_a_rule_sees_it_live_and_rolls_it_back_in_a_browser() {
+    let _suite = nudge_testkit::suite::enter(module_path!());
     let script = playwright();
     chromium();
     let var = tempfile::tempdir().unwrap();

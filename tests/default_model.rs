@@ -2,9 +2,7 @@
 //! Chinese and English messages of the default intents the right intent and reviews the right
 //! sentiment; the fast English one (all-MiniLM-L6-v2) does the same for the English messages.
 //! Needs the encoders: `cargo run --release -- models fetch` (CI runs it first).
-#[path = "../inference/tests/common/mod.rs"]
-mod common;
-use common::*;
+use crate::common::*;
 use nudge_proto::v1::{UnderstandBatchRequest, UnderstandRequest};
 use std::path::PathBuf;
 
@@ -112,6 +110,7 @@ const OUT_OF_SCOPE: &[&str] = &[
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn default_intents_and_sentiment_in_chinese_and_english() {
+    let _suite = nudge_testkit::suite::enter(module_path!());
     // The shipped default runs its encoder in int8 (heads fitted on int8 embeddings).
     answers_default_cases(default_bundle(), "cpu-int8", Languages::ZhEn).await;
 }
@@ -119,6 +118,7 @@ async fn default_intents_and_sentiment_in_chinese_and_english() {
 /// The fast English bundle (all-MiniLM-L6-v2, int8) answers the English cases right.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_english_bundle_answers_the_english_cases() {
+    let _suite = nudge_testkit::suite::enter(module_path!());
     answers_default_cases(shipped_bundle("minilm-en"), "cpu-int8", Languages::En).await;
 }
 
@@ -126,6 +126,7 @@ async fn the_english_bundle_answers_the_english_cases() {
 /// process); the server serves it, says so, and answers the same cases right.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_f32_version_of_the_default_bundle_answers_the_same_cases() {
+    let _suite = nudge_testkit::suite::enter(module_path!());
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("default-f32");
     let run = std::process::Command::new(env!("CARGO_BIN_EXE_nudge"))
@@ -156,6 +157,7 @@ async fn the_f32_version_of_the_default_bundle_answers_the_same_cases() {
 /// stay close to f32's and the default head picks the same intent for nearly all of them.
 #[test]
 fn int8_embeddings_stay_close_to_f32_on_real_messages() {
+    let _suite = nudge_testkit::suite::enter(module_path!());
     use nudge_model::{BackendKind, NluModel};
     let tmp = tempfile::tempdir().unwrap();
     let f = tmp.path().join("f");
@@ -305,6 +307,7 @@ async fn answers_default_cases(bundle: PathBuf, backend: &str, languages: Langua
 /// in both tools).
 #[test]
 fn eval_reproduces_the_figures_recorded_at_training() {
+    let _suite = nudge_testkit::suite::enter(module_path!());
     for (bundle, files) in [(default_bundle(), 2), (shipped_bundle("minilm-en"), 1)] {
         eval_reproduces_recorded_figures(bundle, files);
     }

@@ -2,9 +2,7 @@
 //! set, the bundle it writes is served over gRPC with its labels, a run killed after a checkpoint
 //! resumes to the very bytes of an uninterrupted run, and bad inputs are refused with nothing
 //! written.
-#[path = "../inference/tests/common/mod.rs"]
-mod common;
-use common::*;
+use crate::common::*;
 use rand::{Rng, SeedableRng};
 use std::path::Path;
 use std::process::{Command, Output};
@@ -75,6 +73,7 @@ fn ok(out: Output) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fine_tuned_bundle_fits_its_data_and_is_served_over_grpc() {
+    let _suite = nudge_testkit::suite::enter(module_path!());
     let dir = tempfile::tempdir().unwrap();
     Tiny::new(Variant::Bert, 11).write_encoder(&dir.path().join("enc"));
     let rows = synthetic(60, 1);
@@ -140,6 +139,7 @@ async fn fine_tuned_bundle_fits_its_data_and_is_served_over_grpc() {
 
 #[test]
 fn a_killed_run_resumes_to_the_same_bundle() {
+    let _suite = nudge_testkit::suite::enter(module_path!());
     let dir = tempfile::tempdir().unwrap();
     Tiny::new(Variant::XlmR, 12).write_encoder(&dir.path().join("enc"));
     let data = dir.path().join("train.jsonl");
@@ -202,6 +202,7 @@ fn a_killed_run_resumes_to_the_same_bundle() {
 
 #[test]
 fn bad_inputs_are_refused_and_nothing_is_written() {
+    let _suite = nudge_testkit::suite::enter(module_path!());
     let dir = tempfile::tempdir().unwrap();
     Tiny::new(Variant::Bert, 13).write_encoder(&dir.path().join("enc"));
     let err_of = |out: Output| {

@@ -7,10 +7,7 @@
 //!
 //! `NUDGE_GPU_BUNDLE` picks another bundle, `NUDGE_BIN` another `nudge` binary (the GPU
 //! machine runs binaries built here, from another directory).
-#[path = "../inference/tests/common/mod.rs"]
-mod common;
-#[path = "support/cluster.rs"]
-mod support;
+use crate::support::{nudge_bin, start_nudge};
 use nudge_model::{BackendKind, NluModel, Precision};
 use nudge_proto::v1::model_admin_client::ModelAdminClient;
 use nudge_proto::v1::{
@@ -18,7 +15,6 @@ use nudge_proto::v1::{
 };
 use std::path::PathBuf;
 use std::process::Command;
-use support::{nudge_bin, start_nudge};
 
 fn repo_path(rel: &str) -> PathBuf {
     let here = PathBuf::from(rel);
@@ -72,6 +68,7 @@ fn argmax(p: &[f32]) -> usize {
 
 #[test]
 fn the_gpu_encoder_matches_the_cpu_encoder_on_real_messages() {
+    let _suite = nudge_testkit::suite::enter(module_path!());
     if !have_gpu() {
         return;
     }
@@ -132,6 +129,7 @@ fn the_gpu_encoder_matches_the_cpu_encoder_on_real_messages() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn serve_device_cuda_answers_and_says_which_device_served() {
+    let _suite = nudge_testkit::suite::enter(module_path!());
     if !have_gpu() {
         return;
     }
@@ -235,6 +233,7 @@ fn spawn_batches(
 
 #[test]
 fn asking_for_a_gpu_the_machine_lacks_is_refused_with_a_clear_error() {
+    let _suite = nudge_testkit::suite::enter(module_path!());
     // A device name that is not one is refused by the flag parser.
     let out = Command::new(nudge_bin())
         .args(["serve", "--device", "gpu0"])

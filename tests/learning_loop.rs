@@ -5,11 +5,8 @@
 //! is lost and learning goes on. The learned policy must reach ≥ 90 % of the oracle's conversion
 //! rate and beat uniform clearly; the cumulative-regret curves are written as CSV and PNG. A
 //! second world has an interaction only a neural-linear policy can learn.
-#[path = "../inference/tests/common/mod.rs"]
-mod common;
-#[path = "support/cluster.rs"]
-mod support;
-use common::*;
+use crate::common::*;
+use crate::support;
 use nudge_proto::v1 as pb;
 use rand::{Rng, SeedableRng};
 use std::path::{Path, PathBuf};
@@ -103,6 +100,7 @@ fn request(i: usize, seg: usize) -> pb::DecideRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn learned_policy_approaches_the_oracle_and_survives_an_optimizer_crash() {
+    let _suite = nudge_testkit::suite::enter(module_path!());
     let dir = tempfile::tempdir().unwrap();
     let server = start_decision_server(dir.path()).await;
     let config = write_config(dir.path(), &format!("http://{}", server.admin_addr), SEGMENT_SCHEMA);
@@ -393,6 +391,7 @@ fn xor_truth(x1: usize, x2: usize, offer: usize) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn neural_linear_policy_learns_an_interaction_over_grpc() {
+    let _suite = nudge_testkit::suite::enter(module_path!());
     let dir = tempfile::tempdir().unwrap();
     let server = start_decision_server(dir.path()).await;
     let extra = r#"

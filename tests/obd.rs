@@ -86,6 +86,7 @@ fn nudge(args: &[&str], paths: &[(&str, &Path)]) -> std::process::Output {
 
 #[test]
 fn imported_campaign_replays_with_exact_logging_value_and_a_learned_policy_that_finds_the_best_item() {
+    let _suite = nudge_testkit::suite::enter(module_path!());
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let rows = 4000;

@@ -33,6 +33,7 @@ fn value(results: &[ConversationResult], segment: usize) -> (f64, f64, usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rl_waits_for_the_resolution_and_beats_the_bandit_where_timing_matters() {
+    let _suite = nudge_testkit::suite::enter(module_path!());
     let (world, messages) = customers();
     let reward_file = Path::new(lab::SHOP).join("reward.toml");
     let optimum: Vec<f64> = (0..2).map(|s| world.optimum(s, &reward).0).collect();

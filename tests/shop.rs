@@ -3,9 +3,8 @@
 //! → extended warranty + power bank for 329.00 instead of 428.00), a regular customer's cheaper
 //! warranty, no marketing during an open problem, and a hand-off when the customer asks for a
 //! person. Needs `cargo run --release -- models fetch` (CI runs it first).
-#[path = "../inference/tests/common/mod.rs"]
-mod common;
-use common::channel;
+use crate::common;
+use crate::common::channel;
 use nudge_proto::v1 as pb;
 use pb::conversations_client::ConversationsClient;
 
@@ -28,6 +27,7 @@ fn turn(conv: &str, text: &str, tier: &str, ltv_cents: i64) -> pb::TurnRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_example_shop_sells_the_care_bundle_and_stays_quiet_when_it_should() {
+    let _suite = nudge_testkit::suite::enter(module_path!());
     let var = tempfile::tempdir().unwrap();
     let config = common::example_shop_config(var.path());
     let server = nudge_inference::start(config).await.expect("the example shop starts");

@@ -1,9 +1,7 @@
 //! `nudge train` (heads only) as a process: a tiny encoder and a small separable data set give a
 //! bundle that reaches 100 % on its training data, is reproducible, and serves its labels; bad
 //! training files get errors naming the file and line.
-#[path = "../inference/tests/common/mod.rs"]
-mod common;
-use common::*;
+use crate::common::*;
 use std::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_nudge");
@@ -34,6 +32,7 @@ fn train(dir: &std::path::Path, out: &str, train: &std::path::Path) -> std::proc
 
 #[test]
 fn trained_head_fits_its_data_is_reproducible_and_is_served() {
+    let _suite = nudge_testkit::suite::enter(module_path!());
     let dir = tempfile::tempdir().unwrap();
     Tiny::new(Variant::Bert, 5).write_encoder(&dir.path().join("enc"));
     let rows = [
@@ -85,6 +84,7 @@ fn trained_head_fits_its_data_is_reproducible_and_is_served() {
 
 #[test]
 fn bad_training_files_are_refused_with_file_and_line() {
+    let _suite = nudge_testkit::suite::enter(module_path!());
     let dir = tempfile::tempdir().unwrap();
     Tiny::new(Variant::Bert, 5).write_encoder(&dir.path().join("enc"));
     let bad = dir.path().join("bad.jsonl");
@@ -114,6 +114,7 @@ fn bad_training_files_are_refused_with_file_and_line() {
 
 #[test]
 fn lang_takes_one_language_from_tagged_files_and_whole_untagged_ones() {
+    let _suite = nudge_testkit::suite::enter(module_path!());
     let dir = tempfile::tempdir().unwrap();
     Tiny::new(Variant::Bert, 5).write_encoder(&dir.path().join("enc"));
     // A bilingual file tagging its rows (the zh rows carry a label of their own, so the trained
@@ -170,6 +171,7 @@ fn lang_takes_one_language_from_tagged_files_and_whole_untagged_ones() {
 
 #[test]
 fn eval_refuses_labels_the_bundle_does_not_know() {
+    let _suite = nudge_testkit::suite::enter(module_path!());
     let dir = tempfile::tempdir().unwrap();
     let bundle = write_bundle(&dir.path().join("b"), "tiny", Variant::Bert, nudge_model::Pooling::Mean);
     let data = dir.path().join("d.jsonl");
@@ -191,6 +193,7 @@ fn eval_refuses_labels_the_bundle_does_not_know() {
 
 #[test]
 fn calibrate_writes_a_new_version_and_leaves_the_served_bundle_as_it_was() {
+    let _suite = nudge_testkit::suite::enter(module_path!());
     let dir = tempfile::tempdir().unwrap();
     let bundle = write_bundle(&dir.path().join("b"), "tiny", Variant::Bert, nudge_model::Pooling::Mean);
     let source_manifest = std::fs::read(bundle.join("manifest.json")).unwrap();

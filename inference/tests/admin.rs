@@ -3,8 +3,7 @@
 //! outside the models root is refused naming `bundle_dir` while the old version keeps serving;
 //! with TLS configured (a self-signed certificate made here) clients that trust it are served
 //! and plain-text clients are not.
-mod common;
-use common::*;
+use crate::common::*;
 use nudge_inference::{Secret, TlsConfig};
 use nudge_model::Pooling;
 use nudge_proto::v1 as pb;
@@ -32,6 +31,7 @@ fn bearer<T>(req: T, token: &str) -> tonic::Request<T> {
 
 #[tokio::test]
 async fn every_service_but_health_needs_the_token_and_model_admin_is_only_on_the_admin_port() {
+    let _suite = nudge_testkit::suite::enter(module_path!());
     let root = tempfile::tempdir().unwrap();
     let bundle = write_bundle(&root.path().join("a"), "tiny", Variant::Bert, Pooling::Mean);
     let server = start_server(vec![bundle.clone()], |c| {
@@ -95,6 +95,7 @@ async fn every_service_but_health_needs_the_token_and_model_admin_is_only_on_the
 
 #[tokio::test]
 async fn a_bundle_outside_the_models_root_is_refused_and_the_old_one_keeps_serving() {
+    let _suite = nudge_testkit::suite::enter(module_path!());
     let root = tempfile::tempdir().unwrap();
     let elsewhere = tempfile::tempdir().unwrap();
     let bundle = write_bundle(&root.path().join("a"), "tiny", Variant::Bert, Pooling::Mean);
@@ -131,6 +132,7 @@ async fn a_bundle_outside_the_models_root_is_refused_and_the_old_one_keeps_servi
 
 #[tokio::test]
 async fn tls_serves_clients_that_trust_the_certificate_and_refuses_plain_text() {
+    let _suite = nudge_testkit::suite::enter(module_path!());
     let root = tempfile::tempdir().unwrap();
     let bundle = write_bundle(&root.path().join("a"), "tiny", Variant::Bert, Pooling::Mean);
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();

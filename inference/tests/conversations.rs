@@ -3,8 +3,7 @@
 //! and prices give the care bundle at 329.00, the decision is logged like Decide's, a decline
 //! starts the cool-down, no consent blocks, a resolved nudge moves the stage, unsure turns hand
 //! off with a masked summary, and bad input gets a status naming the field.
-mod common;
-use common::*;
+use crate::common::*;
 use nudge_proto::v1 as pb;
 use nudge_records::DecisionRecord;
 use pb::conversations_client::ConversationsClient;
@@ -122,6 +121,7 @@ fn turn(conv: &str, text: &str, tier: &str, consent: bool) -> pb::TurnRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_conversation_gets_a_priced_offer_then_a_cool_down_and_bad_input_is_named() {
+    let _suite = nudge_testkit::suite::enter(module_path!());
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path(), 0.0).await;
     let mut c = ConversationsClient::new(channel(server.grpc_addr).await);
@@ -327,6 +327,7 @@ async fn a_conversation_gets_a_priced_offer_then_a_cool_down_and_bad_input_is_na
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsure_turns_hand_off_with_a_masked_summary() {
+    let _suite = nudge_testkit::suite::enter(module_path!());
     let dir = tempfile::tempdir().unwrap();
     // Every turn of the tiny model is "unsure" under this bar.
     let server = start(dir.path(), 1.0).await;
@@ -350,6 +351,7 @@ async fn unsure_turns_hand_off_with_a_masked_summary() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conversations_caps_and_opt_outs_survive_a_restart() {
+    let _suite = nudge_testkit::suite::enter(module_path!());
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state/conversations.json");
     let server = start_with(dir.path(), 0.0, Some(state.clone())).await;
@@ -423,6 +425,7 @@ async fn conversations_caps_and_opt_outs_survive_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strategy_files_hot_reload_and_a_bad_one_is_refused() {
+    let _suite = nudge_testkit::suite::enter(module_path!());
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path(), 0.0).await;
     let mut c = ConversationsClient::new(channel(server.grpc_addr).await);
@@ -524,6 +527,7 @@ impl pb::risk_control_server::RiskControl for Risk {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_risk_check_fails_closed() {
+    let _suite = nudge_testkit::suite::enter(module_path!());
     let dir = tempfile::tempdir().unwrap();
     let mode = std::sync::Arc::new(std::sync::Mutex::new("allow"));
     let incoming = tonic::transport::server::TcpIncoming::bind("127.0.0.1:0".parse().unwrap()).unwrap();
@@ -600,6 +604,7 @@ async fn the_risk_check_fails_closed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_conversations_of_one_customer_never_break_the_daily_cap() {
+    let _suite = nudge_testkit::suite::enter(module_path!());
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path(), 0.0, None);
     let g = &mut cfg.strategy.as_mut().unwrap().guardrails;

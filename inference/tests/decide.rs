@@ -1,7 +1,6 @@
 //! Offer decisions over gRPC on loopback: policy pushes, rollback, restart, the decision log,
 //! bad input, and hot-loading under concurrent load with no failed call and no mixed versions.
-mod common;
-use common::*;
+use crate::common::*;
 use ndarray::Array1;
 use nudge_policy::version::{PolicyManifest, PolicyVersion, FORMAT};
 use nudge_policy::{Exploration, FeatureSchema, Policy, RewardModel};
@@ -98,6 +97,7 @@ async fn start(dir: &Path) -> nudge_inference::RunningServer {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decisions_are_logged_and_policies_hot_swap() {
+    let _suite = nudge_testkit::suite::enter(module_path!());
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path()).await;
     let admin_channel = channel(server.admin_addr).await;
@@ -237,6 +237,7 @@ async fn decisions_are_logged_and_policies_hot_swap() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hot_loads_under_load_fail_no_call_and_mix_no_versions() {
+    let _suite = nudge_testkit::suite::enter(module_path!());
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path()).await;
     let admin_channel = channel(server.admin_addr).await;

@@ -1,6 +1,5 @@
 //! The gRPC API on loopback: concurrency and batching, bad input, limits, health, reflection.
-mod common;
-use common::*;
+use crate::common::*;
 use nudge_model::Pooling;
 use nudge_proto::v1::{ListModelsRequest, UnderstandBatchRequest, UnderstandRequest};
 use tonic::Code;
@@ -14,6 +13,7 @@ fn req(text: &str) -> UnderstandRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_hundred_concurrent_calls_are_all_answered_in_batches() {
+    let _suite = nudge_testkit::suite::enter(module_path!());
     let dir = tempfile::tempdir().unwrap();
     let bundle = write_bundle(dir.path(), "tiny", Variant::Bert, Pooling::Mean);
     let reference = nudge_model::NluModel::load(&bundle, nudge_model::BackendKind::Cpu).unwrap();
@@ -77,6 +77,7 @@ async fn two_hundred_concurrent_calls_are_all_answered_in_batches() {
 
 #[tokio::test]
 async fn bad_input_gets_a_clear_status_naming_the_field() {
+    let _suite = nudge_testkit::suite::enter(module_path!());
     let dir = tempfile::tempdir().unwrap();
     let bundle = write_bundle(dir.path(), "tiny", Variant::Bert, Pooling::Mean);
     let server = start_server(vec![bundle], |c| {
@@ -161,6 +162,7 @@ async fn bad_input_gets_a_clear_status_naming_the_field() {
 
 #[tokio::test]
 async fn overload_answers_resource_exhausted_and_long_text_is_flagged_truncated() {
+    let _suite = nudge_testkit::suite::enter(module_path!());
     let dir = tempfile::tempdir().unwrap();
     let bundle = write_bundle(dir.path(), "tiny", Variant::Bert, Pooling::Mean);
     let server = start_server(vec![bundle], |c| c.batcher.queue_capacity = Some(4)).await;
@@ -206,6 +208,7 @@ async fn overload_answers_resource_exhausted_and_long_text_is_flagged_truncated(
 
 #[tokio::test]
 async fn several_models_health_and_reflection() {
+    let _suite = nudge_testkit::suite::enter(module_path!());
     let dir = tempfile::tempdir().unwrap();
     let a = write_bundle(&dir.path().join("a"), "first", Variant::Bert, Pooling::Mean);
     let b = write_bundle(&dir.path().join("b"), "second", Variant::XlmR, Pooling::Cls);
@@ -283,6 +286,7 @@ async fn several_models_health_and_reflection() {
 
 #[test]
 fn texts_whose_caller_gave_up_are_dropped_before_compute() {
+    let _suite = nudge_testkit::suite::enter(module_path!());
     use nudge_inference::batcher::{Batcher, BatcherConfig};
     let dir = tempfile::tempdir().unwrap();
     let bundle = write_bundle(dir.path(), "tiny", Variant::Bert, Pooling::Mean);

@@ -3,8 +3,7 @@
 //! No call fails, every answer's labels belong to the version it names, and bundles that fail
 //! a check (checksum, NaN weights, another model's name) are refused while the old version
 //! keeps serving.
-mod common;
-use common::*;
+use crate::common::*;
 use nudge_model::Manifest;
 use nudge_model::Pooling;
 use nudge_proto::v1 as pb;
@@ -46,6 +45,7 @@ fn reload(model: &str, dir: &Path) -> pb::ReloadModelRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn models_reload_under_load_without_a_failed_call_or_a_mixed_answer() {
+    let _suite = nudge_testkit::suite::enter(module_path!());
     let dir = tempfile::tempdir().unwrap();
     let a = write_bundle(&dir.path().join("a"), "tiny", Variant::Bert, Pooling::Mean);
     let b = dir.path().join("b");

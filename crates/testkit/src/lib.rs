@@ -426,3 +426,39 @@ pub fn metric(text: &str, prefix: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
 }
+
+/// One module's tests at a time, for a test binary that gathers several modules' tests (the
+/// root crate's and the serving crate's end-to-end tests): a module's tests run in parallel with
+/// each other, as in a binary of their own, and never beside another module's, whose servers and
+/// timeouts assume the machine is theirs.
+pub mod suite {
+    use std::sync::{Condvar, Mutex, PoisonError};
+
+    /// The module whose tests are running, and how many are.
+    static RUNNING: Mutex<(Option<&'static str>, usize)> = Mutex::new((None, 0));
+    static CHANGED: Condvar = Condvar::new();
+
+    /// Held for as long as a test runs.
+    pub struct Entered;
+
+    /// Waits until no other module's test runs, then counts this one in (`module_path!()`).
+    pub fn enter(module: &'static str) -> Entered {
+        let mut running = RUNNING.lock().unwrap_or_else(PoisonError::into_inner);
+        while running.0.is_some_and(|m| m != module) {
+            running = CHANGED.wait(running).unwrap_or_else(PoisonError::into_inner);
+        }
+        *running = (Some(module), running.1 + 1);
+        Entered
+    }
+
+    impl Drop for Entered {
+        fn drop(&mut self) {
+            let mut running = RUNNING.lock().unwrap_or_else(PoisonError::into_inner);
+            running.1 -= 1;
+            if running.1 == 0 {
+                running.0 = None;
+                CHANGED.notify_all();
+            }
+        }
+    }
+}
