@@ -295,18 +295,25 @@ where
     Ok(())
 }
 
+/// `len` values in [-1, 1) from a fixed xorshift sequence, as `half`: random, not zero, inputs
+/// for the rate probes (zeros run faster and would flatter every ratio).
+fn random_halves(half: Half, len: usize, seed: u64) -> Vec<u16> {
+    let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ seed;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            half.encode(((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0)
+        })
+        .collect()
+}
+
 /// Measured rate of the encoder's product (`half` in and out, f32 accumulation) on an
 /// `n × n × n` problem of random values, in FLOP/s: the ceiling the encoder is judged
-/// against. Random, not zero, inputs: zeros run faster and would flatter every ratio.
+/// against.
 pub fn matmul_rate(gpu: &Gpu, half: Half, n: usize, reps: usize) -> Result<f64, GpuError> {
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    let mut next = || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        half.encode(((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0)
-    };
-    let x: Vec<u16> = (0..n * n).map(|_| next()).collect();
+    let x = random_halves(half, n * n, 0);
     let (stream, blas) = gpu.stream()?;
     let xd = stream.clone_htod(&x)?;
     let wd = stream.clone_htod(&x)?;
@@ -321,4 +328,52 @@ pub fn matmul_rate(gpu: &Gpu, half: Half, n: usize, reps: usize) -> Result<f64, 
     }
     stream.synchronize()?;
     Ok(2.0 * (n as f64).powi(3) * reps.max(1) as f64 / t.elapsed().as_secs_f64())
+}
+
+/// Measured rate of one encoder pass's products alone, in FLOP/s: every layer's QKV,
+/// attention-out, feed-forward-in and feed-forward-out product for `tokens` tokens, back to back
+/// on one stream as the encoder issues them, each layer with weights of its own (one set would
+/// sit in L2 and flatter the figure).
+///
+/// Why: it is the ceiling of a pass at that batch if everything between the products were
+/// free. Against [`matmul_rate`]'s 8192³ figure it says how far these narrow shapes (N and K of
+/// 384 to 1,536) are from the roofline whatever the rest does; the encoder's rate against it
+/// says what the rest (attention, norms, activations, launches) costs.
+pub fn dense_rate(
+    gpu: &Gpu,
+    half: Half,
+    shape: &crate::EncoderShape,
+    tokens: usize,
+    reps: usize,
+) -> Result<f64, GpuError> {
+    let (h, f, tokens) = (shape.hidden, shape.intermediate, tokens.max(1));
+    // (n, k) of each product of a layer, in the encoder's order.
+    let dims = [(3 * h, h), (h, h), (f, h), (h, f)];
+    let (stream, blas) = gpu.stream()?;
+    let x = stream.clone_htod(&random_halves(half, tokens * h.max(f), 1))?;
+    let weights = (0..shape.layers * dims.len())
+        .map(|i| {
+            let (n, k) = dims[i % dims.len()];
+            stream.clone_htod(&random_halves(half, n * k, 2 + i as u64))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut y = stream.alloc_zeros::<u16>(tokens * (3 * h).max(f))?;
+    let mut pass = || -> Result<(), GpuError> {
+        for (i, w) in weights.iter().enumerate() {
+            let (n, k) = dims[i % dims.len()];
+            matmul(&blas, &stream, half, &x, w, &mut y, tokens, n, k)?;
+        }
+        Ok(())
+    };
+    for _ in 0..3 {
+        pass()?;
+    }
+    stream.synchronize()?;
+    let t = std::time::Instant::now();
+    for _ in 0..reps.max(1) {
+        pass()?;
+    }
+    stream.synchronize()?;
+    let flops = 2.0 * (tokens * shape.layers) as f64 * (4 * h * h + 2 * h * f) as f64;
+    Ok(flops * reps.max(1) as f64 / t.elapsed().as_secs_f64())
 }

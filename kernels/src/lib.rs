@@ -27,7 +27,7 @@ pub use encoder::{
     Activation, Dense, EncoderOutput, EncoderShape, EncoderWeights, GpuEncoder, HeadWeights, LayerWeights, Norm, Pool,
 };
 pub use error::GpuError;
-pub use gpu::{driver_available, matmul_rate, Gpu, Half};
+pub use gpu::{dense_rate, driver_available, matmul_rate, Gpu, Half};
 pub use ops::Single;
 pub use scoring::{GpuScorer, UcbScores};
 pub use source::{compile, compile_all, nvrtc_available, Source, Variant, SOURCES};
