@@ -255,6 +255,7 @@ async fn an_operator_edits_a_rule_sees_it_live_and_rolls_it_back_in_a_browser() 
         dir: var.path().join("console"),
         session_minutes: 10,
         optimizers: vec![format!("http://{optimizer_addr}"), dead],
+        tls: None,
     });
     let server = nudge_inference::start(config.clone())
         .await
@@ -588,4 +589,154 @@ async fn learn_once(
     // The reward windows close, then one round: join, train, judge, push.
     tokio::time::sleep(std::time::Duration::from_millis(400)).await;
     optimizer.train_now().await.unwrap()
+}
+
+/// A self-signed certificate for `localhost`, written as PEM files under `dir`.
+fn certificate(dir: &Path, name: &str) -> (nudge_inference::TlsConfig, rcgen::CertifiedKey<rcgen::KeyPair>) {
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert, key) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+    (nudge_inference::TlsConfig { cert, key }, made)
+}
+
+/// One HTTP/1.1 exchange over TLS with a client that trusts only `trust`: the whole response.
+async fn https(
+    addr: std::net::SocketAddr,
+    trust: &rcgen::CertifiedKey<rcgen::KeyPair>,
+    request: &str,
+) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(trust.cert.der().clone()).unwrap();
+    let config =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await?;
+    tls.write_all(request.as_bytes()).await?;
+    let mut out = Vec::new();
+    match tls.read_to_end(&mut out).await {
+        // A peer that closes without TLS's close_notify: what came before is the response.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !out.is_empty() => {}
+        r => {
+            r?;
+        }
+    }
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// The console over HTTPS: with `[console.tls]` it presents that certificate, without it the
+/// server's `tls`; sign-in works over it and its cookie is `Secure`; a plain-HTTP client gets no
+/// page, a client that trusts another certificate no connection, and a client that connects and
+/// says nothing holds up nobody.
+#[tokio::test]
+async fn the_console_serves_https_with_its_own_or_the_servers_certificate() {
+    let _suite = nudge_testkit::suite::enter(module_path!());
+    let var = tempfile::tempdir().unwrap();
+    let users = var.path().join("users.toml");
+    std::fs::write(
+        &users,
+        format!(
+            "[[user]]\nname = \"ana\"\nrole = \"editor\"\npassword_hash = \"{}\"\n",
+            nudge_inference::console::hash_password("ana's long password").unwrap()
+        ),
+    )
+    .unwrap();
+    let (console_tls, console_cert) = certificate(var.path(), "console");
+    let (server_tls, server_cert) = certificate(var.path(), "server");
+    let body = r#"{"user":"ana","password":"ana's long password"}"#;
+    let login = format!(
+        "POST /api/login HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    for (own, presented, other) in [
+        (Some(console_tls), &console_cert, &server_cert),
+        (None, &server_cert, &console_cert),
+    ] {
+        let mut config = common::example_shop_config(var.path());
+        config.tls = Some(server_tls.clone());
+        config.console = Some(nudge_inference::console::ConsoleConfig {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            users_file: users.clone(),
+            dir: var.path().join("console"),
+            session_minutes: 10,
+            optimizers: Vec::new(),
+            tls: own.clone(),
+        });
+        let server = nudge_inference::start(config)
+            .await
+            .expect("the shop with an HTTPS console starts");
+        let addr = server.console_addr.unwrap();
+
+        // A client that connects and stays silent, for the whole exchange below.
+        let _silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let answer = https(addr, presented, &login)
+            .await
+            .expect("HTTPS with the presented certificate");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        let cookie = answer
+            .lines()
+            .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+            .unwrap_or_else(|| panic!("no cookie: {answer}"));
+        assert!(
+            cookie.contains("; Secure") && cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+            "{cookie}"
+        );
+        let token = cookie.split_once(':').unwrap().1.trim().split(';').next().unwrap();
+        let me = https(
+            addr,
+            presented,
+            &format!("GET /api/me HTTP/1.1\r\nHost: localhost\r\nCookie: {token}\r\nConnection: close\r\n\r\n"),
+        )
+        .await
+        .unwrap();
+        assert!(me.starts_with("HTTP/1.1 200") && me.contains(r#""user":"ana""#), "{me}");
+
+        // Plain HTTP is not served.
+        let mut plain = tokio::net::TcpStream::connect(addr).await.unwrap();
+        {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            plain
+                .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            let mut got = Vec::new();
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), plain.read_to_end(&mut got)).await;
+            assert!(
+                !String::from_utf8_lossy(&got).contains("HTTP/1.1"),
+                "plain HTTP must not be answered: {got:?}"
+            );
+        }
+        // Nor is a client that trusts the other certificate.
+        assert!(https(addr, other, &login).await.is_err());
+        server.shutdown().await.unwrap();
+    }
+
+    // A certificate that is not one is refused at start-up, naming the field and the file.
+    std::fs::write(var.path().join("bad.crt"), "not a certificate").unwrap();
+    let mut config = common::example_shop_config(var.path());
+    config.console = Some(nudge_inference::console::ConsoleConfig {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        users_file: users,
+        dir: var.path().join("console"),
+        session_minutes: 10,
+        optimizers: Vec::new(),
+        tls: Some(nudge_inference::TlsConfig {
+            cert: var.path().join("bad.crt"),
+            key: server_tls.key.clone(),
+        }),
+    });
+    let err = match nudge_inference::start(config).await {
+        Ok(_) => panic!("a console with a bad certificate must not start"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("console.tls.cert") && err.contains("bad.crt"), "{err}");
 }

@@ -222,6 +222,10 @@ pub struct ConversationService {
     metrics: Metrics,
     /// The experiment being served, if one runs (the console starts and stops it).
     experiment: ArcSwapOption<Running>,
+    /// One change of the strategy files at a time: a console edit, a reload by hand and a
+    /// version arriving from the cluster each write their files and reload them whole, so none
+    /// ever reloads a mixture of another's files and its own.
+    changing_files: Mutex<()>,
     kpis: Arc<Kpis>,
     events: Option<EventLog>,
     /// In a cluster, where a change made here is shared (`share`).
@@ -319,6 +323,7 @@ impl ConversationService {
             max_cart_lines: config.max_cart_lines,
             metrics,
             experiment: ArcSwapOption::empty(),
+            changing_files: Mutex::new(()),
             kpis,
             events,
             cluster: None,
@@ -339,6 +344,15 @@ impl ConversationService {
             Some(c) => crate::cluster::strategy::publish(c, self).await.map(drop),
             None => Ok(()),
         }
+    }
+
+    /// Holds off every other change of the strategy files while the caller writes and reloads
+    /// them (see the field). A holder that panicked left files its own restore may not have
+    /// finished; the next reload checks them whole either way, so the lock outlives it.
+    pub(crate) fn changing_files(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.changing_files
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Reads the strategy files again and swaps them in if they pass every check (against the
@@ -1143,7 +1157,12 @@ impl pb::strategy_admin_server::StrategyAdmin for StrategyAdminService {
     ) -> Result<Response<pb::ReloadStrategyResponse>, Status> {
         let start = Instant::now();
         let c = self.conversations.clone();
-        let r = match tokio::task::spawn_blocking(move || c.reload()).await {
+        let r = match tokio::task::spawn_blocking(move || {
+            let _files = c.changing_files();
+            c.reload()
+        })
+        .await
+        {
             Ok(r) => r,
             Err(e) => Err(RequestError::Internal(e.to_string())),
         }

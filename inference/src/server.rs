@@ -400,7 +400,9 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
     let console = match (&config.console, &conversations) {
         (None, _) => None,
         (Some(_), None) => return Err(crate::console::ConsoleError::NeedsStrategy.into()),
-        (Some(cc), Some((svc, _))) => Some(crate::console::start(cc, svc.clone(), policy_admin, model_admin).await?),
+        (Some(cc), Some((svc, _))) => {
+            Some(crate::console::start(cc, config.tls.as_ref(), svc.clone(), policy_admin, model_admin).await?)
+        }
     };
     let conversations = conversations.map(|(svc, every)| {
         let s = svc.clone();

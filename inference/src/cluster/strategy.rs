@@ -123,8 +123,8 @@ pub(crate) async fn serve_version(
     count(metrics, "strategy", version, result)
 }
 
-/// Writes the fetched files over this server's and reloads; puts every file back if the reload
-/// refuses them.
+/// Writes the fetched files over this server's and reloads, holding off console edits and
+/// reloads by hand meanwhile; puts every file back if the reload refuses them.
 fn write_and_reload(
     conv: &ConversationService,
     version: &str,
@@ -136,6 +136,7 @@ fn write_and_reload(
             format!("the files of {version} do not hash to it"),
         ));
     }
+    let _files = conv.changing_files();
     let (Some(rules), Some(catalog)) = (fetched.get(RULES), fetched.get(CATALOG)) else {
         return Err(RequestError::invalid(
             "version",

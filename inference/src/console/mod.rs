@@ -12,7 +12,8 @@
 //! then, and put back if the reload refuses it; a model or policy version is served through the
 //! admin services' own path; so a bad edit never replaces what is serving.
 //!
-//! Sign-in sets an `HttpOnly`, `SameSite=Strict` session cookie; every change is a JSON `POST`
+//! Sign-in sets an `HttpOnly`, `SameSite=Strict` session cookie (`Secure` too over HTTPS, which
+//! the console speaks when it or the server has `tls`: see `tls`); every change is a JSON `POST`
 //! (a form on another site can send neither), and a viewer's changes are refused.
 mod browse;
 mod experiments;
@@ -20,6 +21,7 @@ mod files;
 mod kpis;
 mod models;
 mod optimizers;
+mod tls;
 mod users;
 
 pub use users::{hash_password, Role, User, UsersError};
@@ -63,6 +65,10 @@ pub struct ConsoleConfig {
     /// listeners): every one of a cluster, since only the one leading trains.
     #[serde(default)]
     pub optimizers: Vec<String>,
+    /// HTTPS (PEM files). Absent, the server's `tls`, if it has one; plain HTTP without either,
+    /// which is for loopback or a listener behind a TLS proxy.
+    #[serde(default)]
+    pub tls: Option<crate::config::TlsConfig>,
 }
 
 fn default_session_minutes() -> u64 {
@@ -160,6 +166,14 @@ pub enum ConsoleError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The certificate or key for HTTPS.
+    #[error("{field}: {reason}")]
+    Tls {
+        /// `console.tls.cert`, `tls.key`…
+        field: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// The listener.
     #[error("console.addr {addr}: {source}")]
     Bind {
@@ -172,12 +186,12 @@ pub enum ConsoleError {
 
 struct Console {
     users: Users,
+    /// Served over HTTPS: session cookies are marked `Secure`.
+    secure: bool,
     sessions: Sessions,
     conversations: Arc<ConversationService>,
     rules: TextVersions,
     catalog: TextVersions,
-    /// One file change at a time: check, store, write, reload, make current.
-    editing: Mutex<()>,
     changes: EventLog,
     recent: Mutex<VecDeque<ChangeRecord>>,
     experiments: experiments::Experiments,
@@ -275,9 +289,10 @@ impl Console {
     }
 
     /// Makes `text` the serving rules or catalog: checked, stored as a version, written,
-    /// reloaded (and the old text put back if the reload refuses it). Blocking.
+    /// reloaded (and the old text put back if the reload refuses it), all while no other change
+    /// of the files (another editor, a reload by hand, a version from the cluster) runs. Blocking.
     fn apply(&self, kind: FileKind, text: &str, author: &str, note: &str) -> Result<u32, ApiError> {
-        let _one = self.editing.lock().map_err(|_| ApiError::poisoned())?;
+        let _one = self.conversations.changing_files();
         self.check(kind, text)?;
         let path = self.path(kind).to_path_buf();
         let old = std::fs::read_to_string(&path).map_err(|e| ApiError::Internal(format!("{}: {e}", path.display())))?;
@@ -347,8 +362,9 @@ async fn login(State(c): Shared, Json(req): Json<Login>) -> Result<Response, Api
     )
     .await;
     let cookie = format!(
-        "{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
-        c.sessions.idle().as_secs()
+        "{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{}",
+        c.sessions.idle().as_secs(),
+        if c.secure { "; Secure" } else { "" }
     );
     Ok((
         [(header::SET_COOKIE, cookie)],
@@ -364,7 +380,10 @@ async fn logout(State(c): Shared, headers: HeaderMap) -> Response {
     (
         [(
             header::SET_COOKIE,
-            format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"),
+            format!(
+                "{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0{}",
+                if c.secure { "; Secure" } else { "" }
+            ),
         )],
         Json(serde_json::json!({})),
     )
@@ -760,13 +779,20 @@ pub(crate) struct RunningConsole {
     pub task: tokio::task::JoinHandle<()>,
 }
 
-/// Opens the console's store and starts its listener.
+/// Opens the console's store and starts its listener: HTTPS with `cfg.tls`, else with the
+/// server's `server_tls`, else plain HTTP.
 pub(crate) async fn start(
     cfg: &ConsoleConfig,
+    server_tls: Option<&crate::config::TlsConfig>,
     conversations: Arc<ConversationService>,
     policies: Option<crate::decide::PolicyAdminService>,
     models: crate::model_admin::ModelAdminService,
 ) -> Result<RunningConsole, ConsoleError> {
+    let tls = match (&cfg.tls, server_tls) {
+        (Some(t), _) => Some(tls::acceptor(t, "console.tls")?),
+        (None, Some(t)) => Some(tls::acceptor(t, "tls")?),
+        (None, None) => None,
+    };
     for (index, addr) in cfg.optimizers.iter().enumerate() {
         let reason = match tonic::transport::Endpoint::from_shared(addr.clone()) {
             Ok(_) if addr.starts_with("http://") => continue,
@@ -825,11 +851,11 @@ pub(crate) async fn start(
     }
     let console = Arc::new(Console {
         users,
+        secure: tls.is_some(),
         sessions: Sessions::new(Duration::from_secs(cfg.session_minutes.max(1) * 60)),
         conversations,
         rules,
         catalog,
-        editing: Mutex::new(()),
         changes,
         recent: Mutex::new(recent),
         experiments,
@@ -867,10 +893,30 @@ pub(crate) async fn start(
     let addr = listener
         .local_addr()
         .map_err(|source| ConsoleError::Bind { addr: cfg.addr, source })?;
-    let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "the console stopped");
+    let task = match tls {
+        Some(acceptor) => {
+            let listener =
+                tls::TlsListener::new(listener, acceptor).map_err(|source| ConsoleError::Bind { addr, source })?;
+            tracing::info!(%addr, "console: serving HTTPS");
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app).await {
+                    tracing::error!(error = %e, "the console stopped");
+                }
+            })
         }
-    });
+        None => {
+            if !addr.ip().is_loopback() {
+                tracing::warn!(
+                    %addr,
+                    "console: plain HTTP off loopback; passwords and session cookies cross the network in clear unless a TLS proxy is in front (set [console.tls] to serve HTTPS)"
+                );
+            }
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app).await {
+                    tracing::error!(error = %e, "the console stopped");
+                }
+            })
+        }
+    };
     Ok(RunningConsole { addr, task })
 }
