@@ -1174,3 +1174,116 @@ async fn rules_reloaded_on_one_server_are_served_by_every_server_and_a_server_th
     assert_eq!(std::fs::read_to_string(rules(1)).unwrap(), original);
     wait_for_offer(&a0["grpc"], "warranty_1y", "s0").await;
 }
+
+/// Turns of the last hour that the console at `console` (`http://addr`) counts, signed in as
+/// `ana`.
+async fn console_turns(console: &str) -> u64 {
+    let addr: std::net::SocketAddr = console.trim_start_matches("http://").parse().unwrap();
+    let body = r#"{"user":"ana","password":"ana's long password"}"#;
+    let login = nudge_testkit::http(
+        addr,
+        &format!(
+            "POST /api/login HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+    .await;
+    let cookie = login
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .and_then(|c| c.split(';').next())
+        .unwrap_or_else(|| panic!("no session: {login}"))
+        .to_string();
+    let answer = nudge_testkit::http(
+        addr,
+        &format!("GET /api/kpis?group=channel&hours=1 HTTP/1.1\r\nHost: {addr}\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n"),
+    )
+    .await;
+    let (_, json) = answer.split_once("\r\n\r\n").unwrap();
+    let kpis: serde_json::Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {answer}"));
+    kpis["totals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row["counts"]["turns"].as_u64().unwrap())
+        .sum()
+}
+
+/// Waits (15 s at most) until both consoles count `want` turns; returns what they count.
+async fn wait_for_turns(consoles: [&str; 2], want: u64) -> [u64; 2] {
+    let t0 = Instant::now();
+    loop {
+        let got = [console_turns(consoles[0]).await, console_turns(consoles[1]).await];
+        if got == [want; 2] || t0.elapsed() > Duration::from_secs(15) {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_servers_console_counts_the_whole_clusters_conversations_once() {
+    let _suite = nudge_testkit::suite::enter(module_path!());
+    let (dir, port, _nats, _) = testbed();
+    let nats_url = format!("nats://127.0.0.1:{port}");
+    let model = std::fs::canonicalize("models/bundles/default").unwrap();
+    let users = dir.path().join("users.toml");
+    std::fs::write(
+        &users,
+        format!(
+            "[[user]]\nname = \"ana\"\nrole = \"viewer\"\npassword_hash = \"{}\"\n",
+            nudge_inference::console::hash_password("ana's long password").unwrap()
+        ),
+    )
+    .unwrap();
+    let cfgs: Vec<PathBuf> = (0..2)
+        .map(|i| {
+            let d = dir.path().join(format!("s{i}"));
+            let extra = format!(
+                "{}events_log = \"{d}/events\"\n\n[console]\naddr = \"127.0.0.1:0\"\nusers_file = \"{users}\"\ndir = \"{d}/console\"\n",
+                shop_strategy(dir.path(), i),
+                d = d.display(),
+                users = users.display()
+            );
+            server_config(dir.path(), i, &model, &nats_url, &extra)
+        })
+        .collect();
+    let (_s0, a0) = start_nudge(&["serve"], &cfgs[0]);
+    let (s1, a1) = start_nudge(&["serve"], &cfgs[1]);
+    // Five conversations on s0, three on s1.
+    for (grpc, server, n) in [(&a0["grpc"], "s0", 5), (&a1["grpc"], "s1", 3)] {
+        let mut c = pb::conversations_client::ConversationsClient::connect(grpc.clone())
+            .await
+            .unwrap();
+        for k in 0..n {
+            c.turn(battery_question(
+                &format!("{server}-{k}"),
+                &format!("cust-{server}-{k}"),
+            ))
+            .await
+            .unwrap();
+        }
+    }
+    assert_eq!(
+        wait_for_turns([&a0["console"], &a1["console"]], 8).await,
+        [8, 8],
+        "each console counts its own server's turns and the other's"
+    );
+    let metrics0 = nudge_testkit::scrape(a0["metrics"].trim_start_matches("http://").parse().unwrap()).await;
+    assert_eq!(
+        nudge_testkit::metric(&metrics0, "nudge_cluster_events_total{event=\"events_read\"}"),
+        Some(3.0),
+        "s0 read s1's three turns from the stream, and not its own"
+    );
+
+    // s1 restarts: its own turns come back from its log, s0's from the stream, none twice.
+    drop(s1);
+    let (_s1, a1) = start_nudge(&["serve"], &cfgs[1]);
+    assert_eq!(wait_for_turns([&a0["console"], &a1["console"]], 8).await, [8, 8]);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        [console_turns(&a0["console"]).await, console_turns(&a1["console"]).await],
+        [8, 8],
+        "nothing is counted twice"
+    );
+}

@@ -71,8 +71,9 @@ pub struct StrategyConfig {
     #[serde(default = "default_snapshot_every")]
     pub snapshot_every_seconds: u64,
     /// Where every turn and outcome is logged as a `ConversationEvent` (`events-*.jsonl`): the
-    /// console's KPIs and experiment verdicts are rebuilt from it at start. None: they count
-    /// from the server's start only.
+    /// console's KPIs and experiment verdicts are rebuilt from it at start, and in a cluster it
+    /// is forwarded so that every server's KPIs count every server's events. None: they count
+    /// this server's events from its start only.
     #[serde(default)]
     pub events_log: Option<PathBuf>,
     /// Hours of per-minute KPIs kept in memory (and read back from `events_log` at start).
@@ -482,9 +483,15 @@ impl ConversationService {
         self.experiment.load().as_ref().map(|r| r.spec.clone())
     }
 
-    /// The KPIs counted from this server's conversation events.
+    /// The KPIs counted from this server's conversation events (and, in a cluster with an
+    /// events log, every other server's).
     pub fn kpis(&self) -> &Kpis {
         &self.kpis
+    }
+
+    /// The KPIs, for the cluster's reader of the other servers' events.
+    pub(crate) fn kpis_shared(&self) -> Arc<Kpis> {
+        self.kpis.clone()
     }
 
     /// Counts an event and logs it. A failed write is counted and logged, never fails the turn

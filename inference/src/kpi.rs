@@ -206,6 +206,9 @@ struct Inner {
     decisions: HashMap<String, (u64, Dims)>,
     /// `experiment` → arm → customers.
     experiments: HashMap<String, BTreeMap<String, ArmUnits>>,
+    /// Stopped experiments: their events no longer gather customers (another server's may
+    /// still arrive from the cluster after the console let them go).
+    forgotten: std::collections::HashSet<String>,
 }
 
 /// The KPI store.
@@ -237,6 +240,7 @@ impl Kpis {
                 buckets: BTreeMap::new(),
                 decisions: HashMap::new(),
                 experiments: HashMap::new(),
+                forgotten: Default::default(),
             }),
             keep_ms: keep_hours.max(1) * 3_600_000,
         }
@@ -256,10 +260,12 @@ impl Kpis {
         }
     }
 
-    /// Lets an experiment's customers go (it stopped; its results were kept).
+    /// Lets an experiment's customers go (it stopped; its results were kept), and those of its
+    /// events still to come.
     pub fn forget(&self, experiment: &str) {
         if let Ok(mut st) = self.inner.lock() {
             st.experiments.remove(experiment);
+            st.forgotten.insert(experiment.to_string());
         }
     }
 
@@ -320,7 +326,7 @@ impl Kpis {
         if in_buckets {
             st.buckets.entry(bucket).or_default().entry(dims).or_default().add(&c);
         }
-        if !e.experiment.is_empty() {
+        if !e.experiment.is_empty() && !st.forgotten.contains(&e.experiment) {
             let u = st
                 .experiments
                 .entry(e.experiment.clone())
@@ -489,6 +495,8 @@ mod tests {
         assert_eq!((a.customers, a.converted.mean, a.revenue.mean), (1, 1.0, 5.0));
         old.forget("x1");
         assert!(old.arms("x1").is_empty());
+        old.observe_experiment(&turn(2, "a8", "web", "price", "coupon", "d8"));
+        assert!(old.arms("x1").is_empty(), "a forgotten experiment gathers no customers");
 
         // An hour later the first minutes have left the window, and their decisions with them.
         k.observe(&turn(3_800_000, "a2", "web", "price", "", ""));

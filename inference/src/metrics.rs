@@ -37,9 +37,12 @@ pub struct Metrics {
     /// `nudge_cluster_events_total{event}` (`[cluster]` only): records `forwarded` to the stream
     /// (of which `duplicate`), `forward_failed` batches (retried), and versions followed from the
     /// cluster's SERVING pointers or refused (the old one kept serving): `policy_followed`,
-    /// `policy_refused`, `bundle_followed`, `bundle_refused`.
+    /// `policy_refused`, `bundle_followed`, `bundle_refused`; conversation events
+    /// `events_forwarded` (`events_duplicate`, `events_forward_failed`), and the other servers'
+    /// `events_read` into the KPIs (`events_malformed` ones skipped).
     pub cluster_events: IntCounterVec,
-    /// `nudge_cluster_backlog`: decisions logged here and not yet acknowledged by the stream.
+    /// `nudge_cluster_backlog{stream}`: `decisions` or `events` logged here and not yet
+    /// acknowledged by the stream.
     pub cluster_backlog: IntGaugeVec,
     /// `nudge_conversation_events_total{event, channel, arm}` (Conversations): `turn`, `nudge`,
     /// `conversation` (started), `resolved`, `handoff`, `offer`, and the outcome kinds
@@ -130,7 +133,7 @@ impl Metrics {
         let cluster_backlog = IntGaugeVec::new(
             Opts::new(
                 "nudge_cluster_backlog",
-                "Decisions logged locally and not yet acknowledged by the stream",
+                "Decisions or conversation events logged locally and not yet acknowledged by the stream",
             ),
             &["stream"],
         );

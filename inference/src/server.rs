@@ -350,6 +350,15 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
             );
             if let Some(c) = &cluster {
                 cluster_tasks.push(crate::cluster::start_strategy(c.clone(), svc.clone(), metrics.clone()));
+                if let Some(dir) = &sc.events_log {
+                    cluster_tasks.extend(crate::cluster::start_events(
+                        c.clone(),
+                        dir.clone(),
+                        svc.kpis_shared(),
+                        sc.kpi_hours,
+                        metrics.clone(),
+                    ));
+                }
             }
             Some((svc, Duration::from_secs(sc.snapshot_every_seconds.max(1))))
         }

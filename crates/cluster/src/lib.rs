@@ -15,6 +15,10 @@
 //! - **Outcomes flow through a stream.** The optimizer that receives `ReportOutcome` publishes the
 //!   outcome to `NUDGE_OUTCOMES` (its event id as `Nats-Msg-Id`) and acknowledges the caller only
 //!   once JetStream has stored it.
+//! - **Conversation events flow through a stream** (`NUDGE_EVENTS`), forwarded like decisions.
+//!   Every server reads the others' from it with an ordered consumer ([`Cluster::follow`]), so
+//!   each console's KPIs count the whole cluster; what it reads lives in memory, and a restart
+//!   reads the stream again.
 //! - **The optimizer consumes with durable consumers** ([`Ingest`]) and acknowledges a message
 //!   only after its own durable write: a crash anywhere means a redelivery, never a loss. The
 //!   consumer records which stream sequences it made durable, so a redelivery is dropped however
@@ -56,6 +60,9 @@ use tokio::io::AsyncReadExt;
 pub const DECISIONS_STREAM: &str = "NUDGE_DECISIONS";
 /// The stream of outcome records (`nudge.outcomes.<optimizer>`).
 pub const OUTCOMES_STREAM: &str = "NUDGE_OUTCOMES";
+/// The stream of conversation events (`nudge.events.<server>`), which every server reads so
+/// that each console's KPIs count the whole cluster's conversations.
+pub const EVENTS_STREAM: &str = "NUDGE_EVENTS";
 /// Object store of versioned artifacts: `<kind>/<version>/<file>`.
 pub const ARTIFACTS_BUCKET: &str = "nudge-artifacts";
 /// KV bucket of SERVING pointers, one key per kind of artifact.
@@ -171,6 +178,17 @@ fn blob_name(sha256: &str) -> Result<String, ClusterError> {
     Ok(format!("blobs/{}", sha256.to_ascii_lowercase()))
 }
 
+/// One record as [`Cluster::follow`] reads it.
+#[derive(Debug)]
+pub struct Followed<T> {
+    /// The subject it was published on (`nudge.events.<server>`: who published it).
+    pub subject: String,
+    /// Its sequence in the stream.
+    pub sequence: u64,
+    /// The record, or why the message is not one.
+    pub record: Result<T, String>,
+}
+
 /// Lists an artifact's files (the object store has no directories).
 #[derive(Debug, Serialize, Deserialize)]
 struct ArtifactIndex {
@@ -241,10 +259,10 @@ impl Cluster {
 
     /// The subject this process publishes records of `stream` on.
     pub fn subject(&self, stream: &str) -> String {
-        let base = if stream == OUTCOMES_STREAM {
-            "nudge.outcomes"
-        } else {
-            "nudge.decisions"
+        let base = match stream {
+            OUTCOMES_STREAM => "nudge.outcomes",
+            EVENTS_STREAM => "nudge.events",
+            _ => "nudge.decisions",
         };
         format!("{base}.{}", self.cfg.name)
     }
@@ -256,6 +274,7 @@ impl Cluster {
         for (name, subjects) in [
             (DECISIONS_STREAM, "nudge.decisions.>"),
             (OUTCOMES_STREAM, "nudge.outcomes.>"),
+            (EVENTS_STREAM, "nudge.events.>"),
         ] {
             self.js
                 .get_or_create_stream(stream::Config {
@@ -620,6 +639,47 @@ impl Cluster {
             state_dir,
         )
         .await
+    }
+
+    /// Every record of `stream` from its sequence `from` on (1: the oldest it holds), in stream
+    /// order, with the subject it was published on and its sequence: an ordered consumer, which
+    /// needs no acknowledgements and recreates itself on a gap, for readers that keep what they
+    /// read in memory only and start over from the stream after a restart. A message that is
+    /// not a valid `T` comes as `Err` with the reason and its sequence, for the reader to count.
+    pub async fn follow<T: nudge_records::Record>(
+        &self,
+        stream: &str,
+        from: u64,
+    ) -> Result<impl futures::Stream<Item = Result<Followed<T>, ClusterError>> + use<T>, ClusterError> {
+        let consumer = self
+            .js
+            .get_stream(stream)
+            .await
+            .map_err(|e| nats("opening a stream")(&e))?
+            .create_consumer(jetstream::consumer::pull::OrderedConfig {
+                deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: from.max(1),
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| nats("creating an ordered consumer")(&e))?;
+        let messages = consumer
+            .messages()
+            .await
+            .map_err(|e| nats("reading an ordered consumer")(&e))?;
+        Ok(messages.map(|m| {
+            let m = m.map_err(|e| nats("reading an ordered consumer")(&e))?;
+            let sequence = m.info().map(|i| i.stream_sequence).unwrap_or_default();
+            let record = serde_json::from_slice::<T>(&m.payload)
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.check().map(|()| r).map_err(|e| e.to_string()));
+            Ok(Followed {
+                subject: m.subject.to_string(),
+                sequence,
+                record,
+            })
+        }))
     }
 
     /// Messages and bytes `stream` holds (for tests and status pages).

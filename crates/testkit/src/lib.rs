@@ -409,14 +409,22 @@ pub fn texts(n: usize) -> Vec<String> {
 
 /// GET /metrics over a plain TCP connection.
 pub async fn scrape(addr: std::net::SocketAddr) -> String {
+    http(
+        addr,
+        &format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
+    )
+    .await
+}
+
+/// One HTTP/1.1 exchange over a plain TCP connection (the request should say
+/// `Connection: close`): the whole response, status line and headers included.
+pub async fn http(addr: std::net::SocketAddr, request: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).await.unwrap();
-    body
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).await.unwrap();
+    response
 }
 
 /// The value of a sample line `name{labels} value` whose text starts with `prefix`.

@@ -1,6 +1,7 @@
-//! The server's side of a cluster (`[cluster]`): its decisions forwarded from the local log to
-//! the stream, and what it serves (the policy, each NLU model's bundle, the rules and catalog)
-//! following the cluster's SERVING pointers.
+//! The server's side of a cluster (`[cluster]`): its decisions and conversation events forwarded
+//! from the local logs to the streams, the other servers' events read into its KPIs (`events`),
+//! and what it serves (the policy, each NLU model's bundle, the rules and catalog) following the
+//! cluster's SERVING pointers.
 //!
 //! In cluster mode the pointers are the truth. A change made through the admin door of any
 //! server (`PolicyAdmin.LoadPolicy`/`Rollback`, `ModelAdmin.ReloadModel`,
@@ -10,6 +11,7 @@
 //! A version that fails validation on a server is refused and counted there, and the old one keeps
 //! serving, exactly as for a change made by hand.
 pub(crate) mod bundles;
+mod events;
 mod policy;
 pub(crate) mod strategy;
 
@@ -20,8 +22,8 @@ use crate::error::RequestError;
 use crate::metrics::Metrics;
 use crate::model_admin::Reloader;
 use futures::StreamExt;
-use nudge_cluster::{Cluster, Forwarder, ForwarderStats, DECISIONS_STREAM, POLICY};
-use nudge_records::DecisionRecord;
+use nudge_cluster::{Cluster, Forwarder, ForwarderStats, DECISIONS_STREAM, EVENTS_STREAM, POLICY};
+use nudge_records::{ConversationEvent, DecisionRecord, Record};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -36,30 +38,7 @@ pub(crate) fn start_decisions(
     store: Arc<PolicyStore>,
     metrics: Metrics,
 ) -> Vec<JoinHandle<()>> {
-    let stats = Arc::new(ForwarderStats::default());
-    let forwarder = Forwarder::spawn::<DecisionRecord>(cluster.clone(), decision_log, DECISIONS_STREAM, stats.clone());
-    let m = metrics.clone();
-    let counters = tokio::spawn(async move {
-        let mut seen = [0u64; 3];
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
-        loop {
-            tick.tick().await;
-            let now = [
-                stats.forwarded.load(Ordering::Relaxed),
-                stats.duplicates.load(Ordering::Relaxed),
-                stats.failures.load(Ordering::Relaxed),
-            ];
-            for (i, event) in ["forwarded", "duplicate", "forward_failed"].into_iter().enumerate() {
-                m.cluster_events
-                    .with_label_values(&[event])
-                    .inc_by(now[i].saturating_sub(seen[i]));
-            }
-            seen = now;
-            m.cluster_backlog
-                .with_label_values(&["decisions"])
-                .set(stats.backlog.load(Ordering::Relaxed) as i64);
-        }
-    });
+    let [forwarder, counters] = forward::<DecisionRecord>(&cluster, decision_log, DECISIONS_STREAM, &metrics);
     let follower = tokio::spawn(follow(cluster.clone(), POLICY.to_string(), move |version| {
         let (cluster, store, metrics) = (cluster.clone(), store.clone(), metrics.clone());
         async move {
@@ -69,6 +48,62 @@ pub(crate) fn start_decisions(
         }
     }));
     vec![forwarder, counters, follower]
+}
+
+/// Starts forwarding this server's conversation events to the cluster and reading the other
+/// servers' into `kpis` (see `events`); abort the handles to stop them.
+pub(crate) fn start_events(
+    cluster: Cluster,
+    events_log: PathBuf,
+    kpis: Arc<crate::kpi::Kpis>,
+    kpi_hours: u64,
+    metrics: Metrics,
+) -> Vec<JoinHandle<()>> {
+    let [forwarder, counters] = forward::<ConversationEvent>(&cluster, events_log, EVENTS_STREAM, &metrics);
+    let reader = tokio::spawn(events::read_others(cluster, kpis, kpi_hours, metrics));
+    vec![forwarder, counters, reader]
+}
+
+/// Follows the `T` log in `dir` into `stream`, and counts what the forwarder does:
+/// `nudge_cluster_events_total` `forwarded`, `duplicate`, `forward_failed` (prefixed `events_`
+/// for conversation events) and `nudge_cluster_backlog{stream}`.
+fn forward<T: Record + Send + Sync + 'static>(
+    cluster: &Cluster,
+    dir: PathBuf,
+    stream: &'static str,
+    metrics: &Metrics,
+) -> [JoinHandle<()>; 2] {
+    let stats = Arc::new(ForwarderStats::default());
+    let forwarder = Forwarder::spawn::<T>(cluster.clone(), dir, stream, stats.clone());
+    let (prefix, backlog) = if stream == EVENTS_STREAM {
+        ("events_", "events")
+    } else {
+        ("", "decisions")
+    };
+    let m = metrics.clone();
+    let counters = tokio::spawn(async move {
+        let labels = ["forwarded", "duplicate", "forward_failed"].map(|l| format!("{prefix}{l}"));
+        let mut seen = [0u64; 3];
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tick.tick().await;
+            let now = [
+                stats.forwarded.load(Ordering::Relaxed),
+                stats.duplicates.load(Ordering::Relaxed),
+                stats.failures.load(Ordering::Relaxed),
+            ];
+            for (i, label) in labels.iter().enumerate() {
+                m.cluster_events
+                    .with_label_values(&[label.as_str()])
+                    .inc_by(now[i].saturating_sub(seen[i]));
+            }
+            seen = now;
+            m.cluster_backlog
+                .with_label_values(&[backlog])
+                .set(stats.backlog.load(Ordering::Relaxed) as i64);
+        }
+    });
+    [forwarder, counters]
 }
 
 /// Starts one follower per served NLU model; abort the handles to stop them. Refuses model

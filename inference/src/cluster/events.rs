@@ -1,0 +1,67 @@
+//! KPIs across a cluster. Each server counts its own conversation events as it answers them
+//! (and reads them back from its own log at start), so its own figures never wait on NATS. To
+//! count the other servers' too, it forwards its event log to the `NUDGE_EVENTS` stream — the
+//! outbox that carries decisions, so nothing is lost while NATS is down and nothing doubled
+//! after a crash — and reads that stream from the oldest record it holds, skipping what it
+//! published itself. Every console then charts, exports and judges experiments on the whole
+//! cluster's conversations, whichever server it is on.
+//!
+//! The others' events are kept in memory only, like the rest of the KPIs: a server that
+//! restarts reads the stream again, as far back as it retains (`cluster.retention_hours`).
+//! Events older than the KPI window count for their experiment's customers only, as they do
+//! when a server reads its own log back.
+use crate::kpi::Kpis;
+use crate::metrics::Metrics;
+use futures::StreamExt;
+use nudge_cluster::{Cluster, EVENTS_STREAM};
+use nudge_records::ConversationEvent;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Reads the other servers' conversation events into `kpis` (`kpi_hours` of them into the
+/// charts), resuming after the last record read for as long as it runs.
+pub(crate) async fn read_others(cluster: Cluster, kpis: Arc<Kpis>, kpi_hours: u64, metrics: Metrics) {
+    let own = cluster.subject(EVENTS_STREAM);
+    let count = |event: &str| metrics.cluster_events.with_label_values(&[event]).inc();
+    let mut next = 1;
+    loop {
+        let followed = async {
+            cluster.ensure().await?;
+            cluster.follow::<ConversationEvent>(EVENTS_STREAM, next).await
+        };
+        match followed.await {
+            Ok(mut records) => {
+                while let Some(r) = records.next().await {
+                    let f = match r {
+                        Ok(f) => f,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "reading the cluster's conversation events (resumed)");
+                            break;
+                        }
+                    };
+                    next = f.sequence + 1;
+                    if f.subject == own {
+                        continue;
+                    }
+                    match f.record {
+                        Ok(e) => {
+                            let since = crate::decide::now_ms().saturating_sub(kpi_hours.saturating_mul(3_600_000));
+                            if e.time_ms >= since {
+                                kpis.observe(&e);
+                            } else {
+                                kpis.observe_experiment(&e);
+                            }
+                            count("events_read");
+                        }
+                        Err(reason) => {
+                            count("events_malformed");
+                            tracing::warn!(subject = %f.subject, sequence = f.sequence, %reason, "a message in the event stream is not a conversation event");
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read the cluster's conversation events yet"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
