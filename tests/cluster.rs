@@ -1175,16 +1175,23 @@ async fn rules_reloaded_on_one_server_are_served_by_every_server_and_a_server_th
     wait_for_offer(&a0["grpc"], "warranty_1y", "s0").await;
 }
 
-/// Turns of the last hour that the console at `console` (`http://addr`) counts, signed in as
-/// `ana`.
-async fn console_turns(console: &str) -> u64 {
+/// One request to the console at `console` (`http://addr`), signed in as `ana`: the JSON body of
+/// the answer.
+async fn console_call(console: &str, method: &str, path: &str, body: &str) -> serde_json::Value {
     let addr: std::net::SocketAddr = console.trim_start_matches("http://").parse().unwrap();
-    let body = r#"{"user":"ana","password":"ana's long password"}"#;
+    let request = |method: &str, path: &str, cookie: &str, body: &str| {
+        format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
     let login = nudge_testkit::http(
         addr,
-        &format!(
-            "POST /api/login HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
+        &request(
+            "POST",
+            "/api/login",
+            "",
+            r#"{"user":"ana","password":"ana's long password"}"#,
         ),
     )
     .await;
@@ -1194,13 +1201,15 @@ async fn console_turns(console: &str) -> u64 {
         .and_then(|c| c.split(';').next())
         .unwrap_or_else(|| panic!("no session: {login}"))
         .to_string();
-    let answer = nudge_testkit::http(
-        addr,
-        &format!("GET /api/kpis?group=channel&hours=1 HTTP/1.1\r\nHost: {addr}\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n"),
-    )
-    .await;
+    let answer = nudge_testkit::http(addr, &request(method, path, &cookie, body)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{method} {path}: {answer}");
     let (_, json) = answer.split_once("\r\n\r\n").unwrap();
-    let kpis: serde_json::Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {answer}"));
+    serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {answer}"))
+}
+
+/// Turns of the last hour that the console at `console` counts.
+async fn console_turns(console: &str) -> u64 {
+    let kpis = console_call(console, "GET", "/api/kpis?group=channel&hours=1", "").await;
     kpis["totals"]
         .as_array()
         .unwrap()
@@ -1222,7 +1231,7 @@ async fn wait_for_turns(consoles: [&str; 2], want: u64) -> [u64; 2] {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_servers_console_counts_the_whole_clusters_conversations_once() {
+async fn every_console_counts_the_whole_cluster_and_an_experiment_runs_on_every_server() {
     let _suite = nudge_testkit::suite::enter(module_path!());
     let (dir, port, _nats, _) = testbed();
     let nats_url = format!("nats://127.0.0.1:{port}");
@@ -1231,7 +1240,7 @@ async fn every_servers_console_counts_the_whole_clusters_conversations_once() {
     std::fs::write(
         &users,
         format!(
-            "[[user]]\nname = \"ana\"\nrole = \"viewer\"\npassword_hash = \"{}\"\n",
+            "[[user]]\nname = \"ana\"\nrole = \"editor\"\npassword_hash = \"{}\"\n",
             nudge_inference::console::hash_password("ana's long password").unwrap()
         ),
     )
@@ -1286,4 +1295,101 @@ async fn every_servers_console_counts_the_whole_clusters_conversations_once() {
         [8, 8],
         "nothing is counted twice"
     );
+
+    // An experiment started in s0's console splits s1's customers too, the same way.
+    let started = console_call(
+        &a0["console"],
+        "POST",
+        "/api/experiments",
+        r#"{"name":"everywhere","arms":[{"name":"A","weight":1,"policy":"rules_only"},{"name":"B","weight":1,"policy":"serving"}]}"#,
+    )
+    .await;
+    assert_eq!(started["id"], "exp-1-s0", "ids carry the server's name in a cluster");
+    let mut c0 = pb::conversations_client::ConversationsClient::connect(a0["grpc"].clone())
+        .await
+        .unwrap();
+    let mut c1 = pb::conversations_client::ConversationsClient::connect(a1["grpc"].clone())
+        .await
+        .unwrap();
+    let t0 = Instant::now();
+    for n in 0.. {
+        let r = c1
+            .turn(battery_question(&format!("probe-{n}"), "probe"))
+            .await
+            .unwrap()
+            .into_inner();
+        if r.experiment == "exp-1-s0" {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "s1 never served the experiment");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut arms = HashSet::new();
+    for k in 0..12 {
+        let customer = format!("split-{k}");
+        let on0 = c0
+            .turn(battery_question(&format!("{customer}-s0"), &customer))
+            .await
+            .unwrap()
+            .into_inner();
+        let on1 = c1
+            .turn(battery_question(&format!("{customer}-s1"), &customer))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            (on0.experiment.as_str(), on1.experiment.as_str()),
+            ("exp-1-s0", "exp-1-s0")
+        );
+        assert_eq!(on0.arm, on1.arm, "{customer} is in one arm on every server");
+        arms.insert(on0.arm);
+    }
+    assert_eq!(arms.len(), 2, "12 customers fall in both arms");
+    // Each console's verdict counts the 12 customers once, though each talked to both servers
+    // (and the probe customer, on s1 alone).
+    let t0 = Instant::now();
+    loop {
+        let mut customers = Vec::new();
+        for console in [&a0["console"], &a1["console"]] {
+            let page = console_call(console, "GET", "/api/experiments", "").await;
+            assert_eq!(page["running"]["spec"]["id"], "exp-1-s0", "{page}");
+            let n: u64 = page["running"]["results"]["arms"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a["customers"].as_u64().unwrap())
+                .sum();
+            customers.push(n);
+        }
+        if customers == [13, 13] {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "customers counted: {customers:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Stopped in s1's console, it stops on s0 too, and s0's console records it stopped.
+    console_call(&a1["console"], "POST", "/api/experiments/stop", "{}").await;
+    let t0 = Instant::now();
+    for n in 0.. {
+        let r = c0
+            .turn(battery_question(&format!("after-{n}"), "after"))
+            .await
+            .unwrap()
+            .into_inner();
+        if r.experiment.is_empty() {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "s0 kept serving the experiment");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let page = console_call(&a0["console"], "GET", "/api/experiments", "").await;
+    assert!(page["running"].is_null(), "{page}");
+    assert_eq!(page["past"][0]["spec"]["id"], "exp-1-s0");
+    assert_eq!(page["past"][0]["stopped_by"], "(another server)");
+    let page = console_call(&a1["console"], "GET", "/api/experiments", "").await;
+    assert_eq!(page["past"][0]["stopped_by"], "ana");
 }

@@ -455,6 +455,35 @@ impl ConversationService {
         self.experiment.swap(None).map(|r| r.spec.clone())
     }
 
+    /// The experiment served here, with the rules text of each arm that has its own: what a
+    /// cluster shares, and what shipping an arm writes.
+    pub(crate) fn served_experiment(&self) -> Option<(ExperimentSpec, Vec<Option<String>>)> {
+        self.experiment
+            .load()
+            .as_ref()
+            .map(|r| (r.spec.clone(), r.rules.clone()))
+    }
+
+    /// In a cluster, makes the experiment served here (or that none is) every server's; nothing
+    /// to do on one machine. A failure leaves the change on this server alone: the caller says
+    /// so.
+    pub(crate) async fn share_experiment(self: &Arc<Self>) -> Result<(), RequestError> {
+        match &self.cluster {
+            Some(c) => crate::cluster::experiment::publish(c, self).await.map(drop),
+            None => Ok(()),
+        }
+    }
+
+    /// This server's name in its cluster (None: one machine).
+    pub(crate) fn cluster_name(&self) -> Option<&str> {
+        self.cluster.as_ref().map(|c| c.name())
+    }
+
+    /// The policy versions stored here (an experiment's arms name them).
+    pub(crate) fn policy_store(&self) -> &Arc<crate::decide::PolicyStore> {
+        &self.decisions.store
+    }
+
     /// The conversations kept now, most recently active first (at most `limit`); their texts
     /// were masked when they were kept.
     pub fn conversations(&self, limit: usize) -> Vec<Conversation> {

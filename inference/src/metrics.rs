@@ -37,7 +37,8 @@ pub struct Metrics {
     /// `nudge_cluster_events_total{event}` (`[cluster]` only): records `forwarded` to the stream
     /// (of which `duplicate`), `forward_failed` batches (retried), and versions followed from the
     /// cluster's SERVING pointers or refused (the old one kept serving): `policy_followed`,
-    /// `policy_refused`, `bundle_followed`, `bundle_refused`; conversation events
+    /// `policy_refused`, `bundle_followed`, `bundle_refused`, `strategy_followed`,
+    /// `strategy_refused`, `experiment_followed`, `experiment_refused`; conversation events
     /// `events_forwarded` (`events_duplicate`, `events_forward_failed`), and the other servers'
     /// `events_read` into the KPIs (`events_malformed` ones skipped).
     pub cluster_events: IntCounterVec,

@@ -413,6 +413,13 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
             Some(crate::console::start(cc, config.tls.as_ref(), svc.clone(), policy_admin, model_admin).await?)
         }
     };
+    if let (Some(c), Some((svc, _))) = (&cluster, &conversations) {
+        cluster_tasks.push(crate::cluster::start_experiments(
+            c.clone(),
+            svc.clone(),
+            metrics.clone(),
+        ));
+    }
     let conversations = conversations.map(|(svc, every)| {
         let s = svc.clone();
         let task = tokio::spawn(async move {

@@ -73,6 +73,8 @@ pub const LEASES_BUCKET: &str = "nudge-leases";
 pub const POLICY: &str = "policy";
 /// The kind of artifact the shop's rules and catalog files are, together (their SERVING key).
 pub const STRATEGY: &str = "strategy";
+/// The kind of artifact the running experiment is, or that none runs (its SERVING key).
+pub const EXPERIMENT: &str = "experiment";
 
 /// The kind of artifact (and SERVING key) of the NLU bundle served under `model`'s name.
 pub fn bundle_kind(model: &str) -> Result<String, ClusterError> {

@@ -1,7 +1,7 @@
 //! The server's side of a cluster (`[cluster]`): its decisions and conversation events forwarded
 //! from the local logs to the streams, the other servers' events read into its KPIs (`events`),
-//! and what it serves (the policy, each NLU model's bundle, the rules and catalog) following the
-//! cluster's SERVING pointers.
+//! and what it serves (the policy, each NLU model's bundle, the rules and catalog, the running
+//! experiment) following the cluster's SERVING pointers.
 //!
 //! In cluster mode the pointers are the truth. A change made through the admin door of any
 //! server (`PolicyAdmin.LoadPolicy`/`Rollback`, `ModelAdmin.ReloadModel`,
@@ -12,6 +12,7 @@
 //! serving, exactly as for a change made by hand.
 pub(crate) mod bundles;
 mod events;
+pub(crate) mod experiment;
 mod policy;
 pub(crate) mod strategy;
 
@@ -152,6 +153,34 @@ pub(crate) fn start_strategy(
         follow(cluster.clone(), nudge_cluster::STRATEGY.to_string(), move |version| {
             let (cluster, conv, metrics) = (cluster.clone(), conversations.clone(), metrics.clone());
             async move { strategy::serve_version(&cluster, &conv, &metrics, &version).await }
+        })
+        .await
+    })
+}
+
+/// Starts the follower of the cluster's experiment; abort the handle to stop it. Started after
+/// the console, which serves again what its store says runs: a server whose cluster has no
+/// experiment yet publishes that.
+pub(crate) fn start_experiments(
+    cluster: Cluster,
+    conversations: Arc<crate::conversations::ConversationService>,
+    metrics: Metrics,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let first = async {
+            cluster.ensure().await?;
+            cluster.serving(nudge_cluster::EXPERIMENT).await
+        };
+        if let Ok(None) = first.await {
+            if conversations.served_experiment().is_some() {
+                if let Err(e) = experiment::publish(&cluster, &conversations).await {
+                    tracing::warn!(error = %e, "publishing this server's experiment as the cluster's first");
+                }
+            }
+        }
+        follow(cluster.clone(), nudge_cluster::EXPERIMENT.to_string(), move |version| {
+            let (cluster, conv, metrics) = (cluster.clone(), conversations.clone(), metrics.clone());
+            async move { experiment::serve_version(&cluster, &conv, &metrics, &version).await }
         })
         .await
     })

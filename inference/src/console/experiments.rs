@@ -6,6 +6,10 @@
 //! (`crate::kpi`), which the server rebuilds from its event log, so a restart loses neither the
 //! experiment nor its customers.
 //!
+//! In a cluster an experiment runs on every server (`crate::cluster::experiment`), whichever
+//! console started it; each console records one that reached it so (see `Console::sync_experiments`),
+//! and any of them may stop or ship it.
+//!
 //! Shipping an arm writes what the arm served: its rules version becomes a new current rules
 //! version (through the same checks and change log as an edit), its policy version becomes the
 //! serving policy. An arm that served no learned policy cannot be shipped from here: there is
@@ -35,6 +39,23 @@ pub(crate) struct Stored {
     /// The results when it stopped.
     #[serde(default)]
     pub results: Option<Results>,
+    /// Each arm's rules text as it was served (None: the serving rules). Stores written before
+    /// this field have none: their arms' texts are the console's rules versions.
+    #[serde(default)]
+    pub rules: Vec<Option<String>>,
+}
+
+impl Stored {
+    /// Arm `i`'s rules text: as served, else the console's version the arm names.
+    pub(crate) fn arm_rules(&self, i: usize, versions: &super::TextVersions) -> Result<Option<String>, ApiError> {
+        if self.rules.len() == self.spec.arms.len() {
+            return Ok(self.rules[i].clone());
+        }
+        match self.spec.arms.get(i).and_then(|a| a.rules_version) {
+            Some(v) => Ok(Some(versions.get(v)?.text)),
+            None => Ok(None),
+        }
+    }
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]

@@ -250,6 +250,56 @@ impl Console {
         })
     }
 
+    /// In a cluster, makes the experiment change made here (`what`: started, stopped) every
+    /// server's (see `crate::cluster::experiment`).
+    async fn share_experiment(&self, what: &str) -> Result<(), ApiError> {
+        self.conversations.share_experiment().await.map_err(|e| {
+            ApiError::Internal(format!(
+                "{what} on this server, but not shared with the cluster ({e}); stop it and start it again to share it"
+            ))
+        })
+    }
+
+    /// In a cluster, brings the experiment store in line with what this server serves when the
+    /// change came through the cluster (another server's console): an experiment served here
+    /// that the store lacks is recorded as running, with its arms' rules as served; a running
+    /// one no longer served is recorded as stopped on another server, with its results as they
+    /// are now. Call with `experimenting` held. Blocking.
+    fn sync_experiments(&self) -> Result<(), ApiError> {
+        if self.conversations.cluster_name().is_none() {
+            return Ok(());
+        }
+        let served = self.conversations.served_experiment();
+        let mut all = self.experiments.all()?;
+        let mut changed = false;
+        if let Some(r) = all.iter_mut().find(|e| e.stopped_ms.is_none()) {
+            if served.as_ref().map(|(spec, _)| &spec.id) != Some(&r.spec.id) {
+                r.results = Some(experiments::results(&r.spec, self.conversations.kpis(), now_ms()));
+                r.stopped_ms = Some(now_ms());
+                r.stopped_by = "(another server)".into();
+                self.conversations.kpis().forget(&r.spec.id);
+                changed = true;
+            }
+        }
+        if let Some((spec, rules)) = served {
+            if !all.iter().any(|e| e.spec.id == spec.id) {
+                all.push(experiments::Stored {
+                    spec,
+                    stopped_ms: None,
+                    stopped_by: String::new(),
+                    shipped: None,
+                    results: None,
+                    rules,
+                });
+                changed = true;
+            }
+        }
+        if changed {
+            self.experiments.save(all)?;
+        }
+        Ok(())
+    }
+
     fn versions(&self, kind: FileKind) -> &TextVersions {
         match kind {
             FileKind::Rules => &self.rules,
@@ -534,6 +584,10 @@ async fn experiments_page(State(c): Shared, headers: HeaderMap) -> Result<Json<s
     c.session(&headers)?;
     let c2 = c.clone();
     blocking(move || {
+        {
+            let _one = c2.experimenting.lock().map_err(|_| ApiError::poisoned())?;
+            c2.sync_experiments()?;
+        }
         let all = c2.experiments.all()?;
         let running = all.iter().find(|e| e.stopped_ms.is_none()).map(|e| {
             serde_json::json!({
@@ -572,6 +626,7 @@ async fn start_experiment(
     let (c2, user) = (c.clone(), s.user.clone());
     let spec = blocking(move || {
         let _one = c2.experimenting.lock().map_err(|_| ApiError::poisoned())?;
+        c2.sync_experiments()?;
         let mut all = c2.experiments.all()?;
         if let Some(r) = all.iter().find(|e| e.stopped_ms.is_none()) {
             return Err(ApiError::invalid(
@@ -593,8 +648,13 @@ async fn start_experiment(
                 None => None,
             });
         }
+        // In a cluster every console numbers its own: the server's name keeps ids apart.
+        let id = match c2.conversations.cluster_name() {
+            Some(server) => format!("exp-{}-{server}", all.len() + 1),
+            None => format!("exp-{}", all.len() + 1),
+        };
         let spec = crate::experiment::ExperimentSpec {
-            id: format!("exp-{}", all.len() + 1),
+            id,
             name: req.name.trim().to_string(),
             salt: hex::encode(rand::random::<[u8; 8]>()),
             arms: req
@@ -620,7 +680,7 @@ async fn start_experiment(
             started_by: user,
         };
         c2.conversations
-            .start_experiment(spec.clone(), texts)
+            .start_experiment(spec.clone(), texts.clone())
             .map_err(|e| ApiError::invalid(&e.field, e.reason))?;
         all.push(experiments::Stored {
             spec: spec.clone(),
@@ -628,6 +688,7 @@ async fn start_experiment(
             stopped_by: String::new(),
             shipped: None,
             results: None,
+            rules: texts,
         });
         if let Err(e) = c2.experiments.save(all) {
             c2.conversations.stop_experiment();
@@ -645,6 +706,7 @@ async fn start_experiment(
         spec.name.clone(),
     )
     .await;
+    c.share_experiment("started").await?;
     Ok(Json(serde_json::json!({"id": spec.id})))
 }
 
@@ -666,7 +728,12 @@ async fn stop_experiment(
     // server follows); the rules and the stop follow, and a refusal there leaves it running.
     if let Some(name) = &req.ship {
         let c2 = c.clone();
-        let running = blocking(move || c2.experiments.running()).await?;
+        let running = blocking(move || {
+            let _one = c2.experimenting.lock().map_err(|_| ApiError::poisoned())?;
+            c2.sync_experiments()?;
+            c2.experiments.running()
+        })
+        .await?;
         let arm = running.and_then(|e| e.spec.arms.into_iter().find(|a| &a.name == name));
         if let Some(crate::experiment::ArmPolicy::Version(v)) = arm.map(|a| a.policy) {
             let admin = c
@@ -683,6 +750,7 @@ async fn stop_experiment(
     let ship = req.ship.clone();
     let (id, shipped_rules, shipped_catalog) = blocking(move || {
         let _one = c2.experimenting.lock().map_err(|_| ApiError::poisoned())?;
+        c2.sync_experiments()?;
         let mut all = c2.experiments.all()?;
         let e = all
             .iter_mut()
@@ -724,8 +792,8 @@ async fn stop_experiment(
                     .map_err(|e| ApiError::Internal(format!("{}: {e}", path.display())))?;
                 Some(experiments::worded_catalog(&text, &a.wording)?)
             };
-            if let Some(v) = a.rules_version {
-                let text = c2.rules.get(v)?.text;
+            let at = e.spec.arms.iter().position(|x| x.name == a.name).unwrap_or_default();
+            if let (Some(v), Some(text)) = (a.rules_version, e.arm_rules(at, &c2.rules)?) {
                 let note = format!("shipped arm {} of experiment {} (rules version {v})", a.name, e.spec.id);
                 shipped_rules = Some(c2.apply(FileKind::Rules, &text, &user, &note)?);
             }
@@ -751,6 +819,7 @@ async fn stop_experiment(
     };
     c.record(&s.user, s.role.name(), action, "experiment", id.clone(), note)
         .await;
+    c.share_experiment("stopped").await?;
     for (kind, n) in [(FileKind::Rules, shipped_rules), (FileKind::Catalog, shipped_catalog)] {
         if let Some(n) = n {
             let action = format!("{}.save", kind.name());
@@ -835,11 +904,8 @@ pub(crate) async fn start(
         conversations.kpis().forget(&e.spec.id);
     }
     if let Some(e) = experiments.running().map_err(store)? {
-        let texts = e
-            .spec
-            .arms
-            .iter()
-            .map(|a| a.rules_version.map(|v| rules.get(v).map(|r| r.text)).transpose())
+        let texts = (0..e.spec.arms.len())
+            .map(|i| e.arm_rules(i, &rules))
             .collect::<Result<Vec<_>, _>>()
             .map_err(store)?;
         match conversations.start_experiment(e.spec.clone(), texts) {

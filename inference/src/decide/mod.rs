@@ -129,6 +129,16 @@ impl PolicyStore {
         self.swap(pv)
     }
 
+    /// Validates and stores a version without serving it (an experiment arm's, fetched from the
+    /// cluster).
+    pub fn keep(&self, manifest: &[u8], files: &PolicyFiles) -> Result<(), RequestError> {
+        let _guard = self.lock()?;
+        self.registry
+            .store_encoded(manifest, files)
+            .map(drop)
+            .map_err(|e| RequestError::invalid("manifest", e.to_string()))
+    }
+
     /// Serves a version loaded here before.
     pub fn rollback(&self, version: &str) -> Result<String, RequestError> {
         let _guard = self.lock()?;
