@@ -227,6 +227,9 @@ pub struct ConversationService {
     /// version arriving from the cluster each write their files and reload them whole, so none
     /// ever reloads a mixture of another's files and its own.
     changing_files: Mutex<()>,
+    /// In a cluster, the experiment its pointer last named as running (`Some(None)`: none),
+    /// whether or not this server could serve it; `None` until the pointer is read.
+    cluster_experiment: Mutex<Option<Option<String>>>,
     kpis: Arc<Kpis>,
     events: Option<EventLog>,
     /// In a cluster, where a change made here is shared (`share`).
@@ -325,6 +328,7 @@ impl ConversationService {
             metrics,
             experiment: ArcSwapOption::empty(),
             changing_files: Mutex::new(()),
+            cluster_experiment: Mutex::new(None),
             kpis,
             events,
             cluster: None,
@@ -471,6 +475,19 @@ impl ConversationService {
         match &self.cluster {
             Some(c) => crate::cluster::experiment::publish(c, self).await.map(drop),
             None => Ok(()),
+        }
+    }
+
+    /// In a cluster, the experiment its pointer names as running (`Some(None)`: none), whether
+    /// or not this server serves it; `None` on one machine or before the pointer is read.
+    pub(crate) fn cluster_experiment(&self) -> Option<Option<String>> {
+        self.cluster_experiment.lock().map(|g| g.clone()).unwrap_or_default()
+    }
+
+    /// Records what the cluster's pointer names as running (see `cluster_experiment`).
+    pub(crate) fn set_cluster_experiment(&self, id: Option<String>) {
+        if let Ok(mut g) = self.cluster_experiment.lock() {
+            *g = Some(id);
         }
     }
 

@@ -1,7 +1,9 @@
 //! KPIs from conversation events: counts per minute by channel, intent, offer, policy version
 //! and experiment arm, kept in memory for a bounded window and rebuilt from the event log at
 //! start, so the console's charts, its CSV export and the experiment verdicts all read one
-//! source — the same `ConversationEvent`s analysts read from the files.
+//! source — the same `ConversationEvent`s analysts read from the files. In a cluster the other
+//! servers' events arrive through the cluster's event stream (`crate::cluster`'s `events`) and
+//! are counted the same way.
 //!
 //! Why counts per minute and dimension rather than the events: the console asks for any slice
 //! of the last days at any time, and counts make that a sum over a few thousand cells; the

@@ -63,7 +63,8 @@ fn version_of(bytes: &[u8]) -> String {
 /// Stores what runs here (or that nothing does) as a version and points every server at it.
 /// Returns the version.
 pub(crate) async fn publish(cluster: &Cluster, conv: &Arc<ConversationService>) -> Result<String, RequestError> {
-    let files = Shared::here(conv).files()?;
+    let here = Shared::here(conv);
+    let files = here.files()?;
     let version = version_of(&files[FILE]);
     if !cluster
         .claim_for(EXPERIMENT, &version, &files)
@@ -81,6 +82,7 @@ pub(crate) async fn publish(cluster: &Cluster, conv: &Arc<ConversationService>) 
             .map_err(unavailable)?;
     }
     cluster.set_serving(EXPERIMENT, &version).await.map_err(unavailable)?;
+    conv.set_cluster_experiment(here.running.map(|r| r.spec.id));
     tracing::info!(%version, "the experiment stored in the cluster and pointed at");
     Ok(version)
 }
@@ -100,6 +102,7 @@ pub(crate) async fn serve_version(
         Ok(s) => s,
         Err(e) => return count(metrics, "experiment", version, Err(e)),
     };
+    conv.set_cluster_experiment(shared.running.as_ref().map(|r| r.spec.id.clone()));
     if Shared::here(conv) == shared {
         return Ok(());
     }

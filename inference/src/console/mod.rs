@@ -260,20 +260,28 @@ impl Console {
         })
     }
 
-    /// In a cluster, brings the experiment store in line with what this server serves when the
-    /// change came through the cluster (another server's console): an experiment served here
-    /// that the store lacks is recorded as running, with its arms' rules as served; a running
-    /// one no longer served is recorded as stopped on another server, with its results as they
-    /// are now. Call with `experimenting` held. Blocking.
+    /// In a cluster, brings the experiment store in line with the cluster when the change came
+    /// through it (another server's console): an experiment served here that the store lacks
+    /// is recorded as running, with its arms' rules as served; a running one the cluster no
+    /// longer names is recorded as stopped on another server, with its results as they are now
+    /// (one the cluster names but this server could not build stays running, not served here).
+    /// Call with `experimenting` held. Blocking.
     fn sync_experiments(&self) -> Result<(), ApiError> {
-        if self.conversations.cluster_name().is_none() {
+        let Some(Some(named)) = self
+            .conversations
+            .cluster_name()
+            .map(|_| self.conversations.cluster_experiment())
+        else {
+            // One machine, or the cluster's pointer not read yet.
             return Ok(());
-        }
+        };
         let served = self.conversations.served_experiment();
         let mut all = self.experiments.all()?;
         let mut changed = false;
         if let Some(r) = all.iter_mut().find(|e| e.stopped_ms.is_none()) {
-            if served.as_ref().map(|(spec, _)| &spec.id) != Some(&r.spec.id) {
+            // Served here counts too: a start made here is served before the cluster names it.
+            let running_here = served.as_ref().is_some_and(|(spec, _)| spec.id == r.spec.id);
+            if named.as_ref() != Some(&r.spec.id) && !running_here {
                 r.results = Some(experiments::results(&r.spec, self.conversations.kpis(), now_ms()));
                 r.stopped_ms = Some(now_ms());
                 r.stopped_by = "(another server)".into();
