@@ -10,7 +10,7 @@
 //! A server refuses an experiment it cannot build (an arm's rules naming an intent its model
 //! lacks); it is counted there, and that server serves no experiment. An arm's policy version
 //! it does not have is fetched from the cluster's artifact store first.
-use super::{blocking, count, unavailable};
+use super::{blocking, count, store_and_point, unavailable};
 use crate::conversations::ConversationService;
 use crate::error::RequestError;
 use crate::experiment::{ArmPolicy, ExperimentSpec};
@@ -66,22 +66,7 @@ pub(crate) async fn publish(cluster: &Cluster, conv: &Arc<ConversationService>) 
     let here = Shared::here(conv);
     let files = here.files()?;
     let version = version_of(&files[FILE]);
-    if !cluster
-        .claim_for(EXPERIMENT, &version, &files)
-        .await
-        .map_err(unavailable)?
-    {
-        return Err(RequestError::Internal(format!(
-            "experiment version {version} is in the cluster with other files"
-        )));
-    }
-    if !cluster.has_artifact(EXPERIMENT, &version).await.map_err(unavailable)? {
-        cluster
-            .put_artifact(EXPERIMENT, &version, &files)
-            .await
-            .map_err(unavailable)?;
-    }
-    cluster.set_serving(EXPERIMENT, &version).await.map_err(unavailable)?;
+    store_and_point(cluster, EXPERIMENT, &version, &files).await?;
     conv.set_cluster_experiment(here.running.map(|r| r.spec.id));
     tracing::info!(%version, "the experiment stored in the cluster and pointed at");
     Ok(version)
@@ -161,4 +146,71 @@ fn parse(version: &str, fetched: &BTreeMap<String, Vec<u8>>) -> Result<Shared, R
         }
     }
     Ok(shared)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::experiment::ArmSpec;
+
+    fn running(rules: Vec<Option<String>>) -> Shared {
+        let arm = |name: &str, policy| ArmSpec {
+            name: name.into(),
+            weight: 1,
+            rules_version: None,
+            policy,
+            wording: Vec::new(),
+        };
+        Shared {
+            format: FORMAT,
+            running: Some(Running {
+                spec: ExperimentSpec {
+                    id: "exp-1-s0".into(),
+                    name: "split".into(),
+                    salt: "0123".into(),
+                    arms: vec![arm("A", ArmPolicy::RulesOnly), arm("B", ArmPolicy::Serving)],
+                    started_ms: 1,
+                    started_by: "ana".into(),
+                },
+                rules,
+            }),
+        }
+    }
+
+    fn named(shared: &Shared) -> (String, BTreeMap<String, Vec<u8>>) {
+        let files = shared.files().unwrap();
+        (version_of(&files[FILE]), files)
+    }
+
+    #[test]
+    fn a_stored_state_is_read_back_whole_under_its_own_hash_or_refused() {
+        for shared in [
+            running(vec![None, Some("[[rule]]".into())]),
+            Shared {
+                format: FORMAT,
+                running: None,
+            },
+        ] {
+            let (version, files) = named(&shared);
+            assert_eq!(parse(&version, &files).unwrap(), shared);
+        }
+        let (version, files) = named(&running(vec![None, None]));
+        let refused = |version: &str, files: &BTreeMap<String, Vec<u8>>| parse(version, files).unwrap_err().to_string();
+        assert!(refused("00000000000000ff", &files).contains("does not hash to it"));
+        let mut more = files.clone();
+        more.insert("other.json".into(), b"{}".to_vec());
+        assert!(refused(&version, &more).contains("not one experiment.json"));
+        let (version, files) = named(&running(vec![None]));
+        assert!(refused(&version, &files).contains("one rules text (or none) per arm"));
+        let mut later = running(vec![None, None]);
+        later.format = FORMAT + 1;
+        let (version, files) = named(&later);
+        assert!(refused(&version, &files).contains("format 2"));
+        let mut one_arm = running(vec![None]);
+        if let Some(r) = &mut one_arm.running {
+            r.spec.arms.truncate(1);
+        }
+        let (version, files) = named(&one_arm);
+        assert!(refused(&version, &files).contains("2 to 8 arms"));
+    }
 }

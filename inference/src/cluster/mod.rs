@@ -247,6 +247,26 @@ fn count<T>(metrics: &Metrics, what: &str, version: &str, result: Result<T, Requ
     result
 }
 
+/// Stores `files` as `version` of `kind`, a content-named version (the name is the files' hash:
+/// claimed before or not, the cluster holds these files under it), and moves the SERVING pointer
+/// to it.
+async fn store_and_point(
+    cluster: &Cluster,
+    kind: &str,
+    version: &str,
+    files: &std::collections::BTreeMap<String, Vec<u8>>,
+) -> Result<(), RequestError> {
+    if !cluster.claim_for(kind, version, files).await.map_err(unavailable)? {
+        return Err(RequestError::Internal(format!(
+            "{kind} version {version} is in the cluster with other files"
+        )));
+    }
+    if !cluster.has_artifact(kind, version).await.map_err(unavailable)? {
+        cluster.put_artifact(kind, version, files).await.map_err(unavailable)?;
+    }
+    cluster.set_serving(kind, version).await.map_err(unavailable)
+}
+
 fn unavailable(e: nudge_cluster::ClusterError) -> RequestError {
     RequestError::Unavailable(format!("cluster: {e}"))
 }

@@ -9,7 +9,7 @@
 //!
 //! Content naming makes following idempotent: the server that published finds its own files
 //! already are the version, and so does a server that restarts on them.
-use super::{blocking, count, unavailable};
+use super::{blocking, count, store_and_point, unavailable};
 use crate::conversations::ConversationService;
 use crate::error::RequestError;
 use crate::metrics::Metrics;
@@ -80,23 +80,7 @@ pub(crate) async fn publish(cluster: &Cluster, conv: &Arc<ConversationService>) 
     let c = conv.clone();
     let files = blocking(move || files(&c)).await?;
     let version = version_of(&files);
-    // The name is the content's hash: claimed or not, the cluster holds these files under it.
-    if !cluster
-        .claim_for(STRATEGY, &version, &files)
-        .await
-        .map_err(unavailable)?
-    {
-        return Err(RequestError::Internal(format!(
-            "strategy version {version} is in the cluster with other files"
-        )));
-    }
-    if !cluster.has_artifact(STRATEGY, &version).await.map_err(unavailable)? {
-        cluster
-            .put_artifact(STRATEGY, &version, &files)
-            .await
-            .map_err(unavailable)?;
-    }
-    cluster.set_serving(STRATEGY, &version).await.map_err(unavailable)?;
+    store_and_point(cluster, STRATEGY, &version, &files).await?;
     tracing::info!(%version, "strategy files stored in the cluster and pointed at");
     Ok(version)
 }
