@@ -10,6 +10,7 @@
 //! leadership (one trains and publishes; a standby takes over; versions never collide).
 use crate::common;
 use crate::common::*;
+use crate::support;
 use crate::support::*;
 use nudge_proto::v1 as pb;
 use nudge_records::{DecisionRecord, OutcomeRecord};
@@ -1175,36 +1176,11 @@ async fn rules_reloaded_on_one_server_are_served_by_every_server_and_a_server_th
     wait_for_offer(&a0["grpc"], "warranty_1y", "s0").await;
 }
 
-/// One request to the console at `console` (`http://addr`), signed in as `ana`: the JSON body of
-/// the answer.
+/// One request to the console at `console` as `ana`, which must succeed: the answer's JSON.
 async fn console_call(console: &str, method: &str, path: &str, body: &str) -> serde_json::Value {
-    let addr: std::net::SocketAddr = console.trim_start_matches("http://").parse().unwrap();
-    let request = |method: &str, path: &str, cookie: &str, body: &str| {
-        format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )
-    };
-    let login = nudge_testkit::http(
-        addr,
-        &request(
-            "POST",
-            "/api/login",
-            "",
-            r#"{"user":"ana","password":"ana's long password"}"#,
-        ),
-    )
-    .await;
-    let cookie = login
-        .lines()
-        .find_map(|l| l.strip_prefix("set-cookie: "))
-        .and_then(|c| c.split(';').next())
-        .unwrap_or_else(|| panic!("no session: {login}"))
-        .to_string();
-    let answer = nudge_testkit::http(addr, &request(method, path, &cookie, body)).await;
-    assert!(answer.starts_with("HTTP/1.1 200"), "{method} {path}: {answer}");
-    let (_, json) = answer.split_once("\r\n\r\n").unwrap();
-    serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {answer}"))
+    let (status, json) = support::console_call(console, ("ana", "ana's long password"), method, path, body).await;
+    assert_eq!(status, 200, "{method} {path}: {json}");
+    json
 }
 
 /// Turns of the last hour that the console at `console` counts.

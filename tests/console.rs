@@ -740,3 +740,109 @@ async fn the_console_serves_https_with_its_own_or_the_servers_certificate() {
     };
     assert!(err.contains("console.tls.cert") && err.contains("bad.crt"), "{err}");
 }
+
+/// The products CSV the catalog names is edited like the rules and the catalog: a bad row is
+/// refused at its line naming the field, a row the catalog's offers need cannot go, a saved
+/// text is live (the serving catalog's version changes) and a rollback gives the original file
+/// back byte for byte; both changes are in the change log.
+#[tokio::test]
+async fn the_products_csv_is_checked_saved_and_rolled_back_in_the_console() {
+    let _suite = nudge_testkit::suite::enter(module_path!());
+    let var = tempfile::tempdir().unwrap();
+    for f in ["rules.toml", "catalog.toml", "products.csv"] {
+        std::fs::copy(format!("examples/shop/{f}"), var.path().join(f)).unwrap();
+    }
+    let users = var.path().join("users.toml");
+    std::fs::write(
+        &users,
+        format!(
+            "[[user]]\nname = \"ana\"\nrole = \"editor\"\npassword_hash = \"{}\"\n",
+            nudge_inference::console::hash_password("ana's long password").unwrap()
+        ),
+    )
+    .unwrap();
+    let mut config = common::example_shop_config(var.path());
+    config.strategy.as_mut().unwrap().rules = var.path().join("rules.toml");
+    config.strategy.as_mut().unwrap().catalog = var.path().join("catalog.toml");
+    config.console = Some(nudge_inference::console::ConsoleConfig {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        users_file: users,
+        dir: var.path().join("console"),
+        session_minutes: 10,
+        optimizers: Vec::new(),
+        tls: None,
+    });
+    let server = nudge_inference::start(config)
+        .await
+        .expect("the shop with a console starts");
+    let console = format!("http://{}", server.console_addr.unwrap());
+    let call = |method: &'static str, path: &'static str, body: String| {
+        let console = console.clone();
+        async move { support::console_call(&console, ("ana", "ana's long password"), method, path, &body).await }
+    };
+    let text = |t: &str| serde_json::json!({"text": t, "note": "from the test"}).to_string();
+    let original = std::fs::read_to_string(var.path().join("products.csv")).unwrap();
+
+    let (status, page) = call("GET", "/api/files/products", String::new()).await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["text"], original.as_str());
+    assert_eq!(page["versions"].as_array().unwrap().len(), 1);
+    let serving_before = page["serving"]["catalog"].clone();
+
+    // The first product's price is not a price: refused at its line (2, under the header),
+    // naming the field.
+    let bad = original.replacen(",5999.00,", ",59x9.00,", 1);
+    let (status, err) = call("POST", "/api/files/products/check", text(&bad)).await;
+    assert_eq!(status, 422, "{err}");
+    assert_eq!(err["error"]["line"], 2, "{err}");
+    assert_eq!(err["error"]["field"], "price", "{err}");
+    // The warranty's SKU cannot go: the catalog's offer names it.
+    let without: String = original
+        .lines()
+        .filter(|l| !l.starts_with("WAR-1Y,"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let (status, err) = call("POST", "/api/files/products/check", text(&without)).await;
+    assert_eq!(status, 422, "{err}");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("the catalog would no longer pass"),
+        "{err}"
+    );
+
+    // A new price for the iPhone 15 goes live.
+    let cheaper = original.replacen(",5999.00,", ",5899.00,", 1);
+    let (status, saved) = call("POST", "/api/files/products", text(&cheaper)).await;
+    assert_eq!((status, saved["version"].as_u64()), (200, Some(2)), "{saved}");
+    assert_eq!(
+        std::fs::read_to_string(var.path().join("products.csv")).unwrap(),
+        cheaper
+    );
+    let (_, page) = call("GET", "/api/files/products", String::new()).await;
+    assert_ne!(
+        page["serving"]["catalog"], serving_before,
+        "the reload serves the new CSV"
+    );
+
+    // Rolled back: the original file, and the original catalog version, serve again.
+    let (status, back) = call("POST", "/api/files/products/rollback", r#"{"version":1}"#.into()).await;
+    assert_eq!(status, 200, "{back}");
+    assert_eq!(
+        std::fs::read_to_string(var.path().join("products.csv")).unwrap(),
+        original
+    );
+    let (_, page) = call("GET", "/api/files/products", String::new()).await;
+    assert_eq!(page["serving"]["catalog"], serving_before);
+    assert_eq!(page["versions"].as_array().unwrap().len(), 3);
+
+    let (log, _) = nudge_records::read_all::<ChangeRecord>(&var.path().join("console/changes")).unwrap();
+    let actions: Vec<(&str, &str)> = log
+        .iter()
+        .filter(|c| c.target == "products")
+        .map(|c| (c.action.as_str(), c.version.as_str()))
+        .collect();
+    assert_eq!(actions, [("products.save", "2"), ("products.rollback", "3")]);
+    server.shutdown().await.unwrap();
+}

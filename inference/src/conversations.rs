@@ -673,6 +673,32 @@ impl ConversationService {
         self.parse_rules(&rules, &catalog).map(drop)
     }
 
+    /// Checks `csv` as the products CSV the catalog file names, exactly as a reload would check
+    /// it (every row, the catalog's offers over its SKUs, the SKU linker, the serving rules):
+    /// what the console runs before a CSV text replaces the file.
+    pub fn check_products(&self, csv: &str) -> Result<(), StrategyError> {
+        let text = std::fs::read_to_string(&self.config.catalog).map_err(|source| StrategyError::Io {
+            path: self.config.catalog.clone(),
+            source,
+        })?;
+        let catalog = Catalog::parse_with(&self.config.catalog, &text, Some(csv.as_bytes()))?;
+        SkuLinker::new(&catalog)?;
+        let rules = std::fs::read_to_string(&self.config.rules).map_err(|source| StrategyError::Io {
+            path: self.config.rules.clone(),
+            source,
+        })?;
+        self.parse_rules(&rules, &catalog).map(drop)
+    }
+
+    /// The products CSV the catalog file names, beside it (None: it names none).
+    pub fn products_path(&self) -> Result<Option<std::path::PathBuf>, StrategyError> {
+        let text = std::fs::read_to_string(&self.config.catalog).map_err(|source| StrategyError::Io {
+            path: self.config.catalog.clone(),
+            source,
+        })?;
+        Catalog::products_path(&self.config.catalog, &text)
+    }
+
     /// The catalog file this service reads (the console writes it, then reloads).
     pub fn catalog_path(&self) -> &std::path::Path {
         &self.config.catalog

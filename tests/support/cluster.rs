@@ -348,3 +348,38 @@ pub fn battery_question(conv: &str, customer_id: &str) -> pb::TurnRequest {
         ..Default::default()
     }
 }
+
+/// One request to the console at `console` (`http://addr`), signed in as `user` with
+/// `password`: the answer's status and JSON body.
+pub async fn console_call(
+    console: &str,
+    (user, password): (&str, &str),
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, serde_json::Value) {
+    let addr: std::net::SocketAddr = console.trim_start_matches("http://").parse().unwrap();
+    let request = |method: &str, path: &str, cookie: &str, body: &str| {
+        format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let login = serde_json::json!({"user": user, "password": password}).to_string();
+    let login = nudge_testkit::http(addr, &request("POST", "/api/login", "", &login)).await;
+    let cookie = login
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .and_then(|c| c.split(';').next())
+        .unwrap_or_else(|| panic!("no session: {login}"))
+        .to_string();
+    let answer = nudge_testkit::http(addr, &request(method, path, &cookie, body)).await;
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status: {answer}"));
+    let (_, json) = answer.split_once("\r\n\r\n").unwrap();
+    let json = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {answer}"));
+    (status, json)
+}

@@ -21,11 +21,11 @@ pub struct ChangeRecord {
     /// Their role when they made it (`viewer`, `editor`).
     pub role: String,
     /// What was done: `rules.save`, `rules.rollback`, `catalog.save`, `catalog.rollback`,
-    /// `model.serve`, `policy.rollback`, `experiment.start`, `experiment.stop`,
-    /// `experiment.ship`, `login`, `login_failed`.
+    /// `products.save`, `products.rollback`, `model.serve`, `policy.rollback`,
+    /// `experiment.start`, `experiment.stop`, `experiment.ship`, `login`, `login_failed`.
     pub action: String,
-    /// What it was done to (`rules`, `catalog`, `model <name>`, `policy`, `experiment`,
-    /// `session`).
+    /// What it was done to (`rules`, `catalog`, `products`, `model <name>`, `policy`,
+    /// `experiment`, `session`).
     pub target: String,
     /// The version it made current, if it made one.
     #[serde(default, skip_serializing_if = "String::is_empty")]

@@ -181,6 +181,20 @@ impl Catalog {
     /// Validates `text` as the catalog file at `path` would be (the products CSV it names is
     /// read beside `path`): what an editor checks before the text replaces the file.
     pub fn parse(path: &Path, text: &str) -> Result<Catalog, StrategyError> {
+        Self::parse_with(path, text, None)
+    }
+
+    /// The products CSV `text` names, as a path beside `path` (None: it names none).
+    pub fn products_path(path: &Path, text: &str) -> Result<Option<PathBuf>, StrategyError> {
+        let file: CatalogFile = toml::from_str(text).map_err(|e| toml_error(path, text, &e))?;
+        Ok(file
+            .products_csv
+            .map(|name| path.parent().unwrap_or(Path::new(".")).join(name.get_ref())))
+    }
+
+    /// [`Catalog::parse`] with `csv` as the content of the products CSV it names instead of
+    /// the file on disk: what an editor of the CSV checks before its text replaces the file.
+    pub fn parse_with(path: &Path, text: &str, csv: Option<&[u8]>) -> Result<Catalog, StrategyError> {
         let text = text.to_string();
         let file: CatalogFile = toml::from_str(&text).map_err(|e| toml_error(path, &text, &e))?;
         let mut hash = Sha256::new();
@@ -189,10 +203,13 @@ impl Catalog {
         let mut at = Vec::new();
         if let Some(csv_name) = &file.products_csv {
             let csv_path = path.parent().unwrap_or(Path::new(".")).join(csv_name.get_ref());
-            let bytes = std::fs::read(&csv_path).map_err(|source| StrategyError::Io {
-                path: csv_path.clone(),
-                source,
-            })?;
+            let bytes = match csv {
+                Some(b) => b.to_vec(),
+                None => std::fs::read(&csv_path).map_err(|source| StrategyError::Io {
+                    path: csv_path.clone(),
+                    source,
+                })?,
+            };
             hash.update(&bytes);
             for (p, line) in read_products_csv(&csv_path, &bytes)? {
                 products.push(p);

@@ -1,4 +1,4 @@
-//! Versions of the files operators edit — the rules and the catalog: every text that was ever
+//! Versions of the files operators edit — the rules, the catalog and its products CSV: every text that was ever
 //! made current, numbered, with who made it, when and why, so any two can be compared and any
 //! one made current again. A rollback is a new version with an old text: history only grows,
 //! and the change log says who rolled back what.
@@ -16,8 +16,10 @@ use std::path::{Path, PathBuf};
 pub(crate) enum FileKind {
     /// `[strategy] rules`.
     Rules,
-    /// `[strategy] catalog` (the TOML file; a products CSV it names is not versioned here).
+    /// `[strategy] catalog` (the TOML file).
     Catalog,
+    /// The products CSV the catalog names (`products_csv`), if it names one.
+    Products,
 }
 
 impl FileKind {
@@ -25,6 +27,7 @@ impl FileKind {
         match self {
             FileKind::Rules => "rules",
             FileKind::Catalog => "catalog",
+            FileKind::Products => "products",
         }
     }
 }
@@ -67,11 +70,17 @@ impl TextVersions {
     /// Opens `<dir>/<kind>`, recording the serving file's `text` as a version if it is not the
     /// current one (the first start, or an edit on disk).
     pub(crate) fn open(dir: &Path, kind: FileKind, text: &str, now_ms: u64) -> Result<Self, ApiError> {
-        let dir = dir.join(kind.name());
-        std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
-        let me = Self { kind, dir };
+        let me = Self::at(dir, kind)?;
         me.sync(text, now_ms)?;
         Ok(me)
+    }
+
+    /// Opens `<dir>/<kind>` as it is (a file the server does not have yet: a products CSV the
+    /// catalog does not name).
+    pub(crate) fn at(dir: &Path, kind: FileKind) -> Result<Self, ApiError> {
+        let dir = dir.join(kind.name());
+        std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
+        Ok(Self { kind, dir })
     }
 
     /// Records the file's `text` as the current version if it is not: the first start, an edit

@@ -192,6 +192,7 @@ struct Console {
     conversations: Arc<ConversationService>,
     rules: TextVersions,
     catalog: TextVersions,
+    products: TextVersions,
     changes: EventLog,
     recent: Mutex<VecDeque<ChangeRecord>>,
     experiments: experiments::Experiments,
@@ -312,37 +313,54 @@ impl Console {
         match kind {
             FileKind::Rules => &self.rules,
             FileKind::Catalog => &self.catalog,
+            FileKind::Products => &self.products,
         }
     }
 
+    /// Checks `text` as `kind`'s file, as a reload would. An error in another file (the rules
+    /// naming an offer a catalog edit removes, an offer naming a SKU a CSV edit removes) is not
+    /// at this text's line: it says which file no longer passes.
     fn check(&self, kind: FileKind, text: &str) -> Result<(), ApiError> {
-        match kind {
-            FileKind::Rules => Ok(self.conversations.check_rules(text)?),
-            FileKind::Catalog => self.conversations.check_catalog(text).map_err(|e| match e {
-                // The rules no longer pass against this catalog: their line is not this text's.
-                nudge_strategy::StrategyError::Invalid {
-                    path,
-                    line,
-                    field,
-                    reason,
-                    ..
-                } if path == self.conversations.rules_path() => ApiError::invalid(
+        let checked = match kind {
+            FileKind::Rules => self.conversations.check_rules(text),
+            FileKind::Catalog => self.conversations.check_catalog(text),
+            FileKind::Products => self.conversations.check_products(text),
+        };
+        let own = self.path(kind)?;
+        checked.map_err(|e| match e {
+            nudge_strategy::StrategyError::Invalid {
+                path,
+                line,
+                field,
+                reason,
+                ..
+            } if path != own => {
+                let which = if path == self.conversations.rules_path() {
+                    "rules"
+                } else {
+                    "catalog"
+                };
+                ApiError::invalid(
                     "text",
                     format!(
-                        "the rules would no longer pass: {}{}: {field}: {reason}",
+                        "the {which} would no longer pass: {}{}: {field}: {reason}",
                         path.display(),
                         line.map(|l| format!(":{l}")).unwrap_or_default()
                     ),
-                ),
-                e => e.into(),
-            }),
-        }
+                )
+            }
+            e => e.into(),
+        })
     }
 
-    fn path(&self, kind: FileKind) -> &std::path::Path {
+    fn path(&self, kind: FileKind) -> Result<std::path::PathBuf, ApiError> {
         match kind {
-            FileKind::Rules => self.conversations.rules_path(),
-            FileKind::Catalog => self.conversations.catalog_path(),
+            FileKind::Rules => Ok(self.conversations.rules_path().to_path_buf()),
+            FileKind::Catalog => Ok(self.conversations.catalog_path().to_path_buf()),
+            FileKind::Products => self
+                .conversations
+                .products_path()?
+                .ok_or_else(|| ApiError::NotFound("the catalog names no products CSV (its `products_csv`)".into())),
         }
     }
 
@@ -352,7 +370,7 @@ impl Console {
     fn apply(&self, kind: FileKind, text: &str, author: &str, note: &str) -> Result<u32, ApiError> {
         let _one = self.conversations.changing_files();
         self.check(kind, text)?;
-        let path = self.path(kind).to_path_buf();
+        let path = self.path(kind)?;
         let old = std::fs::read_to_string(&path).map_err(|e| ApiError::Internal(format!("{}: {e}", path.display())))?;
         let versions = self.versions(kind);
         let n = versions.add(text, author, note, now_ms())?;
@@ -464,9 +482,9 @@ async fn get_file(
     let c2 = c.clone();
     blocking(move || {
         let versions = c2.versions(kind);
-        let path = c2.path(kind);
+        let path = c2.path(kind)?;
         let on_disk =
-            std::fs::read_to_string(path).map_err(|e| ApiError::Internal(format!("{}: {e}", path.display())))?;
+            std::fs::read_to_string(&path).map_err(|e| ApiError::Internal(format!("{}: {e}", path.display())))?;
         versions.sync(&on_disk, now_ms())?;
         let current = versions
             .current()?
@@ -477,7 +495,7 @@ async fn get_file(
             "kind": kind,
             "current": current,
             "text": v.text,
-            "file": c2.path(kind).display().to_string(),
+            "file": path.display().to_string(),
             "serving": {"catalog": catalog, "rules": rules},
             "versions": versions.list()?,
         })))
@@ -891,6 +909,13 @@ pub(crate) async fn start(
     };
     let rules = open(FileKind::Rules, conversations.rules_path())?;
     let catalog = open(FileKind::Catalog, conversations.catalog_path())?;
+    let products = match conversations
+        .products_path()
+        .map_err(|e| ConsoleError::Store(e.to_string()))?
+    {
+        Some(path) => open(FileKind::Products, &path)?,
+        None => TextVersions::at(&cfg.dir, FileKind::Products).map_err(store)?,
+    };
     let log_dir = cfg.dir.join("changes");
     let (recent, _) = nudge_records::read_all::<ChangeRecord>(&log_dir).unwrap_or_default();
     let recent: VecDeque<ChangeRecord> = recent.into_iter().rev().take(RECENT).rev().collect();
@@ -930,6 +955,7 @@ pub(crate) async fn start(
         conversations,
         rules,
         catalog,
+        products,
         changes,
         recent: Mutex::new(recent),
         experiments,
