@@ -1213,14 +1213,7 @@ async fn every_console_counts_the_whole_cluster_and_an_experiment_runs_on_every_
     let nats_url = format!("nats://127.0.0.1:{port}");
     let model = std::fs::canonicalize("models/bundles/default").unwrap();
     let users = dir.path().join("users.toml");
-    std::fs::write(
-        &users,
-        format!(
-            "[[user]]\nname = \"ana\"\nrole = \"editor\"\npassword_hash = \"{}\"\n",
-            nudge_inference::console::hash_password("ana's long password").unwrap()
-        ),
-    )
-    .unwrap();
+    support::users_file(&users, &[("ana", "editor", "ana's long password")]);
     let cfgs: Vec<PathBuf> = (0..2)
         .map(|i| {
             let d = dir.path().join(format!("s{i}"));

@@ -220,16 +220,13 @@ async fn an_operator_edits_a_rule_sees_it_live_and_rolls_it_back_in_a_browser() 
     let rules = var.path().join("rules.toml");
     std::fs::copy("examples/shop/rules.toml", &rules).unwrap();
     let users = var.path().join("users.toml");
-    let hash = |p: &str| nudge_inference::console::hash_password(p).unwrap();
-    std::fs::write(
+    support::users_file(
         &users,
-        format!(
-            "[[user]]\nname = \"ana\"\nrole = \"editor\"\npassword_hash = \"{}\"\n\n[[user]]\nname = \"vic\"\nrole = \"viewer\"\npassword_hash = \"{}\"\n",
-            hash("ana's long password"),
-            hash("vic's long password")
-        ),
-    )
-    .unwrap();
+        &[
+            ("ana", "editor", "ana's long password"),
+            ("vic", "viewer", "vic's long password"),
+        ],
+    );
     // And the catalog, with the products CSV it names.
     let catalog = var.path().join("catalog.toml");
     std::fs::copy("examples/shop/catalog.toml", &catalog).unwrap();
@@ -642,14 +639,7 @@ async fn the_console_serves_https_with_its_own_or_the_servers_certificate() {
     let _suite = nudge_testkit::suite::enter(module_path!());
     let var = tempfile::tempdir().unwrap();
     let users = var.path().join("users.toml");
-    std::fs::write(
-        &users,
-        format!(
-            "[[user]]\nname = \"ana\"\nrole = \"editor\"\npassword_hash = \"{}\"\n",
-            nudge_inference::console::hash_password("ana's long password").unwrap()
-        ),
-    )
-    .unwrap();
+    support::users_file(&users, &[("ana", "editor", "ana's long password")]);
     let (console_tls, console_cert) = certificate(var.path(), "console");
     let (server_tls, server_cert) = certificate(var.path(), "server");
     let body = r#"{"user":"ana","password":"ana's long password"}"#;
@@ -753,14 +743,7 @@ async fn the_products_csv_is_checked_saved_and_rolled_back_in_the_console() {
         std::fs::copy(format!("examples/shop/{f}"), var.path().join(f)).unwrap();
     }
     let users = var.path().join("users.toml");
-    std::fs::write(
-        &users,
-        format!(
-            "[[user]]\nname = \"ana\"\nrole = \"editor\"\npassword_hash = \"{}\"\n",
-            nudge_inference::console::hash_password("ana's long password").unwrap()
-        ),
-    )
-    .unwrap();
+    support::users_file(&users, &[("ana", "editor", "ana's long password")]);
     let mut config = common::example_shop_config(var.path());
     config.strategy.as_mut().unwrap().rules = var.path().join("rules.toml");
     config.strategy.as_mut().unwrap().catalog = var.path().join("catalog.toml");

@@ -236,6 +236,14 @@ pub struct ConversationService {
     cluster: Option<nudge_cluster::Cluster>,
 }
 
+/// A strategy file's text, or an error naming it.
+fn read_text(path: &std::path::Path) -> Result<String, StrategyError> {
+    std::fs::read_to_string(path).map_err(|source| StrategyError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
 /// Reads the events of the last `hours` back into `kpis` (start-up), a chunk at a time; older
 /// ones count only for their experiment's customers (the console forgets stopped experiments).
 fn replay_events(dir: &std::path::Path, kpis: &Kpis, hours: u64) -> Result<u64, nudge_records::LogError> {
@@ -664,39 +672,28 @@ impl ConversationService {
     /// build the SKU linker, and the serving rules file still passes against it (a rule naming
     /// an offer the text removes is an error, reported as the rules file's).
     pub fn check_catalog(&self, text: &str) -> Result<(), StrategyError> {
-        let catalog = Catalog::parse(&self.config.catalog, text)?;
-        SkuLinker::new(&catalog)?;
-        let rules = std::fs::read_to_string(&self.config.rules).map_err(|source| StrategyError::Io {
-            path: self.config.rules.clone(),
-            source,
-        })?;
-        self.parse_rules(&rules, &catalog).map(drop)
+        self.check_catalog_with(text, None)
     }
 
     /// Checks `csv` as the products CSV the catalog file names, exactly as a reload would check
     /// it (every row, the catalog's offers over its SKUs, the SKU linker, the serving rules):
     /// what the console runs before a CSV text replaces the file.
     pub fn check_products(&self, csv: &str) -> Result<(), StrategyError> {
-        let text = std::fs::read_to_string(&self.config.catalog).map_err(|source| StrategyError::Io {
-            path: self.config.catalog.clone(),
-            source,
-        })?;
-        let catalog = Catalog::parse_with(&self.config.catalog, &text, Some(csv.as_bytes()))?;
+        let text = read_text(&self.config.catalog)?;
+        self.check_catalog_with(&text, Some(csv.as_bytes()))
+    }
+
+    /// The catalog checks on `text`, with `csv` in place of the products CSV on disk if given.
+    fn check_catalog_with(&self, text: &str, csv: Option<&[u8]>) -> Result<(), StrategyError> {
+        let catalog = Catalog::parse_with(&self.config.catalog, text, csv)?;
         SkuLinker::new(&catalog)?;
-        let rules = std::fs::read_to_string(&self.config.rules).map_err(|source| StrategyError::Io {
-            path: self.config.rules.clone(),
-            source,
-        })?;
+        let rules = read_text(&self.config.rules)?;
         self.parse_rules(&rules, &catalog).map(drop)
     }
 
     /// The products CSV the catalog file names, beside it (None: it names none).
     pub fn products_path(&self) -> Result<Option<std::path::PathBuf>, StrategyError> {
-        let text = std::fs::read_to_string(&self.config.catalog).map_err(|source| StrategyError::Io {
-            path: self.config.catalog.clone(),
-            source,
-        })?;
-        Catalog::products_path(&self.config.catalog, &text)
+        Catalog::products_path(&self.config.catalog, &read_text(&self.config.catalog)?)
     }
 
     /// The catalog file this service reads (the console writes it, then reloads).

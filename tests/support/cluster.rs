@@ -383,3 +383,17 @@ pub async fn console_call(
     let json = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {answer}"));
     (status, json)
 }
+
+/// Writes a console users file at `path`: each `(name, role, password)` with its argon2id hash.
+pub fn users_file(path: &Path, users: &[(&str, &str, &str)]) {
+    let text: String = users
+        .iter()
+        .map(|(name, role, password)| {
+            format!(
+                "[[user]]\nname = \"{name}\"\nrole = \"{role}\"\npassword_hash = \"{}\"\n\n",
+                nudge_inference::console::hash_password(password).unwrap()
+            )
+        })
+        .collect();
+    std::fs::write(path, text).unwrap();
+}

@@ -141,11 +141,7 @@ pub(crate) fn start_strategy(
     metrics: Metrics,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let first = async {
-            cluster.ensure().await?;
-            cluster.serving(nudge_cluster::STRATEGY).await
-        };
-        if let Ok(None) = first.await {
+        if has_none(&cluster, nudge_cluster::STRATEGY).await {
             if let Err(e) = strategy::publish(&cluster, &conversations).await {
                 tracing::warn!(error = %e, "publishing this server's rules and catalog as the cluster's first");
             }
@@ -167,15 +163,9 @@ pub(crate) fn start_experiments(
     metrics: Metrics,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let first = async {
-            cluster.ensure().await?;
-            cluster.serving(nudge_cluster::EXPERIMENT).await
-        };
-        if let Ok(None) = first.await {
-            if conversations.served_experiment().is_some() {
-                if let Err(e) = experiment::publish(&cluster, &conversations).await {
-                    tracing::warn!(error = %e, "publishing this server's experiment as the cluster's first");
-                }
+        if has_none(&cluster, nudge_cluster::EXPERIMENT).await && conversations.served_experiment().is_some() {
+            if let Err(e) = experiment::publish(&cluster, &conversations).await {
+                tracing::warn!(error = %e, "publishing this server's experiment as the cluster's first");
             }
         }
         follow(cluster.clone(), nudge_cluster::EXPERIMENT.to_string(), move |version| {
@@ -184,6 +174,16 @@ pub(crate) fn start_experiments(
         })
         .await
     })
+}
+
+/// Whether the cluster answers and has no version of `kind` yet (a first server then publishes
+/// its own).
+async fn has_none(cluster: &Cluster, kind: &str) -> bool {
+    let serving = async {
+        cluster.ensure().await?;
+        cluster.serving(kind).await
+    };
+    matches!(serving.await, Ok(None))
 }
 
 /// Serves whatever the SERVING pointer of `kind` names, reconnecting for as long as it runs.

@@ -998,11 +998,7 @@ pub(crate) async fn start(
             let listener =
                 tls::TlsListener::new(listener, acceptor).map_err(|source| ConsoleError::Bind { addr, source })?;
             tracing::info!(%addr, "console: serving HTTPS");
-            tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, app).await {
-                    tracing::error!(error = %e, "the console stopped");
-                }
-            })
+            serve(listener, app)
         }
         None => {
             if !addr.ip().is_loopback() {
@@ -1011,12 +1007,21 @@ pub(crate) async fn start(
                     "console: plain HTTP off loopback; passwords and session cookies cross the network in clear unless a TLS proxy is in front (set [console.tls] to serve HTTPS)"
                 );
             }
-            tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, app).await {
-                    tracing::error!(error = %e, "the console stopped");
-                }
-            })
+            serve(listener, app)
         }
     };
     Ok(RunningConsole { addr, task })
+}
+
+/// Serves the console's routes on `listener` (plain TCP or TLS) until the task is aborted.
+fn serve<L>(listener: L, app: Router) -> tokio::task::JoinHandle<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "the console stopped");
+        }
+    })
 }
