@@ -524,15 +524,6 @@ fn same(a: &Answers, b: &Answers) -> bool {
             .all(|(x, y)| x.len() == y.len() && x.iter().zip(y).all(|(p, q)| p.0 == q.0 && (p.1 - q.1).abs() < 1e-5))
 }
 
-async fn bundle_refusals(metrics: &str) -> f64 {
-    let addr: std::net::SocketAddr = metrics.trim_start_matches("http://").parse().unwrap();
-    metric(
-        &scrape(addr).await,
-        "nudge_cluster_events_total{event=\"bundle_refused\"}",
-    )
-    .unwrap_or(0.0)
-}
-
 /// An NLU bundle reloaded on one server is served by every server, the one that was down
 /// included, with the same answers; files a server has already are linked, not fetched, and a
 /// fetched encoder never travels (a server without it refuses the version). A corrupt version
@@ -632,7 +623,7 @@ async fn an_nlu_bundle_reloaded_on_one_server_is_served_by_every_server_and_a_ba
     );
     assert!(same(&understood(&a1["grpc"]).await, &answers_t3));
     let t0 = Instant::now();
-    while bundle_refusals(&a2["metrics"]).await < 1.0 {
+    while cluster_count(&a2["metrics"], "bundle_refused").await < 1.0 {
         assert!(t0.elapsed() < Duration::from_secs(20), "s2 never refused t3");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -662,7 +653,7 @@ async fn an_nlu_bundle_reloaded_on_one_server_is_served_by_every_server_and_a_ba
     cluster.set_serving(&kind, "t4").await.unwrap();
     let t0 = Instant::now();
     for (a, before) in [(&a0, 0.0), (&a1, 0.0), (&a2, 1.0)] {
-        while bundle_refusals(&a["metrics"]).await < before + 1.0 {
+        while cluster_count(&a["metrics"], "bundle_refused").await < before + 1.0 {
             assert!(t0.elapsed() < Duration::from_secs(20), "{} never refused t4", a["grpc"]);
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -1176,6 +1167,131 @@ async fn rules_reloaded_on_one_server_are_served_by_every_server_and_a_server_th
     wait_for_offer(&a0["grpc"], "warranty_1y", "s0").await;
 }
 
+/// `nudge_cluster_events_total{event}` as the server whose metrics are at `metrics` counts it.
+async fn cluster_count(metrics: &str, event: &str) -> f64 {
+    let addr: std::net::SocketAddr = metrics.trim_start_matches("http://").parse().unwrap();
+    metric(
+        &scrape(addr).await,
+        &format!("nudge_cluster_events_total{{event=\"{event}\"}}"),
+    )
+    .unwrap_or(0.0)
+}
+
+/// Each kind of version follows its own pointer, so rules may reach a server before the bundle
+/// whose intent they name. Rules naming an intent the servers' model lacks are refused by every
+/// server, their files untouched; once a bundle with that intent is served, every server serves
+/// those rules without anyone publishing them again — tried once more, not on every tick. The
+/// other way round, a bundle that lacks an intent the serving rules name is refused at the door.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_refused_for_an_intent_the_model_lacks_are_served_once_a_bundle_has_it() {
+    let _suite = nudge_testkit::suite::enter(module_path!());
+    let (dir, port, _nats, _) = testbed();
+    let nats_url = format!("nats://127.0.0.1:{port}");
+    let model = std::fs::canonicalize("models/bundles/default").unwrap();
+    let cfgs: Vec<PathBuf> = (0..2)
+        .map(|i| server_config(dir.path(), i, &model, &nats_url, &shop_strategy(dir.path(), i)))
+        .collect();
+    let rules = |i: usize| dir.path().join(format!("s{i}/shop/rules.toml"));
+    let (_s0, a0) = start_nudge(&["serve"], &cfgs[0]);
+    let (_s1, a1) = start_nudge(&["serve"], &cfgs[1]);
+    let cluster = cluster_client(&nats_url, "test").await;
+    let t0 = Instant::now();
+    while cluster.serving(nudge_cluster::STRATEGY).await.unwrap().is_none() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "no server published its files");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The shop's files, with price and coupon askers who write about their invoice too: an
+    // intent `billing` the model lacks. Put into the cluster as the next version.
+    let original = std::fs::read_to_string(rules(0)).unwrap();
+    let billing_rules = original.replace(
+        r#"intent = ["price", "promotion_coupon"]"#,
+        r#"intent = ["price", "promotion_coupon", "billing"]"#,
+    );
+    assert_ne!(billing_rules, original);
+    let shop = dir.path().join("s0/shop");
+    let files = std::collections::BTreeMap::from([
+        ("rules.toml".to_string(), billing_rules.clone().into_bytes()),
+        (
+            "catalog.toml".to_string(),
+            std::fs::read(shop.join("catalog.toml")).unwrap(),
+        ),
+        (
+            "products.csv".to_string(),
+            std::fs::read(shop.join("products.csv")).unwrap(),
+        ),
+    ]);
+    cluster.serve_content(nudge_cluster::STRATEGY, &files).await.unwrap();
+    for a in [&a0, &a1] {
+        let t0 = Instant::now();
+        while cluster_count(&a["metrics"], "strategy_refused").await < 1.0 {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "{} never refused the rules",
+                a["grpc"]
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    assert_eq!(std::fs::read_to_string(rules(0)).unwrap(), original);
+    assert_eq!(std::fs::read_to_string(rules(1)).unwrap(), original);
+
+    // A bundle whose `price` intent is called `billing` is refused at s0's door: the serving
+    // rules name `price`. Nothing changes anywhere.
+    let relabelled = |version: &str, from: &str| {
+        support::default_bundle_as(&dir.path().join(format!("s0/models/{version}")), version, |m| {
+            for label in m["heads"]["intent"]["labels"].as_array_mut().unwrap() {
+                if label == from {
+                    *label = "billing".into();
+                }
+            }
+        })
+    };
+    let mut admin0 = pb::model_admin_client::ModelAdminClient::connect(a0["admin"].clone())
+        .await
+        .unwrap();
+    let reload = |dir: PathBuf| pb::ReloadModelRequest {
+        model: "default".into(),
+        bundle_dir: dir.display().to_string(),
+    };
+    let e = admin0
+        .reload_model(reload(relabelled("no-price", "price")))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(
+        e.message().starts_with("bundle_dir") && e.message().contains("the serving rules name intent `price`"),
+        "{}",
+        e.message()
+    );
+
+    // One whose `invoice` (which no rule names) is called `billing` is served by s0, every
+    // server follows, and then serves the rules it refused.
+    admin0
+        .reload_model(reload(relabelled("billing-1", "invoice")))
+        .await
+        .unwrap();
+    wait_for_model(&a0["grpc"], "billing-1").await;
+    wait_for_model(&a1["grpc"], "billing-1").await;
+    let t0 = Instant::now();
+    while [0, 1].map(|i| std::fs::read_to_string(rules(i)).unwrap()) != [billing_rules.clone(), billing_rules.clone()] {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the refused rules were not served once the model had their intent"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    for a in [&a0, &a1] {
+        assert_eq!(
+            cluster_count(&a["metrics"], "strategy_refused").await,
+            1.0,
+            "refused once"
+        );
+        assert!(cluster_count(&a["metrics"], "strategy_followed").await >= 1.0);
+    }
+}
+
 /// One request to the console at `console` as `ana`, which must succeed: the answer's JSON.
 async fn console_call(console: &str, method: &str, path: &str, body: &str) -> serde_json::Value {
     let (status, json) = support::console_call(console, ("ana", "ana's long password"), method, path, body).await;
@@ -1264,6 +1380,32 @@ async fn every_console_counts_the_whole_cluster_and_an_experiment_runs_on_every_
         [8, 8],
         "nothing is counted twice"
     );
+
+    // The event stream deleted and created anew under both: each reads the new one from its
+    // start (its sequences start again at 1), so what comes after is counted everywhere.
+    let js = async_nats::jetstream::new(async_nats::connect(&nats_url).await.unwrap());
+    js.delete_stream(nudge_cluster::EVENTS_STREAM).await.unwrap();
+    for (grpc, server, n) in [(&a0["grpc"], "s0", 1), (&a1["grpc"], "s1", 2)] {
+        let mut c = pb::conversations_client::ConversationsClient::connect(grpc.clone())
+            .await
+            .unwrap();
+        for k in 0..n {
+            c.turn(battery_question(
+                &format!("{server}-anew-{k}"),
+                &format!("cust-{server}-anew-{k}"),
+            ))
+            .await
+            .unwrap();
+        }
+    }
+    assert_eq!(
+        wait_for_turns([&a0["console"], &a1["console"]], 11).await,
+        [11, 11],
+        "the turns after the stream was created anew are counted on both"
+    );
+    for a in [&a0, &a1] {
+        assert_eq!(cluster_count(&a["metrics"], "events_stream_recreated").await, 1.0);
+    }
 
     // An experiment started in s0's console splits s1's customers too, the same way.
     let started = console_call(

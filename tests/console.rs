@@ -93,19 +93,11 @@ async fn offer_for_regular_customer(grpc: std::net::SocketAddr, conv: &str) -> S
 /// A copy of the default bundle at `<root>/bundles/<version>` (its encoder and heads linked, its
 /// manifest rewritten with `version`); `broken` gives it heads that fail their checksum.
 fn shop_bundle(root: &Path, version: &str, broken: bool) -> PathBuf {
-    let src = std::fs::canonicalize("models/bundles/default").unwrap();
-    let dir = root.join("bundles").join(version);
-    std::fs::create_dir_all(&dir).unwrap();
-    std::os::unix::fs::symlink(src.join("encoder"), dir.join("encoder")).unwrap();
+    let dir = support::default_bundle_as(&root.join("bundles").join(version), version, |_| {});
     if broken {
+        std::fs::remove_file(dir.join("heads.safetensors")).unwrap();
         std::fs::write(dir.join("heads.safetensors"), b"not the heads").unwrap();
-    } else {
-        std::os::unix::fs::symlink(src.join("heads.safetensors"), dir.join("heads.safetensors")).unwrap();
     }
-    let mut manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(src.join("manifest.json")).unwrap()).unwrap();
-    manifest["version"] = version.into();
-    std::fs::write(dir.join("manifest.json"), serde_json::to_vec_pretty(&manifest).unwrap()).unwrap();
     dir
 }
 

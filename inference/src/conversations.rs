@@ -31,7 +31,7 @@ use nudge_strategy::pricing::CartLine;
 use nudge_strategy::rules::{Rules, Stage, Vocabulary};
 use nudge_strategy::{Catalog, Cents, Channel, StrategyError};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -372,7 +372,7 @@ impl ConversationService {
     /// default model's labels as they are now); otherwise the old version keeps serving.
     /// Returns the versions before and after. Blocking file I/O.
     pub fn reload(&self) -> Result<(Arc<Strategy>, Arc<Strategy>), RequestError> {
-        let (intents, sentiments) = self.nlu.labels("")?;
+        let (intents, sentiments) = self.model_labels()?;
         let new = load_strategy(&self.config, &intents, &sentiments)
             .map_err(|e| RequestError::FailedPrecondition(e.to_string()))?;
         // A running experiment's arms are rebuilt over the new catalog, or nothing changes.
@@ -699,6 +699,52 @@ impl ConversationService {
     /// The catalog file this service reads (the console writes it, then reloads).
     pub fn catalog_path(&self) -> &std::path::Path {
         &self.config.catalog
+    }
+
+    /// The default model's intent and sentiment labels, which the rules and an experiment's
+    /// arms are checked against.
+    pub(crate) fn model_labels(&self) -> Result<(Vec<String>, Vec<String>), RequestError> {
+        self.nlu.labels("")
+    }
+
+    /// Refuses a default model of these labels if the rules serving here, or the rules of an
+    /// arm of the running experiment, name an intent or sentiment it lacks: their conditions
+    /// would never match again, and nothing would say so. Rules are checked against the model
+    /// when they change; this is the same check when the model does.
+    pub(crate) fn check_model_labels(&self, intents: &[String], sentiments: &[String]) -> Result<(), String> {
+        let base = self.strategy.load_full();
+        let running = self.experiment.load_full();
+        let arms = running.iter().flat_map(|r| {
+            r.spec.arms.iter().zip(&r.strategies).filter_map(|(arm, s)| {
+                s.as_ref()
+                    .map(|s| (format!("arm `{}` of experiment `{}`", arm.name, r.spec.id), s.clone()))
+            })
+        });
+        for (whose, strategy) in std::iter::once(("the serving rules".to_string(), base)).chain(arms) {
+            let (named_intents, named_sentiments) = strategy.rules.labels_named();
+            let lacking = |named: BTreeSet<&str>, labels: &[String]| -> Vec<String> {
+                named
+                    .into_iter()
+                    .filter(|n| !labels.iter().any(|l| l == n))
+                    .map(|n| format!("`{n}`"))
+                    .collect()
+            };
+            let (intents, sentiments) = (lacking(named_intents, intents), lacking(named_sentiments, sentiments));
+            if !intents.is_empty() || !sentiments.is_empty() {
+                let mut what = Vec::new();
+                if !intents.is_empty() {
+                    what.push(format!("intent {}", intents.join(", ")));
+                }
+                if !sentiments.is_empty() {
+                    what.push(format!("sentiment {}", sentiments.join(", ")));
+                }
+                return Err(format!(
+                    "{whose} name {}, which this bundle lacks: change the rules first",
+                    what.join(" and ")
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The versions of the catalog and rules serving now.

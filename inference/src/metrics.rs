@@ -40,7 +40,8 @@ pub struct Metrics {
     /// `policy_refused`, `bundle_followed`, `bundle_refused`, `strategy_followed`,
     /// `strategy_refused`, `experiment_followed`, `experiment_refused`; conversation events
     /// `events_forwarded` (`events_duplicate`, `events_forward_failed`), and the other servers'
-    /// `events_read` into the KPIs (`events_malformed` ones skipped).
+    /// `events_read` into the KPIs (`events_malformed` ones skipped; `events_stream_recreated`:
+    /// the stream was created anew and read again from its start).
     pub cluster_events: IntCounterVec,
     /// `nudge_cluster_backlog{stream}`: `decisions` or `events` logged here and not yet
     /// acknowledged by the stream.

@@ -175,6 +175,8 @@ pub struct ModelAdminService {
     reloader: Arc<Reloader>,
     /// In cluster mode a reload moves the model's SERVING pointer for every server.
     cluster: Option<nudge_cluster::Cluster>,
+    /// The rules a new default model must still serve (with `[strategy]`).
+    conversations: Option<Arc<crate::conversations::ConversationService>>,
     metrics: Metrics,
 }
 
@@ -183,8 +185,19 @@ impl ModelAdminService {
         Self {
             reloader,
             cluster,
+            conversations: None,
             metrics,
         }
+    }
+
+    /// Refuses, from now on, a default model whose labels the rules of `conversations` need
+    /// (see [`crate::conversations::ConversationService::check_model_labels`]). Only reloads
+    /// through this door are checked: a server following the cluster takes its bundle and its
+    /// rules as they come, one pointer after the other, since the cluster's pair passed this
+    /// check where it was made.
+    pub(crate) fn checking_rules(mut self, conversations: Arc<crate::conversations::ConversationService>) -> Self {
+        self.conversations = Some(conversations);
+        self
     }
 
     /// The served models: name, version serving, bundle directory.
@@ -256,6 +269,15 @@ impl ModelAdminService {
     pub(crate) async fn reload(&self, req: pb::ReloadModelRequest) -> Result<pb::ReloadModelResponse, RequestError> {
         let _one_at_a_time = self.reloader.lock().await;
         let checked = self.reloader.check(&req.model, &req.bundle_dir).await?;
+        if let Some(conv) = &self.conversations {
+            let (default, _) = self.reloader.models().resolve("")?;
+            if checked.name == default {
+                let (intents, sentiments) = crate::service::labels_of(checked.model.manifest());
+                conv.check_model_labels(&intents, &sentiments).map_err(|reason| {
+                    RequestError::invalid("bundle_dir", format!("{}: {reason}", checked.dir.display()))
+                })?;
+            }
+        }
         if let Some(cluster) = &self.cluster {
             // Stored and pointed at before it is served here: if the cluster cannot take it,
             // nothing changes anywhere and the caller retries.

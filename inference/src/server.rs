@@ -363,6 +363,10 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
             Some((svc, Duration::from_secs(sc.snapshot_every_seconds.max(1))))
         }
     };
+    let model_admin = match &conversations {
+        Some((svc, _)) => model_admin.checking_rules(svc.clone()),
+        None => model_admin,
+    };
     let policy_admin = decisions.as_ref().map(|(_, a)| a.clone());
     let (decide_svc, admin_svc) = match decisions {
         Some((d, a)) => (

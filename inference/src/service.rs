@@ -112,6 +112,15 @@ impl ServedModels {
     }
 }
 
+/// A bundle's intent and sentiment labels (none for a head it lacks).
+pub(crate) fn labels_of(manifest: &nudge_model::Manifest) -> (Vec<String>, Vec<String>) {
+    let heads = &manifest.heads;
+    (
+        heads.intent.as_ref().map(|i| i.labels.clone()).unwrap_or_default(),
+        heads.sentiment.as_ref().map(|s| s.labels.clone()).unwrap_or_default(),
+    )
+}
+
 pub struct NluService {
     models: Arc<ServedModels>,
     limits: Limits,
@@ -147,12 +156,7 @@ impl NluService {
     /// The intent and sentiment labels of the model `name` ("" = the default), which the
     /// strategy's rules are checked against.
     pub(crate) fn labels(&self, name: &str) -> Result<(Vec<String>, Vec<String>), RequestError> {
-        let batcher = self.models.get(name)?;
-        let heads = &batcher.model().manifest().heads;
-        Ok((
-            heads.intent.as_ref().map(|i| i.labels.clone()).unwrap_or_default(),
-            heads.sentiment.as_ref().map(|s| s.labels.clone()).unwrap_or_default(),
-        ))
+        Ok(labels_of(self.models.get(name)?.model().manifest()))
     }
 
     pub(crate) async fn understand_texts(

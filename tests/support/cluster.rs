@@ -397,3 +397,19 @@ pub fn users_file(path: &Path, users: &[(&str, &str, &str)]) {
         .collect();
     std::fs::write(path, text).unwrap();
 }
+
+/// A copy of the shipped default bundle as `version` in `dir`: its encoder and heads linked, its
+/// manifest as `edit` leaves it (a label renamed, say).
+pub fn default_bundle_as(dir: &Path, version: &str, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
+    let src = std::fs::canonicalize("models/bundles/default").unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    for f in ["encoder", "heads.safetensors"] {
+        std::os::unix::fs::symlink(src.join(f), dir.join(f)).unwrap();
+    }
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(src.join("manifest.json")).unwrap()).unwrap();
+    manifest["version"] = version.into();
+    edit(&mut manifest);
+    std::fs::write(dir.join("manifest.json"), serde_json::to_vec_pretty(&manifest).unwrap()).unwrap();
+    dir.to_path_buf()
+}

@@ -87,6 +87,23 @@ pub fn bundle_kind(model: &str) -> Result<String, ClusterError> {
     Ok(format!("bundle.{model}"))
 }
 
+/// The name of a content-named version (rules and catalog, the running experiment): the first
+/// 16 hex digits of a sha256 over its files' names and contents, each length-prefixed. The same
+/// files are the same version on every server, so following one is idempotent — a server finds
+/// its own files already are the version — and a name never stands for other files: a reader
+/// checks the files it fetched against the name.
+pub fn content_version(files: &BTreeMap<String, Vec<u8>>) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for (name, bytes) in files {
+        h.update((name.len() as u64).to_le_bytes());
+        h.update(name.as_bytes());
+        h.update((bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
+    }
+    hex::encode(&h.finalize()[..8])
+}
+
 /// `[cluster]`: where NATS is and who this process is.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -544,6 +561,20 @@ impl Cluster {
         Ok(())
     }
 
+    /// Stores `files` as the content-named version of `kind` ([`content_version`]) unless the
+    /// cluster holds it already, and points SERVING at it. Returns the version.
+    ///
+    /// No name is claimed: the name is the files' hash, so whoever stores it — two servers
+    /// publishing the same files at once — stores the same files, and readers check the hash.
+    pub async fn serve_content(&self, kind: &str, files: &BTreeMap<String, Vec<u8>>) -> Result<String, ClusterError> {
+        let version = content_version(files);
+        if !self.has_artifact(kind, &version).await? {
+            self.put_artifact(kind, &version, files).await?;
+        }
+        self.set_serving(kind, &version).await?;
+        Ok(version)
+    }
+
     /// Points SERVING for `kind` at `version` only if the pointer is still at `from` (the
     /// revision [`Cluster::serving_entry`] gave; `None`: only if it was never set). Returns false
     /// when it moved meanwhile: the change was made against a state that is gone.
@@ -684,6 +715,19 @@ impl Cluster {
         }))
     }
 
+    /// When `stream` was created, as JetStream tells it: a stream deleted and created again has
+    /// a new one, and its sequences start again at 1 — a reader that resumes by sequence must
+    /// start over.
+    pub async fn stream_created(&self, stream: &str) -> Result<String, ClusterError> {
+        let mut s = self
+            .js
+            .get_stream(stream)
+            .await
+            .map_err(|e| nats("reading stream info")(&e))?;
+        let info = s.info().await.map_err(|e| nats("reading stream info")(&e))?;
+        Ok(info.created.to_string())
+    }
+
     /// Messages and bytes `stream` holds (for tests and status pages).
     pub async fn stream_messages(&self, stream: &str) -> Result<u64, ClusterError> {
         let mut s = self
@@ -699,6 +743,32 @@ impl Cluster {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_content_version_names_exactly_its_files() {
+        let files = |pairs: &[(&str, &str)]| -> BTreeMap<String, Vec<u8>> {
+            pairs
+                .iter()
+                .map(|(n, b)| (n.to_string(), b.as_bytes().to_vec()))
+                .collect()
+        };
+        let v = content_version(&files(&[("rules.toml", "a"), ("catalog.toml", "b")]));
+        assert_eq!(v.len(), 16);
+        assert!(v.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(
+            v,
+            content_version(&files(&[("catalog.toml", "b"), ("rules.toml", "a")]))
+        );
+        // A byte moved between a name and its contents, or between two files, is another version.
+        for other in [
+            files(&[("rules.toml", "a"), ("catalog.toml", "c")]),
+            files(&[("rules.tom", "la"), ("catalog.toml", "b")]),
+            files(&[("catalog.toml", "ba"), ("rules.toml", "")]),
+            files(&[("rules.toml", "a")]),
+        ] {
+            assert_ne!(content_version(&other), v, "{other:?}");
+        }
+    }
 
     #[tokio::test]
     async fn a_name_that_cannot_be_a_subject_token_is_refused() {

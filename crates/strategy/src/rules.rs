@@ -344,6 +344,26 @@ impl Rules {
         &self.intents
     }
 
+    /// The intent and sentiment labels these rules name (roles and conditions): what a model
+    /// must know for them to mean what they say. Rules are checked against the model when they
+    /// change; a new model is checked against them with this.
+    pub fn labels_named(&self) -> (BTreeSet<&str>, BTreeSet<&str>) {
+        let roles = &self.intents;
+        let intents = [&roles.issue, &roles.resolved, &roles.human, &roles.complaint]
+            .into_iter()
+            .flatten()
+            .chain(self.rules.iter().flat_map(|r| &r.when.intent))
+            .map(String::as_str)
+            .collect();
+        let sentiments = self
+            .rules
+            .iter()
+            .flat_map(|r| &r.when.sentiment)
+            .map(String::as_str)
+            .collect();
+        (intents, sentiments)
+    }
+
     /// Which offers the rules allow in `s`, and which they forbid.
     pub fn evaluate(&self, s: &Situation<'_>) -> Verdict {
         let mut allowed: BTreeMap<&str, (i32, Vec<String>)> = BTreeMap::new();
@@ -493,6 +513,24 @@ channel = ["phone"]
 
     fn offers(v: &Verdict) -> Vec<(&str, i32)> {
         v.eligible.iter().map(|e| (e.offer.as_str(), e.priority)).collect()
+    }
+
+    #[test]
+    fn the_labels_the_rules_name_are_their_roles_and_conditions() {
+        let rules = setup(RULES).unwrap();
+        let (intents, sentiments) = rules.labels_named();
+        assert_eq!(
+            intents.into_iter().collect::<Vec<_>>(),
+            [
+                "complaint",
+                "human_agent",
+                "presales_question",
+                "price",
+                "refund",
+                "thanks_bye"
+            ]
+        );
+        assert_eq!(sentiments.into_iter().collect::<Vec<_>>(), ["neutral", "positive"]);
     }
 
     #[test]

@@ -8,16 +8,16 @@
 //! console's verdict counts every server's customers.
 //!
 //! A server refuses an experiment it cannot build (an arm's rules naming an intent its model
-//! lacks); it is counted there, and that server serves no experiment. An arm's policy version
-//! it does not have is fetched from the cluster's artifact store first.
-use super::{blocking, count, store_and_point, unavailable};
+//! lacks); it is counted there, and that server serves no experiment until its model's labels or
+//! its rules and catalog change, when it tries again. An arm's policy version it does not have
+//! is fetched from the cluster's artifact store first.
+use super::{blocking, count, unavailable};
 use crate::conversations::ConversationService;
 use crate::error::RequestError;
 use crate::experiment::{ArmPolicy, ExperimentSpec};
 use crate::metrics::Metrics;
-use nudge_cluster::{Cluster, EXPERIMENT, POLICY};
+use nudge_cluster::{content_version, Cluster, EXPERIMENT, POLICY};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -55,18 +55,12 @@ impl Shared {
     }
 }
 
-/// The version a stored state is: the first 16 hex digits of the sha256 of its file.
-fn version_of(bytes: &[u8]) -> String {
-    hex::encode(&Sha256::digest(bytes)[..8])
-}
-
 /// Stores what runs here (or that nothing does) as a version and points every server at it.
 /// Returns the version.
 pub(crate) async fn publish(cluster: &Cluster, conv: &Arc<ConversationService>) -> Result<String, RequestError> {
     let here = Shared::here(conv);
     let files = here.files()?;
-    let version = version_of(&files[FILE]);
-    store_and_point(cluster, EXPERIMENT, &version, &files).await?;
+    let version = cluster.serve_content(EXPERIMENT, &files).await.map_err(unavailable)?;
     conv.set_cluster_experiment(here.running.map(|r| r.spec.id));
     tracing::info!(%version, "the experiment stored in the cluster and pointed at");
     Ok(version)
@@ -129,7 +123,7 @@ fn parse(version: &str, fetched: &BTreeMap<String, Vec<u8>>) -> Result<Shared, R
         (Some(b), 1) => b,
         _ => return Err(invalid(format!("its files are not one {FILE}"))),
     };
-    if version_of(bytes) != version {
+    if content_version(fetched) != version {
         return Err(invalid("its file does not hash to it".into()));
     }
     let shared: Shared = serde_json::from_slice(bytes).map_err(|e| invalid(e.to_string()))?;
@@ -179,7 +173,7 @@ mod tests {
 
     fn named(shared: &Shared) -> (String, BTreeMap<String, Vec<u8>>) {
         let files = shared.files().unwrap();
-        (version_of(&files[FILE]), files)
+        (content_version(&files), files)
     }
 
     #[test]

@@ -40,14 +40,19 @@ pub(crate) fn start_decisions(
     metrics: Metrics,
 ) -> Vec<JoinHandle<()>> {
     let [forwarder, counters] = forward::<DecisionRecord>(&cluster, decision_log, DECISIONS_STREAM, &metrics);
-    let follower = tokio::spawn(follow(cluster.clone(), POLICY.to_string(), move |version| {
-        let (cluster, store, metrics) = (cluster.clone(), store.clone(), metrics.clone());
-        async move {
-            policy::serve_version(&cluster, &store, &metrics, &version)
-                .await
-                .map(drop)
-        }
-    }));
+    let follower = tokio::spawn(follow(
+        cluster.clone(),
+        POLICY.to_string(),
+        String::new,
+        move |version| {
+            let (cluster, store, metrics) = (cluster.clone(), store.clone(), metrics.clone());
+            async move {
+                policy::serve_version(&cluster, &store, &metrics, &version)
+                    .await
+                    .map(drop)
+            }
+        },
+    ));
     vec![forwarder, counters, follower]
 }
 
@@ -124,7 +129,7 @@ pub(crate) fn start_bundles(
         .zip(kinds)
         .map(|(name, kind)| {
             let (cluster, reloader, metrics) = (cluster.clone(), reloader.clone(), metrics.clone());
-            tokio::spawn(follow(cluster.clone(), kind, move |version| {
+            tokio::spawn(follow(cluster.clone(), kind, String::new, move |version| {
                 let (cluster, reloader, metrics, name) =
                     (cluster.clone(), reloader.clone(), metrics.clone(), name.clone());
                 async move { bundles::serve_version(&cluster, &reloader, &metrics, &name, &version).await }
@@ -146,10 +151,17 @@ pub(crate) fn start_strategy(
                 tracing::warn!(error = %e, "publishing this server's rules and catalog as the cluster's first");
             }
         }
-        follow(cluster.clone(), nudge_cluster::STRATEGY.to_string(), move |version| {
-            let (cluster, conv, metrics) = (cluster.clone(), conversations.clone(), metrics.clone());
-            async move { strategy::serve_version(&cluster, &conv, &metrics, &version).await }
-        })
+        let c = conversations.clone();
+        let basis = move || format!("{:?} {:?}", c.model_labels().ok(), c.experiment().map(|e| e.id));
+        follow(
+            cluster.clone(),
+            nudge_cluster::STRATEGY.to_string(),
+            basis,
+            move |version| {
+                let (cluster, conv, metrics) = (cluster.clone(), conversations.clone(), metrics.clone());
+                async move { strategy::serve_version(&cluster, &conv, &metrics, &version).await }
+            },
+        )
         .await
     })
 }
@@ -168,10 +180,17 @@ pub(crate) fn start_experiments(
                 tracing::warn!(error = %e, "publishing this server's experiment as the cluster's first");
             }
         }
-        follow(cluster.clone(), nudge_cluster::EXPERIMENT.to_string(), move |version| {
-            let (cluster, conv, metrics) = (cluster.clone(), conversations.clone(), metrics.clone());
-            async move { experiment::serve_version(&cluster, &conv, &metrics, &version).await }
-        })
+        let c = conversations.clone();
+        let basis = move || format!("{:?} {:?}", c.model_labels().ok(), c.strategy_versions());
+        follow(
+            cluster.clone(),
+            nudge_cluster::EXPERIMENT.to_string(),
+            basis,
+            move |version| {
+                let (cluster, conv, metrics) = (cluster.clone(), conversations.clone(), metrics.clone());
+                async move { experiment::serve_version(&cluster, &conv, &metrics, &version).await }
+            },
+        )
         .await
     })
 }
@@ -186,15 +205,28 @@ async fn has_none(cluster: &Cluster, kind: &str) -> bool {
     matches!(serving.await, Ok(None))
 }
 
+/// How often a follower holding a refused version looks whether what it was refused against
+/// here has changed.
+const RECHECK: Duration = Duration::from_secs(2);
+
 /// Serves whatever the SERVING pointer of `kind` names, reconnecting for as long as it runs.
 /// `serve` failing with `Unavailable` (the version could not be fetched: a NATS hiccup) watches
-/// again, which delivers the current value again; any other failure is a refusal, and the
-/// follower waits for the next version.
-async fn follow<F, Fut>(cluster: Cluster, kind: String, mut serve: F)
+/// again, which delivers the current value again; any other failure is a refusal.
+///
+/// A refusal may be this server's, not the version's: rules naming an intent of a model whose
+/// bundle is still on its way, an experiment whose wording names an offer of a catalog not yet
+/// arrived — each kind follows its own pointer, so the order they land in is anyone's. So
+/// `basis` says what, besides the version itself, this server checked it against (its model's
+/// labels, say): while the pointer stays, a refused version is served again once that has
+/// changed, and only then. A constant basis (`String::new`) never retries: a version refused
+/// for itself (a checksum, a shape) waits for the next one.
+async fn follow<F, Fut>(cluster: Cluster, kind: String, basis: impl Fn() -> String, mut serve: F)
 where
     F: FnMut(String) -> Fut,
     Fut: Future<Output = Result<(), RequestError>>,
 {
+    // The version last refused, and the basis it was refused on.
+    let mut refused: Option<(String, String)> = None;
     loop {
         let watched = async {
             cluster.ensure().await?;
@@ -202,17 +234,30 @@ where
         };
         match watched.await {
             Ok(mut pointer) => {
-                while let Some(v) = pointer.next().await {
-                    match v {
-                        Ok(version) => {
-                            if let Err(RequestError::Unavailable(_)) = serve(version).await {
+                let mut recheck = tokio::time::interval(RECHECK);
+                loop {
+                    let version = tokio::select! {
+                        v = pointer.next() => match v {
+                            Some(Ok(version)) => version,
+                            Some(Err(e)) => {
+                                tracing::warn!(%kind, error = %e, "the serving pointer's watch ended");
                                 break;
                             }
-                        }
-                        Err(e) => {
-                            tracing::warn!(%kind, error = %e, "the serving pointer's watch ended");
-                            break;
-                        }
+                            None => break,
+                        },
+                        _ = recheck.tick() => match &refused {
+                            Some((version, on)) if basis() != *on => {
+                                tracing::info!(%kind, %version, "serving a refused version again: what it was checked against here changed");
+                                version.clone()
+                            }
+                            _ => continue,
+                        },
+                    };
+                    let on = basis();
+                    match serve(version.clone()).await {
+                        Ok(()) => refused = None,
+                        Err(RequestError::Unavailable(_)) => break,
+                        Err(_) => refused = Some((version, on)),
                     }
                 }
             }
@@ -245,26 +290,6 @@ fn count<T>(metrics: &Metrics, what: &str, version: &str, result: Result<T, Requ
         }
     }
     result
-}
-
-/// Stores `files` as `version` of `kind`, a content-named version (the name is the files' hash:
-/// claimed before or not, the cluster holds these files under it), and moves the SERVING pointer
-/// to it.
-async fn store_and_point(
-    cluster: &Cluster,
-    kind: &str,
-    version: &str,
-    files: &std::collections::BTreeMap<String, Vec<u8>>,
-) -> Result<(), RequestError> {
-    if !cluster.claim_for(kind, version, files).await.map_err(unavailable)? {
-        return Err(RequestError::Internal(format!(
-            "{kind} version {version} is in the cluster with other files"
-        )));
-    }
-    if !cluster.has_artifact(kind, version).await.map_err(unavailable)? {
-        cluster.put_artifact(kind, version, files).await.map_err(unavailable)?;
-    }
-    cluster.set_serving(kind, version).await.map_err(unavailable)
 }
 
 fn unavailable(e: nudge_cluster::ClusterError) -> RequestError {

@@ -5,16 +5,17 @@
 //! `strategy` SERVING pointer moved. Every server follows: it writes the files over its own
 //! (`[strategy] rules`/`catalog`) and reloads through the same checks as a reload by hand; a
 //! version it refuses (a rule naming an intent its model lacks, say) leaves its files and what
-//! it serves as they were, and is counted.
+//! it serves as they were, and is counted; it is tried again when the model's labels or the
+//! running experiment change here, since the bundle with that intent may simply not have
+//! arrived yet.
 //!
 //! Content naming makes following idempotent: the server that published finds its own files
 //! already are the version, and so does a server that restarts on them.
-use super::{blocking, count, store_and_point, unavailable};
+use super::{blocking, count, unavailable};
 use crate::conversations::ConversationService;
 use crate::error::RequestError;
 use crate::metrics::Metrics;
-use nudge_cluster::{Cluster, STRATEGY};
-use sha2::{Digest, Sha256};
+use nudge_cluster::{content_version, Cluster, STRATEGY};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -62,25 +63,12 @@ fn products_csv(catalog_path: &Path, catalog: &[u8]) -> Result<Option<(String, P
     Ok(Some((name.to_string(), dir.join(name))))
 }
 
-/// The version a set of files is: the first 16 hex digits of a sha256 over names and contents.
-fn version_of(files: &BTreeMap<String, Vec<u8>>) -> String {
-    let mut h = Sha256::new();
-    for (name, bytes) in files {
-        h.update((name.len() as u64).to_le_bytes());
-        h.update(name.as_bytes());
-        h.update((bytes.len() as u64).to_le_bytes());
-        h.update(bytes);
-    }
-    hex::encode(&h.finalize()[..8])
-}
-
 /// Stores the files serving here as a version and points every server at it. Returns the
 /// version.
 pub(crate) async fn publish(cluster: &Cluster, conv: &Arc<ConversationService>) -> Result<String, RequestError> {
     let c = conv.clone();
     let files = blocking(move || files(&c)).await?;
-    let version = version_of(&files);
-    store_and_point(cluster, STRATEGY, &version, &files).await?;
+    let version = cluster.serve_content(STRATEGY, &files).await.map_err(unavailable)?;
     tracing::info!(%version, "strategy files stored in the cluster and pointed at");
     Ok(version)
 }
@@ -94,7 +82,7 @@ pub(crate) async fn serve_version(
     version: &str,
 ) -> Result<(), RequestError> {
     let c = conv.clone();
-    let local = blocking(move || files(&c)).await.map(|f| version_of(&f)).ok();
+    let local = blocking(move || files(&c)).await.map(|f| content_version(&f)).ok();
     if local.as_deref() == Some(version) {
         return Ok(());
     }
@@ -114,7 +102,7 @@ fn write_and_reload(
     version: &str,
     fetched: BTreeMap<String, Vec<u8>>,
 ) -> Result<(), RequestError> {
-    if version_of(&fetched) != version {
+    if content_version(&fetched) != version {
         return Err(RequestError::invalid(
             "version",
             format!("the files of {version} do not hash to it"),

@@ -153,6 +153,17 @@ impl TextVersions {
         write_atomic(&self.dir.join("CURRENT"), n.to_string().as_bytes())
     }
 
+    /// The newest version whose text is `text`, else `text` stored as the next version (not
+    /// current).
+    pub(crate) fn find_or_add(&self, text: &str, author: &str, note: &str, now_ms: u64) -> Result<u32, ApiError> {
+        for v in self.list()?.iter().rev() {
+            if self.get(v.version)?.text == text {
+                return Ok(v.version);
+            }
+        }
+        self.add(text, author, note, now_ms)
+    }
+
     /// Stores `text` as the next version (not yet current).
     pub(crate) fn add(&self, text: &str, author: &str, note: &str, now_ms: u64) -> Result<u32, ApiError> {
         let n = self.list()?.last().map_or(1, |v| v.version + 1);
@@ -201,5 +212,10 @@ mod tests {
         let diff = diff(&v.get(1).unwrap(), &v.get(3).unwrap());
         assert!(diff.contains("-a = 1") && diff.contains("+a = 3"), "{diff}");
         assert!(matches!(v.get(9), Err(ApiError::NotFound(_))));
+        // A text it has is found under its newest number; another is added, not made current.
+        assert_eq!(v.find_or_add("a = 1\n", "s0", "synced", 50).unwrap(), 1);
+        assert_eq!(v.find_or_add("a = 4\n", "s0", "synced", 50).unwrap(), 4);
+        assert_eq!(v.find_or_add("a = 4\n", "s0", "synced", 60).unwrap(), 4);
+        assert_eq!((v.list().unwrap().len(), v.current().unwrap()), (4, Some(2)));
     }
 }

@@ -290,8 +290,16 @@ impl Console {
                 changed = true;
             }
         }
-        if let Some((spec, rules)) = served {
+        if let Some((mut spec, rules)) = served {
             if !all.iter().any(|e| e.spec.id == spec.id) {
+                // The arms' rules versions are the other console's numbers: name them by this
+                // console's, keeping a text it never had as a version of its own.
+                for (arm, text) in spec.arms.iter_mut().zip(&rules) {
+                    if let Some(text) = text {
+                        let note = format!("rules of arm {} of experiment {} (another server)", arm.name, spec.id);
+                        arm.rules_version = Some(self.rules.find_or_add(text, "(another server)", &note, now_ms())?);
+                    }
+                }
                 all.push(experiments::Stored {
                     spec,
                     stopped_ms: None,
