@@ -1310,6 +1310,24 @@ async fn console_turns(console: &str) -> u64 {
         .sum()
 }
 
+/// One single-turn conversation per count on each server at `grpc`, each with a new customer
+/// (`tag` keeps the ids apart between calls).
+async fn converse<const N: usize>(servers: [(&String, usize); N], tag: &str) {
+    for (s, (grpc, n)) in servers.into_iter().enumerate() {
+        let mut c = pb::conversations_client::ConversationsClient::connect(grpc.clone())
+            .await
+            .unwrap();
+        for k in 0..n {
+            c.turn(battery_question(
+                &format!("s{s}-{tag}-{k}"),
+                &format!("cust-s{s}-{tag}-{k}"),
+            ))
+            .await
+            .unwrap();
+        }
+    }
+}
+
 /// Waits (15 s at most) until both consoles count `want` turns; returns what they count.
 async fn wait_for_turns(consoles: [&str; 2], want: u64) -> [u64; 2] {
     let t0 = Instant::now();
@@ -1345,28 +1363,15 @@ async fn every_console_counts_the_whole_cluster_and_an_experiment_runs_on_every_
     let (_s0, a0) = start_nudge(&["serve"], &cfgs[0]);
     let (s1, a1) = start_nudge(&["serve"], &cfgs[1]);
     // Five conversations on s0, three on s1.
-    for (grpc, server, n) in [(&a0["grpc"], "s0", 5), (&a1["grpc"], "s1", 3)] {
-        let mut c = pb::conversations_client::ConversationsClient::connect(grpc.clone())
-            .await
-            .unwrap();
-        for k in 0..n {
-            c.turn(battery_question(
-                &format!("{server}-{k}"),
-                &format!("cust-{server}-{k}"),
-            ))
-            .await
-            .unwrap();
-        }
-    }
+    converse([(&a0["grpc"], 5), (&a1["grpc"], 3)], "first").await;
     assert_eq!(
         wait_for_turns([&a0["console"], &a1["console"]], 8).await,
         [8, 8],
         "each console counts its own server's turns and the other's"
     );
-    let metrics0 = nudge_testkit::scrape(a0["metrics"].trim_start_matches("http://").parse().unwrap()).await;
     assert_eq!(
-        nudge_testkit::metric(&metrics0, "nudge_cluster_events_total{event=\"events_read\"}"),
-        Some(3.0),
+        cluster_count(&a0["metrics"], "events_read").await,
+        3.0,
         "s0 read s1's three turns from the stream, and not its own"
     );
 
@@ -1385,19 +1390,7 @@ async fn every_console_counts_the_whole_cluster_and_an_experiment_runs_on_every_
     // start (its sequences start again at 1), so what comes after is counted everywhere.
     let js = async_nats::jetstream::new(async_nats::connect(&nats_url).await.unwrap());
     js.delete_stream(nudge_cluster::EVENTS_STREAM).await.unwrap();
-    for (grpc, server, n) in [(&a0["grpc"], "s0", 1), (&a1["grpc"], "s1", 2)] {
-        let mut c = pb::conversations_client::ConversationsClient::connect(grpc.clone())
-            .await
-            .unwrap();
-        for k in 0..n {
-            c.turn(battery_question(
-                &format!("{server}-anew-{k}"),
-                &format!("cust-{server}-anew-{k}"),
-            ))
-            .await
-            .unwrap();
-        }
-    }
+    converse([(&a0["grpc"], 1), (&a1["grpc"], 2)], "anew").await;
     assert_eq!(
         wait_for_turns([&a0["console"], &a1["console"]], 11).await,
         [11, 11],

@@ -719,24 +719,18 @@ impl Cluster {
     /// a new one, and its sequences start again at 1 — a reader that resumes by sequence must
     /// start over.
     pub async fn stream_created(&self, stream: &str) -> Result<String, ClusterError> {
-        let mut s = self
-            .js
-            .get_stream(stream)
-            .await
-            .map_err(|e| nats("reading stream info")(&e))?;
-        let info = s.info().await.map_err(|e| nats("reading stream info")(&e))?;
-        Ok(info.created.to_string())
+        Ok(self.stream_info(stream).await?.created.to_string())
     }
 
     /// Messages and bytes `stream` holds (for tests and status pages).
     pub async fn stream_messages(&self, stream: &str) -> Result<u64, ClusterError> {
-        let mut s = self
-            .js
-            .get_stream(stream)
-            .await
-            .map_err(|e| nats("reading stream info")(&e))?;
-        let info = s.info().await.map_err(|e| nats("reading stream info")(&e))?;
-        Ok(info.state.messages)
+        Ok(self.stream_info(stream).await?.state.messages)
+    }
+
+    async fn stream_info(&self, stream: &str) -> Result<stream::Info, ClusterError> {
+        let read = |e: &dyn std::fmt::Display| nats("reading stream info")(e);
+        let mut s = self.js.get_stream(stream).await.map_err(|e| read(&e))?;
+        s.info().await.cloned().map_err(|e| read(&e))
     }
 }
 
