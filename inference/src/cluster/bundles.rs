@@ -9,7 +9,8 @@
 //! `nudge models fetch`, and the manifest pins them by sha256, so a server whose fetch differs
 //! refuses the version instead of serving other weights. A follower takes each file from the
 //! first place that has it: the bundle it serves now (same path, same sha256), the fetched
-//! encoder, then the cluster.
+//! encoder, then the cluster. A version refused for lack of the fetched encoder is tried again
+//! once the server's fetched encoders change (`nudge models fetch` ran).
 use super::{count, unavailable};
 use crate::error::RequestError;
 use crate::metrics::Metrics;
@@ -199,6 +200,27 @@ async fn materialize(
     let staged = stage.keep();
     std::fs::rename(&staged, &out).map_err(|e| RequestError::Internal(format!("{}: {e}", out.display())))?;
     Ok(out)
+}
+
+/// What, besides a version itself, this server may refuse it for: the fetched encoders under
+/// `<root>/encoders` (their files, sizes and times). A version pinned to an encoder this server
+/// lacks is refused with "run `nudge models fetch`"; once that has run, the follower sees this
+/// change and tries the version again, without a restart.
+pub(crate) fn fetched_encoders(root: &Path) -> String {
+    let mut files = Vec::new();
+    for source in std::fs::read_dir(root.join("encoders")).into_iter().flatten().flatten() {
+        for f in std::fs::read_dir(source.path()).into_iter().flatten().flatten() {
+            let meta = f.metadata().ok();
+            files.push(format!(
+                "{} {:?} {:?}",
+                f.path().display(),
+                meta.as_ref().map(std::fs::Metadata::len),
+                meta.and_then(|m| m.modified().ok())
+            ));
+        }
+    }
+    files.sort();
+    files.join("\n")
 }
 
 fn link_or_copy(from: &Path, to: &Path) -> Result<(), RequestError> {

@@ -129,7 +129,9 @@ pub(crate) fn start_bundles(
         .zip(kinds)
         .map(|(name, kind)| {
             let (cluster, reloader, metrics) = (cluster.clone(), reloader.clone(), metrics.clone());
-            tokio::spawn(follow(cluster.clone(), kind, String::new, move |version| {
+            let root = reloader.models_root().to_path_buf();
+            let basis = move || bundles::fetched_encoders(&root);
+            tokio::spawn(follow(cluster.clone(), kind, basis, move |version| {
                 let (cluster, reloader, metrics, name) =
                     (cluster.clone(), reloader.clone(), metrics.clone(), name.clone());
                 async move { bundles::serve_version(&cluster, &reloader, &metrics, &name, &version).await }
@@ -218,8 +220,9 @@ const RECHECK: Duration = Duration::from_secs(2);
 /// arrived — each kind follows its own pointer, so the order they land in is anyone's. So
 /// `basis` says what, besides the version itself, this server checked it against (its model's
 /// labels, say): while the pointer stays, a refused version is served again once that has
-/// changed, and only then. A constant basis (`String::new`) never retries: a version refused
-/// for itself (a checksum, a shape) waits for the next one.
+/// changed, and only then (a bundle pinned to a fetched encoder the server lacks is tried
+/// again once `nudge models fetch` has run). A constant basis (`String::new`) never retries: a
+/// version refused for itself (a checksum, a shape) waits for the next one.
 async fn follow<F, Fut>(cluster: Cluster, kind: String, basis: impl Fn() -> String, mut serve: F)
 where
     F: FnMut(String) -> Fut,
