@@ -15,18 +15,8 @@ import json, os, random
 
 here = os.path.dirname(os.path.abspath(__file__))
 clinc = os.path.join(here, "..", "..", "..", "..", "shared", "data", "intent", "en", "clinc150", "train.jsonl")
-# Banking and credit-card intents (payment, refund and card questions are in scope for a shop),
-# and the ones a shop bot handles as its own intents.
-excluded = set("""
-account_blocked apr balance bill_balance bill_due card_declined credit_limit credit_limit_change
-credit_score damaged_card direct_deposit exchange_rate expiration_date freeze_account
-improve_credit_score income insurance insurance_change interest_rate international_fees
-min_payment new_card order_checks pay_bill payday pin_change redeem_rewards
-replacement_card_duration report_fraud report_lost_card rewards_balance rollover_401k routing
-spending_history taxes transactions transfer w2
-greeting goodbye thank_you order order_status cancel are_you_a_bot what_can_i_ask_you
-oos
-""".split())
+with open(os.path.join(here, "excluded_clinc_intents.txt"), encoding="utf-8") as f:
+    excluded = set(w for line in f if not line.startswith("#") for w in line.split())
 PER_INTENT = 5
 by_label = {}
 with open(clinc, encoding="utf-8") as f:
