@@ -5,7 +5,7 @@
 //! Needs the encoders: `cargo run --release -- models fetch` (CI runs it first).
 use crate::common::*;
 use nudge_proto::v1::{UnderstandBatchRequest, UnderstandRequest};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 fn shipped_bundle(name: &str) -> PathBuf {
     let b = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -314,6 +314,23 @@ fn eval_reproduces_the_figures_recorded_at_training() {
     }
 }
 
+/// `nudge eval --json` of `bundle`'s intent head on `data`.
+fn eval_json(bundle: &Path, data: &Path) -> serde_json::Value {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nudge"))
+        .args(["eval", "--json", "--bundle"])
+        .arg(bundle)
+        .arg("--data")
+        .arg(data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{data:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 fn eval_reproduces_recorded_figures(bundle: PathBuf, files: usize) {
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(bundle.join("manifest.json")).unwrap()).unwrap();
@@ -321,15 +338,7 @@ fn eval_reproduces_recorded_figures(bundle: PathBuf, files: usize) {
     assert_eq!(recorded.len(), files);
     for r in recorded {
         let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(r["file"].as_str().unwrap());
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_nudge"))
-            .args(["eval", "--json", "--bundle"])
-            .arg(&bundle)
-            .arg("--data")
-            .arg(&data)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let f: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let f = eval_json(&bundle, &data);
         let close =
             |a: &serde_json::Value, b: &serde_json::Value| (a.as_f64().unwrap() - b.as_f64().unwrap()).abs() < 1e-9;
         assert!(
@@ -376,15 +385,7 @@ fn the_default_bundle_keeps_its_figures_on_mapped_shared_data() {
         ("smp2019_oos_zh.jsonl", "out-of-scope recall", 0.95),
         ("cais_oos_zh.jsonl", "out-of-scope recall", 0.97),
     ] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_nudge"))
-            .args(["eval", "--json", "--bundle"])
-            .arg(default_bundle())
-            .arg("--data")
-            .arg(tmp.path().join(file))
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let f: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let f = eval_json(&default_bundle(), &tmp.path().join(file));
         let got = f["accuracy"].as_f64().unwrap();
         eprintln!("{file}: {measures} {:.1} % of {}", 100.0 * got, f["examples"]);
         if got < floor {
