@@ -18,8 +18,30 @@ here wrote, and give its intent head customer wording from a real service data s
   exclusions as models/data/oos_en) and CLINC's own `oos` rows, all labelled `oos`.
 - smp2019_oos_zh.jsonl: SMP2019 val (recipes, TV listings, routes, calls), all labelled `oos`.
 - cais_oos_zh.jsonl: CAIS val (music, weather, reminders), labelled `oos`.
-Since 2026.12.01-1 the default bundle trains on the train split of every one of these sources,
-so these val figures measure wording from sources it learned from, not sources it never saw.
+
+And onto the sentiment head's three labels (negative / neutral / positive), because service
+messages are mostly neutral and the review sets only teach polarity:
+
+- goemotions_{train,val}.jsonl (en, Reddit comments) and ewect_{train,val}.jsonl (zh, Weibo posts):
+  neutral stays neutral; positive and happy are positive; negative, angry, sad and fear are
+  negative. GoEmotions' `ambiguous` and EWECT's `surprise` are left out: neither says which way
+  the writer leans, and a guardrail reading `negative` must not learn from a coin toss. The
+  default bundle trains on EWECT; GoEmotions is only measured (training on its Reddit "neutral"
+  taught the head that complaints are neutral).
+- requests_{en,zh}_val.jsonl: plain requests in real wording, labelled neutral: every Bitext val
+  request but `complaint` (tracking, refunds, invoices, accounts...) and SMP2019 val (recipes,
+  routes, TV listings, calls). How often the head calls one negative is how often a guardrail
+  would hold back an offer, or count a "negative streak", for nothing. The sentiment head never
+  trains on Bitext or SMP2019: these measure wording from sources it never saw.
+- requests_{en,zh}_train.jsonl: plain requests it does train on, labelled neutral: CLINC150
+  train (travel, cooking, banking, reminders...), REQUESTS_PER_LABEL rows an intent, but its
+  chit-chat (thanks, jokes) and its reports of trouble (lost luggage, fraud), which may lean
+  either way; and CAIS train (music, weather, reminders) but `Chat`, ten times as many an intent
+  (it has 12 intents to CLINC's 150).
+- stc3_{en,zh}.jsonl: the first post of 40 STC-3 helpdesk dialogues (real customers writing to
+  a company's helpdesk, zh and the released en translation) with the sentiment labels of
+  models/data/cs_sentiment/stc3_labels.tsv: 28 negative, 10 neutral, 2 positive. The one
+  real-wording measure of whether the head still hears an angry customer.
 
 Every row carries `lang`. Seeded and deterministic: run it again, get the same files.
 """
@@ -27,7 +49,7 @@ import json, os, random, sys
 
 here = os.path.dirname(os.path.abspath(__file__))
 root = os.path.normpath(os.path.join(here, "..", "..", ".."))
-shared = os.path.normpath(os.path.join(root, "..", "shared", "data", "intent"))
+shared = os.path.normpath(os.path.join(root, "..", "shared", "data"))
 out = sys.argv[1] if len(sys.argv) > 1 else os.path.join(root, "models", "cache", "mapped")
 PER_LABEL = 48
 BITEXT = {
@@ -50,7 +72,29 @@ with open(os.path.join(here, "..", "oos_en", "excluded_clinc_intents.txt"), enco
     EXCLUDED = set(w for line in f if not line.startswith("#") for w in line.split()) - {"oos"}
 
 
+REQUESTS_PER_LABEL = 12
+# CLINC150 intents that are chit-chat, not requests, or a report of trouble (a lost card, lost
+# luggage, fraud): their wording may well lean one way, so they teach neither.
+CLINC_CHAT = {"thank_you", "tell_joke", "fun_fact", "meaning_of_life", "do_you_have_pets", "what_are_your_hobbies",
+              "how_old_are_you", "where_are_you_from", "who_made_you", "what_is_your_name", "are_you_a_bot", "yes", "no",
+              "maybe", "goodbye", "greeting", "lost_luggage", "damaged_card", "report_fraud", "report_lost_card",
+              "card_declined", "account_blocked", "jump_start", "tire_change", "find_phone", "freeze_account"}
+# Source sentiment and emotion labels onto ours; a label missing here is left out.
+SENTIMENT = {
+    "neutral": "neutral",
+    "positive": "positive",
+    "happy": "positive",
+    "negative": "negative",
+    "angry": "negative",
+    "sad": "negative",
+    "fear": "negative",
+}
+
+
 def read(*path):
+    """Rows of an intent data set; read("sentiment", ...) or read("emotion", ...) for the others."""
+    if path[0] not in ("sentiment", "emotion"):
+        path = ("intent",) + path
     with open(os.path.join(shared, *path), encoding="utf-8") as f:
         return [json.loads(line) for line in f]
 
@@ -92,9 +136,47 @@ def oos(rows, lang):
     return [{"text": r["text"], "label": "oos", "lang": lang} for r in rows]
 
 
+def sentiment(rows, lang):
+    return [{"text": r["text"], "label": SENTIMENT[r["label"]], "lang": lang} for r in rows if r["label"] in SENTIMENT]
+
+
+def neutral(rows, lang, per_label=None, seed=0):
+    """rows labelled neutral; with per_label, at most that many of each source label (seeded)."""
+    if per_label is not None:
+        rng = random.Random(seed)
+        groups = {}
+        for r in rows:
+            groups.setdefault(r["label"], []).append(r)
+        rows = []
+        for label in sorted(groups):
+            g = sorted(groups[label], key=lambda r: r["text"])
+            rng.shuffle(g)
+            rows += g[:per_label]
+    return [{"text": r["text"], "label": "neutral", "lang": lang} for r in rows]
+
+
 os.makedirs(out, exist_ok=True)
 write("bitext_en_train.jsonl", bitext(capped(read("en", "bitext_cs", "train.jsonl"), PER_LABEL, 17)))
 write("bitext_en_val.jsonl", bitext(read("en", "bitext_cs", "val.jsonl")))
 write("clinc_oos_en.jsonl", oos([r for r in read("en", "clinc150", "val.jsonl") if r["label"] not in EXCLUDED], "en"))
 write("smp2019_oos_zh.jsonl", oos(read("zh", "smp2019", "val.jsonl"), "zh"))
 write("cais_oos_zh.jsonl", oos(read("zh", "cais", "val.jsonl"), "zh"))
+for split in ("train", "val"):
+    write(f"goemotions_{split}.jsonl", sentiment(read("sentiment", "en", "goemotions", f"{split}.jsonl"), "en"))
+    write(f"ewect_{split}.jsonl", sentiment(read("emotion", "zh", "smp2020_ewect", f"{split}.jsonl"), "zh"))
+write("requests_en_val.jsonl", neutral([r for r in read("en", "bitext_cs", "val.jsonl") if r["label"] != "complaint"], "en"))
+write("requests_zh_val.jsonl", neutral(read("zh", "smp2019", "val.jsonl"), "zh"))
+clinc = [r for r in read("en", "clinc150", "train.jsonl") if r["label"] not in CLINC_CHAT]
+write("requests_en_train.jsonl", neutral(clinc, "en", REQUESTS_PER_LABEL, 17))
+cais = [r for r in read("zh", "cais", "train.jsonl") if r["label"] != "Chat"]
+write("requests_zh_train.jsonl", neutral(cais, "zh", REQUESTS_PER_LABEL * 10, 17))
+labels = {}
+with open(os.path.join(here, "..", "cs_sentiment", "stc3_labels.tsv"), encoding="utf-8") as f:
+    for line in f:
+        if line.strip() and not line.startswith("#"):
+            dialogue, label = line.split()
+            labels[dialogue] = label
+for lang, name in (("en", "train_data_en.json"), ("zh", "train_data_cn.json")):
+    with open(os.path.join(shared, "dialogue", "stc3_helpdesk", name), encoding="utf-8") as f:
+        posts = {d["id"]: " ".join(d["turns"][0]["utterances"]) for d in json.load(f)}
+    write(f"stc3_{lang}.jsonl", [{"text": posts[d], "label": labels[d], "lang": lang} for d in sorted(labels)])
