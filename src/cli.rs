@@ -3,6 +3,44 @@ use clap::{Parser, Subcommand};
 use nudge_model::{BackendKind, NluModel};
 use std::path::PathBuf;
 
+/// Standard output was closed under us (`nudge eval --json | head`). `println!` panics then;
+/// the commands write through `outln!` instead and `main` ends quietly on this error, as a
+/// Unix tool does when its reader has what it wanted.
+#[derive(Debug)]
+pub struct StdoutClosed;
+
+impl std::fmt::Display for StdoutClosed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("standard output was closed")
+    }
+}
+
+impl std::error::Error for StdoutClosed {}
+
+fn stdout_error(e: std::io::Error) -> anyhow::Error {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        StdoutClosed.into()
+    } else {
+        anyhow::Error::new(e).context("writing to standard output")
+    }
+}
+
+/// `println!` that returns its error ([`StdoutClosed`] for a closed pipe) instead of panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*).map_err(stdout_error)
+    }};
+}
+
+/// `print!` that returns its error, as `outln!`.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        write!(std::io::stdout().lock(), $($arg)*).map_err(stdout_error)
+    }};
+}
+
 #[derive(Parser)]
 #[command(name = "nudge", version, about = "NLU and offer decisions for customer-service bots")]
 struct Cli {
@@ -148,7 +186,7 @@ pub fn run() -> anyhow::Result<()> {
         Command::Models { command } => match command {
             ModelsCommand::Fetch { models_dir, python } => {
                 for dir in nudge_import::fetch::fetch(&models_dir, &python)? {
-                    println!("{}", dir.display());
+                    outln!("{}", dir.display())?;
                 }
             }
             ModelsCommand::Quantize {
@@ -159,18 +197,18 @@ pub fn run() -> anyhow::Result<()> {
             } => {
                 let m = nudge_model::bundle::with_precision(&bundle, &out, precision, version)?;
                 let model = NluModel::load_probed(&out, BackendKind::Cpu)?;
-                println!(
+                outln!(
                     "{} ({}) written as {} ({}, {})",
                     bundle.display(),
                     precision.name(),
                     out.display(),
                     m.version,
                     model.backend_name()
-                );
+                )?;
             }
             ModelsCommand::Import { from, out } => {
                 for f in nudge_import::e5::import(&from, &out)? {
-                    println!("{}", f.display());
+                    outln!("{}", f.display())?;
                 }
             }
         },
@@ -184,7 +222,7 @@ pub fn run() -> anyhow::Result<()> {
             anyhow::ensure!(!password.is_empty(), "no password on standard input");
             let hash = nudge_inference::console::hash_password(password)
                 .map_err(|e| anyhow::anyhow!("hashing the password: {e}"))?;
-            println!("{hash}");
+            outln!("{hash}")?;
         }
         Command::Train(a) => train(*a)?,
         Command::Optimizer { command } => optimizer(command)?,
@@ -196,7 +234,7 @@ pub fn run() -> anyhow::Result<()> {
             max_in_scope_loss,
         } => {
             let c = nudge_training::eval::calibrate_bundle(&bundle, &data, max_in_scope_loss, &out, version)?;
-            println!(
+            outln!(
                 "{} ({}): oos threshold {:.4} -> {:.4}, written as {} ({})",
                 bundle.display(),
                 c.old_version,
@@ -204,7 +242,7 @@ pub fn run() -> anyhow::Result<()> {
                 c.new_threshold,
                 out.display(),
                 c.new_version
-            );
+            )?;
         }
         Command::Eval {
             bundle,
@@ -220,19 +258,19 @@ pub fn run() -> anyhow::Result<()> {
             };
             let f = eval::evaluate_bundle(&bundle, &data, head)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&f)?);
+                outln!("{}", serde_json::to_string_pretty(&f)?)?;
             } else {
-                print!("{}", eval::markdown(&f));
+                out!("{}", eval::markdown(&f))?;
             }
         }
         Command::Understand { text, bundle } => {
             let model = NluModel::load(&bundle, BackendKind::Cpu)
                 .with_context(|| format!("loading bundle {}", bundle.display()))?;
             let out = nudge_inference::nlu::understand_local(&model, &text, 3, false)?;
-            println!(
+            outln!(
                 "{}",
                 serde_json::to_string_pretty(&nudge_proto::v1::Understanding::from(out))?
-            );
+            )?;
         }
     }
     Ok(())
@@ -430,12 +468,12 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
     let report = train::run(&job, &BarProgress(bar.clone()))?;
     bar.finish_and_clear();
     if let Some(e) = report.resumed_after_epoch {
-        println!("resumed from the checkpoint after epoch {e}\n");
+        outln!("resumed from the checkpoint after epoch {e}\n")?;
     }
     if !report.epochs.is_empty() {
-        println!("| epoch | train loss | train accuracy | val accuracy | seconds |\n|---|---|---|---|---|");
+        outln!("| epoch | train loss | train accuracy | val accuracy | seconds |\n|---|---|---|---|---|")?;
         for e in &report.epochs {
-            println!(
+            outln!(
                 "| {}{} | {:.4} | {:.1}% | {} | {:.0} |",
                 e.epoch,
                 if Some(e.epoch) == report.best_epoch {
@@ -447,23 +485,23 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
                 100.0 * e.train_accuracy,
                 e.val_accuracy.map_or("—".into(), |v| format!("{:.1}%", 100.0 * v)),
                 e.seconds
-            );
+            )?;
         }
-        println!();
+        outln!()?;
     }
-    println!("| file | examples | accuracy (top-1) | in-scope acc (after OOS threshold) | OOS recall |\n|---|---|---|---|---|");
+    outln!("| file | examples | accuracy (top-1) | in-scope acc (after OOS threshold) | OOS recall |\n|---|---|---|---|---|")?;
     for v in &report.val {
         let pct = |x: Option<f64>| x.map_or("—".to_string(), |x| format!("{:.1}%", 100.0 * x));
-        println!(
+        outln!(
             "| {} | {} | {:.1}% | {} | {} |",
             v.file,
             v.examples,
             100.0 * v.accuracy,
             pct(v.in_scope_accuracy),
             pct(v.oos_recall)
-        );
+        )?;
     }
-    println!(
+    outln!(
         "\n{} head ({}): {} labels, {} training examples (train accuracy {:.1}%), oos threshold {:.3} (calibrated on {}); embedding {:.1}s, fit {:.1}s",
         report.task,
         report.mode,
@@ -474,11 +512,11 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
         report.oos_calibrated_on,
         report.embed_seconds,
         report.fit_seconds
-    );
+    )?;
     if let Some(h) = report.dropped_head {
-        println!("the bundle's {h} head was dropped: it was trained on the encoder this run replaced");
+        outln!("the bundle's {h} head was dropped: it was trained on the encoder this run replaced")?;
     }
-    println!("bundle written to {}", job.out.display());
+    outln!("bundle written to {}", job.out.display())?;
     Ok(())
 }
 
@@ -577,7 +615,7 @@ fn serve_config(a: &ServeArgs) -> anyhow::Result<nudge_inference::ServeConfig> {
 fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let config = serve_config(&a)?;
     if a.print_config {
-        print!("{}", toml::to_string(&config)?);
+        out!("{}", toml::to_string(&config)?)?;
         return Ok(());
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -585,10 +623,12 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         let server = nudge_inference::start(config).await?;
         // Machine-readable line for scripts and tests that bind port 0.
         let console = server.console_addr.map(|a| format!(" console={a}")).unwrap_or_default();
-        println!(
+        outln!(
             "listening grpc={} admin={} metrics={}{console}",
-            server.grpc_addr, server.admin_addr, server.metrics_addr
-        );
+            server.grpc_addr,
+            server.admin_addr,
+            server.metrics_addr
+        )?;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             r = tokio::signal::ctrl_c() => r?,
@@ -624,9 +664,9 @@ fn optimizer(c: OptimizerCommand) -> anyhow::Result<()> {
                 .map_or(0, |d| d.as_millis() as u64);
             let report = nudge_optimizer::replay::replay(&reward, &logs, &registry, &learn, now)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                outln!("{}", serde_json::to_string_pretty(&report)?)?;
             } else {
-                print!("{}", report.markdown());
+                out!("{}", report.markdown())?;
             }
             Ok(())
         }
@@ -634,7 +674,7 @@ fn optimizer(c: OptimizerCommand) -> anyhow::Result<()> {
             let campaign = nudge_optimizer::obd::Campaign::read(&data)?;
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let summary = rt.block_on(nudge_optimizer::obd::import(&campaign, &out))?;
-            println!("{}", serde_json::to_string_pretty(&summary)?);
+            outln!("{}", serde_json::to_string_pretty(&summary)?)?;
             Ok(())
         }
     }

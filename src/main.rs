@@ -9,6 +9,8 @@ fn main() -> std::process::ExitCode {
         .init();
     match cli::run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        // The reader of our output (`| head`) has what it wanted: not an error.
+        Err(e) if e.is::<cli::StdoutClosed>() => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE

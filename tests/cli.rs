@@ -1,5 +1,6 @@
 //! The `nudge` binary as a real process: `serve` with a TOML file, flags and env, SIGTERM; a
-//! bad bundle at start-up; `understand`; `models import` refusing a file that is not a model.
+//! bad bundle at start-up; `understand`, also into a closed pipe; `models import` refusing a file
+//! that is not a model.
 use crate::common::*;
 use nudge_model::Pooling;
 use std::io::{BufRead, BufReader};
@@ -135,6 +136,22 @@ fn understand_prints_json_and_import_refuses_a_non_model() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(INTENTS.contains(&v["intent"]["label"].as_str().unwrap()));
     assert!(SENTIMENTS.contains(&v["sentiment"]["label"].as_str().unwrap()));
+
+    // A reader that has gone (`nudge understand … | head -c0`): the pipe's read end is closed
+    // before the process starts, so its first write fails. It ends quietly, with success, where
+    // `println!` panicked with a backtrace.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(BIN)
+        .args(["understand", "refund please", "--bundle"])
+        .arg(&bundle)
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("panicked") && !err.contains("error"), "{err}");
 
     let junk = dir.path().join("junk.bin");
     std::fs::write(&junk, b"GGUF....").unwrap();

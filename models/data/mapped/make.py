@@ -75,7 +75,7 @@ with open(os.path.join(here, "..", "oos_en", "excluded_clinc_intents.txt"), enco
 REQUESTS_PER_LABEL = 12
 # CLINC150 intents that are chit-chat, not requests, or a report of trouble (a lost card, lost
 # luggage, fraud): their wording may well lean one way, so they teach neither.
-CLINC_CHAT = {"thank_you", "tell_joke", "fun_fact", "meaning_of_life", "do_you_have_pets", "what_are_your_hobbies",
+CLINC_NOT_PLAIN = {"thank_you", "tell_joke", "fun_fact", "meaning_of_life", "do_you_have_pets", "what_are_your_hobbies",
               "how_old_are_you", "where_are_you_from", "who_made_you", "what_is_your_name", "are_you_a_bot", "yes", "no",
               "maybe", "goodbye", "greeting", "lost_luggage", "damaged_card", "report_fraud", "report_lost_card",
               "card_declined", "account_blocked", "jump_start", "tire_change", "find_phone", "freeze_account"}
@@ -166,7 +166,7 @@ for split in ("train", "val"):
     write(f"ewect_{split}.jsonl", sentiment(read("emotion", "zh", "smp2020_ewect", f"{split}.jsonl"), "zh"))
 write("requests_en_val.jsonl", neutral([r for r in read("en", "bitext_cs", "val.jsonl") if r["label"] != "complaint"], "en"))
 write("requests_zh_val.jsonl", neutral(read("zh", "smp2019", "val.jsonl"), "zh"))
-clinc = [r for r in read("en", "clinc150", "train.jsonl") if r["label"] not in CLINC_CHAT]
+clinc = [r for r in read("en", "clinc150", "train.jsonl") if r["label"] not in CLINC_NOT_PLAIN]
 write("requests_en_train.jsonl", neutral(clinc, "en", REQUESTS_PER_LABEL, 17))
 cais = [r for r in read("zh", "cais", "train.jsonl") if r["label"] != "Chat"]
 write("requests_zh_train.jsonl", neutral(cais, "zh", REQUESTS_PER_LABEL * 10, 17))
