@@ -92,9 +92,6 @@ SENTIMENT = {
 
 
 def read(*path):
-    """Rows of an intent data set; read("sentiment", ...) or read("emotion", ...) for the others."""
-    if path[0] not in ("sentiment", "emotion"):
-        path = ("intent",) + path
     with open(os.path.join(shared, *path), encoding="utf-8") as f:
         return [json.loads(line) for line in f]
 
@@ -156,19 +153,19 @@ def neutral(rows, lang, per_label=None, seed=0):
 
 
 os.makedirs(out, exist_ok=True)
-write("bitext_en_train.jsonl", bitext(capped(read("en", "bitext_cs", "train.jsonl"), PER_LABEL, 17)))
-write("bitext_en_val.jsonl", bitext(read("en", "bitext_cs", "val.jsonl")))
-write("clinc_oos_en.jsonl", oos([r for r in read("en", "clinc150", "val.jsonl") if r["label"] not in EXCLUDED], "en"))
-write("smp2019_oos_zh.jsonl", oos(read("zh", "smp2019", "val.jsonl"), "zh"))
-write("cais_oos_zh.jsonl", oos(read("zh", "cais", "val.jsonl"), "zh"))
+write("bitext_en_train.jsonl", bitext(capped(read("intent", "en", "bitext_cs", "train.jsonl"), PER_LABEL, 17)))
+write("bitext_en_val.jsonl", bitext(read("intent", "en", "bitext_cs", "val.jsonl")))
+write("clinc_oos_en.jsonl", oos([r for r in read("intent", "en", "clinc150", "val.jsonl") if r["label"] not in EXCLUDED], "en"))
+write("smp2019_oos_zh.jsonl", oos(read("intent", "zh", "smp2019", "val.jsonl"), "zh"))
+write("cais_oos_zh.jsonl", oos(read("intent", "zh", "cais", "val.jsonl"), "zh"))
 for split in ("train", "val"):
     write(f"goemotions_{split}.jsonl", sentiment(read("sentiment", "en", "goemotions", f"{split}.jsonl"), "en"))
     write(f"ewect_{split}.jsonl", sentiment(read("emotion", "zh", "smp2020_ewect", f"{split}.jsonl"), "zh"))
-write("requests_en_val.jsonl", neutral([r for r in read("en", "bitext_cs", "val.jsonl") if r["label"] != "complaint"], "en"))
-write("requests_zh_val.jsonl", neutral(read("zh", "smp2019", "val.jsonl"), "zh"))
-clinc = [r for r in read("en", "clinc150", "train.jsonl") if r["label"] not in CLINC_NOT_PLAIN]
+write("requests_en_val.jsonl", neutral([r for r in read("intent", "en", "bitext_cs", "val.jsonl") if r["label"] != "complaint"], "en"))
+write("requests_zh_val.jsonl", neutral(read("intent", "zh", "smp2019", "val.jsonl"), "zh"))
+clinc = [r for r in read("intent", "en", "clinc150", "train.jsonl") if r["label"] not in CLINC_NOT_PLAIN]
 write("requests_en_train.jsonl", neutral(clinc, "en", REQUESTS_PER_LABEL, 17))
-cais = [r for r in read("zh", "cais", "train.jsonl") if r["label"] != "Chat"]
+cais = [r for r in read("intent", "zh", "cais", "train.jsonl") if r["label"] != "Chat"]
 write("requests_zh_train.jsonl", neutral(cais, "zh", REQUESTS_PER_LABEL * 10, 17))
 labels = {}
 with open(os.path.join(here, "..", "cs_sentiment", "stc3_labels.tsv"), encoding="utf-8") as f:
