@@ -139,9 +139,44 @@ async fn bundle_price(grpc: std::net::SocketAddr, conv: &str) -> i64 {
     care_bundle(grpc, conv).await.price.expect("a price").final_price_cents
 }
 
+/// Every third of the customers `shop_traffic` brings is one who bought before: they asked about
+/// the battery in a conversation of their own and bought the offer (before the experiment).
+fn bought_before(i: u64) -> bool {
+    i.is_multiple_of(3)
+}
+
+/// The customers of `shop_traffic` who `bought_before`, buying what they are offered before it
+/// starts. Returns how many bought.
+async fn earlier_purchases(grpc: std::net::SocketAddr, n: u64) -> u64 {
+    let mut c = pb::conversations_client::ConversationsClient::new(channel(grpc).await);
+    let mut bought = 0;
+    for i in (0..n).filter(|&i| bought_before(i)) {
+        let conv = format!("before-ab-{i}");
+        let customer_id = format!("cust-ab-{i}");
+        let r = c
+            .turn(support::battery_question(&conv, &customer_id))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.experiment, "", "no experiment runs yet");
+        let Some(offer) = r.offer else { continue };
+        c.outcome(pb::ConversationOutcomeRequest {
+            conversation_id: conv,
+            customer_id,
+            decision_id: offer.decision_id.clone(),
+            kind: pb::OutcomeKind::Convert as i32,
+            revenue_cents: offer.price.map_or(0, |p| p.final_price_cents),
+        })
+        .await
+        .unwrap();
+        bought += 1;
+    }
+    bought
+}
+
 /// `n` new regular customers ask about the battery; each buys with the chance its offer gives
-/// (care bundle 40 %, warranty 10 %), from a draw fixed per customer. Returns, per arm, the
-/// offers made and purchases.
+/// (care bundle 40 %, warranty 10 %; 40 points more for those who `bought_before`), from a draw
+/// fixed per customer. Returns, per arm, the offers made and purchases.
 async fn shop_traffic(grpc: std::net::SocketAddr, n: u64) -> HashMap<(String, String), (u64, u64)> {
     let tasks: Vec<_> = (0..4u64)
         .map(|t| {
@@ -168,7 +203,7 @@ async fn shop_traffic(grpc: std::net::SocketAddr, n: u64) -> HashMap<(String, St
                         "care_bundle" => 0.4,
                         "warranty_1y" => 0.1,
                         _ => 0.0,
-                    };
+                    } + if bought_before(i) { 0.4 } else { 0.0 };
                     let bought = rand::rngs::StdRng::seed_from_u64(i).random::<f64>() < chance;
                     if bought {
                         c.outcome(pb::ConversationOutcomeRequest {
@@ -296,7 +331,13 @@ async fn an_operator_edits_a_rule_sees_it_live_and_rolls_it_back_in_a_browser() 
     );
     assert_eq!(log[2].note, "care bundle for regular customers too");
 
-    // The A/B test: version 2's rules (B) against the live ones (A), half the customers each.
+    // The A/B test: version 2's rules (B) against the live ones (A), half the customers each;
+    // a third of its customers bought before it started, and buy more often in it.
+    let before = earlier_purchases(server.grpc_addr, 600).await;
+    assert!(
+        before > 150,
+        "{before} of 200 customers were offered something and bought it"
+    );
     browser_step(&script, "experiment-start", &url, &shots);
     let seen = shop_traffic(server.grpc_addr, 600).await;
     // Each arm served its own rules: A the live warranty, B the care bundle of version 2.
@@ -328,7 +369,8 @@ async fn an_operator_edits_a_rule_sees_it_live_and_rolls_it_back_in_a_browser() 
         r.experiment, "exp-1",
         "the running experiment is served again after a restart"
     );
-    browser_step(&script, "experiment-verdict", &url, &shots);
+    let verdict = browser_step(&script, "experiment-verdict", &url, &shots);
+    eprintln!("the verdict: {}", verdict.trim());
     assert_eq!(
         offer_for_regular_customer(server.grpc_addr, "after-ship").await,
         "care_bundle",
@@ -546,8 +588,12 @@ train_every_ms = 3600000
     nudge_optimizer::service::start(cfg).await.unwrap()
 }
 
-/// 300 decisions of the serving policy; each segment buys one offer often (70 %) and the
+/// 600 decisions of the serving policy; each segment buys one offer often (70 %) and the
 /// others rarely (5 %); the outcomes are reported and the optimizer runs one round.
+///
+/// The optimizer judges on the newest 30 % of the decision log, which holds the shop's ~800
+/// earlier turns too: these 600 are what it can learn the segments from, and enough of them
+/// land in its training share however many turns came before.
 async fn learn_once(
     server: &nudge_inference::RunningServer,
     optimizer: &nudge_optimizer::service::RunningOptimizer,
@@ -555,7 +601,7 @@ async fn learn_once(
     let mut decide = pb::decisions_client::DecisionsClient::new(channel(server.grpc_addr).await);
     let mut report = pb::optimizer_client::OptimizerClient::new(channel(optimizer.grpc_addr).await);
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-    for n in 0..300u64 {
+    for n in 0..600u64 {
         let d = decide.decide(support::decide_request(n)).await.unwrap().into_inner();
         assert_eq!(d.policy_version, "v1");
         let best = format!("o{}", n % 3 + 1);

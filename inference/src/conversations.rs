@@ -244,10 +244,11 @@ fn read_text(path: &std::path::Path) -> Result<String, StrategyError> {
     })
 }
 
-/// Reads the events of the last `hours` back into `kpis` (start-up), a chunk at a time; older
-/// ones count only for their experiment's customers (the console forgets stopped experiments).
-fn replay_events(dir: &std::path::Path, kpis: &Kpis, hours: u64) -> Result<u64, nudge_records::LogError> {
-    let since = now_ms().saturating_sub(hours.saturating_mul(3_600_000));
+/// Reads the event log back into `kpis` (start-up), a chunk at a time: the events of the KPI
+/// window, the older ones of experiments that may still run (the console forgets stopped ones)
+/// and the purchases before them. Returns how many events were read.
+fn replay_events(dir: &std::path::Path, kpis: &Kpis) -> Result<u64, nudge_records::LogError> {
+    let now = now_ms();
     let mut tail = Tailer::<ConversationEvent>::new(dir);
     let mut n = 0;
     loop {
@@ -256,14 +257,9 @@ fn replay_events(dir: &std::path::Path, kpis: &Kpis, hours: u64) -> Result<u64, 
             break;
         }
         for e in &chunk {
-            if e.time_ms >= since {
-                kpis.observe(e);
-                n += 1;
-            } else {
-                // A running experiment may be older than the window: its customers all count.
-                kpis.observe_experiment(e);
-            }
+            kpis.observe_replayed(e, now);
         }
+        n += chunk.len() as u64;
     }
     if tail.malformed() > 0 {
         tracing::warn!(dir = %dir.display(), lines = tail.malformed(), "event-log lines that are not conversation events");
@@ -311,7 +307,7 @@ impl ConversationService {
         let kpis = Arc::new(Kpis::new(config.kpi_hours));
         let events = match &config.events_log {
             Some(dir) => {
-                let n = replay_events(dir, &kpis, config.kpi_hours).map_err(StrategyLoadError::Events)?;
+                let n = replay_events(dir, &kpis).map_err(StrategyLoadError::Events)?;
                 tracing::info!(dir = %dir.display(), events = n, "KPIs read back from the event log");
                 let cfg = LogConfig::new(
                     dir,

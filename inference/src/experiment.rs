@@ -15,6 +15,16 @@
 //! probability ratio test (mSPRT, Johari et al., "Always valid inference", 2017) on the
 //! difference of per-customer means: its p-value and confidence interval stay valid however
 //! often and whenever one looks, and stopping as soon as p < α keeps the error rate at α.
+//!
+//! **Can it answer sooner?** Much of why one customer buys and another does not was there
+//! before the experiment: regulars buy, browsers do not. [`cuped`] (Deng et al., "Improving the
+//! sensitivity of online controlled experiments by utilizing pre-experiment data", 2013)
+//! subtracts from each customer's outcome the part their own past predicts — what they bought in
+//! the days before the experiment first reached them, which no arm can have changed — and
+//! compares what is left. The expected difference is the same, its variance is lower by the
+//! squared correlation of past and outcome, and the sequential test runs on the adjusted
+//! values: the same verdict with fewer customers. The slope is estimated from the data (pooled
+//! within arms), which at the sample sizes verdicts need costs nothing measurable in error rate.
 use nudge_policy::PolicyVersion;
 use nudge_strategy::engine::Strategy;
 use serde::{Deserialize, Serialize};
@@ -232,6 +242,107 @@ impl Sample {
     }
 }
 
+/// Per-unit pairs of one arm, summarised: `x` measured before the unit was exposed (a
+/// covariate no arm can have changed), `y` the outcome.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Paired {
+    /// Units.
+    pub n: u64,
+    /// Mean of `x`.
+    pub mean_x: f64,
+    /// Mean of `y`.
+    pub mean_y: f64,
+    /// Σ(x − x̄)².
+    sxx: f64,
+    /// Σ(y − ȳ)².
+    syy: f64,
+    /// Σ(x − x̄)(y − ȳ).
+    sxy: f64,
+}
+
+impl Paired {
+    /// Summarises `(x, y)` pairs.
+    pub fn of(pairs: impl IntoIterator<Item = (f64, f64)>) -> Paired {
+        let mut p = Paired::default();
+        for (x, y) in pairs {
+            p.push(x, y);
+        }
+        p
+    }
+
+    /// Adds one unit (Welford's co-moments: one pass, stable).
+    pub fn push(&mut self, x: f64, y: f64) {
+        self.n += 1;
+        let n = self.n as f64;
+        let dx = x - self.mean_x;
+        self.mean_x += dx / n;
+        let dy = y - self.mean_y;
+        self.mean_y += dy / n;
+        self.sxx += dx * (x - self.mean_x);
+        self.syy += dy * (y - self.mean_y);
+        self.sxy += dx * (y - self.mean_y);
+    }
+
+    /// The outcomes alone.
+    pub fn outcome(&self) -> Sample {
+        Sample {
+            n: self.n,
+            mean: self.mean_y,
+            var: if self.n > 1 {
+                self.syy / (self.n - 1) as f64
+            } else {
+                0.0
+            },
+        }
+    }
+}
+
+/// Two arms' outcomes less what each unit's covariate predicts: compare these instead of the
+/// outcomes.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Adjusted {
+    /// The control's adjusted outcomes.
+    pub control: Sample,
+    /// The treatment's.
+    pub treatment: Sample,
+    /// The slope of outcome on covariate, pooled within the two arms.
+    pub theta: f64,
+    /// The share of the variance of the difference of means that the adjustment removed.
+    pub variance_reduction: f64,
+}
+
+/// CUPED: `y − θ(x − x̄)` per unit, θ the within-arm regression slope of `y` on `x` and `x̄`
+/// the covariate's mean over both arms; summarised without revisiting the units. `None` when
+/// there is nothing to adjust for (fewer than two units a side, a covariate that does not vary)
+/// or the adjustment would not narrow the comparison; compare the outcomes as they are then.
+pub fn cuped(control: &Paired, treatment: &Paired) -> Option<Adjusted> {
+    if control.n < 2 || treatment.n < 2 {
+        return None;
+    }
+    let sxx = control.sxx + treatment.sxx;
+    if sxx <= 0.0 || !sxx.is_finite() {
+        return None;
+    }
+    let theta = (control.sxy + treatment.sxy) / sxx;
+    let (nc, nt) = (control.n as f64, treatment.n as f64);
+    let mean_x = (control.mean_x * nc + treatment.mean_x * nt) / (nc + nt);
+    let adjust = |p: &Paired| Sample {
+        n: p.n,
+        mean: p.mean_y - theta * (p.mean_x - mean_x),
+        var: ((p.syy - 2.0 * theta * p.sxy + theta * theta * p.sxx) / (p.n - 1) as f64).max(0.0),
+    };
+    let (c, t) = (adjust(control), adjust(treatment));
+    let raw = control.outcome().var / nc + treatment.outcome().var / nt;
+    let adjusted = c.var / nc + t.var / nt;
+    let variance_reduction = 1.0 - adjusted / raw;
+    (raw > 0.0 && variance_reduction > 0.0).then_some(Adjusted {
+        control: c,
+        treatment: t,
+        theta,
+        variance_reduction,
+    })
+}
+
 /// A treatment arm against the control, valid at any look.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Sequential {
@@ -402,5 +513,113 @@ mod tests {
         }
         let s = sequential(&Sample::of(a), &Sample::of(b), 0.05).unwrap();
         assert!(s.p_value < 0.05 && s.low > 0.0 && (s.diff - 0.04).abs() < 0.01, "{s:?}");
+    }
+
+    #[test]
+    fn cuped_is_the_comparison_of_each_customer_adjusted_by_hand() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let mut draw = |n: usize, lift: f64| -> Vec<(f64, f64)> {
+            (0..n)
+                .map(|_| {
+                    let x = f64::from(rng.random_range(0..4u8));
+                    (x, 2.0 * x + lift + rng.random::<f64>())
+                })
+                .collect()
+        };
+        let (a, b) = (draw(500, 0.0), draw(700, 0.3));
+        let (pa, pb) = (Paired::of(a.iter().copied()), Paired::of(b.iter().copied()));
+        assert_eq!(pa.outcome(), Sample::of(a.iter().map(|p| p.1)));
+        // Two passes: the pooled within-arm slope, then each unit less what its x predicts.
+        fn centred(v: &[(f64, f64)]) -> impl Iterator<Item = (f64, f64)> + '_ {
+            let (mx, my) = (
+                v.iter().map(|p| p.0).sum::<f64>() / v.len() as f64,
+                v.iter().map(|p| p.1).sum::<f64>() / v.len() as f64,
+            );
+            v.iter().map(move |p| (p.0 - mx, p.1 - my))
+        }
+        let sxy: f64 = centred(&a).chain(centred(&b)).map(|(x, y)| x * y).sum();
+        let sxx: f64 = centred(&a).chain(centred(&b)).map(|(x, _)| x * x).sum();
+        let theta = sxy / sxx;
+        let mean_x = a.iter().chain(&b).map(|p| p.0).sum::<f64>() / 1200.0;
+        let by_hand = |v: &[(f64, f64)]| Sample::of(v.iter().map(|p| p.1 - theta * (p.0 - mean_x)));
+        let adj = cuped(&pa, &pb).expect("x predicts y");
+        for (got, want) in [(adj.control, by_hand(&a)), (adj.treatment, by_hand(&b))] {
+            assert_eq!(got.n, want.n);
+            assert!(
+                (got.mean - want.mean).abs() < 1e-9 && (got.var - want.var).abs() < 1e-9,
+                "{got:?} {want:?}"
+            );
+        }
+        assert!((adj.theta - 2.0).abs() < 0.05, "{}", adj.theta);
+        // y is 2x + noise of variance 1/12: the past explains almost all of it.
+        assert!(adj.variance_reduction > 0.9, "{adj:?}");
+        let s = sequential(&adj.control, &adj.treatment, 0.05).unwrap();
+        assert!((s.diff - 0.3).abs() < 0.05 && s.p_value < 1e-6, "{s:?}");
+        // No history that varies, or too few customers: nothing to adjust.
+        let flat = Paired::of(a.iter().map(|p| (1.0, p.1)));
+        assert_eq!(cuped(&flat, &flat), None);
+        assert_eq!(cuped(&Paired::of([(1.0, 1.0)]), &pb), None);
+    }
+
+    /// Customers who bought before buy again: a quarter of them are regulars (70 % buy in a
+    /// month, before and during the experiment), the rest rarely buy (2 %). Adjusting for the
+    /// purchases before the experiment keeps the sequential test's error rate under α when one
+    /// peeks after every 50 customers, and finds a 30 % lift with fewer customers.
+    #[test]
+    fn cuped_keeps_peeking_valid_and_finds_a_lift_sooner() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let mut customer = |lift: f64| -> (f64, f64) {
+            let q = if rng.random_bool(0.25) { 0.7 } else { 0.02 };
+            let before = f64::from(u8::from(rng.random_bool(q))) + f64::from(u8::from(rng.random_bool(q)));
+            (before, f64::from(u8::from(rng.random_bool((q * lift).min(1.0)))))
+        };
+        let (runs, looks, step) = (300, 40, 50);
+        // Customers seen when p first fell under α (None: never, within the looks).
+        let mut first_hit = |lift: f64, adjusted: bool| -> Vec<Option<u64>> {
+            (0..runs)
+                .map(|_| {
+                    let (mut a, mut b) = (Paired::default(), Paired::default());
+                    for look in 1..=looks {
+                        for _ in 0..step {
+                            let (x, y) = customer(1.0);
+                            a.push(x, y);
+                            let (x, y) = customer(lift);
+                            b.push(x, y);
+                        }
+                        let s = match (adjusted, cuped(&a, &b)) {
+                            (true, Some(adj)) => sequential(&adj.control, &adj.treatment, 0.05),
+                            _ => sequential(&a.outcome(), &b.outcome(), 0.05),
+                        };
+                        if s.is_some_and(|s| s.p_value < 0.05) {
+                            return Some(2 * look * step);
+                        }
+                    }
+                    None
+                })
+                .collect()
+        };
+        let rate = |hits: &[Option<u64>]| hits.iter().filter(|h| h.is_some()).count() as f64 / hits.len() as f64;
+        let (null_raw, null_cuped) = (rate(&first_hit(1.0, false)), rate(&first_hit(1.0, true)));
+        let (lift_raw, lift_cuped) = (first_hit(1.3, false), first_hit(1.3, true));
+        // Customers to a verdict, a run that never got one counted at the last look.
+        let median = |hits: &[Option<u64>]| {
+            let mut n: Vec<u64> = hits.iter().map(|h| h.unwrap_or(2 * looks * step)).collect();
+            n.sort_unstable();
+            n[n.len() / 2]
+        };
+        eprintln!(
+            "false positives after {looks} looks: unadjusted {null_raw:.3}, CUPED {null_cuped:.3}; \
+             a 30 % lift found in {:.2} / {:.2} of runs, median customers to the verdict {} / {}",
+            rate(&lift_raw),
+            rate(&lift_cuped),
+            median(&lift_raw),
+            median(&lift_cuped)
+        );
+        assert!(null_cuped <= 0.05, "CUPED false positives {null_cuped}");
+        assert!(rate(&lift_cuped) > rate(&lift_raw), "CUPED finds the lift more often");
+        assert!(
+            (median(&lift_cuped) as f64) < 0.8 * median(&lift_raw) as f64,
+            "CUPED answers with fewer customers"
+        );
     }
 }

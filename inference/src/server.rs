@@ -355,7 +355,6 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, ServeError> {
                         c.clone(),
                         dir.clone(),
                         svc.kpis_shared(),
-                        sc.kpi_hours,
                         metrics.clone(),
                     ));
                 }

@@ -142,6 +142,14 @@ try {
     assert.match(await page.textContent("#exp-srm"), /split as the weights say/);
     const verdict = await page.textContent("#exp-verdict");
     assert.match(verdict, /B converts better than A/, verdict);
+    // A third of the customers bought before the experiment and buy more in it: the comparison
+    // is adjusted for that, and narrower for it.
+    const adjusted = verdict.match(/adjusted for each customer's purchases in the 14 days before, as good as (\d+) % more customers/);
+    assert.ok(adjusted && Number(adjusted[1]) >= 5, verdict);
+    const api = await page.evaluate(async () => (await fetch("/api/experiments")).json());
+    const b = api.running.results.arms.find((a) => a.arm === "B");
+    assert.ok(b.conversion_vs_control.variance_reduction > 0.05, JSON.stringify(b.conversion_vs_control));
+    console.log(verdict);
     const p = Number(await page.textContent("#exp-arms tr[data-arm='B'] td.p-value"));
     assert.ok(p < 0.05, `p = ${p}`);
     await shot("1-verdict");

@@ -21,7 +21,7 @@ use std::time::Duration;
 /// How often the reader asks whether the stream it reads is still the one it started on.
 const RECHECK: Duration = Duration::from_secs(2);
 
-/// Reads the other servers' conversation events into `kpis` (`kpi_hours` of them into the
+/// Reads the other servers' conversation events into `kpis` (those of its window into the
 /// charts), resuming after the last record read for as long as it runs.
 ///
 /// Resuming is by stream sequence, and a stream deleted and created again (by an operator, or a
@@ -29,7 +29,7 @@ const RECHECK: Duration = Duration::from_secs(2);
 /// reader would skip every event until the new stream grew past it. So it notes when the stream
 /// it reads was created, looks again every couple of seconds, and reads a new stream from its
 /// start — what the old one held is counted already, and the new one holds only what came after.
-pub(crate) async fn read_others(cluster: Cluster, kpis: Arc<Kpis>, kpi_hours: u64, metrics: Metrics) {
+pub(crate) async fn read_others(cluster: Cluster, kpis: Arc<Kpis>, metrics: Metrics) {
     let own = cluster.subject(EVENTS_STREAM);
     let count = |event: &str| metrics.cluster_events.with_label_values(&[event]).inc();
     let mut next = 1;
@@ -81,12 +81,7 @@ pub(crate) async fn read_others(cluster: Cluster, kpis: Arc<Kpis>, kpi_hours: u6
                     }
                     match f.record {
                         Ok(e) => {
-                            let since = crate::decide::now_ms().saturating_sub(kpi_hours.saturating_mul(3_600_000));
-                            if e.time_ms >= since {
-                                kpis.observe(&e);
-                            } else {
-                                kpis.observe_experiment(&e);
-                            }
+                            kpis.observe_replayed(&e, crate::decide::now_ms());
                             count("events_read");
                         }
                         Err(reason) => {

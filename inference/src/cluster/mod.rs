@@ -62,11 +62,10 @@ pub(crate) fn start_events(
     cluster: Cluster,
     events_log: PathBuf,
     kpis: Arc<crate::kpi::Kpis>,
-    kpi_hours: u64,
     metrics: Metrics,
 ) -> Vec<JoinHandle<()>> {
     let [forwarder, counters] = forward::<ConversationEvent>(&cluster, events_log, EVENTS_STREAM, &metrics);
-    let reader = tokio::spawn(events::read_others(cluster, kpis, kpi_hours, metrics));
+    let reader = tokio::spawn(events::read_others(cluster, kpis, metrics));
     vec![forwarder, counters, reader]
 }
 

@@ -15,8 +15,8 @@
 //! serving policy. An arm that served no learned policy cannot be shipped from here: there is
 //! no "no policy" version to serve.
 use super::{files, ApiError};
-use crate::experiment::{sequential, srm_p_value, ArmPolicy, ExperimentSpec, Sample, Sequential};
-use crate::kpi::{ArmSamples, Dimension, Kpis, Rates};
+use crate::experiment::{cuped, sequential, srm_p_value, ArmPolicy, ExperimentSpec, Paired, Sample};
+use crate::kpi::{ArmSamples, Dimension, Kpis, Rates, PRE_EXPOSURE_DAYS};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -124,24 +124,34 @@ pub(crate) struct ArmResult {
     pub revenue_vs_control: Option<Seq>,
 }
 
-/// [`Sequential`], stored.
+/// [`crate::experiment::Sequential`], stored, with how much the customers' past narrowed it.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub(crate) struct Seq {
     pub diff: f64,
     pub low: f64,
     pub high: f64,
     pub p_value: f64,
+    /// The share of the difference's variance removed by adjusting each customer's outcome for
+    /// their purchases in the days before the experiment reached them (0: not adjusted; results
+    /// stored before the adjustment have none).
+    #[serde(default)]
+    pub variance_reduction: f64,
 }
 
-impl From<Sequential> for Seq {
-    fn from(s: Sequential) -> Self {
-        Seq {
-            diff: s.diff,
-            low: s.low,
-            high: s.high,
-            p_value: s.p_value,
-        }
-    }
+/// The treatment against the control, each customer's outcome adjusted for their past where
+/// that narrows the comparison.
+fn versus(control: &Paired, treatment: &Paired) -> Option<Seq> {
+    let (seq, variance_reduction) = match cuped(control, treatment) {
+        Some(adj) => (sequential(&adj.control, &adj.treatment, ALPHA)?, adj.variance_reduction),
+        None => (sequential(&control.outcome(), &treatment.outcome(), ALPHA)?, 0.0),
+    };
+    Some(Seq {
+        diff: seq.diff,
+        low: seq.low,
+        high: seq.high,
+        p_value: seq.p_value,
+        variance_reduction,
+    })
 }
 
 /// An experiment's results at one look.
@@ -169,8 +179,8 @@ pub(crate) fn results(spec: &ExperimentSpec, kpis: &Kpis, now_ms: u64) -> Result
             .unwrap_or_else(|| ArmSamples {
                 arm: arm.to_string(),
                 customers: 0,
-                converted: Sample::default(),
-                revenue: Sample::default(),
+                converted: Paired::default(),
+                revenue: Paired::default(),
                 offers: Sample::default(),
             })
     };
@@ -181,26 +191,22 @@ pub(crate) fn results(spec: &ExperimentSpec, kpis: &Kpis, now_ms: u64) -> Result
         .enumerate()
         .map(|(i, a)| {
             let s = sample_of(&a.name);
-            let (cl, ch) = s.converted.interval95();
-            let (rl, rh) = s.revenue.interval95();
+            let (cl, ch) = s.converted.outcome().interval95();
+            let (rl, rh) = s.revenue.outcome().interval95();
             let key = format!("{}/{}", spec.id, a.name);
             ArmResult {
                 arm: a.name.clone(),
                 weight: a.weight,
                 customers: s.customers,
-                conversion: s.converted.mean,
+                conversion: s.converted.mean_y,
                 conversion_low: cl.max(0.0),
                 conversion_high: ch.min(1.0),
-                revenue_per_customer: s.revenue.mean,
+                revenue_per_customer: s.revenue.mean_y,
                 revenue_low: rl,
                 revenue_high: rh,
                 rates: rows.iter().find(|r| r.key == key).map(|r| r.rates).unwrap_or_default(),
-                conversion_vs_control: (i > 0)
-                    .then(|| sequential(&control.converted, &s.converted, ALPHA).map(Seq::from))
-                    .flatten(),
-                revenue_vs_control: (i > 0)
-                    .then(|| sequential(&control.revenue, &s.revenue, ALPHA).map(Seq::from))
-                    .flatten(),
+                conversion_vs_control: (i > 0).then(|| versus(&control.converted, &s.converted)).flatten(),
+                revenue_vs_control: (i > 0).then(|| versus(&control.revenue, &s.revenue)).flatten(),
             }
         })
         .collect();
@@ -227,9 +233,16 @@ fn verdict(arms: &[ArmResult], srm: bool, srm_p: f64) -> String {
     let control = &arms[0].arm;
     let mut said = Vec::new();
     for a in &arms[1..] {
+        let adjusted = match a.conversion_vs_control {
+            Some(s) if s.variance_reduction > 0.0 => format!(
+                "; adjusted for each customer's purchases in the {PRE_EXPOSURE_DAYS} days before, as good as {:.0} % more customers",
+                100.0 * (1.0 / (1.0 - s.variance_reduction).max(1e-9) - 1.0)
+            ),
+            _ => String::new(),
+        };
         match a.conversion_vs_control {
             Some(s) if s.p_value < ALPHA => said.push(format!(
-                "{} converts {} than {control} by {:+.1} points (always-valid 95 % interval {:+.1} to {:+.1}, p = {:.3})",
+                "{} converts {} than {control} by {:+.1} points (always-valid 95 % interval {:+.1} to {:+.1}, p = {:.3}{adjusted})",
                 a.arm,
                 if s.diff > 0.0 { "better" } else { "worse" },
                 100.0 * s.diff,
@@ -238,7 +251,7 @@ fn verdict(arms: &[ArmResult], srm: bool, srm_p: f64) -> String {
                 s.p_value
             )),
             Some(s) => said.push(format!(
-                "{} vs {control}: no difference shown yet ({:+.1} points, interval {:+.1} to {:+.1}, p = {:.2}); keep it running",
+                "{} vs {control}: no difference shown yet ({:+.1} points, interval {:+.1} to {:+.1}, p = {:.2}{adjusted}); keep it running",
                 a.arm,
                 100.0 * s.diff,
                 100.0 * s.low,
