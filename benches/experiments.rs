@@ -16,7 +16,10 @@ const DAY: u64 = 86_400_000;
 
 /// A customer's keyed pseudonym as the server writes it (32 hex digits).
 fn pseudonym(i: u64) -> String {
-    format!("{:032x}", u128::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835))
+    format!(
+        "{:032x}",
+        u128::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)
+    )
 }
 
 fn event(time_ms: u64, customer: String, kind: EventKind) -> ConversationEvent {
@@ -99,7 +102,11 @@ fn main() {
     let mut seen = 0u64;
     for target in [10_000u64, 100_000, 1_000_000] {
         for i in seen..target {
-            let customer = if i % 3 == 0 { pseudonym(i % buyers) } else { pseudonym(buyers + i) };
+            let customer = if i % 3 == 0 {
+                pseudonym(i % buyers)
+            } else {
+                pseudonym(buyers + i)
+            };
             let arm = if i % 2 == 0 { "A" } else { "B" };
             let at = t0 + i;
             let mut turn = event(at, customer.clone(), EventKind::Turn);
