@@ -457,21 +457,24 @@ impl Kpis {
         let Some(arms) = st.experiments.get(experiment) else {
             return Vec::new();
         };
+        // One pass over the customers for all three (they are many, and counting waits on
+        // the lock); offers have no covariate.
         arms.iter()
-            .map(|(arm, a)| ArmSamples {
-                arm: arm.clone(),
-                customers: a.units.len() as u64,
-                converted: Paired::of(
-                    a.units
-                        .values()
-                        .map(|u| (u.before_purchases as f64, f64::from(u8::from(u.conversions > 0)))),
-                ),
-                revenue: Paired::of(
-                    a.units
-                        .values()
-                        .map(|u| (u.before_revenue_cents as f64 / 100.0, u.revenue_cents as f64 / 100.0)),
-                ),
-                offers: Sample::of(a.units.values().map(|u| u.offers as f64)),
+            .map(|(arm, a)| {
+                let (mut converted, mut revenue, mut offers) =
+                    (Paired::default(), Paired::default(), Paired::default());
+                for u in a.units.values() {
+                    converted.push(u.before_purchases as f64, f64::from(u8::from(u.conversions > 0)));
+                    revenue.push(u.before_revenue_cents as f64 / 100.0, u.revenue_cents as f64 / 100.0);
+                    offers.push(0.0, u.offers as f64);
+                }
+                ArmSamples {
+                    arm: arm.clone(),
+                    customers: a.units.len() as u64,
+                    converted,
+                    revenue,
+                    offers: offers.outcome(),
+                }
             })
             .collect()
     }
