@@ -139,7 +139,12 @@ try {
     await page.waitForSelector("#whoami:has-text('ana · editor')");
     await page.click("#tab-experiments");
     await page.waitForSelector("#exp-arms tbody tr[data-arm='B']");
-    assert.match(await page.textContent("#exp-srm"), /split as the weights say/);
+    assert.match(await page.textContent("#exp-srm"), /split as the weights say \(sample-ratio check p = [0-9.]+\) and bought alike before it/);
+    // A third of each arm's customers bought about once before (hash-split, so roughly alike).
+    for (const arm of ["A", "B"]) {
+      const before = Number(await page.textContent(`#exp-arms tr[data-arm='${arm}'] td.purchases-before`));
+      assert.ok(before > 0.2 && before < 0.45, `arm ${arm}: ${before} purchases before per customer`);
+    }
     const verdict = await page.textContent("#exp-verdict");
     assert.match(verdict, /B converts better than A/, verdict);
     // A third of the customers bought before the experiment and buy more in it: the comparison

@@ -15,7 +15,7 @@
 //! serving policy. An arm that served no learned policy cannot be shipped from here: there is
 //! no "no policy" version to serve.
 use super::{files, ApiError};
-use crate::experiment::{cuped, sequential, srm_p_value, ArmPolicy, ExperimentSpec, Paired, Sample};
+use crate::experiment::{balance_p_value, cuped, sequential, srm_p_value, ArmPolicy, ExperimentSpec, Paired, Sample};
 use crate::kpi::{ArmSamples, Dimension, Kpis, Rates, PRE_EXPOSURE_DAYS};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -109,6 +109,10 @@ pub(crate) struct ArmResult {
     pub weight: u32,
     /// Customers (the unit of the split).
     pub customers: u64,
+    /// Purchases per customer in the days before the experiment reached them (0 in results
+    /// stored before it was kept).
+    #[serde(default)]
+    pub purchases_before: f64,
     /// Share of customers who bought, with its 95 % interval.
     pub conversion: f64,
     pub conversion_low: f64,
@@ -163,8 +167,20 @@ pub(crate) struct Results {
     pub srm_p_value: f64,
     /// `srm_p_value` < [`SRM_P`]: the split is broken and no comparison can be trusted.
     pub srm: bool,
+    /// The smallest p-value, over the arms against the control, of a difference in purchases
+    /// before the experiment at least this large (×(arms − 1), at most 1): arms drawn by a hash
+    /// bought alike before. Results stored before it was kept read 1.
+    #[serde(default = "one")]
+    pub balance_p_value: f64,
+    /// `balance_p_value` < [`SRM_P`]: one kind of customer reaches one arm more.
+    #[serde(default)]
+    pub imbalanced: bool,
     /// What an operator should read from it, in words.
     pub verdict: String,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 /// The results of `spec` from `kpis` now.
@@ -198,6 +214,7 @@ pub(crate) fn results(spec: &ExperimentSpec, kpis: &Kpis, now_ms: u64) -> Result
                 arm: a.name.clone(),
                 weight: a.weight,
                 customers: s.customers,
+                purchases_before: s.converted.mean_x,
                 conversion: s.converted.mean_y,
                 conversion_low: cl.max(0.0),
                 conversion_high: ch.min(1.0),
@@ -214,12 +231,26 @@ pub(crate) fn results(spec: &ExperimentSpec, kpis: &Kpis, now_ms: u64) -> Result
     let weights: Vec<u32> = spec.arms.iter().map(|a| a.weight).collect();
     let srm_p_value = srm_p_value(&observed, &weights);
     let srm = srm_p_value < SRM_P;
-    let verdict = verdict(&arms, srm, srm_p_value);
+    // Purchases before, each arm against the control; Bonferroni over the arms.
+    let before = |a: &ArmSamples| a.converted.covariate();
+    let smallest = (spec.arms.iter().skip(1))
+        .map(|a| balance_p_value(&before(&control), &before(&sample_of(&a.name))))
+        .fold(1.0f64, f64::min);
+    let balance_p_value = (smallest * (spec.arms.len() - 1) as f64).min(1.0);
+    let imbalanced = balance_p_value < SRM_P;
+    let mut verdict = verdict(&arms, srm, srm_p_value);
+    if imbalanced && !srm {
+        verdict = format!(
+            "The arms' customers bought differently before the experiment (p = {balance_p_value:.2e}): something sends one kind of customer to one arm more. The comparison is adjusted for their purchases, not for whatever sorts them; find why. {verdict}"
+        );
+    }
     Results {
         computed_ms: now_ms,
         arms,
         srm_p_value,
         srm,
+        balance_p_value,
+        imbalanced,
         verdict,
     }
 }
@@ -316,7 +347,95 @@ pub(crate) fn worded_catalog(text: &str, wording: &[crate::experiment::Wording])
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::experiment::Wording;
+    use crate::experiment::{ArmSpec, Wording};
+    use nudge_records::{ConversationEvent, EventKind, OutcomeKind, EVENT_SCHEMA};
+
+    /// 400 customers split A/B by parity, after purchases before the experiment by those
+    /// `bought_before` picks; each B customer buys in it, every other A customer.
+    fn looked_at(bought_before: impl Fn(u64) -> bool) -> Results {
+        const DAY: u64 = 86_400_000;
+        let event = |t: u64, i: u64, kind: EventKind, experiment: bool| ConversationEvent {
+            schema: EVENT_SCHEMA,
+            id: format!("{t}-{i}"),
+            time_ms: t,
+            kind,
+            conversation_id: format!("conv-{i}-{t}"),
+            customer: format!("c{i}"),
+            channel: "app".into(),
+            experiment: if experiment { "x1".into() } else { String::new() },
+            arm: if !experiment {
+                String::new()
+            } else if i.is_multiple_of(2) {
+                "A".into()
+            } else {
+                "B".into()
+            },
+            turn: 1,
+            resolved: false,
+            intent: String::new(),
+            response_ms: 1.0,
+            handoff: String::new(),
+            decision_id: format!("d-{i}-{t}"),
+            offer_id: "o".into(),
+            policy_version: "rules".into(),
+            outcome: (kind == EventKind::Outcome).then_some(OutcomeKind::Convert),
+            revenue_cents: if kind == EventKind::Outcome { 1_000 } else { 0 },
+        };
+        let kpis = Kpis::new(48);
+        for i in 0..400 {
+            if bought_before(i) {
+                kpis.observe_replayed(&event(10 * DAY, i, EventKind::Outcome, false), 30 * DAY);
+            }
+            kpis.observe_replayed(&event(20 * DAY, i, EventKind::Turn, true), 30 * DAY);
+            if i % 2 == 1 || i % 4 == 0 {
+                kpis.observe_replayed(&event(20 * DAY + 1, i, EventKind::Outcome, true), 30 * DAY);
+            }
+        }
+        let arm = |name: &str| ArmSpec {
+            name: name.into(),
+            weight: 1,
+            rules_version: None,
+            policy: ArmPolicy::Serving,
+            wording: Vec::new(),
+        };
+        let spec = ExperimentSpec {
+            id: "x1".into(),
+            name: "test".into(),
+            salt: "s".into(),
+            arms: vec![arm("A"), arm("B")],
+            started_ms: 20 * DAY,
+            started_by: "ana".into(),
+        };
+        results(&spec, &kpis, 30 * DAY)
+    }
+
+    #[test]
+    fn arms_that_bought_alike_before_pass_and_a_sorted_split_is_flagged() {
+        // A quarter of each arm bought before.
+        let alike = looked_at(|i| i % 8 < 2);
+        for a in &alike.arms {
+            assert!(a.customers == 200 && (a.purchases_before - 0.25).abs() < 1e-12, "{a:?}");
+        }
+        assert!(!alike.imbalanced && alike.balance_p_value > 0.99, "{alike:?}");
+        assert!(
+            alike.verdict.starts_with("B converts better than A"),
+            "{}",
+            alike.verdict
+        );
+        // Only B's customers bought before: something sorts them.
+        let sorted = looked_at(|i| i % 4 == 1);
+        let before: Vec<f64> = sorted.arms.iter().map(|a| a.purchases_before).collect();
+        assert!(before[0] == 0.0 && (before[1] - 0.5).abs() < 1e-12, "{before:?}");
+        assert!(sorted.imbalanced && sorted.balance_p_value < 1e-10, "{sorted:?}");
+        assert!(
+            sorted
+                .verdict
+                .starts_with("The arms' customers bought differently before the experiment"),
+            "{}",
+            sorted.verdict
+        );
+        assert!(!sorted.srm, "200 and 200: the split itself is as the weights say");
+    }
 
     #[test]
     fn shipping_wording_rewrites_only_those_titles_and_keeps_the_file_as_written() {
