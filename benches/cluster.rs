@@ -192,17 +192,6 @@ async fn throughput(dir: &Path) {
     );
 }
 
-fn proc_kb(pid: u32, key: &str) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(key))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
-        })
-        .unwrap_or(0.0)
-}
-
 async fn ledger_memory(dir: &Path, n: u64) {
     std::fs::create_dir_all(dir).expect("dir");
     let now = std::time::SystemTime::now()
@@ -293,8 +282,8 @@ allow_none = false
             let (mut child, a) = start_nudge(&["optimizer", "serve"], &p);
             let secs = t.elapsed().as_secs_f64();
             let (rss, peak) = (
-                proc_kb(child.id(), "VmRSS:") / 1024.0,
-                proc_kb(child.id(), "VmHWM:") / 1024.0,
+                nudge_testkit::proc_status_kb(child.id(), "VmRSS:") / 1024.0,
+                nudge_testkit::proc_status_kb(child.id(), "VmHWM:") / 1024.0,
             );
             let mut c = pb::optimizer_client::OptimizerClient::connect(a["grpc"].clone())
                 .await
@@ -534,14 +523,7 @@ async fn client(id: u64, soak: Arc<Soak>, stop: Arc<AtomicBool>) {
 }
 
 fn rss_mb(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
+    nudge_testkit::proc_status_kb(pid, "VmRSS:") / 1024.0
 }
 
 fn pct(v: &mut [u32], p: f64) -> f64 {

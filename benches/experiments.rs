@@ -55,14 +55,7 @@ fn purchase(time_ms: u64, customer: String, cents: i64) -> ConversationEvent {
 }
 
 fn rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
+    nudge_testkit::proc_status_kb(std::process::id(), "VmRSS:") / 1024.0
 }
 
 fn main() {

@@ -145,6 +145,24 @@ fn bought_before(i: u64) -> bool {
     i.is_multiple_of(3)
 }
 
+/// The customer buys `offer` at its price.
+async fn buy(
+    c: &mut pb::conversations_client::ConversationsClient<tonic::transport::Channel>,
+    conversation_id: String,
+    customer_id: String,
+    offer: &pb::OfferDecision,
+) {
+    c.outcome(pb::ConversationOutcomeRequest {
+        conversation_id,
+        customer_id,
+        decision_id: offer.decision_id.clone(),
+        kind: pb::OutcomeKind::Convert as i32,
+        revenue_cents: offer.price.as_ref().map_or(0, |p| p.final_price_cents),
+    })
+    .await
+    .unwrap();
+}
+
 /// The customers of `shop_traffic` who `bought_before`, buying what they are offered before it
 /// starts. Returns how many bought.
 async fn earlier_purchases(grpc: std::net::SocketAddr, n: u64) -> u64 {
@@ -160,15 +178,7 @@ async fn earlier_purchases(grpc: std::net::SocketAddr, n: u64) -> u64 {
             .into_inner();
         assert_eq!(r.experiment, "", "no experiment runs yet");
         let Some(offer) = r.offer else { continue };
-        c.outcome(pb::ConversationOutcomeRequest {
-            conversation_id: conv,
-            customer_id,
-            decision_id: offer.decision_id.clone(),
-            kind: pb::OutcomeKind::Convert as i32,
-            revenue_cents: offer.price.map_or(0, |p| p.final_price_cents),
-        })
-        .await
-        .unwrap();
+        buy(&mut c, conv, customer_id, &offer).await;
         bought += 1;
     }
     bought
@@ -206,15 +216,7 @@ async fn shop_traffic(grpc: std::net::SocketAddr, n: u64) -> HashMap<(String, St
                     } + if bought_before(i) { 0.4 } else { 0.0 };
                     let bought = rand::rngs::StdRng::seed_from_u64(i).random::<f64>() < chance;
                     if bought {
-                        c.outcome(pb::ConversationOutcomeRequest {
-                            conversation_id: conv,
-                            customer_id,
-                            decision_id: offer.decision_id.clone(),
-                            kind: pb::OutcomeKind::Convert as i32,
-                            revenue_cents: offer.price.map_or(0, |p| p.final_price_cents),
-                        })
-                        .await
-                        .unwrap();
+                        buy(&mut c, conv, customer_id, &offer).await;
                     }
                     let e = seen.entry((r.arm, offer.offer_id)).or_default();
                     e.0 += 1;

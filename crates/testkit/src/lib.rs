@@ -427,6 +427,19 @@ pub async fn http(addr: std::net::SocketAddr, request: &str) -> String {
     response
 }
 
+/// A field of a process's `/proc/<pid>/status` in kB (`VmRSS:` resident now, `VmHWM:` its
+/// peak); 0 where it cannot be read (not Linux, a process gone).
+pub fn proc_status_kb(pid: u32, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
+        })
+        .unwrap_or(0.0)
+}
+
 /// The value of a sample line `name{labels} value` whose text starts with `prefix`.
 pub fn metric(text: &str, prefix: &str) -> Option<f64> {
     text.lines()
