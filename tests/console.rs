@@ -145,6 +145,22 @@ fn bought_before(i: u64) -> bool {
     i.is_multiple_of(3)
 }
 
+/// Customer `cust-ab-{i}` asks about the battery in conversation `{prefix}{i}`: the answer,
+/// the conversation and the customer's id.
+async fn ask_battery(
+    c: &mut pb::conversations_client::ConversationsClient<tonic::transport::Channel>,
+    prefix: &str,
+    i: u64,
+) -> (pb::TurnResponse, String, String) {
+    let (conv, customer_id) = (format!("{prefix}{i}"), format!("cust-ab-{i}"));
+    let r = c
+        .turn(support::battery_question(&conv, &customer_id))
+        .await
+        .unwrap()
+        .into_inner();
+    (r, conv, customer_id)
+}
+
 /// The customer buys `offer` at its price.
 async fn buy(
     c: &mut pb::conversations_client::ConversationsClient<tonic::transport::Channel>,
@@ -169,13 +185,7 @@ async fn earlier_purchases(grpc: std::net::SocketAddr, n: u64) -> u64 {
     let mut c = pb::conversations_client::ConversationsClient::new(channel(grpc).await);
     let mut bought = 0;
     for i in (0..n).filter(|&i| bought_before(i)) {
-        let conv = format!("before-ab-{i}");
-        let customer_id = format!("cust-ab-{i}");
-        let r = c
-            .turn(support::battery_question(&conv, &customer_id))
-            .await
-            .unwrap()
-            .into_inner();
+        let (r, conv, customer_id) = ask_battery(&mut c, "before-ab-", i).await;
         assert_eq!(r.experiment, "", "no experiment runs yet");
         let Some(offer) = r.offer else { continue };
         buy(&mut c, conv, customer_id, &offer).await;
@@ -194,13 +204,7 @@ async fn shop_traffic(grpc: std::net::SocketAddr, n: u64) -> HashMap<(String, St
                 let mut c = pb::conversations_client::ConversationsClient::new(channel(grpc).await);
                 let mut seen: HashMap<(String, String), (u64, u64)> = HashMap::new();
                 for i in (t..n).step_by(4) {
-                    let conv = format!("ab-{i}");
-                    let customer_id = format!("cust-ab-{i}");
-                    let r = c
-                        .turn(support::battery_question(&conv, &customer_id))
-                        .await
-                        .unwrap()
-                        .into_inner();
+                    let (r, conv, customer_id) = ask_battery(&mut c, "ab-", i).await;
                     assert_eq!(r.experiment, "exp-1");
                     let offer = r.offer.unwrap_or_default();
                     // Each arm words its offer as it was told to.

@@ -202,9 +202,10 @@ pub struct Row {
 }
 
 /// A customer's key in the purchase history: a 64-bit hash of the pseudonym, which halves the
-/// history's memory against keeping the pseudonym (231 → 101 bytes a buyer). Two customers that collide (a one-in-30-million chance among
-/// a million buyers) share a history, which blurs their covariate and nothing else: an
-/// adjustment by any value fixed before exposure leaves the comparison unbiased.
+/// history's memory against keeping the pseudonym (231 → 101 bytes a buyer). Two customers
+/// that collide (a one-in-30-million chance among a million buyers) share a history, which
+/// blurs their covariate and nothing else: an adjustment by any value fixed before exposure
+/// leaves the comparison unbiased.
 fn history_key(customer: &str) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::hash::DefaultHasher::new();
@@ -293,7 +294,11 @@ impl Kpis {
     /// as it happens if it is inside the window; older, only for its experiment's customers
     /// (a long experiment keeps its early ones) and as a purchase before later ones.
     pub fn observe_replayed(&self, e: &ConversationEvent, now_ms: u64) {
-        self.count(e, e.time_ms >= now_ms.saturating_sub(self.keep_ms));
+        let in_window = e.time_ms >= now_ms.saturating_sub(self.keep_ms);
+        // Start-up reads the whole log: most old events are neither, and cost nothing.
+        if in_window || !e.experiment.is_empty() || e.outcome == Some(OutcomeKind::Convert) {
+            self.count(e, in_window);
+        }
     }
 
     /// Lets an experiment's customers go (it stopped; its results were kept), and those of its
@@ -526,7 +531,7 @@ mod tests {
     fn outcomes_count_under_their_turn_and_old_buckets_leave() {
         let k = Kpis::new(1);
         k.observe(&turn(0, "a1", "web", "price", "coupon", "d1"));
-        k.observe(&turn(3_0000, "b1", "app", "price", "bundle", "d2"));
+        k.observe(&turn(30_000, "b1", "app", "price", "bundle", "d2"));
         k.observe(&turn(61_000, "b1", "app", "delivery", "", ""));
         k.observe(&outcome(70_000, "a1", "d1", OutcomeKind::Convert, 12_345));
         k.observe(&outcome(71_000, "b1", "d2", OutcomeKind::Decline, 0));
